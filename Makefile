@@ -1,0 +1,54 @@
+# Builds the BPF CO-RE objects that ship inside the bpfscope package.
+#   make bpf          rebuild src/bpfscope/objects/<arch>/*.bpf.o
+#   make check-bpf    fail if the committed objects differ from a fresh build
+#   make vmlinux      regenerate bpf/vmlinux.h from this kernel's BTF
+ARCH ?= $(shell uname -m)
+CLANG ?= clang
+LLVM_STRIP ?= llvm-strip
+BPFTOOL ?= bpftool
+VMLINUX_BTF ?= /sys/kernel/btf/vmlinux
+
+BPF_DIR := src/bpfscope/bpf
+OBJ_DIR ?= src/bpfscope/objects/$(ARCH)
+SRCS := $(wildcard $(BPF_DIR)/*.bpf.c)
+OBJS := $(patsubst $(BPF_DIR)/%.bpf.c,$(OBJ_DIR)/%.bpf.o,$(SRCS))
+HDRS := $(wildcard $(BPF_DIR)/*.h)
+
+TARGET_ARCH_x86_64 := x86
+TARGET_ARCH_aarch64 := arm64
+BPF_TARGET_ARCH := $(TARGET_ARCH_$(ARCH))
+
+# -ffile-prefix-map keeps build paths out of the object so that a rebuild in
+# any checkout is byte-identical (the stale-object check depends on it).
+BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_$(BPF_TARGET_ARCH) \
+	-I$(BPF_DIR) -ffile-prefix-map=$(CURDIR)=. \
+	-Wall -Werror -Wno-unused-function
+
+.PHONY: bpf check-bpf vmlinux clean-bpf
+bpf: $(OBJS)
+
+$(OBJ_DIR)/%.bpf.o: $(BPF_DIR)/%.bpf.c $(HDRS)
+	@test -n "$(BPF_TARGET_ARCH)" || { echo "unsupported ARCH=$(ARCH)"; exit 1; }
+	@mkdir -p $(OBJ_DIR)
+	$(CLANG) $(BPF_CFLAGS) -c $< -o $@.tmp
+	$(LLVM_STRIP) -g $@.tmp
+	mv $@.tmp $@
+
+check-bpf:
+	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
+	$(MAKE) --no-print-directory -s bpf OBJ_DIR=$$tmp >/dev/null && \
+	status=0 && \
+	for f in $$tmp/*.bpf.o; do \
+		committed=$(OBJ_DIR)/$$(basename $$f); \
+		if ! cmp -s $$f $$committed; then echo "stale BPF object: $$committed (run 'make bpf')"; status=1; fi; \
+	done && \
+	for f in $(OBJ_DIR)/*.bpf.o; do \
+		test -e $$tmp/$$(basename $$f) || { echo "orphan BPF object: $$f (its source is gone)"; status=1; }; \
+	done && \
+	if [ $$status -eq 0 ]; then echo "BPF objects up to date ($(ARCH))"; fi && exit $$status
+
+vmlinux:
+	$(BPFTOOL) btf dump file $(VMLINUX_BTF) format c > $(BPF_DIR)/vmlinux.h
+
+clean-bpf:
+	rm -f $(OBJ_DIR)/*.bpf.o

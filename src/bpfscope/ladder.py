@@ -1,0 +1,294 @@
+"""The attach ladder: per hook, the first candidate program that works here.
+
+A tool declares each hook as an ordered list of rungs (for example fentry ->
+tp_btf -> raw_tp -> tracepoint -> kprobe). Before load, the loader keeps the
+first rung whose mechanism the feature probes found available and whose
+target exists on this kernel, disables every other candidate, loads, and
+attaches. If the kernel still refuses a chosen program at load time, that
+rung is marked unusable and the next one is tried. The choice per hook is
+recorded so that every view can say which rung it stands on.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import features, system, targets
+from . import libbpf as bpf
+from .features import Mechanism, Verdict
+from .objects import object_bytes
+
+__all__ = [
+    "AttachedTool",
+    "Choice",
+    "Hook",
+    "LadderError",
+    "Rung",
+    "choose",
+    "load_tool",
+    "target_missing",
+]
+
+log = logging.getLogger("bpfscope.ladder")
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One candidate: ``program`` attached by ``mechanism`` to ``target``.
+
+    Targets: tracepoint ``category:name``; raw_tp/tp_btf the tracepoint
+    name; fentry/fexit/kprobe a kernel function; uprobe ``binary:function``;
+    cgroup_skb a cgroup v2 directory.
+    """
+
+    mechanism: Mechanism
+    program: str
+    target: str
+
+    def describe(self) -> str:
+        return f"{self.mechanism} {self.target}"
+
+
+@dataclass(frozen=True)
+class Hook:
+    name: str
+    rungs: tuple[Rung, ...]
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class Choice:
+    hook: Hook
+    rung: Rung | None
+    skipped: tuple[tuple[Rung, str], ...] = ()
+
+    @property
+    def mechanism(self) -> Mechanism | None:
+        return self.rung.mechanism if self.rung else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "hook": self.hook.name,
+            "mechanism": str(self.rung.mechanism) if self.rung else None,
+            "program": self.rung.program if self.rung else None,
+            "target": self.rung.target if self.rung else None,
+            "skipped": [
+                {"mechanism": str(r.mechanism), "target": r.target, "why": why}
+                for r, why in self.skipped
+            ],
+        }
+
+
+class LadderError(RuntimeError):
+    """No usable rung for a required hook, or a forced rung is unavailable."""
+
+
+def target_missing(rung: Rung) -> str | None:
+    """Why the rung's target does not exist here, or None if it does."""
+    m, target = rung.mechanism, rung.target
+    if m is Mechanism.TRACEPOINT:
+        category, _, name = target.partition(":")
+        if system.tracefs_path() is None:
+            return "tracefs is not mounted"
+        if not targets.tracepoint_exists(category, name):
+            return f"tracepoint {target} does not exist on this kernel"
+    elif m in (Mechanism.RAW_TP, Mechanism.TP_BTF):
+        if not targets.btf_tracepoint_exists(target):
+            return f"no BTF for tracepoint {target} (missing on this kernel, or no BTF)"
+    elif m in (Mechanism.FENTRY, Mechanism.FEXIT):
+        if not targets.btf_func_exists(target):
+            return f"kernel function {target} has no BTF (missing, inlined or renamed)"
+    elif m in (Mechanism.KPROBE, Mechanism.KRETPROBE):
+        if not targets.kprobe_target_exists(target):
+            return f"kernel function {target} is not in kallsyms or cannot be probed"
+    elif m in (Mechanism.UPROBE, Mechanism.URETPROBE):
+        binary = target.partition(":")[0]
+        if not os.path.exists(binary):
+            return f"binary {binary} does not exist"
+    elif m is Mechanism.CGROUP_SKB and not os.path.isdir(target):
+        return f"cgroup {target} does not exist"
+    return None
+
+
+def _unavailable(v: Verdict) -> str:
+    text = f"{v.mechanism} is {v.status} here: {v.detail}"
+    if v.needs:
+        text += f" (needs {v.needs})"
+    return text
+
+
+def choose(
+    hooks: Sequence[Hook],
+    *,
+    verdict: Callable[[Mechanism], Verdict] = features.probe,
+    missing: Callable[[Rung], str | None] = target_missing,
+    force: Mechanism | None = None,
+    excluded: frozenset[str] = frozenset(),
+) -> list[Choice]:
+    """Pick one rung per hook. ``force`` restricts hooks that have a rung of
+    that mechanism to it; ``excluded`` names programs the kernel refused."""
+    if force is not None and not any(r.mechanism is force for h in hooks for r in h.rungs):
+        offered = sorted({str(r.mechanism) for h in hooks for r in h.rungs})
+        raise LadderError(
+            f"--attach {force}: this tool has no {force} programs "
+            f"(its rungs: {', '.join(offered)})"
+        )
+    choices = []
+    for hook in hooks:
+        rungs = hook.rungs
+        if force is not None and any(r.mechanism is force for r in rungs):
+            rungs = tuple(r for r in rungs if r.mechanism is force)
+        skipped: list[tuple[Rung, str]] = []
+        chosen = None
+        for rung in rungs:
+            if rung.program in excluded:
+                skipped.append((rung, "the kernel refused to load this program"))
+                continue
+            v = verdict(rung.mechanism)
+            if not v.available:
+                skipped.append((rung, _unavailable(v)))
+                continue
+            why = missing(rung)
+            if why:
+                skipped.append((rung, why))
+                continue
+            chosen = rung
+            break
+        if chosen is None and (hook.required or force is not None):
+            reasons = "; ".join(f"{r.describe()}: {why}" for r, why in skipped)
+            prefix = f"--attach {force}: " if force is not None else ""
+            raise LadderError(f"{prefix}no usable rung for hook {hook.name!r}: {reasons}")
+        choices.append(Choice(hook, chosen, tuple(skipped)))
+    return choices
+
+
+@dataclass
+class AttachedTool:
+    """A loaded, attached tool: its object and the rung of every hook."""
+
+    tool: str
+    obj: bpf.BpfObject
+    choices: list[Choice]
+    _extra: list[Any] = field(default_factory=list)
+
+    def rung(self, hook: str) -> Rung | None:
+        for c in self.choices:
+            if c.hook.name == hook:
+                return c.rung
+        raise KeyError(hook)
+
+    def rungs_summary(self) -> str:
+        return ", ".join(
+            f"{c.hook.name}={c.rung.mechanism if c.rung else 'off'}" for c in self.choices
+        )
+
+    def close(self) -> None:
+        self.obj.close()
+
+    def __enter__(self) -> AttachedTool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_FAILED_PROG = re.compile(r"prog '([^']+)': failed to load")
+
+
+def _attach(prog: bpf.Program, rung: Rung) -> None:
+    m = rung.mechanism
+    if m is Mechanism.TRACEPOINT:
+        category, _, name = rung.target.partition(":")
+        prog.attach_tracepoint(category, name)
+    elif m is Mechanism.RAW_TP:
+        prog.attach_raw_tracepoint(rung.target)
+    elif m in (Mechanism.TP_BTF, Mechanism.FENTRY, Mechanism.FEXIT):
+        prog.attach_trace()
+    elif m in (Mechanism.KPROBE, Mechanism.KRETPROBE):
+        prog.attach_kprobe(rung.target, retprobe=m is Mechanism.KRETPROBE)
+    elif m in (Mechanism.UPROBE, Mechanism.URETPROBE):
+        binary, _, function = rung.target.partition(":")
+        prog.attach_uprobe(binary, function or None, retprobe=m is Mechanism.URETPROBE)
+    elif m is Mechanism.CGROUP_SKB:
+        fd = os.open(rung.target, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            prog.attach_cgroup(fd)  # the link keeps its own reference
+        finally:
+            os.close(fd)
+    else:
+        raise LadderError(f"{m} is not an attach mechanism")
+
+
+def _open_configured(
+    tool: str,
+    choices: list[Choice],
+    rodata: Mapping[str, int | bytes],
+    max_entries: Mapping[str, int],
+    btf_path: str | os.PathLike[str] | None,
+) -> bpf.BpfObject:
+    obj = bpf.BpfObject.open_bytes(object_bytes(tool), name=tool, btf_path=btf_path)
+    try:
+        wanted = {c.rung.program: c.rung for c in choices if c.rung}
+        for name, prog in obj.programs.items():
+            prog.autoload = name in wanted
+            rung = wanted.get(name)
+            if rung and rung.mechanism in (Mechanism.FENTRY, Mechanism.FEXIT, Mechanism.TP_BTF):
+                prog.set_attach_target(rung.target)
+        for key, value in rodata.items():
+            obj.rodata[key] = value
+        for map_name, n in max_entries.items():
+            obj.map(map_name).max_entries = n
+    except BaseException:
+        obj.close()
+        raise
+    return obj
+
+
+def load_tool(
+    tool: str,
+    hooks: Sequence[Hook],
+    *,
+    rodata: Mapping[str, int | bytes] | None = None,
+    max_entries: Mapping[str, int] | None = None,
+    force: Mechanism | None = None,
+    btf_path: str | os.PathLike[str] | None = None,
+    verdict: Callable[[Mechanism], Verdict] = features.probe,
+) -> AttachedTool:
+    """Choose rungs, load the tool's object with only those programs, attach.
+
+    On failure nothing stays loaded or attached.
+    """
+    system.btf_path(btf_path)  # clear error before libbpf's own
+    if any(r.mechanism is Mechanism.TRACEPOINT for h in hooks for r in h.rungs):
+        system.ensure_tracefs()
+    excluded: set[str] = set()
+    while True:
+        choices = choose(hooks, verdict=verdict, force=force, excluded=frozenset(excluded))
+        obj = _open_configured(tool, choices, rodata or {}, max_entries or {}, btf_path)
+        try:
+            obj.load()
+        except bpf.BpfError as exc:
+            obj.close()
+            refused = {m.group(1) for line in exc.libbpf_log for m in [_FAILED_PROG.search(line)] if m}
+            chosen = {c.rung.program for c in choices if c.rung}
+            retry = (refused & chosen) - excluded
+            if force is None and retry:
+                log.info("kernel refused %s; trying the next rung", ", ".join(sorted(retry)))
+                excluded |= retry
+                continue
+            raise
+        try:
+            for c in choices:
+                if c.rung is not None:
+                    _attach(obj.program(c.rung.program), c.rung)
+        except BaseException:
+            obj.close()
+            raise
+        for c in choices:
+            log.debug("%s: hook %s on %s", tool, c.hook.name, c.rung.describe() if c.rung else "off")
+        return AttachedTool(tool, obj, choices)
