@@ -24,17 +24,18 @@ from typing import Any, Final
 from . import libbpf as bpf
 from . import system, targets
 from .objects import object_bytes
+from .syscalls import syscall_nr
 
 __all__ = [
+    "PROGRAM_MECHANISMS",
     "Mechanism",
     "Status",
     "Verdict",
-    "PROGRAM_MECHANISMS",
+    "clear_cache",
+    "getpid_nr",
+    "libc_path",
     "probe",
     "probe_all",
-    "clear_cache",
-    "libc_path",
-    "getpid_nr",
 ]
 
 
@@ -125,13 +126,6 @@ def _verdict(m: Mechanism, status: Status, detail: str, err: int | None = None) 
 # helpers for triggering probes
 
 
-_SYSCALL_NRS: Final[dict[str, dict[str, int]]] = {
-    # getpid is the only syscall the probes need; full tables live with the
-    # syscall tracer.
-    "x86_64": {"getpid": 39},
-    "aarch64": {"getpid": 172},
-}
-
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 _libc.getpid.restype = ctypes.c_int
@@ -139,10 +133,7 @@ _libc.getpid.argtypes = []
 
 
 def getpid_nr() -> int:
-    try:
-        return _SYSCALL_NRS[system.arch()]["getpid"]
-    except KeyError:
-        raise RuntimeError(f"no syscall table for {system.arch()}") from None
+    return syscall_nr("getpid")
 
 
 def _raw_getpid(times: int) -> None:
@@ -206,7 +197,11 @@ def _kprobe_unavailable_reason() -> str | None:
 
 def _explain_load_failure(m: Mechanism, exc: bpf.BpfError) -> str:
     err = exc.errno or 0
-    if m in (Mechanism.FENTRY, Mechanism.FEXIT) and err in (errno.EPERM, errno.ENOTSUP, bpf.ENOTSUPP):
+    if m in (Mechanism.FENTRY, Mechanism.FEXIT) and err in (
+        errno.EPERM,
+        errno.ENOTSUP,
+        bpf.ENOTSUPP,
+    ):
         return (
             "the kernel refused to load a trampoline program "
             f"({errno.errorcode.get(err, err)} with full privileges): BPF "
@@ -269,9 +264,10 @@ def _attach(m: Mechanism, prog: bpf.Program, stack: list[Any]) -> bpf.Link:
 def _probe_program(m: Mechanism) -> Verdict:
     prog_name = _PROGRAM_OF[m]
     stack: list[Any] = []
-    with bpf.quiet_libbpf(), bpf.BpfObject.open_bytes(
-        object_bytes("probe"), name="bpfscope_probe"
-    ) as obj:
+    with (
+        bpf.quiet_libbpf(),
+        bpf.BpfObject.open_bytes(object_bytes("probe"), name="bpfscope_probe") as obj,
+    ):
         for name, prog in obj.programs.items():
             prog.autoload = name == prog_name
         if m in (Mechanism.FENTRY, Mechanism.FEXIT):

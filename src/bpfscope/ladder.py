@@ -135,8 +135,7 @@ def choose(
     if force is not None and not any(r.mechanism is force for h in hooks for r in h.rungs):
         offered = sorted({str(r.mechanism) for h in hooks for r in h.rungs})
         raise LadderError(
-            f"--attach {force}: this tool has no {force} programs "
-            f"(its rungs: {', '.join(offered)})"
+            f"--attach {force}: this tool has no {force} programs (its rungs: {', '.join(offered)})"
         )
     choices = []
     for hook in hooks:
@@ -274,7 +273,9 @@ def load_tool(
             obj.load()
         except bpf.BpfError as exc:
             obj.close()
-            refused = {m.group(1) for line in exc.libbpf_log for m in [_FAILED_PROG.search(line)] if m}
+            refused = {
+                m.group(1) for line in exc.libbpf_log for m in [_FAILED_PROG.search(line)] if m
+            }
             chosen = {c.rung.program for c in choices if c.rung}
             retry = (refused & chosen) - excluded
             if force is None and retry:
@@ -290,5 +291,7 @@ def load_tool(
             obj.close()
             raise
         for c in choices:
-            log.debug("%s: hook %s on %s", tool, c.hook.name, c.rung.describe() if c.rung else "off")
+            log.debug(
+                "%s: hook %s on %s", tool, c.hook.name, c.rung.describe() if c.rung else "off"
+            )
         return AttachedTool(tool, obj, choices)

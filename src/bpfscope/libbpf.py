@@ -31,34 +31,39 @@ from typing import Any, Final
 
 __all__ = [
     "BPF_ANY",
-    "BPF_NOEXIST",
     "BPF_EXIST",
-    "MapType",
-    "ProgType",
+    "BPF_NOEXIST",
+    "SIGNATURES",
     "BpfError",
-    "LibbpfUnavailable",
-    "Link",
-    "Program",
-    "Map",
     "BpfObject",
-    "RingBuffer",
     "Btf",
     "BtfMember",
-    "ProgInfo",
+    "LibbpfUnavailable",
+    "Link",
+    "LinkInfo",
+    "Map",
     "MapInfo",
+    "MapType",
+    "ProgInfo",
+    "ProgType",
+    "Program",
+    "RingBuffer",
     "StatsHandle",
+    "btf_by_id",
+    "btf_ids",
+    "create_map",
     "enable_run_time_stats",
     "libbpf",
     "libbpf_version",
-    "num_possible_cpus",
-    "prog_ids",
-    "prog_info_by_id",
+    "link_ids",
+    "link_info_by_id",
     "map_ids",
     "map_info_by_id",
+    "num_possible_cpus",
     "probe_map_type",
     "probe_prog_type",
-    "create_map",
-    "SIGNATURES",
+    "prog_ids",
+    "prog_info_by_id",
 ]
 
 log = logging.getLogger("bpfscope.libbpf")
@@ -126,8 +131,7 @@ _ERRNO_HINTS: Final[dict[int, str]] = {
     ENOTSUPP: "this kernel does not support the operation",
     errno_mod.E2BIG: "the kernel is too old for this program or map layout",
     errno_mod.ENOMEM: (
-        "out of memory for BPF maps: raise RLIMIT_MEMLOCK (ulimit -l) or the "
-        "cgroup memory limit"
+        "out of memory for BPF maps: raise RLIMIT_MEMLOCK (ulimit -l) or the cgroup memory limit"
     ),
     errno_mod.EBUSY: "the hook is already in use by another exclusive attachment",
 }
@@ -393,6 +397,10 @@ SIGNATURES: Final[dict[str, tuple[Any, list[Any]]]] = {
     "bpf_prog_get_fd_by_id": (_int, [_u32]),
     "bpf_map_get_fd_by_id": (_int, [_u32]),
     "bpf_obj_get_info_by_fd": (_int, [_int, _vp, ctypes.POINTER(_u32)]),
+    "bpf_link_get_next_id": (_int, [_u32, ctypes.POINTER(_u32)]),
+    "bpf_link_get_fd_by_id": (_int, [_u32]),
+    "bpf_btf_get_next_id": (_int, [_u32, ctypes.POINTER(_u32)]),
+    "btf__load_from_kernel_by_id": (_vp, [_u32]),
     "ring_buffer__new": (_vp, [_int, SAMPLE_FN, _vp, ctypes.POINTER(_RingBufferOpts)]),
     "ring_buffer__poll": (_int, [_vp, _int]),
     "ring_buffer__consume": (_int, [_vp]),
@@ -487,7 +495,7 @@ def _on_libbpf_print(level: int, fmt: bytes | None, va_list: int | None) -> int:
             log.info("%s", line)
         else:
             log.debug("%s", line)
-    return n
+    return int(n)
 
 
 _print_cb = PRINT_FN(_on_libbpf_print)  # kept alive for the process lifetime
@@ -609,13 +617,14 @@ class Btf:
         ptr = libbpf().btf__type_by_id(self.ptr, type_id)
         if not ptr:
             raise KeyError(f"BTF type id {type_id} not found")
-        return ptr.contents
+        btf_type: _BtfType = ptr.contents
+        return btf_type
 
     def kind(self, type_id: int) -> int:
-        return (self._type(type_id).info >> 24) & 0x1F
+        return (int(self._type(type_id).info) >> 24) & 0x1F
 
     def vlen(self, type_id: int) -> int:
-        return self._type(type_id).info & 0xFFFF
+        return int(self._type(type_id).info) & 0xFFFF
 
     def name(self, type_id: int) -> str:
         raw = libbpf().btf__name_by_offset(self.ptr, self._type(type_id).name_off)
@@ -754,9 +763,7 @@ class Program:
     def set_attach_target(self, function: str, target_prog_fd: int = 0) -> None:
         """Retarget an fentry/fexit/tp_btf program before load."""
         _check_ret(
-            libbpf().bpf_program__set_attach_target(
-                self._ptr, target_prog_fd, function.encode()
-            ),
+            libbpf().bpf_program__set_attach_target(self._ptr, target_prog_fd, function.encode()),
             f"set attach target of {self.name} to {function}",
         )
 
@@ -1039,9 +1046,7 @@ class Map:
                 out.append((key, value))
         return out
 
-    def _batch(
-        self, fn: Callable[..., int], chunk: int, what: str
-    ) -> list[tuple[bytes, bytes]]:
+    def _batch(self, fn: Callable[..., int], chunk: int, what: str) -> list[tuple[bytes, bytes]]:
         # Hash maps use a 4-byte bucket cursor; arrays use a key-sized one.
         token_size = max(self.key_size, 8)
         in_tok = ctypes.create_string_buffer(token_size)
@@ -1334,7 +1339,7 @@ class RingBuffer:
 
     def _on_sample(self, _ctx: int | None, data: int | None, size: int) -> int:
         try:
-            self._callback(ctypes.string_at(data, size))
+            self._callback(ctypes.string_at(data or 0, size))
         except BaseException as exc:  # re-raised in poll(), not swallowed
             self._error = exc
             return -1
@@ -1466,6 +1471,51 @@ def prog_ids() -> Iterator[int]:
 
 def map_ids() -> Iterator[int]:
     return _ids(libbpf().bpf_map_get_next_id, "list BPF maps")
+
+
+def link_ids() -> Iterator[int]:
+    return _ids(libbpf().bpf_link_get_next_id, "list BPF links")
+
+
+def btf_ids() -> Iterator[int]:
+    return _ids(libbpf().bpf_btf_get_next_id, "list BTF objects")
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    """``struct bpf_link_info``: the fixed head, plus the raw per-type union
+    (offset 16 onwards) for callers that decode a particular link type."""
+
+    id: int
+    type: int
+    prog_id: int
+    raw: bytes
+
+
+_LINK_INFO_SIZE: Final = 256  # larger than any kernel's bpf_link_info; tail stays zero
+
+
+def link_info_by_id(link_id: int) -> LinkInfo | None:
+    fd = int(libbpf().bpf_link_get_fd_by_id(link_id))
+    if fd == -errno_mod.ENOENT:
+        return None
+    _check_ret(fd, f"open link {link_id}")
+    try:
+        buf = ctypes.create_string_buffer(_LINK_INFO_SIZE)
+        size = _u32(_LINK_INFO_SIZE)
+        _check_ret(libbpf().bpf_obj_get_info_by_fd(fd, buf, ctypes.byref(size)), "get link info")
+    finally:
+        os.close(fd)
+    link_type, lid, prog_id = struct.unpack_from("=III", buf.raw)
+    return LinkInfo(id=lid, type=link_type, prog_id=prog_id, raw=buf.raw[: size.value])
+
+
+def btf_by_id(btf_id: int) -> Btf:
+    """A kernel-loaded BTF object (a program's or map's) by id."""
+    ptr = _check_ptr(
+        _call_ptr(libbpf().btf__load_from_kernel_by_id, btf_id), f"load BTF object {btf_id}"
+    )
+    return Btf(ptr, owned=True)
 
 
 def prog_info_by_id(prog_id: int) -> ProgInfo | None:

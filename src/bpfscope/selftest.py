@@ -20,6 +20,8 @@ from .ladder import AttachedTool, Hook, Rung, load_tool
 __all__ = ["SelftestEvent", "SelftestResult", "hooks", "load", "run"]
 
 TOOL = "selftest"
+DESCRIPTION = "end-to-end check: load, attach, ring buffer delivery"
+CORE = True
 
 
 class SelftestEvent(ctypes.Structure):
@@ -114,7 +116,7 @@ def run(
             received.append(SelftestEvent.from_buffer_copy(raw).seq)
 
         with bpf.RingBuffer(tool.obj.map("selftest_events"), on_event) as ring:
-            features._raw_getpid(events)  # noqa: SLF001 - the one raw syscall trigger
+            features._raw_getpid(events)
             ring.consume()
         calls = tool.obj.map("selftest_calls").sum_percpu_u64(bytes(4))
         dropped = tool.obj.map("selftest_events_dropped").sum_percpu_u64(bytes(4))

@@ -18,8 +18,8 @@ from . import system
 __all__ = [
     "btf_func_exists",
     "btf_tracepoint_exists",
-    "kernel_btf",
     "kallsyms_has",
+    "kernel_btf",
     "syscall_entry_function",
     "tracepoint_exists",
 ]

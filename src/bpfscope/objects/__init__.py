@@ -6,7 +6,6 @@ fails when the committed files differ (``make check-bpf``).
 
 from __future__ import annotations
 
-import os
 from importlib import resources
 from pathlib import Path
 
@@ -19,9 +18,13 @@ class ObjectMissing(FileNotFoundError):
     """No compiled object for this tool on this architecture."""
 
 
+def _root() -> Path:
+    # Objects are plain files inside the installed package (wheel or editable).
+    return Path(str(resources.files(__package__)))
+
+
 def _arch_dir(machine: str | None = None) -> Path:
-    root = resources.files(__package__)
-    return Path(os.fspath(root)) / (machine or arch())
+    return _root() / (machine or arch())
 
 
 def object_path(tool: str, machine: str | None = None) -> Path:
@@ -29,8 +32,9 @@ def object_path(tool: str, machine: str | None = None) -> Path:
     machine = machine or arch()
     path = _arch_dir(machine) / f"{tool}.bpf.o"
     if not path.is_file():
-        built = sorted(p.name for p in Path(os.fspath(resources.files(__package__))).iterdir()
-                       if p.is_dir() and not p.name.startswith("_"))
+        built = sorted(
+            p.name for p in _root().iterdir() if p.is_dir() and not p.name.startswith("_")
+        )
         raise ObjectMissing(
             f"no compiled BPF object {tool}.bpf.o for {machine} "
             f"(this package has objects for: {', '.join(built) or 'none'}); "

@@ -1,0 +1,60 @@
+"""Registry of bpfscope's BPF tools, for doctor and ``--check``.
+
+Each tool module exposes ``TOOL`` (its object name), ``DESCRIPTION``,
+``CORE`` (whether doctor's verdict depends on it) and ``hooks()`` returning
+its attach ladder. Modules are imported lazily; a tool whose module is not
+there yet is simply not listed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Final
+
+from .ladder import Hook
+
+__all__ = ["TOOL_MODULES", "ToolSpec", "registered_tools"]
+
+# Order is the order doctor prints.
+TOOL_MODULES: Final = (
+    "bpfscope.flows.tool",
+    "bpfscope.syscalls.tool",
+    "bpfscope.bench.tool",
+    "bpfscope.selftest",
+)
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    name: str
+    object: str
+    description: str
+    core: bool
+    module: ModuleType
+
+    def hooks(self) -> list[Hook]:
+        hooks: list[Hook] = self.module.hooks()
+        return hooks
+
+
+def registered_tools() -> list[ToolSpec]:
+    out = []
+    for path in TOOL_MODULES:
+        try:
+            mod = importlib.import_module(path)
+        except ModuleNotFoundError as exc:
+            if exc.name and path.startswith(exc.name):
+                continue  # tool not built yet
+            raise
+        out.append(
+            ToolSpec(
+                name=getattr(mod, "NAME", mod.TOOL),
+                object=mod.TOOL,
+                description=mod.DESCRIPTION,
+                core=getattr(mod, "CORE", False),
+                module=mod,
+            )
+        )
+    return out
