@@ -1,0 +1,302 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * Syscall tracer: per (process, syscall) counts, errors, total latency and a
+ * log2 latency histogram, plus failed calls broken down by errno.
+ *
+ * sys_enter stamps the thread's start time in syscalls_inflight; sys_exit
+ * takes it out and adds the call to the per-CPU syscalls_stats entry.
+ * Filters (pid, command prefix, cgroup, syscall set, failed only) are
+ * const volatile settings: the verifier drops the checks that are off.
+ * Both hooks go through the attach ladder tp_btf -> raw_tp -> tracepoint.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include "common.h"
+#include "syscalls.h"
+
+#define MAX_ERRNO 4095
+#define COMM_LEN 16
+
+const volatile __u32 target_tgid = 0;     /* 0: every process */
+const volatile __u64 target_cgroup = 0;   /* 0: every cgroup (v2 id) */
+const volatile __u32 target_comm_len = 0; /* 0: every command */
+const volatile char target_comm[COMM_LEN] = {};
+const volatile __u8 filter_syscalls = 0;  /* 1: only syscalls in syscall_mask */
+const volatile __u64 syscall_mask[SYSCALLS_MASK_WORDS] = {};
+const volatile __u8 failed_only = 0;
+const volatile __u8 track_errnos = 1;
+/* exit and exit_group never reach sys_exit: counted at entry. */
+const volatile __s64 exit_nr = -1;
+const volatile __s64 exit_group_nr = -1;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct syscalls_key);
+	__type(value, struct syscalls_stats);
+} syscalls_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct syscalls_errno_key);
+	__type(value, __u64);
+} syscalls_errnos SEC(".maps");
+
+/* One entry per thread inside a traced syscall; removed at its exit. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct syscalls_inflight);
+} syscalls_inflight SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SYSCALLS_DROP_SLOTS);
+	__type(key, __u32);
+	__type(value, __u64);
+} syscalls_drops SEC(".maps");
+
+static const struct syscalls_stats zero_stats;
+
+static __always_inline void count_drop(__u32 slot)
+{
+	__u64 *n = bpf_map_lookup_elem(&syscalls_drops, &slot);
+
+	if (n)
+		*n += 1; /* per-CPU slot */
+}
+
+/* floor(log2(v)) for v > 0, 0 for v == 0; branch-free. */
+static __always_inline __u32 log2_u64(__u64 v)
+{
+	__u32 r, shift;
+
+	r = (v > 0xFFFFFFFFULL) << 5;
+	v >>= r;
+	shift = (v > 0xFFFF) << 4;
+	v >>= shift;
+	r |= shift;
+	shift = (v > 0xFF) << 3;
+	v >>= shift;
+	r |= shift;
+	shift = (v > 0xF) << 2;
+	v >>= shift;
+	r |= shift;
+	shift = (v > 0x3) << 1;
+	v >>= shift;
+	r |= shift;
+	r |= (v >> 1);
+	return r;
+}
+
+static __always_inline bool syscall_selected(long id)
+{
+	__u64 nr = id;
+
+	if (nr >= SYSCALLS_MASK_BITS)
+		return false;
+	return (syscall_mask[nr >> 6] >> (nr & 63)) & 1;
+}
+
+static __always_inline bool comm_matches(void)
+{
+	char comm[COMM_LEN];
+	int i;
+
+	bpf_get_current_comm(comm, sizeof(comm));
+#pragma unroll
+	for (i = 0; i < COMM_LEN; i++) {
+		if (i >= target_comm_len)
+			break;
+		if (comm[i] != target_comm[i])
+			return false;
+	}
+	return true;
+}
+
+static __always_inline void add_errno(__u32 tgid, __u32 nr, __u32 err)
+{
+	struct syscalls_errno_key key = { .tgid = tgid, .nr = nr, .err = err };
+	__u64 one = 1, *n;
+
+	n = bpf_map_lookup_elem(&syscalls_errnos, &key);
+	if (n) {
+		*n += 1;
+		return;
+	}
+	/* EEXIST: another CPU created it; our per-CPU slot is still 0. */
+	if (bpf_map_update_elem(&syscalls_errnos, &key, &one, BPF_NOEXIST) == 0)
+		return;
+	n = bpf_map_lookup_elem(&syscalls_errnos, &key);
+	if (n)
+		*n += 1;
+	else
+		count_drop(SYSCALLS_DROP_ERRNOS);
+}
+
+/* Account one call; latency_ns < 0 means "not timed" (exit, exit_group). */
+static __always_inline void record(__u32 tgid, __u32 nr, __s64 latency_ns, __u32 err)
+{
+	struct syscalls_key key = { .tgid = tgid, .nr = nr };
+	struct syscalls_stats *s;
+	__u32 slot;
+
+	s = bpf_map_lookup_elem(&syscalls_stats, &key);
+	if (!s) {
+		bpf_map_update_elem(&syscalls_stats, &key, &zero_stats, BPF_NOEXIST);
+		s = bpf_map_lookup_elem(&syscalls_stats, &key);
+		if (!s) {
+			count_drop(SYSCALLS_DROP_STATS);
+			return;
+		}
+	}
+	s->count += 1;
+	if (latency_ns >= 0) {
+		s->total_ns += latency_ns;
+		slot = log2_u64(latency_ns);
+		if (slot >= SYSCALLS_HIST_SLOTS)
+			slot = SYSCALLS_HIST_SLOTS - 1;
+		s->hist[slot] += 1;
+	}
+	if (err) {
+		s->errors += 1;
+		if (track_errnos)
+			add_errno(tgid, nr, err);
+	}
+}
+
+static __always_inline int on_enter(long id)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32, tid = (__u32)pid_tgid;
+	struct syscalls_inflight in = {};
+
+	/* Cheapest filters first. */
+	if (target_tgid && tgid != target_tgid)
+		return 0;
+	if (filter_syscalls && !syscall_selected(id))
+		return 0;
+	if (target_cgroup && bpf_get_current_cgroup_id() != target_cgroup)
+		return 0;
+	if (target_comm_len && !comm_matches())
+		return 0;
+
+	if (id == exit_nr || id == exit_group_nr) {
+		if (!failed_only)
+			record(tgid, id, -1, 0);
+		return 0;
+	}
+	in.start_ns = bpf_ktime_get_ns();
+	in.nr = id;
+	if (bpf_map_update_elem(&syscalls_inflight, &tid, &in, BPF_ANY))
+		count_drop(SYSCALLS_DROP_INFLIGHT);
+	return 0;
+}
+
+static __always_inline int on_exit(long ret)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)pid_tgid;
+	struct syscalls_inflight *in;
+	__u64 now = bpf_ktime_get_ns();
+	__s64 latency;
+	__u32 nr, err = 0;
+
+	in = bpf_map_lookup_elem(&syscalls_inflight, &tid);
+	if (!in)
+		return 0; /* filtered out, or entered before we attached */
+	latency = now - in->start_ns;
+	nr = in->nr;
+	bpf_map_delete_elem(&syscalls_inflight, &tid);
+
+	if (ret < 0 && ret >= -MAX_ERRNO)
+		err = -ret;
+	if (failed_only && !err)
+		return 0;
+	record(pid_tgid >> 32, nr, latency, err);
+	return 0;
+}
+
+/* tp_btf: BTF-typed arguments (struct pt_regs *regs, long id / long ret). */
+SEC("tp_btf/sys_enter")
+int BPF_PROG(sys_enter_btf, struct pt_regs *regs, long id)
+{
+	return on_enter(id);
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(sys_exit_btf, struct pt_regs *regs, long ret)
+{
+	return on_exit(ret);
+}
+
+/* raw_tp: the same arguments, untyped. */
+SEC("raw_tp/sys_enter")
+int sys_enter_raw(struct bpf_raw_tracepoint_args *ctx)
+{
+	return on_enter(ctx->args[1]);
+}
+
+SEC("raw_tp/sys_exit")
+int sys_exit_raw(struct bpf_raw_tracepoint_args *ctx)
+{
+	return on_exit(ctx->args[1]);
+}
+
+/* tracepoint: the raw_syscalls format (stable since 2.6.x). */
+SEC("tracepoint/raw_syscalls/sys_enter")
+int sys_enter_tp(struct trace_event_raw_sys_enter *ctx)
+{
+	return on_enter(ctx->id);
+}
+
+SEC("tracepoint/raw_syscalls/sys_exit")
+int sys_exit_tp(struct trace_event_raw_sys_exit *ctx)
+{
+	return on_exit(ctx->ret);
+}
+
+/*
+ * Empty programs on the same hooks: the overhead benchmark's reference for
+ * "what attaching anything here costs". Never loaded by the tracer.
+ */
+SEC("tp_btf/sys_enter")
+int BPF_PROG(nop_enter_btf)
+{
+	return 0;
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(nop_exit_btf)
+{
+	return 0;
+}
+
+SEC("raw_tp/sys_enter")
+int nop_enter_raw(void *ctx)
+{
+	return 0;
+}
+
+SEC("raw_tp/sys_exit")
+int nop_exit_raw(void *ctx)
+{
+	return 0;
+}
+
+SEC("tracepoint/raw_syscalls/sys_enter")
+int nop_enter_tp(void *ctx)
+{
+	return 0;
+}
+
+SEC("tracepoint/raw_syscalls/sys_exit")
+int nop_exit_tp(void *ctx)
+{
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

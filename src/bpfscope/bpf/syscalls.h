@@ -1,0 +1,53 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/* Syscall tracer: the structs shared by syscalls.bpf.c and bpfscope.syscalls. */
+#ifndef BPFSCOPE_SYSCALLS_H
+#define BPFSCOPE_SYSCALLS_H
+
+/*
+ * Latency histogram: slot i counts calls that took [2^i, 2^(i+1)) ns
+ * (slot 0 also takes 0 and 1 ns); the last slot takes everything from
+ * 2^(SLOTS-1) ns (about 550 s) up.
+ */
+#define SYSCALLS_HIST_SLOTS 40
+
+/* Syscall numbers below this can be selected by the in-kernel filter. */
+#define SYSCALLS_MASK_BITS 512
+#define SYSCALLS_MASK_WORDS (SYSCALLS_MASK_BITS / 64)
+
+/* Slots of the per-CPU syscalls_drops counter array. */
+enum syscalls_drop {
+	SYSCALLS_DROP_INFLIGHT = 0, /* in-flight map full: call not timed */
+	SYSCALLS_DROP_STATS = 1,    /* stats map full: call not counted */
+	SYSCALLS_DROP_ERRNOS = 2,   /* errno map full: error not broken down */
+	SYSCALLS_DROP_SLOTS = 4,
+};
+
+/* Key of syscalls_stats: one entry per (process, syscall). */
+struct syscalls_key {
+	__u32 tgid;
+	__u32 nr;
+};
+
+/* Per-CPU value of syscalls_stats. */
+struct syscalls_stats {
+	__u64 count;    /* completed calls (exit/exit_group: entered calls) */
+	__u64 errors;   /* calls that returned -4095..-1 */
+	__u64 total_ns; /* sum of enter->exit latency */
+	__u64 hist[SYSCALLS_HIST_SLOTS];
+};
+
+/* Key of syscalls_errnos (per-CPU u64 count of failed calls). */
+struct syscalls_errno_key {
+	__u32 tgid;
+	__u32 nr;
+	__u32 err; /* positive errno */
+};
+
+/* Value of syscalls_inflight, keyed by thread id: the call being timed. */
+struct syscalls_inflight {
+	__u64 start_ns;
+	__u32 nr;
+	__u32 pad;
+};
+
+#endif /* BPFSCOPE_SYSCALLS_H */

@@ -1,0 +1,443 @@
+"""Syscall collector: drain the tracer's maps into typed per-interval records.
+
+A plain collector (``start()``, ``poll()``, ``close()``) as the design asks:
+it knows nothing about terminals or HTTP. ``poll()`` returns a
+:class:`Snapshot` of what happened since the previous poll (deltas of the
+kernel's cumulative per-CPU counters); ``totals()`` keeps cumulative
+per-syscall counters for Prometheus-style consumers (the agent).
+
+Kernel entries of processes that have exited are deleted after their last
+read, so the maps only hold live processes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..features import Mechanism
+from . import syscall_names, syscall_nr
+from .errnos import errno_name
+from .tool import DROP_SLOTS, HIST_SLOTS, SyscallFilter, load
+
+__all__ = [
+    "Drops",
+    "ErrnoStat",
+    "ProcessNames",
+    "Snapshot",
+    "SyscallCollector",
+    "SyscallStat",
+    "SyscallTotals",
+    "aggregate",
+    "bucket_bounds_ns",
+    "bucket_of",
+    "name_of",
+    "sum_percpu",
+    "top",
+]
+
+# count, errors, total_ns, hist[HIST_SLOTS]
+_WORDS = 3 + HIST_SLOTS
+_INVALID_NR = 0xFFFFFFFF
+
+
+def bucket_of(latency_ns: int) -> int:
+    """The histogram slot the kernel puts ``latency_ns`` in (floor(log2), capped)."""
+    if latency_ns <= 1:
+        return 0
+    return min(latency_ns.bit_length() - 1, HIST_SLOTS - 1)
+
+
+def bucket_bounds_ns(slot: int) -> tuple[int, int | None]:
+    """[low, high) of a slot in ns; the last slot has no upper bound."""
+    low = 0 if slot == 0 else 1 << slot
+    return low, (None if slot == HIST_SLOTS - 1 else 1 << (slot + 1))
+
+
+_NAMES_BY_NR: dict[int, str] | None = None
+
+
+def name_of(nr: int) -> str:
+    """Syscall name for this architecture; ``syscall_<nr>`` if unnamed."""
+    global _NAMES_BY_NR
+    if _NAMES_BY_NR is None:
+        _NAMES_BY_NR = {syscall_nr(n): n for n in syscall_names()}
+    if nr == _INVALID_NR:
+        return "invalid(-1)"
+    return _NAMES_BY_NR.get(nr, f"syscall_{nr}")
+
+
+def sum_percpu(raw: bytes, words: int) -> tuple[int, ...]:
+    """Sum ``words`` native u64 columns over the per-CPU copies in ``raw``
+    (each copy is ``words`` u64 long: the value size is a multiple of 8)."""
+    values = memoryview(raw).cast("Q")
+    if len(values) % words:
+        raise ValueError(f"{len(raw)} bytes are not whole copies of {words} u64")
+    return tuple(sum(values[i::words]) for i in range(words))
+
+
+@dataclass(frozen=True)
+class SyscallStat:
+    """One (process, syscall) over an interval (or since start, for totals)."""
+
+    tgid: int
+    comm: str
+    nr: int
+    syscall: str
+    count: int
+    errors: int
+    total_ns: int
+    hist: tuple[int, ...]
+
+    @property
+    def mean_ns(self) -> float:
+        timed = sum(self.hist)
+        return self.total_ns / timed if timed else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pid": self.tgid,
+            "comm": self.comm,
+            "syscall": self.syscall,
+            "nr": self.nr,
+            "count": self.count,
+            "errors": self.errors,
+            "total_ns": self.total_ns,
+            "mean_ns": round(self.mean_ns, 1),
+            "latency_log2_ns": list(self.hist),
+        }
+
+
+@dataclass(frozen=True)
+class ErrnoStat:
+    tgid: int
+    comm: str
+    nr: int
+    syscall: str
+    err: int
+    errno: str
+    count: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pid": self.tgid,
+            "comm": self.comm,
+            "syscall": self.syscall,
+            "nr": self.nr,
+            "errno": self.errno,
+            "err": self.err,
+            "count": self.count,
+        }
+
+
+@dataclass(frozen=True)
+class Drops:
+    """Cumulative kernel-side losses since start (maps full)."""
+
+    inflight_full: int = 0
+    stats_full: int = 0
+    errnos_full: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.inflight_full + self.stats_full + self.errnos_full
+
+    def to_json(self) -> dict[str, int]:
+        return {
+            "inflight_full": self.inflight_full,
+            "stats_full": self.stats_full,
+            "errnos_full": self.errnos_full,
+        }
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What happened between two polls."""
+
+    time: float  # wall clock at the poll (Unix seconds)
+    elapsed_s: float
+    stats: tuple[SyscallStat, ...]
+    errnos: tuple[ErrnoStat, ...]
+    drops: Drops
+    mechanism: str
+    filter: SyscallFilter = field(default_factory=SyscallFilter)
+
+    @property
+    def total_calls(self) -> int:
+        return sum(s.count for s in self.stats)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "time": round(self.time, 3),
+            "interval_s": round(self.elapsed_s, 3),
+            "mechanism": self.mechanism,
+            "filter": self.filter.describe(),
+            "hist_buckets": "slot i: [2^i, 2^(i+1)) ns; slot 0 from 0; last slot unbounded",
+            "total_calls": self.total_calls,
+            "stats": [s.to_json() for s in self.stats],
+            "errnos": [e.to_json() for e in self.errnos],
+            "drops": self.drops.to_json(),
+        }
+
+
+@dataclass
+class SyscallTotals:
+    """Cumulative per-syscall counters since start (no pid dimension)."""
+
+    count: dict[str, int] = field(default_factory=dict)
+    errors: dict[tuple[str, str], int] = field(default_factory=dict)  # (syscall, errno)
+    total_ns: dict[str, int] = field(default_factory=dict)
+    hist: dict[str, list[int]] = field(default_factory=dict)
+
+    def add(self, snap: Snapshot) -> None:
+        for s in snap.stats:
+            self.count[s.syscall] = self.count.get(s.syscall, 0) + s.count
+            self.total_ns[s.syscall] = self.total_ns.get(s.syscall, 0) + s.total_ns
+            h = self.hist.setdefault(s.syscall, [0] * HIST_SLOTS)
+            for i, v in enumerate(s.hist):
+                h[i] += v
+        for e in snap.errnos:
+            k = (e.syscall, e.errno)
+            self.errors[k] = self.errors.get(k, 0) + e.count
+
+
+class ProcessNames:
+    """tgid -> command from ``/proc``, cached (a process may be gone by the
+    time it is shown; then its last known name, or ``?``)."""
+
+    def __init__(self, proc: str = "/proc") -> None:
+        self._proc = proc
+        self._cache: dict[int, str] = {}
+
+    def alive(self, tgid: int) -> bool:
+        return os.path.exists(f"{self._proc}/{tgid}")
+
+    def get(self, tgid: int) -> str:
+        name = self._cache.get(tgid)
+        if name is None:
+            try:
+                with open(f"{self._proc}/{tgid}/comm", encoding="utf-8", errors="replace") as f:
+                    name = f.read().rstrip("\n")
+            except OSError:
+                return "?"
+            self._cache[tgid] = name
+        return name
+
+    def forget(self, tgid: int) -> None:
+        self._cache.pop(tgid, None)
+
+
+class _ToolLike(Protocol):
+    obj: Any
+
+    def rungs_summary(self) -> str: ...
+    def close(self) -> None: ...
+
+
+def _delta(cur: tuple[int, ...], prev: tuple[int, ...] | None) -> tuple[int, ...]:
+    if prev is None or any(c < p for c, p in zip(cur, prev, strict=True)):
+        return cur  # new key, or the key was recreated (pid reuse)
+    return tuple(c - p for c, p in zip(cur, prev, strict=True))
+
+
+class SyscallCollector:
+    """Load the tracer, then ``poll()`` for per-interval :class:`Snapshot`s.
+
+    ``loader`` exists for tests; by default the real BPF object is loaded.
+    """
+
+    GC_INFLIGHT_EVERY = 10  # polls
+
+    def __init__(
+        self,
+        flt: SyscallFilter | None = None,
+        *,
+        track_errnos: bool = True,
+        max_entries: int | None = None,
+        force: Mechanism | None = None,
+        btf_path: str | None = None,
+        names: ProcessNames | None = None,
+        loader: Callable[[], _ToolLike] | None = None,
+    ) -> None:
+        self.filter = flt or SyscallFilter()
+        self._track_errnos = track_errnos
+        self._loader = loader or (
+            lambda: load(
+                self.filter,
+                track_errnos=track_errnos,
+                max_entries=max_entries,
+                force=force,
+                btf_path=btf_path,
+            )
+        )
+        self.names = names or ProcessNames()
+        self._tool: _ToolLike | None = None
+        self._prev: dict[bytes, tuple[int, ...]] = {}
+        self._prev_err: dict[bytes, int] = {}
+        self._last = 0.0
+        self._polls = 0
+        self.totals = SyscallTotals()
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        if self._tool is None:
+            self._tool = self._loader()
+            self._last = time.monotonic()
+
+    def close(self) -> None:
+        if self._tool is not None:
+            self._tool.close()
+            self._tool = None
+
+    def __enter__(self) -> SyscallCollector:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def tool(self) -> _ToolLike:
+        if self._tool is None:
+            raise RuntimeError("collector is not started")
+        return self._tool
+
+    @property
+    def mechanism(self) -> str:
+        return self.tool.rungs_summary()
+
+    # -- reading -----------------------------------------------------------
+
+    def drops(self) -> Drops:
+        m = self.tool.obj.map("syscalls_drops")
+        return Drops(
+            **{
+                name: m.sum_percpu_u64(slot.to_bytes(4, "little"))
+                for name, slot in DROP_SLOTS.items()
+            }
+        )
+
+    def poll(self) -> Snapshot:
+        """Everything counted since the previous poll (or since start)."""
+        obj = self.tool.obj
+        now = time.monotonic()
+        elapsed = now - self._last
+        self._last = now
+        stats_map = obj.map("syscalls_stats")
+        errnos_map = obj.map("syscalls_errnos")
+
+        # Processes already gone before this read made their last update, so
+        # their entries can be deleted once read.
+        dead = {int.from_bytes(k[:4], "little") for k in self._prev} | {
+            int.from_bytes(k[:4], "little") for k in self._prev_err
+        }
+        dead = {t for t in dead if not self.names.alive(t)}
+
+        stats: list[SyscallStat] = []
+        seen: dict[bytes, tuple[int, ...]] = {}
+        for key, raw in stats_map.lookup_batch():
+            cur = sum_percpu(raw, _WORDS)
+            seen[key] = cur
+            d = _delta(cur, self._prev.get(key))
+            if d[0] == 0:
+                continue
+            tgid = int.from_bytes(key[:4], "little")
+            nr = int.from_bytes(key[4:8], "little")
+            stats.append(
+                SyscallStat(tgid, self.names.get(tgid), nr, name_of(nr), d[0], d[1], d[2], d[3:])
+            )
+        errs: list[ErrnoStat] = []
+        seen_err: dict[bytes, int] = {}
+        if self._track_errnos:
+            for key, raw in errnos_map.lookup_batch():
+                total = sum(memoryview(raw).cast("Q"))
+                seen_err[key] = total
+                prev = self._prev_err.get(key, 0)
+                n = total - prev if total >= prev else total
+                if n == 0:
+                    continue
+                tgid = int.from_bytes(key[:4], "little")
+                nr = int.from_bytes(key[4:8], "little")
+                err = int.from_bytes(key[8:12], "little")
+                errs.append(
+                    ErrnoStat(tgid, self.names.get(tgid), nr, name_of(nr), err, errno_name(err), n)
+                )
+
+        for key in [k for k in seen if int.from_bytes(k[:4], "little") in dead]:
+            stats_map.delete(key)
+            del seen[key]
+        for key in [k for k in seen_err if int.from_bytes(k[:4], "little") in dead]:
+            errnos_map.delete(key)
+            del seen_err[key]
+        for tgid in dead:
+            self.names.forget(tgid)
+        self._prev, self._prev_err = seen, seen_err
+
+        self._polls += 1
+        if self._polls % self.GC_INFLIGHT_EVERY == 0:
+            self.gc_inflight()
+
+        snap = Snapshot(
+            time=time.time(),
+            elapsed_s=elapsed,
+            stats=tuple(stats),
+            errnos=tuple(errs),
+            drops=self.drops(),
+            mechanism=self.mechanism,
+            filter=self.filter,
+        )
+        self.totals.add(snap)
+        return snap
+
+    def gc_inflight(self) -> int:
+        """Delete start stamps of threads that died inside a syscall (rare:
+        exec from a non-leader thread). Returns how many were removed."""
+        m = self.tool.obj.map("syscalls_inflight")
+        removed = 0
+        for key in list(m.keys()):
+            if not self.names.alive(int.from_bytes(key, "little")) and m.delete(key):
+                removed += 1
+        return removed
+
+
+def aggregate(stats: Iterable[SyscallStat], by: str) -> list[SyscallStat]:
+    """Group records ``by`` "process", "syscall" or "both" (no grouping)."""
+    if by == "both":
+        return list(stats)
+    groups: dict[int, list[SyscallStat]] = {}
+    for s in stats:
+        groups.setdefault(s.tgid if by == "process" else s.nr, []).append(s)
+    out = []
+    for members in groups.values():
+        first = members[0]
+        hist = tuple(sum(col) for col in zip(*(m.hist for m in members), strict=True))
+        out.append(
+            SyscallStat(
+                tgid=first.tgid if by == "process" else 0,
+                comm=first.comm if by == "process" else "",
+                nr=first.nr if by == "syscall" else -1,
+                syscall=first.syscall if by == "syscall" else "",
+                count=sum(m.count for m in members),
+                errors=sum(m.errors for m in members),
+                total_ns=sum(m.total_ns for m in members),
+                hist=hist,
+            )
+        )
+    return out
+
+
+def top(stats: Sequence[SyscallStat], n: int | None, sort: str) -> list[SyscallStat]:
+    """The ``n`` largest by "count", "time" or "errors" (ties: by name)."""
+    keyf: Callable[[SyscallStat], tuple[int, int, str, int]]
+    if sort == "time":
+        keyf = lambda s: (-s.total_ns, -s.count, s.syscall, s.tgid)  # noqa: E731
+    elif sort == "errors":
+        keyf = lambda s: (-s.errors, -s.count, s.syscall, s.tgid)  # noqa: E731
+    else:
+        keyf = lambda s: (-s.count, -s.total_ns, s.syscall, s.tgid)  # noqa: E731
+    ranked = sorted(stats, key=keyf)
+    return ranked if n is None else ranked[:n]

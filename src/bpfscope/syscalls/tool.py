@@ -1,0 +1,182 @@
+"""Registry entry and loader of the syscall tracer's BPF object.
+
+``hooks()`` is the attach ladder (tp_btf -> raw_tp -> raw_syscalls
+tracepoints; fentry does not apply: there is no single kernel function
+behind every syscall's entry and exit). ``load()`` turns a
+:class:`SyscallFilter` into the object's ``const volatile`` settings.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Final
+
+from ..features import Mechanism
+from ..ladder import AttachedTool, Hook, Rung, load_tool
+from . import syscall_nr
+
+__all__ = [
+    "COMM_LEN",
+    "DESCRIPTION",
+    "HIST_SLOTS",
+    "MASK_BITS",
+    "NAME",
+    "TOOL",
+    "ErrnoKey",
+    "Inflight",
+    "StatsKey",
+    "StatsValue",
+    "SyscallFilter",
+    "hooks",
+    "load",
+    "nop_hooks",
+    "syscall_mask",
+]
+
+TOOL: Final = "syscalls"
+NAME: Final = "syscalls"
+DESCRIPTION: Final = "per-process syscall counts, errors and latency (sys_enter/sys_exit)"
+CORE: Final = False
+
+# Mirrors of syscalls.h; a test checks them against the object's BTF.
+HIST_SLOTS: Final = 40
+MASK_BITS: Final = 512
+COMM_LEN: Final = 16
+DROP_SLOTS: Final = {"inflight_full": 0, "stats_full": 1, "errnos_full": 2}
+
+
+class StatsKey(ctypes.Structure):
+    _fields_ = [("tgid", ctypes.c_uint32), ("nr", ctypes.c_uint32)]
+
+
+class StatsValue(ctypes.Structure):
+    _fields_ = [
+        ("count", ctypes.c_uint64),
+        ("errors", ctypes.c_uint64),
+        ("total_ns", ctypes.c_uint64),
+        ("hist", ctypes.c_uint64 * HIST_SLOTS),
+    ]
+
+
+class ErrnoKey(ctypes.Structure):
+    _fields_ = [("tgid", ctypes.c_uint32), ("nr", ctypes.c_uint32), ("err", ctypes.c_uint32)]
+
+
+class Inflight(ctypes.Structure):
+    _fields_ = [("start_ns", ctypes.c_uint64), ("nr", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+
+
+def _ladder(enter: tuple[str, str, str], exit_: tuple[str, str, str]) -> list[Hook]:
+    def rungs(progs: tuple[str, str, str], tp: str) -> tuple[Rung, ...]:
+        btf, raw, trace = progs
+        return (
+            Rung(Mechanism.TP_BTF, btf, tp),
+            Rung(Mechanism.RAW_TP, raw, tp),
+            Rung(Mechanism.TRACEPOINT, trace, f"raw_syscalls:{tp}"),
+        )
+
+    return [
+        Hook("sys_enter", rungs(enter, "sys_enter")),
+        Hook("sys_exit", rungs(exit_, "sys_exit")),
+    ]
+
+
+def hooks() -> list[Hook]:
+    return _ladder(
+        ("sys_enter_btf", "sys_enter_raw", "sys_enter_tp"),
+        ("sys_exit_btf", "sys_exit_raw", "sys_exit_tp"),
+    )
+
+
+def nop_hooks() -> list[Hook]:
+    """Empty programs on the same hooks (the benchmark's reference)."""
+    return _ladder(
+        ("nop_enter_btf", "nop_enter_raw", "nop_enter_tp"),
+        ("nop_exit_btf", "nop_exit_raw", "nop_exit_tp"),
+    )
+
+
+@dataclass(frozen=True)
+class SyscallFilter:
+    """What the kernel side counts. Empty/None fields filter nothing."""
+
+    tgid: int | None = None
+    comm: str | None = None  # command-name prefix (at most 15 bytes are compared)
+    cgroup_id: int | None = None
+    syscalls: frozenset[int] = field(default_factory=frozenset)
+    failed_only: bool = False
+
+    def describe(self) -> str:
+        parts = []
+        if self.tgid:
+            parts.append(f"pid {self.tgid}")
+        if self.comm:
+            parts.append(f"command {self.comm!r}*")
+        if self.cgroup_id:
+            parts.append(f"cgroup id {self.cgroup_id}")
+        if self.syscalls:
+            parts.append(f"{len(self.syscalls)} syscall(s)")
+        if self.failed_only:
+            parts.append("failed calls only")
+        return ", ".join(parts) or "everything"
+
+
+def syscall_mask(nrs: Iterable[int]) -> bytes:
+    """The rodata bitmap selecting ``nrs`` (little-endian u64 words)."""
+    words = [0] * (MASK_BITS // 64)
+    for nr in nrs:
+        if not 0 <= nr < MASK_BITS:
+            raise ValueError(f"syscall number {nr} is outside the filter's 0..{MASK_BITS - 1}")
+        words[nr >> 6] |= 1 << (nr & 63)
+    return b"".join(w.to_bytes(8, "little") for w in words)
+
+
+def _rodata(flt: SyscallFilter, track_errnos: bool) -> dict[str, int | bytes]:
+    rodata: dict[str, int | bytes] = {
+        "exit_nr": syscall_nr("exit"),
+        "exit_group_nr": syscall_nr("exit_group"),
+        "failed_only": int(flt.failed_only),
+        "track_errnos": int(track_errnos),
+    }
+    if flt.tgid:
+        rodata["target_tgid"] = flt.tgid
+    if flt.cgroup_id:
+        rodata["target_cgroup"] = flt.cgroup_id
+    if flt.comm:
+        raw = os.fsencode(flt.comm)[: COMM_LEN - 1]
+        rodata["target_comm"] = raw
+        rodata["target_comm_len"] = len(raw)
+    if flt.syscalls:
+        rodata["filter_syscalls"] = 1
+        rodata["syscall_mask"] = syscall_mask(flt.syscalls)
+    return rodata
+
+
+def load(
+    flt: SyscallFilter | None = None,
+    *,
+    track_errnos: bool = True,
+    max_entries: int | None = None,
+    force: Mechanism | None = None,
+    btf_path: str | None = None,
+) -> AttachedTool:
+    """Load and attach the tracer; the caller closes it (context manager)."""
+    sizes = {}
+    if max_entries:
+        sizes = {"syscalls_stats": max_entries, "syscalls_inflight": max_entries}
+    return load_tool(
+        TOOL,
+        hooks(),
+        rodata=_rodata(flt or SyscallFilter(), track_errnos),
+        max_entries=sizes,
+        force=force,
+        btf_path=btf_path,
+    )
+
+
+def load_nop(*, force: Mechanism | None = None, btf_path: str | None = None) -> AttachedTool:
+    """Load only the empty programs (benchmark reference)."""
+    return load_tool(TOOL, nop_hooks(), force=force, btf_path=btf_path)
