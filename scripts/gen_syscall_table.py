@@ -30,14 +30,20 @@ def _numbers(arch: str) -> dict[str, int]:
     incs = [f"-I{d}" for d in INCLUDE_DIRS[arch]]
     macros = subprocess.run(
         ["gcc", "-E", "-dM", "-nostdinc", *incs, "-"],
-        input="#include <asm/unistd.h>\n", capture_output=True, text=True, check=True,
+        input="#include <asm/unistd.h>\n",
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     names = sorted({m.group(1) for line in macros.splitlines() if (m := DEFINE.match(line))})
     # Let the preprocessor expand aliases such as __NR3264_fcntl to numbers.
     probe = "#include <asm/unistd.h>\n" + "".join(f"@{n}@ __NR_{n}\n" for n in names)
     expanded = subprocess.run(
         ["gcc", "-E", "-P", "-nostdinc", *incs, "-"],
-        input=probe, capture_output=True, text=True, check=True,
+        input=probe,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     out: dict[str, int] = {}
     for line in expanded.splitlines():
@@ -47,7 +53,7 @@ def _numbers(arch: str) -> dict[str, int]:
         expr = m.group(2)
         if not re.fullmatch(r"[0-9+()\s]+", expr):
             continue  # not a syscall number (e.g. __NR_syscalls helpers)
-        out[m.group(1)] = int(eval(expr))  # noqa: S307 - digits, + and () only
+        out[m.group(1)] = int(eval(expr))
     out.pop("syscalls", None)
     return out
 

@@ -10,6 +10,7 @@ cannot use it, so a regression cannot hide behind a skip.
 from __future__ import annotations
 
 import os
+
 import pytest
 
 from bpfscope import system

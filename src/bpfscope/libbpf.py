@@ -1592,3 +1592,253 @@ def probe_map_type(map_type: int) -> bool:
     if ret < 0:
         raise BpfError(f"probe map type {map_type}", -ret)
     return ret == 1
+
+
+# ==========================================================================
+# Introspection additions (issue 7, `bpfscope progs|maps|links`).
+# Additive only: nothing above depends on this section.
+
+__all__ += [
+    "BTF_KIND_ENUM",
+    "BTF_KIND_ENUM64",
+    "BTF_KIND_FLOAT",
+    "BTF_KIND_FWD",
+    "BTF_KIND_PTR",
+    "MapDetails",
+    "btf_array_info",
+    "btf_enum_values",
+    "btf_int_encoding",
+    "btf_ref_type",
+    "btf_type_count",
+    "link_fd_by_id",
+    "link_info_with_buffers",
+    "map_details_from_fd",
+    "map_fd_by_id",
+    "map_from_id",
+    "prog_fd_by_id",
+    "prog_info_and_struct_from_fd",
+    "prog_info_struct_by_id",
+]
+
+BTF_KIND_PTR: Final = 2
+BTF_KIND_ENUM: Final = 6
+BTF_KIND_FWD: Final = 7
+BTF_KIND_RESTRICT: Final = 11
+BTF_KIND_FUNC: Final = 12
+BTF_KIND_FUNC_PROTO: Final = 13
+BTF_KIND_FLOAT: Final = 16
+BTF_KIND_DECL_TAG: Final = 17
+BTF_KIND_TYPE_TAG: Final = 18
+BTF_KIND_ENUM64: Final = 19
+
+# BTF_INT_ENCODING bits
+BTF_INT_SIGNED: Final = 1
+BTF_INT_CHAR: Final = 2
+BTF_INT_BOOL: Final = 4
+
+
+class _BtfEnumRaw(ctypes.Structure):
+    _fields_ = [("name_off", ctypes.c_uint32), ("val", ctypes.c_int32)]
+
+
+class _BtfEnum64Raw(ctypes.Structure):
+    _fields_ = [
+        ("name_off", ctypes.c_uint32),
+        ("val_lo32", ctypes.c_uint32),
+        ("val_hi32", ctypes.c_uint32),
+    ]
+
+
+def btf_type_count(btf: Btf) -> int:
+    """Number of type ids in ``btf`` (ids run from 1 to count - 1)."""
+    return int(libbpf().btf__type_cnt(btf.ptr))
+
+
+def btf_ref_type(btf: Btf, type_id: int) -> int:
+    """The type a PTR/TYPEDEF/CONST/VOLATILE/RESTRICT/TYPE_TAG/VAR refers to."""
+    return int(btf._type(type_id).size_or_type)
+
+
+def btf_array_info(btf: Btf, type_id: int) -> tuple[int, int]:
+    """(element type id, number of elements) of a BTF_KIND_ARRAY."""
+    if btf.kind(type_id) != BTF_KIND_ARRAY:
+        raise TypeError(f"BTF type {type_id} is not an array")
+    arr = _BtfArray.from_address(ctypes.addressof(btf._type(type_id)) + ctypes.sizeof(_BtfType))
+    return int(arr.type), int(arr.nelems)
+
+
+def btf_int_encoding(btf: Btf, type_id: int) -> tuple[int, int, int]:
+    """(encoding bits BTF_INT_*, bit offset, bit count) of a BTF_KIND_INT."""
+    if btf.kind(type_id) != BTF_KIND_INT:
+        raise TypeError(f"BTF type {type_id} is not an int")
+    word = ctypes.c_uint32.from_address(
+        ctypes.addressof(btf._type(type_id)) + ctypes.sizeof(_BtfType)
+    ).value
+    return (word >> 24) & 0x0F, (word >> 16) & 0xFF, word & 0xFF
+
+
+def btf_enum_values(btf: Btf, type_id: int) -> list[tuple[str, int]]:
+    """Enumerators (name, value) of a BTF_KIND_ENUM or BTF_KIND_ENUM64."""
+    kind = btf.kind(type_id)
+    signed = bool(btf._type(type_id).info >> 31)
+    lib = libbpf()
+    out: list[tuple[str, int]] = []
+    if kind == BTF_KIND_ENUM:
+        for raw in btf._trailing(type_id, _BtfEnumRaw):
+            value = int(raw.val) if signed else int(raw.val) & 0xFFFFFFFF
+            out.append(((lib.btf__name_by_offset(btf.ptr, raw.name_off) or b"").decode(), value))
+    elif kind == BTF_KIND_ENUM64:
+        for raw64 in btf._trailing(type_id, _BtfEnum64Raw):
+            value = (int(raw64.val_hi32) << 32) | int(raw64.val_lo32)
+            if signed and value >= 1 << 63:
+                value -= 1 << 64
+            name = (lib.btf__name_by_offset(btf.ptr, raw64.name_off) or b"").decode()
+            out.append((name, value))
+    else:
+        raise TypeError(f"BTF type {type_id} is not an enum")
+    return out
+
+
+def _fd_by_id(fn: Callable[[int], int], obj_id: int, what: str) -> int | None:
+    fd = int(fn(obj_id))
+    if fd == -errno_mod.ENOENT:
+        return None
+    return _check_ret(fd, f"open {what} {obj_id}")
+
+
+def prog_fd_by_id(prog_id: int) -> int | None:
+    """A new fd for program ``prog_id`` (caller closes it); None if it is gone."""
+    return _fd_by_id(libbpf().bpf_prog_get_fd_by_id, prog_id, "program")
+
+
+def map_fd_by_id(map_id: int) -> int | None:
+    """A new fd for map ``map_id`` (caller closes it); None if it is gone."""
+    return _fd_by_id(libbpf().bpf_map_get_fd_by_id, map_id, "map")
+
+
+def link_fd_by_id(link_id: int) -> int | None:
+    """A new fd for link ``link_id`` (caller closes it); None if it is gone."""
+    return _fd_by_id(libbpf().bpf_link_get_fd_by_id, link_id, "link")
+
+
+def prog_info_struct_by_id(prog_id: int) -> BpfProgInfoStruct | None:
+    """The whole first-call ``struct bpf_prog_info`` (attach_btf_id, ifindex,
+    gpl_compatible, ...), or None if the program went away."""
+    fd = prog_fd_by_id(prog_id)
+    if fd is None:
+        return None
+    try:
+        info = BpfProgInfoStruct()
+        _get_info(fd, info, f"get info of program {prog_id}")
+        return info
+    finally:
+        os.close(fd)
+
+
+def prog_info_and_struct_from_fd(fd: int) -> tuple[ProgInfo, BpfProgInfoStruct]:
+    """``ProgInfo`` (with map ids) and the raw first-call struct, one fd."""
+    info = BpfProgInfoStruct()
+    _get_info(fd, info, "get program info")
+    return _prog_info_from_fd(fd), info
+
+
+@dataclass(frozen=True)
+class MapDetails:
+    """Every field of ``struct bpf_map_info`` that introspection shows."""
+
+    id: int
+    type: int
+    name: str
+    key_size: int
+    value_size: int
+    max_entries: int
+    map_flags: int
+    ifindex: int
+    btf_id: int
+    btf_key_type_id: int
+    btf_value_type_id: int
+    btf_vmlinux_value_type_id: int
+    map_extra: int
+
+
+def map_details_from_fd(fd: int) -> MapDetails:
+    info = BpfMapInfoStruct()
+    _get_info(fd, info, "get map info")
+    return MapDetails(
+        id=info.id,
+        type=info.type,
+        name=info.name.decode(errors="replace"),
+        key_size=info.key_size,
+        value_size=info.value_size,
+        max_entries=info.max_entries,
+        map_flags=info.map_flags,
+        ifindex=info.ifindex,
+        btf_id=info.btf_id,
+        btf_key_type_id=info.btf_key_type_id,
+        btf_value_type_id=info.btf_value_type_id,
+        btf_vmlinux_value_type_id=info.btf_vmlinux_value_type_id,
+        map_extra=info.map_extra,
+    )
+
+
+def map_from_id(map_id: int) -> tuple[Map, MapDetails] | None:
+    """Open any loaded map by id as a ``Map`` that owns its fd (close it, or
+    use it as a context manager), with its details; None if it is gone."""
+    fd = map_fd_by_id(map_id)
+    if fd is None:
+        return None
+    try:
+        details = map_details_from_fd(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    m = Map(
+        None,
+        name=details.name,
+        fd=fd,
+        map_type=details.type,
+        key_size=details.key_size,
+        value_size=details.value_size,
+        max_entries=details.max_entries,
+        owns_fd=True,
+    )
+    return m, details
+
+
+def link_info_with_buffers(
+    link_id: int, buffers: list[tuple[int, int, int]]
+) -> tuple[LinkInfo, list[bytes]] | None:
+    """``struct bpf_link_info`` with user buffers for its string fields.
+
+    Each of ``buffers`` is (offset of a u64 pointer field, offset of its u32
+    length field, buffer size), offsets into ``struct bpf_link_info``. The
+    kernel copies e.g. a tracepoint or file name there; the buffers come back
+    in order. None if the link went away.
+    """
+    fd = link_fd_by_id(link_id)
+    if fd is None:
+        return None
+    try:
+        req = ctypes.create_string_buffer(_LINK_INFO_SIZE)
+        keep = []
+        for ptr_off, len_off, size in buffers:
+            buf = ctypes.create_string_buffer(size)
+            keep.append(buf)
+            struct.pack_into("=Q", req, ptr_off, ctypes.addressof(buf))
+            struct.pack_into("=I", req, len_off, size)
+        size_v = _u32(_LINK_INFO_SIZE)
+        _check_ret(
+            libbpf().bpf_obj_get_info_by_fd(fd, req, ctypes.byref(size_v)),
+            f"get info of link {link_id}",
+        )
+    finally:
+        os.close(fd)
+    raw = req.raw[: size_v.value]
+    # Do not hand our own buffer addresses back as if they were data.
+    patched = bytearray(raw)
+    for ptr_off, _len_off, _size in buffers:
+        if ptr_off + 8 <= len(patched):
+            struct.pack_into("=Q", patched, ptr_off, 0)
+    link_type, lid, prog_id = struct.unpack_from("=III", raw)
+    info = LinkInfo(id=lid, type=link_type, prog_id=prog_id, raw=bytes(patched))
+    return info, [b.raw for b in keep]

@@ -194,7 +194,13 @@ def ensure_tracefs() -> tuple[str | None, str]:
     if not Path(target).is_dir():
         return None, f"{target} does not exist (kernel without CONFIG_TRACING?)"
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    libc.mount.argtypes = [ctypes.c_char_p] * 4 + [ctypes.c_void_p]
+    libc.mount.argtypes = [
+        ctypes.c_char_p,
+        ctypes.c_char_p,
+        ctypes.c_char_p,
+        ctypes.c_ulong,
+        ctypes.c_void_p,
+    ]
     libc.mount.restype = ctypes.c_int
     if libc.mount(b"tracefs", target.encode(), b"tracefs", 0, None) != 0:
         err = ctypes.get_errno()

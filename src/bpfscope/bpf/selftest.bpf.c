@@ -38,6 +38,9 @@ struct {
 
 __u64 selftest_seq = 0;
 
+/* Emit the event type into BTF so userspace can check its mirror struct. */
+const struct selftest_event *unused_selftest_event __attribute__((unused));
+
 /* One body for every rung: the ladder picks which program carries it. */
 static __always_inline int on_getpid(void)
 {

@@ -1,0 +1,99 @@
+"""Ladder selection with a fake probe result (no kernel needed)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bpfscope.features import Mechanism, Status, Verdict
+from bpfscope.ladder import Hook, LadderError, Rung, choose
+
+LADDER = (
+    Rung(Mechanism.FENTRY, "p_fentry", "tcp_sendmsg"),
+    Rung(Mechanism.TP_BTF, "p_tp_btf", "sock_send_length"),
+    Rung(Mechanism.RAW_TP, "p_raw_tp", "sock_send_length"),
+    Rung(Mechanism.TRACEPOINT, "p_tp", "sock:sock_send_length"),
+    Rung(Mechanism.KPROBE, "p_kprobe", "tcp_sendmsg"),
+)
+SEND = Hook("send", LADDER)
+
+
+def fake(available: set[Mechanism]):  # type: ignore[no-untyped-def]
+    def verdict(m: Mechanism) -> Verdict:
+        if m in available:
+            return Verdict(m, Status.AVAILABLE, "fake: works")
+        return Verdict(m, Status.UNSUPPORTED, "fake: EPERM", 1, "EPERM", "a better kernel")
+
+    return verdict
+
+
+def no_missing(_: Rung) -> None:
+    return None
+
+
+def test_this_machine_picks_tp_btf_when_fentry_is_listed_first() -> None:
+    here = {Mechanism.TRACEPOINT, Mechanism.RAW_TP, Mechanism.TP_BTF, Mechanism.UPROBE}
+    [c] = choose([SEND], verdict=fake(here), missing=no_missing)
+    assert c.rung is not None
+    assert c.rung.mechanism is Mechanism.TP_BTF
+    assert [r.mechanism for r, _ in c.skipped] == [Mechanism.FENTRY]
+    assert "EPERM" in c.skipped[0][1]
+
+
+def test_missing_target_moves_down_the_ladder() -> None:
+    # e.g. a 5.15 kernel: fentry works but sock_send_length does not exist
+    def missing(r: Rung) -> str | None:
+        return "no such tracepoint" if "sock_send_length" in r.target else None
+
+    avail = {Mechanism.TRACEPOINT, Mechanism.TP_BTF, Mechanism.KPROBE}
+    [c] = choose([SEND], verdict=fake(avail), missing=missing)
+    assert c.rung is not None
+    assert c.rung.mechanism is Mechanism.KPROBE
+
+
+def test_force_picks_that_rung_or_explains() -> None:
+    avail = {Mechanism.TP_BTF, Mechanism.RAW_TP}
+    [c] = choose([SEND], verdict=fake(avail), missing=no_missing, force=Mechanism.RAW_TP)
+    assert c.rung is not None
+    assert c.rung.mechanism is Mechanism.RAW_TP
+    with pytest.raises(LadderError, match=r"--attach fentry.*EPERM"):
+        choose([SEND], verdict=fake(avail), missing=no_missing, force=Mechanism.FENTRY)
+    with pytest.raises(LadderError, match="has no uprobe programs"):
+        choose([SEND], verdict=fake(avail), missing=no_missing, force=Mechanism.UPROBE)
+
+
+def test_force_leaves_hooks_without_that_mechanism_alone() -> None:
+    state = Hook("state", (Rung(Mechanism.TRACEPOINT, "p_state", "sock:inet_sock_set_state"),))
+    avail = {Mechanism.TRACEPOINT, Mechanism.RAW_TP}
+    send, st_choice = choose(
+        [SEND, state], verdict=fake(avail), missing=no_missing, force=Mechanism.RAW_TP
+    )
+    assert send.rung is not None
+    assert send.rung.mechanism is Mechanism.RAW_TP
+    assert st_choice.rung is not None
+    assert st_choice.rung.mechanism is Mechanism.TRACEPOINT
+
+
+def test_required_hook_without_rung_fails_and_optional_is_off() -> None:
+    with pytest.raises(LadderError, match="no usable rung for hook 'send'"):
+        choose([SEND], verdict=fake(set()), missing=no_missing)
+    optional = Hook("send", LADDER, required=False)
+    [c] = choose([optional], verdict=fake(set()), missing=no_missing)
+    assert c.rung is None
+    assert len(c.skipped) == len(LADDER)
+
+
+def test_refused_program_is_excluded_on_retry() -> None:
+    avail = set(Mechanism)
+    [c] = choose([SEND], verdict=fake(avail), missing=no_missing, excluded=frozenset({"p_fentry"}))
+    assert c.rung is not None
+    assert c.rung.mechanism is Mechanism.TP_BTF
+
+
+@given(st.sets(st.sampled_from([r.mechanism for r in LADDER]), min_size=1))
+def test_choice_is_always_the_first_available_rung(avail: set[Mechanism]) -> None:
+    [c] = choose([SEND], verdict=fake(avail), missing=no_missing)
+    expected = next(r for r in LADDER if r.mechanism in avail)
+    assert c.rung == expected
+    assert all(r.mechanism not in avail for r, _ in c.skipped)
