@@ -12,7 +12,7 @@ from rich.table import Table
 
 from . import ladder
 from .doctor import DoctorReport, run_doctor
-from .errors import EXIT_FAILURE, EXIT_UNSUPPORTED, require_privileges
+from .errors import EXIT_FAILURE, EXIT_PRIVILEGES, EXIT_UNSUPPORTED, require_privileges
 from .features import Mechanism, Status
 from .tools import registered_tools
 
@@ -173,8 +173,9 @@ def doctor(ctx: click.Context, as_json: bool, check: bool, force: str | None) ->
         click.echo(json.dumps(data, indent=2))
     else:
         _render(report, console)
-    failed_check = any(not c["ok"] and c["core"] for c in checks)
-    if failed_check:
-        ctx.exit(EXIT_FAILURE)
+    if not report.privileges["ok"]:
+        ctx.exit(EXIT_PRIVILEGES)
     if not report.ok:
         ctx.exit(EXIT_UNSUPPORTED)
+    if any(not c["ok"] and c["core"] for c in checks):
+        ctx.exit(EXIT_FAILURE)

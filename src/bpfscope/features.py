@@ -357,6 +357,13 @@ def _probe_uncached(m: Mechanism) -> Verdict:
         return _verdict(
             m, Status.INCONCLUSIVE, f"cannot probe without {', '.join(missing)} (run as root)"
         )
+    if m in _PROGRAM_OF and not system.VMLINUX_BTF.is_file():
+        return _verdict(
+            m,
+            Status.INCONCLUSIVE,
+            f"cannot probe: kernel BTF ({system.VMLINUX_BTF}) is missing, and the probes "
+            "are CO-RE programs (the kernel needs CONFIG_DEBUG_INFO_BTF=y)",
+        )
     if m is Mechanism.TRACEPOINT:
         system.ensure_tracefs()
     try:

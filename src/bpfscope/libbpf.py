@@ -1616,6 +1616,7 @@ __all__ += [
     "map_fd_by_id",
     "map_from_id",
     "prog_fd_by_id",
+    "prog_func_type_ids",
     "prog_info_and_struct_from_fd",
     "prog_info_struct_by_id",
 ]
@@ -1740,6 +1741,26 @@ def prog_info_and_struct_from_fd(fd: int) -> tuple[ProgInfo, BpfProgInfoStruct]:
     info = BpfProgInfoStruct()
     _get_info(fd, info, "get program info")
     return _prog_info_from_fd(fd), info
+
+
+def prog_func_type_ids(fd: int) -> list[int]:
+    """BTF type ids (in the program's ``btf_id`` object) of the program's
+    functions, main function first: its full name when ``name`` was cut to
+    15 characters. Empty when the program has no BTF func info."""
+    first = BpfProgInfoStruct()
+    _get_info(fd, first, "get program info")
+    count = int(first.nr_func_info)
+    if not count or not first.btf_id:
+        return []
+    rec_size = max(int(first.func_info_rec_size), 8)
+    buf = ctypes.create_string_buffer(rec_size * count)
+    again = BpfProgInfoStruct(
+        nr_func_info=count, func_info_rec_size=rec_size, func_info=ctypes.addressof(buf)
+    )
+    _get_info(fd, again, "get program func info")
+    n = min(int(again.nr_func_info), count)
+    # struct bpf_func_info { __u32 insn_off; __u32 type_id; }
+    return [struct.unpack_from("=II", buf.raw, i * rec_size)[1] for i in range(n)]
 
 
 @dataclass(frozen=True)

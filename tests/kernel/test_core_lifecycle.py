@@ -168,3 +168,24 @@ def test_doctor_mounts_tracefs_when_missing() -> None:
         in report["filesystems"]["tracefs"]["state"]
     )
     assert report["mechanisms"]["tracepoint"]["status"] == "available"
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) missing")
+def test_kernel_without_btf_is_explained() -> None:
+    """Hide /sys/kernel/btf/vmlinux in a private mount namespace: doctor
+    says what the kernel needs and that --btf exists, exit status 4."""
+    script = (
+        "mount --bind /dev/null /sys/kernel/btf/vmlinux && "
+        f"exec {' '.join(BPFSCOPE)} doctor --check"
+    )
+    out = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    text = out.stdout + out.stderr
+    assert out.returncode == 4, text
+    assert "CONFIG_DEBUG_INFO_BTF=y" in text
+    assert "--btf" in text
+    assert "Traceback" not in text

@@ -91,3 +91,18 @@ def test_cli_turns_user_errors_into_messages(
     err = capsys.readouterr().err
     assert err.startswith("bpfscope: error: no BTF here")
     assert "Traceback" not in err
+
+
+def test_libbpf_log_reaches_logging_and_the_exception(caplog: pytest.LogCaptureFixture) -> None:
+    """Opening garbage makes libbpf complain; its words land in the
+    bpfscope.libbpf logger and in the exception the user sees."""
+    import logging
+
+    with (
+        caplog.at_level(logging.DEBUG, logger="bpfscope.libbpf"),
+        pytest.raises(bpf.BpfError) as info,
+    ):
+        bpf.BpfObject.open_bytes(b"\x7fELF not really an object", name="garbage")
+    assert info.value.libbpf_log, "libbpf's message was not captured"
+    assert any("libbpf" in r.message or "elf" in r.message.lower() for r in caplog.records)
+    assert "open BPF object garbage" in str(info.value)
