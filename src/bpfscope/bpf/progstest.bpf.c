@@ -1,0 +1,61 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * Test object for the introspection commands (`bpfscope progs|maps|links`)
+ * and for measuring what kernel.bpf_stats costs per program run. Not a tool:
+ * the kernel tests load it, attach what they need and look for it.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include "common.h"
+#include "progstest.h"
+
+/* Hash with BTF-described key and value: `maps dump` decodes it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 128);
+	__type(key, struct progstest_key);
+	__type(value, struct progstest_value);
+} progstest_hash SEC(".maps");
+
+/* Per-CPU counters: index 0 counts uprobe hits, 1 task renames. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 4);
+	__type(key, __u32);
+	__type(value, __u64);
+} progstest_counts SEC(".maps");
+
+static __always_inline void bump(__u32 slot)
+{
+	__u64 *count = bpf_map_lookup_elem(&progstest_counts, &slot);
+
+	if (count)
+		*count += 1; /* per-CPU slot: no atomic needed */
+}
+
+/* Attached by userspace to a libc function, for one pid only, so that its
+ * run count is exactly the number of calls that process made. */
+SEC("uprobe")
+int progstest_uprobe(void *ctx)
+{
+	bump(0);
+	return 0;
+}
+
+/* Fires on prctl(PR_SET_NAME): rare, and easy to trigger from a test. */
+SEC("raw_tp/task_rename")
+int progstest_rename(struct bpf_raw_tracepoint_args *ctx)
+{
+	bump(1);
+	return 0;
+}
+
+/* Empty program on a cheap syscall: what the stats cost benchmark runs. */
+SEC("tracepoint/syscalls/sys_enter_getpid")
+int progstest_getpid(void *ctx)
+{
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
