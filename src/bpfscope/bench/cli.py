@@ -1,0 +1,225 @@
+"""``bpfscope bench``: the overhead lab's commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import EXIT_UNSUPPORTED, EXIT_USAGE, UserError, require_privileges
+from ..features import Mechanism
+from .programs import MECHANISMS, WORKS
+
+__all__ = ["bench", "syscalls_cmd"]
+
+
+@click.group()
+def bench() -> None:
+    """Overhead lab: what tracing costs on this kernel."""
+
+
+def _split(values: tuple[str, ...] | str | None) -> list[str]:
+    if values is None:
+        return []
+    if isinstance(values, str):
+        values = (values,)
+    return [part.strip() for v in values for part in v.split(",") if part.strip()]
+
+
+def _ints(text: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in _split(text))
+    except ValueError:
+        raise UserError(
+            f"{option}: expected comma-separated whole numbers, got {text!r}", EXIT_USAGE
+        ) from None
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Any]:
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("[bold]bench[/bold] {task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeRemainingColumn(),
+        transient=True,
+    ) as prog:
+        task = prog.add_task("starting", total=None)
+
+        def update(done: int, total: int, label: str) -> None:
+            prog.update(task, completed=done, total=total, description=label)
+
+        yield update
+
+
+def _write(dest: str, text: str) -> None:
+    if dest == "-":
+        click.echo(text, nl=not text.endswith("\n"))
+    else:
+        try:
+            Path(dest).write_text(text)
+        except OSError as exc:
+            raise UserError(f"cannot write {dest}: {exc.strerror}") from None
+
+
+def _rich_report(result: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from . import report
+    from .env import summary_line
+
+    console = Console()
+    console.print(f"[bold]bpfscope bench syscalls[/bold]: {summary_line(result.env)}")
+    calls = result.options.calls
+    for res in result.syscalls:
+        table = Table(title=report._syscall_heading(res, calls), title_justify="left")
+        for h in report.HEADERS:
+            table.add_column(h, overflow="fold")
+        for row in report.table_rows(res, calls):
+            table.add_row(*row)
+        console.print(table)
+        for n in res.notes:
+            console.print(f"[yellow]note:[/yellow] {n}")
+    for line in [*report.study_lines(result), "", *report.bar_lines(result)]:
+        console.print(line, highlight=False)
+    for n in result.notes:
+        console.print(f"[yellow]note:[/yellow] {n}")
+    console.print(f"({result.seconds:.0f} s)")
+
+
+@bench.command("syscalls")
+@click.argument("names", nargs=-1)
+@click.option("-n", "--calls", type=int, default=None, help="Calls per run (N).")
+@click.option("-r", "--reps", type=int, default=None, help="Repetitions per configuration (R).")
+@click.option("--warmup/--no-warmup", default=True, show_default=True, help="One warm-up round.")
+@click.option(
+    "--path",
+    type=click.Choice(["raw", "libc"]),
+    default="raw",
+    show_default=True,
+    help="raw syscall() or the libc wrapper (adds the uprobe mechanism).",
+)
+@click.option(
+    "-m",
+    "--mechanism",
+    "mechanisms",
+    multiple=True,
+    type=click.Choice([str(m) for m in MECHANISMS]),
+    help="Only these mechanisms (repeatable; default: all).",
+)
+@click.option("--work", default=None, help=f"Program bodies, comma-separated ({','.join(WORKS)}).")
+@click.option("--probes", default=None, help="Program counts K for the sweep, e.g. 1,2,4,8.")
+@click.option("--bpftrace/--no-bpftrace", default=True, show_default=True, help="bpftrace peer.")
+@click.option("--bpf-stats", is_flag=True, help="Also measure with kernel BPF run-time stats on.")
+@click.option("--quick", "preset", flag_value="quick", help="CI protocol (< 30 s).")
+@click.option("--paper", "preset", flag_value="paper", help="The study's protocol: 50M x 10.")
+@click.option(
+    "--json",
+    "json_out",
+    is_flag=False,
+    flag_value="-",
+    default=None,
+    metavar="[FILE]",
+    help="JSON to FILE, or to stdout without one.",
+)
+@click.option(
+    "--csv",
+    "csv_out",
+    is_flag=False,
+    flag_value="-",
+    default=None,
+    metavar="[FILE]",
+    help="CSV to FILE, or to stdout without one.",
+)
+@click.option("--plot", "plot_out", default=None, metavar="FILE", help="Figure (.png or .svg).")
+@click.pass_context
+def syscalls_cmd(
+    ctx: click.Context,
+    names: tuple[str, ...],
+    calls: int | None,
+    reps: int | None,
+    warmup: bool,
+    path: str,
+    mechanisms: tuple[str, ...],
+    work: str | None,
+    probes: str | None,
+    bpftrace: bool,
+    bpf_stats: bool,
+    preset: str | None,
+    json_out: str | None,
+    csv_out: str | None,
+    plot_out: str | None,
+) -> None:
+    """Overhead of tracing a syscall, per attach mechanism, vs no tracing.
+
+    NAMES are syscalls (default: the study's getuid getpid getppid times
+    gettimeofday). Each runs N times in a compiled driver, without tracing
+    and with each configuration attached, R times interleaved.
+    """
+    from . import driver, peer, report, runner
+    from .env import capture
+
+    preset = preset or "default"
+    p = runner.PRESETS[preset]
+    opts = runner.Options(
+        syscalls=tuple(_split(names)) or runner.STUDY_SYSCALLS,
+        calls=calls if calls is not None else p["calls"],
+        reps=reps if reps is not None else p["reps"],
+        warmup=warmup,
+        path=path,
+        mechanisms=tuple(Mechanism(m) for m in mechanisms) or None,
+        works=tuple(_split(work)) if work is not None else p["works"],
+        probes=_ints(probes, "--probes") if probes is not None else p["probes"],
+        bpftrace=bpftrace,
+        bpf_stats=bpf_stats,
+        preset=preset,
+        btf_path=(ctx.obj or {}).get("btf"),
+    )
+    runner.validate(opts)
+    if json_out == "-" and csv_out == "-":
+        raise UserError("--json and --csv cannot both go to stdout; give one a FILE", EXIT_USAGE)
+    if plot_out is not None:
+        from .plot import check_path
+
+        check_path(plot_out)
+    require_privileges()
+    bt = peer.find_bpftrace() if opts.bpftrace else None
+    compiler = driver.find_compiler()
+    exe = driver.build(compiler=compiler)
+    env = capture(bpftrace_version=bt.version if bt else None, compiler=compiler)
+    with _progress(sys.stderr.isatty()) as progress:
+        result = runner.run(opts, env=env, progress=progress, bt=bt, exe=exe)
+    if json_out is not None:
+        _write(json_out, json.dumps(report.to_json(result), indent=2) + "\n")
+    if csv_out is not None:
+        _write(csv_out, report.csv_text(result))
+    if plot_out is not None:
+        from .plot import plot
+
+        written = plot(result, plot_out)
+        click.echo(f"figure written to {written}", err=True)
+    if "-" not in (json_out, csv_out):
+        if sys.stdout.isatty():
+            _rich_report(result)
+        else:
+            click.echo(report.text_report(result), nl=False)
+    if not result.measured_tracing:
+        reasons = "; ".join(
+            f"{s.syscall} {what}: {why}" for s in result.syscalls for what, why in s.skipped
+        )
+        raise UserError(
+            "nothing could be measured: every tracing configuration was skipped"
+            + (f" ({reasons})" if reasons else ""),
+            EXIT_UNSUPPORTED,
+        )

@@ -1,0 +1,135 @@
+"""bpftrace as the peer: the study's own probe, started fresh for each run.
+
+``tracepoint:syscalls:sys_enter_<name> { @ = count(); }`` plus a BEGIN
+probe that prints a marker: bpftrace runs BEGIN after every other probe is
+attached, so timing starts only once the tracepoint is live. On exit (SIGINT)
+bpftrace prints ``@: <count>``, which is kept as evidence that it saw the
+calls.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from ..errors import UserError
+
+__all__ = ["Bpftrace", "BpftraceRun", "find_bpftrace", "program_text"]
+
+READY = "bpfscope-ready"
+_COUNT = re.compile(r"^@: (\d+)\s*$", re.MULTILINE)
+_VERSION = re.compile(r"v?(\d+\.\d+(?:\.\d+)?)")
+
+
+def program_text(syscall: str) -> str:
+    return (
+        f"tracepoint:syscalls:sys_enter_{syscall} {{ @ = count(); }} "
+        f'BEGIN {{ printf("{READY}\\n"); }}'
+    )
+
+
+@dataclass
+class BpftraceRun:
+    """One attached bpftrace; ``count`` is filled in after it exits."""
+
+    proc: subprocess.Popen[bytes]
+    count: int | None = None
+    output: list[str] = field(default_factory=list)
+
+
+class Bpftrace:
+    def __init__(self, exe: str) -> None:
+        self.exe = exe
+        self.version = _version(exe)
+
+    @contextmanager
+    def attached(self, syscall: str, *, timeout: float = 60.0) -> Iterator[BpftraceRun]:
+        """bpftrace counting ``syscall``, attached; stopped when the block ends."""
+        proc = subprocess.Popen(
+            [self.exe, "-e", program_text(syscall)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "BPFTRACE_NO_USER_SYMBOLS": "1"},
+        )
+        run = BpftraceRun(proc)
+        try:
+            _wait_ready(run, timeout)
+            yield run
+        finally:
+            _stop(run)
+
+
+def _read_lines(run: BpftraceRun, timeout: float) -> bool:
+    """Read what bpftrace printed within ``timeout``; False at EOF."""
+    assert run.proc.stdout is not None
+    fd = run.proc.stdout.fileno()
+    ready, _, _ = select.select([fd], [], [], timeout)
+    if not ready:
+        return True
+    data = os.read(fd, 65536)
+    if not data:
+        return False
+    text = data.decode(errors="replace")
+    if run.output and not run.output[-1].endswith("\n"):
+        run.output[-1] += text
+    else:
+        run.output.append(text)
+    return True
+
+
+def _wait_ready(run: BpftraceRun, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while READY not in "".join(run.output):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise UserError(f"bpftrace did not attach within {timeout:.0f} s")
+        if not _read_lines(run, min(left, 0.5)):
+            text = "".join(run.output).strip().splitlines()
+            tail = "\n  ".join(text[-5:]) or "no output"
+            raise UserError(f"bpftrace exited before attaching:\n  {tail}")
+
+
+def _stop(run: BpftraceRun) -> None:
+    proc = run.proc
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    deadline = time.monotonic() + 15
+    try:
+        while time.monotonic() < deadline and _read_lines(run, 0.5):
+            pass
+    except (OSError, ValueError):
+        pass
+    try:
+        proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    if proc.stdout is not None:
+        proc.stdout.close()
+    m = _COUNT.search("".join(run.output))
+    run.count = int(m.group(1)) if m else None
+
+
+def _version(exe: str) -> str | None:
+    try:
+        out = subprocess.run(
+            [exe, "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = _VERSION.search(out)
+    return m.group(1) if m else (out.strip() or None)
+
+
+def find_bpftrace() -> Bpftrace | None:
+    exe = shutil.which("bpftrace")
+    return Bpftrace(exe) if exe else None

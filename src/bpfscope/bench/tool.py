@@ -1,0 +1,40 @@
+"""The overhead lab's BPF object as seen by ``bpfscope doctor``.
+
+The bench does not climb a ladder (it measures every mechanism that works);
+this ladder only lets doctor check that the object loads and attaches here,
+with the counting body on getpid.
+"""
+
+from __future__ import annotations
+
+from .. import targets
+from ..features import Mechanism
+from ..ladder import Hook, Rung
+from .programs import program_name
+
+__all__ = ["CORE", "DESCRIPTION", "NAME", "TOOL", "hooks"]
+
+TOOL = "bench"
+NAME = "bench syscalls"
+DESCRIPTION = "overhead lab: cost of each attach mechanism per syscall"
+CORE = False
+
+
+def hooks() -> list[Hook]:
+    entry = targets.syscall_entry_function("getpid") or "__x64_sys_getpid"
+    return [
+        Hook(
+            "getpid",
+            (
+                Rung(Mechanism.FENTRY, program_name(Mechanism.FENTRY, "count", 0), entry),
+                Rung(Mechanism.TP_BTF, program_name(Mechanism.TP_BTF, "count", 0), "sys_enter"),
+                Rung(Mechanism.RAW_TP, program_name(Mechanism.RAW_TP, "count", 0), "sys_enter"),
+                Rung(
+                    Mechanism.TRACEPOINT,
+                    program_name(Mechanism.TRACEPOINT, "count", 0),
+                    "syscalls:sys_enter_getpid",
+                ),
+                Rung(Mechanism.KPROBE, program_name(Mechanism.KPROBE, "count", 0), entry),
+            ),
+        )
+    ]
