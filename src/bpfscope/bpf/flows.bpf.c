@@ -1,0 +1,775 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * Flow monitor: per-flow TCP/UDP bytes and calls each way, keyed by
+ * (cgroup, netns, process, 5-tuple), plus TCP lifecycle (open, close,
+ * retransmits, resets) over a ring buffer, folded into the same table.
+ *
+ * Every traffic hook has one body (on_traffic) and one program per rung:
+ * fexit on the protocol's sendmsg/recvmsg -> tp_btf -> raw_tp -> tracepoint
+ * on sock:sock_{send,recv}_length -> kprobe. The loader keeps one rung per
+ * hook. Traffic hooks run in process context and record the owner of every
+ * TCP socket; softirq events (state changes, retransmits, resets) use that
+ * recorded owner, never the task that happens to be running.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include "common.h"
+#include "flows.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+#define SOCK_STREAM 1
+#define SOCK_DGRAM 2
+#define MSG_PEEK 0x2
+#define MSG_ERRQUEUE 0x2000
+
+/* TCP states (include/net/tcp_states.h) */
+#define TCP_ESTABLISHED 1
+#define TCP_SYN_SENT 2
+#define TCP_SYN_RECV 3
+#define TCP_CLOSE 7
+#define TCP_LISTEN 10
+
+#define DIR_TX 0
+#define DIR_RX 1
+
+/* Filters, set before load (0 = everything). */
+const volatile __u32 filter_tgid = 0;
+const volatile __u64 filter_cgroup = 0;
+const volatile __u16 filter_port = 0;
+const volatile __u8 filter_family = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct flow_key);
+	__type(value, struct flow_value);
+} flows SEC(".maps");
+
+/* Owner of each TCP socket, keyed by the struct sock address. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 131072);
+	__type(key, __u64);
+	__type(value, struct sk_owner);
+} flow_socks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct listen_key);
+	__type(value, struct sk_owner);
+} flow_listeners SEC(".maps");
+
+/* Last UDP route lookup per thread (tracepoint rungs: unconnected sends). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u64);
+	__type(value, struct udp_dest);
+} flow_udp_dests SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1024 * 1024);
+} flow_events SEC(".maps");
+
+BPFSCOPE_DROP_COUNTER(flow_events_dropped);
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FLOW_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} flows_stats SEC(".maps");
+
+static __always_inline void stat_inc(__u32 slot)
+{
+	__u64 *v = bpf_map_lookup_elem(&flows_stats, &slot);
+
+	if (v)
+		*v += 1;
+}
+
+/* Protocol and type of a socket (bitfields on older kernels). */
+static __always_inline int sk_proto(struct sock *sk)
+{
+	int proto = BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol);
+	int type = BPF_CORE_READ_BITFIELD_PROBED(sk, sk_type);
+
+	if (proto == IPPROTO_TCP && type == SOCK_STREAM)
+		return IPPROTO_TCP;
+	if (proto == IPPROTO_UDP && type == SOCK_DGRAM)
+		return IPPROTO_UDP;
+	return 0;
+}
+
+/* Fill the tuple part of a key from the socket; returns the family or 0. */
+static __always_inline int sk_tuple(struct sock *sk, struct flow_key *k)
+{
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+
+	if (family == AF_INET) {
+		__u32 l = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+		__u32 r = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+
+		__builtin_memcpy(k->laddr, &l, 4);
+		__builtin_memcpy(k->raddr, &r, 4);
+	} else if (family == AF_INET6) {
+		BPF_CORE_READ_INTO(&k->laddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&k->raddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	} else {
+		return 0;
+	}
+	k->family = family;
+	k->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	k->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	k->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	return family;
+}
+
+static __always_inline bool filtered_tuple(const struct flow_key *k)
+{
+	if (filter_family && k->family != filter_family)
+		return true;
+	if (filter_port && k->lport != filter_port && k->rport != filter_port)
+		return true;
+	return false;
+}
+
+static __always_inline bool filtered_owner(__u32 tgid, __u64 cgroup_id)
+{
+	if (filter_tgid && tgid != filter_tgid)
+		return true;
+	if (filter_cgroup && cgroup_id != filter_cgroup)
+		return true;
+	return false;
+}
+
+static __always_inline bool is_zero16(const __u8 *a)
+{
+	__u64 x0, x1;
+
+	__builtin_memcpy(&x0, a, 8);
+	__builtin_memcpy(&x1, a + 8, 8);
+	return (x0 | x1) == 0;
+}
+
+static struct flow_value zero_value = {};
+
+/* Find a flow, creating it (counted) if it is new. */
+static __always_inline struct flow_value *flow_get(const struct flow_key *k, const char *comm,
+						   __u64 now)
+{
+	struct flow_value *v = bpf_map_lookup_elem(&flows, k);
+	long err;
+
+	if (v)
+		return v;
+	err = bpf_map_update_elem(&flows, k, &zero_value, BPF_NOEXIST);
+	if (err == 0)
+		stat_inc(FLOW_STAT_INSERTS);
+	else if (err != -17 /* EEXIST: another CPU won the race */)
+		stat_inc(FLOW_STAT_UPDATE_FAILED);
+	v = bpf_map_lookup_elem(&flows, k);
+	if (v && v->first_ns == 0) {
+		v->first_ns = now;
+		__builtin_memcpy(v->comm, comm, FLOWS_COMM_LEN);
+	}
+	return v;
+}
+
+/* Record (or refresh) the owner of a TCP socket seen in process context. */
+static __always_inline void own_socket(struct sock *sk, __u32 tgid, __u64 cgroup_id)
+{
+	__u64 skp = (__u64)sk;
+	struct sk_owner *o = bpf_map_lookup_elem(&flow_socks, &skp);
+	struct sk_owner fresh = {};
+
+	if (o) {
+		if (o->tgid != tgid || o->cgroup_id != cgroup_id) {
+			o->tgid = tgid;
+			o->cgroup_id = cgroup_id;
+			bpf_get_current_comm(o->comm, sizeof(o->comm));
+		}
+		return;
+	}
+	fresh.tgid = tgid;
+	fresh.cgroup_id = cgroup_id;
+	bpf_get_current_comm(fresh.comm, sizeof(fresh.comm));
+	if (bpf_map_update_elem(&flow_socks, &skp, &fresh, BPF_NOEXIST) == -12)
+		stat_inc(FLOW_STAT_SK_UPDATE_FAILED);
+}
+
+/* Remote of an unconnected send, from a kernel sockaddr (msg->msg_name). */
+static __always_inline bool dest_from_sockaddr(struct flow_key *k, const void *name)
+{
+	__u16 family = 0;
+
+	if (!name)
+		return false;
+	bpf_probe_read_kernel(&family, sizeof(family), name);
+	if (family == AF_INET) {
+		struct sockaddr_in sin = {};
+
+		bpf_probe_read_kernel(&sin, sizeof(sin), name);
+		__builtin_memset(k->raddr, 0, sizeof(k->raddr));
+		if (k->family == AF_INET6) {
+			/* v4 destination from a dual-stack socket: ::ffff:a.b.c.d */
+			k->raddr[10] = 0xff;
+			k->raddr[11] = 0xff;
+			__builtin_memcpy(&k->raddr[12], &sin.sin_addr.s_addr, 4);
+		} else {
+			__builtin_memcpy(k->raddr, &sin.sin_addr.s_addr, 4);
+		}
+		k->rport = bpf_ntohs(sin.sin_port);
+		return true;
+	}
+	if (family == AF_INET6) {
+		struct sockaddr_in6 sin6 = {};
+
+		bpf_probe_read_kernel(&sin6, sizeof(sin6), name);
+		__builtin_memcpy(k->raddr, sin6.sin6_addr.in6_u.u6_addr8, 16);
+		k->rport = bpf_ntohs(sin6.sin6_port);
+		return true;
+	}
+	return false;
+}
+
+/*
+ * The one traffic body. bytes: what the call moved (<= 0: nothing).
+ * want_family: 0 for any. msg: the msghdr when the rung sees it (fexit,
+ * kprobe), else NULL; on tracepoint rungs an unconnected UDP send takes its
+ * remote from the route lookup just made by this thread, if any.
+ */
+static __always_inline int on_traffic(struct sock *sk, long bytes, int flags, int dir,
+				      int want_proto, int want_family, struct msghdr *msg,
+				      bool use_route_stash)
+{
+	struct flow_key k = {};
+	struct flow_value *v;
+	__u64 pid_tgid, cgroup_id, now;
+	char comm[FLOWS_COMM_LEN];
+	__u32 tgid;
+	int family;
+
+	if (bytes <= 0 || !sk)
+		return 0;
+	if (dir == DIR_RX && (flags & (MSG_PEEK | MSG_ERRQUEUE)))
+		return 0;
+	if (sk_proto(sk) != want_proto)
+		return 0;
+	family = sk_tuple(sk, &k);
+	if (!family || (want_family && family != want_family))
+		return 0;
+	k.proto = want_proto;
+
+	pid_tgid = bpf_get_current_pid_tgid();
+	tgid = pid_tgid >> 32;
+	cgroup_id = bpf_get_current_cgroup_id();
+
+	if (want_proto == IPPROTO_UDP && dir == DIR_TX) {
+		bool known = false;
+
+		if (msg)
+			known = dest_from_sockaddr(&k, BPF_CORE_READ(msg, msg_name));
+		if (use_route_stash) {
+			struct udp_dest *d = bpf_map_lookup_elem(&flow_udp_dests, &pid_tgid);
+
+			if (d && d->lport == k.lport && d->family == family) {
+				__builtin_memcpy(k.raddr, d->raddr, 16);
+				k.rport = d->rport;
+				known = true;
+			}
+			if (d)
+				bpf_map_delete_elem(&flow_udp_dests, &pid_tgid);
+		}
+		if (k.rport == 0 || is_zero16(k.raddr)) {
+			k.flags |= FLOW_F_REMOTE_UNKNOWN;
+			__builtin_memset(k.raddr, 0, sizeof(k.raddr));
+			k.rport = 0;
+			stat_inc(FLOW_STAT_UDP_DEST_MISS);
+		} else if (known) {
+			stat_inc(FLOW_STAT_UDP_DEST_HIT);
+		}
+	} else if (want_proto == IPPROTO_UDP && k.rport == 0) {
+		/* unconnected receive: the sender is not visible here */
+		k.flags |= FLOW_F_REMOTE_UNKNOWN;
+		__builtin_memset(k.raddr, 0, sizeof(k.raddr));
+	}
+
+	if (filtered_tuple(&k) || filtered_owner(tgid, cgroup_id))
+		return 0;
+	k.tgid = tgid;
+	k.cgroup_id = cgroup_id;
+
+	if (want_proto == IPPROTO_TCP)
+		own_socket(sk, tgid, cgroup_id);
+
+	now = bpf_ktime_get_ns();
+	bpf_get_current_comm(comm, sizeof(comm));
+	v = flow_get(&k, comm, now);
+	if (!v)
+		return 0;
+	if (dir == DIR_TX) {
+		__sync_fetch_and_add(&v->tx_bytes, bytes);
+		__sync_fetch_and_add(&v->tx_calls, 1);
+	} else {
+		__sync_fetch_and_add(&v->rx_bytes, bytes);
+		__sync_fetch_and_add(&v->rx_calls, 1);
+	}
+	v->last_ns = now;
+	return 0;
+}
+
+/* ---------------------------------------------------------------------- */
+/* UDP destinations seen on route lookups (for tracepoint rungs)           */
+
+static __always_inline void stash_dest(struct udp_dest *d)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+
+	if ((__u32)pid_tgid == 0)
+		return; /* idle/softirq on the idle task: not a sender */
+	bpf_map_update_elem(&flow_udp_dests, &pid_tgid, d, BPF_ANY);
+}
+
+static __always_inline int on_fib4(const struct flowi4 *flp)
+{
+	struct udp_dest d = {};
+	__u32 daddr;
+
+	if (BPF_CORE_READ(flp, __fl_common.flowic_proto) != IPPROTO_UDP)
+		return 0;
+	daddr = BPF_CORE_READ(flp, daddr);
+	__builtin_memcpy(d.raddr, &daddr, 4);
+	d.lport = bpf_ntohs(BPF_CORE_READ(flp, uli.ports.sport));
+	d.rport = bpf_ntohs(BPF_CORE_READ(flp, uli.ports.dport));
+	d.family = AF_INET;
+	stash_dest(&d);
+	return 0;
+}
+
+static __always_inline int on_fib6(const struct flowi6 *flp)
+{
+	struct udp_dest d = {};
+
+	if (BPF_CORE_READ(flp, __fl_common.flowic_proto) != IPPROTO_UDP)
+		return 0;
+	BPF_CORE_READ_INTO(&d.raddr, flp, daddr.in6_u.u6_addr8);
+	d.lport = bpf_ntohs(BPF_CORE_READ(flp, uli.ports.sport));
+	d.rport = bpf_ntohs(BPF_CORE_READ(flp, uli.ports.dport));
+	d.family = AF_INET6;
+	stash_dest(&d);
+	return 0;
+}
+
+SEC("tp_btf/fib_table_lookup")
+int BPF_PROG(udp_dest_tp_btf, u32 tb_id, const struct flowi4 *flp)
+{
+	return on_fib4(flp);
+}
+
+SEC("raw_tp/fib_table_lookup")
+int BPF_PROG(udp_dest_raw_tp, u32 tb_id, const struct flowi4 *flp)
+{
+	return on_fib4(flp);
+}
+
+SEC("tp_btf/fib6_table_lookup")
+int BPF_PROG(udp6_dest_tp_btf, const struct net *net, const void *res, void *table,
+	     const struct flowi6 *flp)
+{
+	return on_fib6(flp);
+}
+
+SEC("raw_tp/fib6_table_lookup")
+int BPF_PROG(udp6_dest_raw_tp, const struct net *net, const void *res, void *table,
+	     const struct flowi6 *flp)
+{
+	return on_fib6(flp);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Traffic programs: one per (hook, rung)                                  */
+
+/* tracepoint rungs: sock:sock_send_length / sock:sock_recv_length */
+#define TRACEPOINT_RUNGS(hook, tp, dir, proto, family, stash)                      \
+	SEC("tp_btf/" #tp)                                                        \
+	int BPF_PROG(hook##_tp_btf, struct sock *sk, int ret, int flags)          \
+	{                                                                          \
+		return on_traffic(sk, ret, flags, dir, proto, family, NULL, stash);\
+	}                                                                          \
+	SEC("raw_tp/" #tp)                                                        \
+	int BPF_PROG(hook##_raw_tp, struct sock *sk, int ret, int flags)          \
+	{                                                                          \
+		return on_traffic(sk, ret, flags, dir, proto, family, NULL, stash);\
+	}                                                                          \
+	SEC("tracepoint/sock/" #tp)                                               \
+	int hook##_tracepoint(struct trace_event_raw_sock_msg_length *ctx)        \
+	{                                                                          \
+		return on_traffic((struct sock *)ctx->sk, ctx->ret, ctx->flags, dir,  \
+				  proto, family, NULL, stash);                     \
+	}
+
+TRACEPOINT_RUNGS(tcp_send, sock_send_length, DIR_TX, IPPROTO_TCP, 0, false)
+TRACEPOINT_RUNGS(tcp_recv, sock_recv_length, DIR_RX, IPPROTO_TCP, 0, false)
+TRACEPOINT_RUNGS(udp_send, sock_send_length, DIR_TX, IPPROTO_UDP, AF_INET, true)
+TRACEPOINT_RUNGS(udp_recv, sock_recv_length, DIR_RX, IPPROTO_UDP, AF_INET, false)
+TRACEPOINT_RUNGS(udp6_send, sock_send_length, DIR_TX, IPPROTO_UDP, AF_INET6, true)
+TRACEPOINT_RUNGS(udp6_recv, sock_recv_length, DIR_RX, IPPROTO_UDP, AF_INET6, false)
+
+/* fexit rungs: the return value is what moved (bpf_get_func_ret: 5.17+). */
+static __always_inline long func_ret(void *ctx)
+{
+	__u64 ret = 0;
+
+	bpf_get_func_ret(ctx, &ret);
+	return (long)(int)ret;
+}
+
+/* recvmsg's flags argument moved when `nonblock` was dropped (5.19). */
+static __always_inline int recv_flags(void *ctx)
+{
+	__u64 flags = 0;
+
+	bpf_get_func_arg(ctx, bpf_get_func_arg_cnt(ctx) == 6 ? 4 : 3, &flags);
+	return (int)flags;
+}
+
+SEC("fexit/tcp_sendmsg")
+int BPF_PROG(tcp_send_fexit, struct sock *sk)
+{
+	return on_traffic(sk, func_ret(ctx), 0, DIR_TX, IPPROTO_TCP, 0, NULL, false);
+}
+
+SEC("fexit/tcp_recvmsg")
+int BPF_PROG(tcp_recv_fexit, struct sock *sk)
+{
+	return on_traffic(sk, func_ret(ctx), recv_flags(ctx), DIR_RX, IPPROTO_TCP, 0, NULL, false);
+}
+
+SEC("fexit/udp_sendmsg")
+int BPF_PROG(udp_send_fexit, struct sock *sk, struct msghdr *msg)
+{
+	return on_traffic(sk, func_ret(ctx), 0, DIR_TX, IPPROTO_UDP, AF_INET, msg, false);
+}
+
+SEC("fexit/udp_recvmsg")
+int BPF_PROG(udp_recv_fexit, struct sock *sk)
+{
+	return on_traffic(sk, func_ret(ctx), recv_flags(ctx), DIR_RX, IPPROTO_UDP, AF_INET, NULL,
+			  false);
+}
+
+SEC("fexit/udpv6_sendmsg")
+int BPF_PROG(udp6_send_fexit, struct sock *sk, struct msghdr *msg)
+{
+	return on_traffic(sk, func_ret(ctx), 0, DIR_TX, IPPROTO_UDP, AF_INET6, msg, false);
+}
+
+SEC("fexit/udpv6_recvmsg")
+int BPF_PROG(udp6_recv_fexit, struct sock *sk)
+{
+	return on_traffic(sk, func_ret(ctx), recv_flags(ctx), DIR_RX, IPPROTO_UDP, AF_INET6, NULL,
+			  false);
+}
+
+/*
+ * kprobe rungs (oldest kernels): sendmsg's requested size, and what
+ * tcp_cleanup_rbuf / skb_consume_udp say was copied to the reader.
+ */
+SEC("kprobe/tcp_sendmsg")
+int BPF_KPROBE(tcp_send_kprobe, struct sock *sk, struct msghdr *msg, size_t size)
+{
+	return on_traffic(sk, size, 0, DIR_TX, IPPROTO_TCP, 0, NULL, false);
+}
+
+SEC("kprobe/tcp_cleanup_rbuf")
+int BPF_KPROBE(tcp_recv_kprobe, struct sock *sk, int copied)
+{
+	return on_traffic(sk, copied, 0, DIR_RX, IPPROTO_TCP, 0, NULL, false);
+}
+
+SEC("kprobe/udp_sendmsg")
+int BPF_KPROBE(udp_send_kprobe, struct sock *sk, struct msghdr *msg, size_t len)
+{
+	return on_traffic(sk, len, 0, DIR_TX, IPPROTO_UDP, AF_INET, msg, false);
+}
+
+SEC("kprobe/udpv6_sendmsg")
+int BPF_KPROBE(udp6_send_kprobe, struct sock *sk, struct msghdr *msg, size_t len)
+{
+	return on_traffic(sk, len, 0, DIR_TX, IPPROTO_UDP, AF_INET6, msg, false);
+}
+
+SEC("kprobe/skb_consume_udp")
+int BPF_KPROBE(udp_recv_kprobe, struct sock *sk, struct sk_buff *skb, int len)
+{
+	return on_traffic(sk, len, 0, DIR_RX, IPPROTO_UDP, AF_INET, NULL, false);
+}
+
+SEC("kprobe/skb_consume_udp")
+int BPF_KPROBE(udp6_recv_kprobe, struct sock *sk, struct sk_buff *skb, int len)
+{
+	return on_traffic(sk, len, 0, DIR_RX, IPPROTO_UDP, AF_INET6, NULL, false);
+}
+
+/* ---------------------------------------------------------------------- */
+/* TCP lifecycle                                                           */
+
+/*
+ * Flow key of a TCP socket from its recorded owner: the tuple remembered
+ * once complete, else read now (and remembered if complete).
+ */
+static __always_inline bool owned_key(struct sock *sk, struct sk_owner *o, struct flow_key *k)
+{
+	if (o->has_tuple) {
+		__builtin_memcpy(k->laddr, o->laddr, 16);
+		__builtin_memcpy(k->raddr, o->raddr, 16);
+		k->lport = o->lport;
+		k->rport = o->rport;
+		k->netns = o->netns;
+		k->family = o->family;
+	} else {
+		if (!sk_tuple(sk, k))
+			return false;
+		if (k->lport && k->rport) {
+			__builtin_memcpy(o->laddr, k->laddr, 16);
+			__builtin_memcpy(o->raddr, k->raddr, 16);
+			o->lport = k->lport;
+			o->rport = k->rport;
+			o->netns = k->netns;
+			o->family = k->family;
+			o->has_tuple = 1;
+		}
+	}
+	k->proto = IPPROTO_TCP;
+	k->tgid = o->tgid;
+	k->cgroup_id = o->cgroup_id;
+	return !(filtered_tuple(k) || filtered_owner(o->tgid, o->cgroup_id));
+}
+
+static __always_inline void emit(struct sock *sk, const struct flow_key *k,
+				 const struct sk_owner *o, const struct flow_value *v, __u8 type,
+				 __u64 now, int oldstate, int newstate)
+{
+	struct flow_event *e = bpf_ringbuf_reserve(&flow_events, sizeof(*e), 0);
+	struct tcp_sock *tp = (struct tcp_sock *)sk;
+
+	if (!e) {
+		bpfscope_count_drop(&flow_events_dropped);
+		return;
+	}
+	__builtin_memset(e, 0, sizeof(*e));
+	e->ts_ns = now;
+	e->cgroup_id = k->cgroup_id;
+	e->netns = k->netns;
+	e->tgid = k->tgid;
+	__builtin_memcpy(e->laddr, k->laddr, 16);
+	__builtin_memcpy(e->raddr, k->raddr, 16);
+	e->lport = k->lport;
+	e->rport = k->rport;
+	e->family = k->family;
+	e->proto = IPPROTO_TCP;
+	e->type = type;
+	e->direction = o->direction;
+	e->oldstate = oldstate;
+	e->newstate = newstate;
+	e->established = o->established;
+	__builtin_memcpy(e->comm, o->comm, FLOWS_COMM_LEN);
+	if (o->open_ns)
+		e->duration_ns = now - o->open_ns;
+	if (type == FLOW_EV_CLOSE) {
+		/* payload bytes as this tool counted them (tcp_sock's own
+		 * counters include SYN/FIN sequence numbers) */
+		if (v) {
+			e->tx_bytes = v->tx_bytes;
+			e->rx_bytes = v->rx_bytes;
+		}
+		e->retrans = BPF_CORE_READ(tp, total_retrans);
+	}
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline void fresh_owner(struct sk_owner *o, __u8 direction, __u64 now)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+
+	o->tgid = pid_tgid >> 32;
+	o->cgroup_id = bpf_get_current_cgroup_id();
+	o->direction = direction;
+	o->open_ns = now;
+	bpf_get_current_comm(o->comm, sizeof(o->comm));
+}
+
+static __always_inline int on_state(struct sock *sk, int oldstate, int newstate)
+{
+	struct flow_key k = {};
+	struct listen_key lk = {};
+	struct sk_owner fresh = {};
+	struct sk_owner *o, *lo;
+	struct flow_value *v;
+	__u64 skp = (__u64)sk;
+	__u64 now;
+	int family;
+
+	if (!sk || sk_proto(sk) != IPPROTO_TCP)
+		return 0;
+	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family != AF_INET && family != AF_INET6)
+		return 0;
+	now = bpf_ktime_get_ns();
+
+	if (newstate == TCP_LISTEN || (oldstate == TCP_LISTEN && newstate == TCP_CLOSE)) {
+		lk.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+		lk.port = BPF_CORE_READ(sk, __sk_common.skc_num);
+		lk.family = family;
+		if (newstate == TCP_LISTEN) {
+			fresh_owner(&fresh, FLOW_DIR_PASSIVE, 0);
+			bpf_map_update_elem(&flow_listeners, &lk, &fresh, BPF_ANY);
+		} else {
+			bpf_map_delete_elem(&flow_listeners, &lk);
+		}
+		return 0;
+	}
+	if (newstate == TCP_SYN_SENT) {
+		/* connect(): process context, the caller owns the socket */
+		fresh_owner(&fresh, FLOW_DIR_ACTIVE, now);
+		if (bpf_map_update_elem(&flow_socks, &skp, &fresh, BPF_ANY))
+			stat_inc(FLOW_STAT_SK_UPDATE_FAILED);
+		return 0;
+	}
+	if (newstate == TCP_SYN_RECV) {
+		/* child of a listener, created in softirq: inherit the listener's owner */
+		lk.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+		lk.port = BPF_CORE_READ(sk, __sk_common.skc_num);
+		lk.family = family;
+		lo = bpf_map_lookup_elem(&flow_listeners, &lk);
+		if (!lo) {
+			stat_inc(FLOW_STAT_NO_OWNER);
+			return 0;
+		}
+		__builtin_memcpy(&fresh, lo, sizeof(fresh));
+		fresh.direction = FLOW_DIR_PASSIVE;
+		fresh.open_ns = now;
+		if (bpf_map_update_elem(&flow_socks, &skp, &fresh, BPF_ANY))
+			stat_inc(FLOW_STAT_SK_UPDATE_FAILED);
+		return 0;
+	}
+
+	o = bpf_map_lookup_elem(&flow_socks, &skp);
+	if (!o) {
+		if (newstate == TCP_CLOSE)
+			stat_inc(FLOW_STAT_NO_OWNER);
+		return 0;
+	}
+	if (!owned_key(sk, o, &k)) {
+		if (newstate == TCP_CLOSE)
+			bpf_map_delete_elem(&flow_socks, &skp);
+		return 0;
+	}
+	v = flow_get(&k, o->comm, now);
+	if (newstate == TCP_ESTABLISHED) {
+		o->established = 1;
+		emit(sk, &k, o, v, FLOW_EV_OPEN, now, oldstate, newstate);
+	} else if (newstate == TCP_CLOSE) {
+		emit(sk, &k, o, v, FLOW_EV_CLOSE, now, oldstate, newstate);
+	}
+	if (v) {
+		v->state = newstate;
+		if (o->direction)
+			v->direction = o->direction;
+		if (o->open_ns && !v->open_ns)
+			v->open_ns = o->open_ns;
+		if (newstate == TCP_CLOSE)
+			v->close_ns = now;
+		else if (newstate == TCP_ESTABLISHED)
+			v->close_ns = 0;
+		v->last_ns = now;
+	}
+	if (newstate == TCP_CLOSE)
+		bpf_map_delete_elem(&flow_socks, &skp);
+	return 0;
+}
+
+/* Retransmits and resets: attributed to the socket's recorded owner. */
+static __always_inline int on_tcp_event(struct sock *sk, __u8 type)
+{
+	struct flow_key k = {};
+	struct flow_value *v;
+	struct sk_owner *o;
+	__u64 skp = (__u64)sk;
+	__u64 now;
+
+	if (!sk)
+		return 0;
+	o = bpf_map_lookup_elem(&flow_socks, &skp);
+	if (!o) {
+		stat_inc(FLOW_STAT_NO_OWNER);
+		return 0;
+	}
+	if (!owned_key(sk, o, &k))
+		return 0;
+	now = bpf_ktime_get_ns();
+	v = flow_get(&k, o->comm, now);
+	emit(sk, &k, o, v, type, now, 0, 0);
+	if (!v)
+		return 0;
+	if (type == FLOW_EV_RETRANS)
+		__sync_fetch_and_add(&v->retrans, 1);
+	else if (type == FLOW_EV_RESET_SENT)
+		__sync_fetch_and_add(&v->resets_sent, 1);
+	else
+		__sync_fetch_and_add(&v->resets_recv, 1);
+	v->last_ns = now;
+	return 0;
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(state_tp_btf, struct sock *sk, int oldstate, int newstate)
+{
+	return on_state(sk, oldstate, newstate);
+}
+
+SEC("raw_tp/inet_sock_set_state")
+int BPF_PROG(state_raw_tp, struct sock *sk, int oldstate, int newstate)
+{
+	return on_state(sk, oldstate, newstate);
+}
+
+SEC("tracepoint/sock/inet_sock_set_state")
+int state_tracepoint(struct trace_event_raw_inet_sock_set_state *ctx)
+{
+	return on_state((struct sock *)ctx->skaddr, ctx->oldstate, ctx->newstate);
+}
+
+#define TCP_EVENT_RUNGS(hook, tp, tp_struct, type)                              \
+	SEC("tp_btf/" #tp)                                                     \
+	int BPF_PROG(hook##_tp_btf, struct sock *sk)                           \
+	{                                                                       \
+		return on_tcp_event(sk, type);                                  \
+	}                                                                       \
+	SEC("raw_tp/" #tp)                                                     \
+	int BPF_PROG(hook##_raw_tp, struct sock *sk)                           \
+	{                                                                       \
+		return on_tcp_event(sk, type);                                  \
+	}                                                                       \
+	SEC("tracepoint/tcp/" #tp)                                             \
+	int hook##_tracepoint(struct tp_struct *ctx)                           \
+	{                                                                       \
+		return on_tcp_event((struct sock *)ctx->skaddr, type);          \
+	}
+
+TCP_EVENT_RUNGS(retransmit, tcp_retransmit_skb, trace_event_raw_tcp_retransmit_skb,
+		FLOW_EV_RETRANS)
+TCP_EVENT_RUNGS(send_reset, tcp_send_reset, trace_event_raw_tcp_send_reset, FLOW_EV_RESET_SENT)
+TCP_EVENT_RUNGS(receive_reset, tcp_receive_reset, trace_event_raw_tcp_event_sk,
+		FLOW_EV_RESET_RECV)
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -1,0 +1,135 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * Flow monitor: the structs that cross the kernel/user boundary. The Python
+ * mirrors in bpfscope/flows/records.py are checked against this file's BTF.
+ */
+#ifndef BPFSCOPE_FLOWS_H
+#define BPFSCOPE_FLOWS_H
+
+#define FLOWS_COMM_LEN 16
+
+/* flow_key.flags */
+#define FLOW_F_REMOTE_UNKNOWN 0x1 /* unconnected UDP, remote not seen by this rung */
+
+/* flow_value.direction / flow_event.direction */
+#define FLOW_DIR_UNKNOWN 0
+#define FLOW_DIR_ACTIVE 1  /* we connected (SYN_SENT) */
+#define FLOW_DIR_PASSIVE 2 /* we accepted (SYN_RECV) */
+
+/* flow_event.type */
+#define FLOW_EV_OPEN 1       /* reached ESTABLISHED */
+#define FLOW_EV_CLOSE 2      /* went to CLOSE (duration, final bytes) */
+#define FLOW_EV_RETRANS 3    /* tcp_retransmit_skb */
+#define FLOW_EV_RESET_SENT 4 /* tcp_send_reset */
+#define FLOW_EV_RESET_RECV 5 /* tcp_receive_reset */
+
+/* stats slots (per-CPU array flows_stats) */
+#define FLOW_STAT_INSERTS 0       /* new flow entries created */
+#define FLOW_STAT_UPDATE_FAILED 1 /* bpf_map_update_elem refused (not an LRU eviction) */
+#define FLOW_STAT_SK_UPDATE_FAILED 2
+#define FLOW_STAT_NO_OWNER 3      /* softirq event on a socket with no recorded owner */
+#define FLOW_STAT_UDP_DEST_HIT 4  /* unconnected UDP send matched a seen destination */
+#define FLOW_STAT_UDP_DEST_MISS 5 /* unconnected UDP send with remote unknown */
+#define FLOW_STAT_MAX 8
+
+/*
+ * One flow: who (cgroup, netns, process) talks to whom (addresses are in
+ * network byte order, IPv4 in the first 4 bytes; ports in host order).
+ */
+struct flow_key {
+	__u64 cgroup_id;
+	__u32 netns;
+	__u32 tgid;
+	__u8 laddr[16];
+	__u8 raddr[16];
+	__u16 lport;
+	__u16 rport;
+	__u8 family; /* AF_INET / AF_INET6 */
+	__u8 proto;  /* IPPROTO_TCP / IPPROTO_UDP */
+	__u8 flags;  /* FLOW_F_* */
+	__u8 pad;
+};
+
+/* Cumulative counters; the collector computes deltas. */
+struct flow_value {
+	__u64 tx_bytes;
+	__u64 rx_bytes;
+	__u64 tx_calls;
+	__u64 rx_calls;
+	__u64 first_ns; /* bpf_ktime_get_ns() of the first event */
+	__u64 last_ns;
+	__u64 open_ns;  /* TCP: when the connection started (0: not seen) */
+	__u64 close_ns; /* TCP: when it went to CLOSE (0: still open) */
+	__u32 retrans;
+	__u32 resets_sent;
+	__u32 resets_recv;
+	__u8 state;     /* last TCP state seen (0: none) */
+	__u8 direction; /* FLOW_DIR_* */
+	__u8 pad[2];
+	char comm[FLOWS_COMM_LEN];
+};
+
+/*
+ * Owner of a TCP socket, recorded in process context, and the socket's
+ * tuple once it is complete (at CLOSE the kernel may already have cleared
+ * the local port, so close events use the tuple remembered here).
+ */
+struct sk_owner {
+	__u64 cgroup_id;
+	__u64 open_ns;
+	__u32 tgid;
+	__u32 netns;
+	__u8 laddr[16];
+	__u8 raddr[16];
+	__u16 lport;
+	__u16 rport;
+	__u8 family;
+	__u8 direction;
+	__u8 established;
+	__u8 has_tuple;
+	char comm[FLOWS_COMM_LEN];
+};
+
+/* Listener's owner, so a passively opened child (softirq) gets it. */
+struct listen_key {
+	__u32 netns;
+	__u16 port;
+	__u8 family;
+	__u8 pad;
+};
+
+/* Destination of the last unconnected UDP send seen on a route lookup. */
+struct udp_dest {
+	__u8 raddr[16];
+	__u16 lport; /* host order */
+	__u16 rport; /* host order */
+	__u8 family;
+	__u8 pad[3];
+};
+
+/* Lifecycle event (ring buffer). */
+struct flow_event {
+	__u64 ts_ns;
+	__u64 cgroup_id;
+	__u64 duration_ns; /* CLOSE: since open; OPEN: handshake time */
+	__u64 tx_bytes;    /* CLOSE: tcp_sock bytes_acked */
+	__u64 rx_bytes;    /* CLOSE: tcp_sock bytes_received */
+	__u32 netns;
+	__u32 tgid;
+	__u8 laddr[16];
+	__u8 raddr[16];
+	__u16 lport;
+	__u16 rport;
+	__u8 family;
+	__u8 proto;
+	__u8 type;      /* FLOW_EV_* */
+	__u8 direction; /* FLOW_DIR_* */
+	__u8 oldstate;
+	__u8 newstate;
+	__u8 established; /* CLOSE: did it ever reach ESTABLISHED */
+	__u8 pad;
+	__u32 retrans;  /* CLOSE: tcp_sock total_retrans */
+	char comm[FLOWS_COMM_LEN];
+};
+
+#endif /* BPFSCOPE_FLOWS_H */
