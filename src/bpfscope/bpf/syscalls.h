@@ -14,9 +14,11 @@
 #define SYSCALLS_MASK_BITS 512
 #define SYSCALLS_MASK_WORDS (SYSCALLS_MASK_BITS / 64)
 
+#define SYSCALLS_COMM_LEN 16
+
 /* Slots of the per-CPU syscalls_drops counter array. */
 enum syscalls_drop {
-	SYSCALLS_DROP_INFLIGHT = 0, /* in-flight map full: call not timed */
+	SYSCALLS_DROP_INFLIGHT = 0, /* no task storage (ENOMEM): call not seen */
 	SYSCALLS_DROP_STATS = 1,    /* stats map full: call not counted */
 	SYSCALLS_DROP_ERRNOS = 2,   /* errno map full: error not broken down */
 	SYSCALLS_DROP_SLOTS = 4,
@@ -34,6 +36,9 @@ struct syscalls_stats {
 	__u64 errors;   /* calls that returned -4095..-1 */
 	__u64 total_ns; /* sum of enter->exit latency */
 	__u64 hist[SYSCALLS_HIST_SLOTS];
+	/* command of the first call seen on this CPU: names processes that
+	 * are gone before userspace reads /proc */
+	char comm[SYSCALLS_COMM_LEN];
 };
 
 /* Key of syscalls_errnos (per-CPU u64 count of failed calls). */
@@ -43,7 +48,7 @@ struct syscalls_errno_key {
 	__u32 err; /* positive errno */
 };
 
-/* Value of syscalls_inflight, keyed by thread id: the call being timed. */
+/* Task-local value of syscalls_inflight: the call the thread is in. */
 struct syscalls_inflight {
 	__u64 start_ns;
 	__u32 nr;

@@ -12,6 +12,7 @@ read, so the maps only hold live processes.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -19,9 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..features import Mechanism
+from ..ladder import Choice
 from . import syscall_names, syscall_nr
 from .errnos import errno_name
-from .tool import DROP_SLOTS, HIST_SLOTS, SyscallFilter, load
+from .tool import COMM_LEN, DROP_SLOTS, HIST_SLOTS, StatsValue, SyscallFilter, load
 
 __all__ = [
     "Drops",
@@ -34,13 +36,16 @@ __all__ = [
     "aggregate",
     "bucket_bounds_ns",
     "bucket_of",
+    "decode_stats",
     "name_of",
     "sum_percpu",
     "top",
 ]
 
-# count, errors, total_ns, hist[HIST_SLOTS]
+# count, errors, total_ns, hist[HIST_SLOTS], then comm
 _WORDS = 3 + HIST_SLOTS
+_STRIDE = ctypes.sizeof(StatsValue) // 8
+_COMM_OFFSET = StatsValue.comm.offset
 _INVALID_NR = 0xFFFFFFFF
 
 
@@ -70,13 +75,25 @@ def name_of(nr: int) -> str:
     return _NAMES_BY_NR.get(nr, f"syscall_{nr}")
 
 
-def sum_percpu(raw: bytes, words: int) -> tuple[int, ...]:
-    """Sum ``words`` native u64 columns over the per-CPU copies in ``raw``
-    (each copy is ``words`` u64 long: the value size is a multiple of 8)."""
+def sum_percpu(raw: bytes, words: int, stride: int | None = None) -> tuple[int, ...]:
+    """Sum the first ``words`` native u64 columns over the per-CPU copies in
+    ``raw``; each copy is ``stride`` u64 long (default ``words``)."""
+    stride = stride or words
     values = memoryview(raw).cast("Q")
-    if len(values) % words:
-        raise ValueError(f"{len(raw)} bytes are not whole copies of {words} u64")
-    return tuple(sum(values[i::words]) for i in range(words))
+    if len(values) % stride:
+        raise ValueError(f"{len(raw)} bytes are not whole copies of {stride} u64")
+    return tuple(sum(values[i::stride]) for i in range(words))
+
+
+def decode_stats(raw: bytes) -> tuple[tuple[int, ...], str]:
+    """Counters summed over CPUs, and the first command the kernel saw."""
+    counters = sum_percpu(raw, _WORDS, _STRIDE)
+    comm = ""
+    for off in range(_COMM_OFFSET, len(raw), _STRIDE * 8):
+        comm = raw[off : off + COMM_LEN].split(b"\0", 1)[0].decode("utf-8", "replace")
+        if comm:
+            break
+    return counters, comm
 
 
 @dataclass(frozen=True)
@@ -137,17 +154,17 @@ class ErrnoStat:
 class Drops:
     """Cumulative kernel-side losses since start (maps full)."""
 
-    inflight_full: int = 0
+    inflight_nomem: int = 0
     stats_full: int = 0
     errnos_full: int = 0
 
     @property
     def total(self) -> int:
-        return self.inflight_full + self.stats_full + self.errnos_full
+        return self.inflight_nomem + self.stats_full + self.errnos_full
 
     def to_json(self) -> dict[str, int]:
         return {
-            "inflight_full": self.inflight_full,
+            "inflight_nomem": self.inflight_nomem,
             "stats_full": self.stats_full,
             "errnos_full": self.errnos_full,
         }
@@ -215,14 +232,16 @@ class ProcessNames:
     def alive(self, tgid: int) -> bool:
         return os.path.exists(f"{self._proc}/{tgid}")
 
-    def get(self, tgid: int) -> str:
+    def get(self, tgid: int, fallback: str = "") -> str:
+        """The command of ``tgid``; ``fallback`` (what the kernel saw) or
+        ``?`` when the process is gone and was never seen alive."""
         name = self._cache.get(tgid)
         if name is None:
             try:
                 with open(f"{self._proc}/{tgid}/comm", encoding="utf-8", errors="replace") as f:
                     name = f.read().rstrip("\n")
             except OSError:
-                return "?"
+                return fallback or "?"
             self._cache[tgid] = name
         return name
 
@@ -232,6 +251,7 @@ class ProcessNames:
 
 class _ToolLike(Protocol):
     obj: Any
+    choices: list[Choice]
 
     def rungs_summary(self) -> str: ...
     def close(self) -> None: ...
@@ -248,8 +268,6 @@ class SyscallCollector:
 
     ``loader`` exists for tests; by default the real BPF object is loaded.
     """
-
-    GC_INFLIGHT_EVERY = 10  # polls
 
     def __init__(
         self,
@@ -278,7 +296,6 @@ class SyscallCollector:
         self._prev: dict[bytes, tuple[int, ...]] = {}
         self._prev_err: dict[bytes, int] = {}
         self._last = 0.0
-        self._polls = 0
         self.totals = SyscallTotals()
 
     # -- lifecycle ---------------------------------------------------------
@@ -339,16 +356,28 @@ class SyscallCollector:
 
         stats: list[SyscallStat] = []
         seen: dict[bytes, tuple[int, ...]] = {}
+        comms: dict[int, str] = {}
         for key, raw in stats_map.lookup_batch():
-            cur = sum_percpu(raw, _WORDS)
+            cur, kernel_comm = decode_stats(raw)
             seen[key] = cur
+            tgid = int.from_bytes(key[:4], "little")
+            if kernel_comm:
+                comms.setdefault(tgid, kernel_comm)
             d = _delta(cur, self._prev.get(key))
             if d[0] == 0:
                 continue
-            tgid = int.from_bytes(key[:4], "little")
             nr = int.from_bytes(key[4:8], "little")
             stats.append(
-                SyscallStat(tgid, self.names.get(tgid), nr, name_of(nr), d[0], d[1], d[2], d[3:])
+                SyscallStat(
+                    tgid,
+                    self.names.get(tgid, kernel_comm),
+                    nr,
+                    name_of(nr),
+                    d[0],
+                    d[1],
+                    d[2],
+                    d[3:],
+                )
             )
         errs: list[ErrnoStat] = []
         seen_err: dict[bytes, int] = {}
@@ -364,7 +393,15 @@ class SyscallCollector:
                 nr = int.from_bytes(key[4:8], "little")
                 err = int.from_bytes(key[8:12], "little")
                 errs.append(
-                    ErrnoStat(tgid, self.names.get(tgid), nr, name_of(nr), err, errno_name(err), n)
+                    ErrnoStat(
+                        tgid,
+                        self.names.get(tgid, comms.get(tgid, "")),
+                        nr,
+                        name_of(nr),
+                        err,
+                        errno_name(err),
+                        n,
+                    )
                 )
 
         for key in [k for k in seen if int.from_bytes(k[:4], "little") in dead]:
@@ -377,10 +414,6 @@ class SyscallCollector:
             self.names.forget(tgid)
         self._prev, self._prev_err = seen, seen_err
 
-        self._polls += 1
-        if self._polls % self.GC_INFLIGHT_EVERY == 0:
-            self.gc_inflight()
-
         snap = Snapshot(
             time=time.time(),
             elapsed_s=elapsed,
@@ -392,16 +425,6 @@ class SyscallCollector:
         )
         self.totals.add(snap)
         return snap
-
-    def gc_inflight(self) -> int:
-        """Delete start stamps of threads that died inside a syscall (rare:
-        exec from a non-leader thread). Returns how many were removed."""
-        m = self.tool.obj.map("syscalls_inflight")
-        removed = 0
-        for key in list(m.keys()):
-            if not self.names.alive(int.from_bytes(key, "little")) and m.delete(key):
-                removed += 1
-        return removed
 
 
 def aggregate(stats: Iterable[SyscallStat], by: str) -> list[SyscallStat]:

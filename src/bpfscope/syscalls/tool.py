@@ -45,7 +45,7 @@ CORE: Final = False
 HIST_SLOTS: Final = 40
 MASK_BITS: Final = 512
 COMM_LEN: Final = 16
-DROP_SLOTS: Final = {"inflight_full": 0, "stats_full": 1, "errnos_full": 2}
+DROP_SLOTS: Final = {"inflight_nomem": 0, "stats_full": 1, "errnos_full": 2}
 
 
 class StatsKey(ctypes.Structure):
@@ -58,6 +58,7 @@ class StatsValue(ctypes.Structure):
         ("errors", ctypes.c_uint64),
         ("total_ns", ctypes.c_uint64),
         ("hist", ctypes.c_uint64 * HIST_SLOTS),
+        ("comm", ctypes.c_char * COMM_LEN),
     ]
 
 
@@ -166,7 +167,7 @@ def load(
     """Load and attach the tracer; the caller closes it (context manager)."""
     sizes = {}
     if max_entries:
-        sizes = {"syscalls_stats": max_entries, "syscalls_inflight": max_entries}
+        sizes = {"syscalls_stats": max_entries, "syscalls_errnos": max(1024, max_entries // 4)}
     return load_tool(
         TOOL,
         hooks(),

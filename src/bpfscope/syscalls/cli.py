@@ -1,0 +1,271 @@
+"""``bpfscope syscalls``: per-process syscall counts, errors and latency."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from .. import system
+from ..errors import EXIT_USAGE, UserError, require_privileges
+from ..features import Mechanism
+from . import syscall_nr
+from .render import BY_CHOICES, SORT_CHOICES, ViewOptions
+
+__all__ = ["parse_cgroup", "parse_syscalls", "syscalls", "validate_pid"]
+
+ATTACH_CHOICES = (str(Mechanism.TP_BTF), str(Mechanism.RAW_TP), str(Mechanism.TRACEPOINT))
+
+
+def parse_syscalls(values: Sequence[str]) -> frozenset[int]:
+    """``-s read,write -s openat`` -> their numbers; unknown names raise
+    :class:`~bpfscope.syscalls.UnknownSyscall` (close matches, exit code 2)."""
+    nrs = set()
+    for value in values:
+        for name in value.split(","):
+            name = name.strip()
+            if name:
+                nrs.add(syscall_nr(name))
+    return frozenset(nrs)
+
+
+def validate_pid(pid: int, proc: str = "/proc") -> int:
+    """``pid`` must be a live process (a thread id names its process)."""
+    try:
+        with open(f"{proc}/{pid}/status") as f:
+            status = f.read()
+    except FileNotFoundError:
+        raise UserError(f"no process with pid {pid}", EXIT_USAGE) from None
+    except OSError as exc:
+        raise UserError(f"cannot read process {pid}: {exc.strerror}", EXIT_USAGE) from None
+    for line in status.splitlines():
+        if line.startswith("Tgid:"):
+            tgid = int(line.split()[1])
+            if tgid != pid:
+                raise UserError(
+                    f"{pid} is a thread of process {tgid}; use --pid {tgid}", EXIT_USAGE
+                )
+    return pid
+
+
+def parse_cgroup(value: str, mount: str | None = None) -> int:
+    """A cgroup v2 id, given as the id or as a directory (absolute, or
+    relative to the cgroup2 mount)."""
+    if value.isdigit():
+        return int(value)
+    path = value
+    if not os.path.isabs(path):
+        mount = mount or system.cgroup2_mount()
+        if mount is None:
+            raise UserError("no cgroup v2 mount; give the cgroup's id", EXIT_USAGE)
+        path = os.path.join(mount, path)
+    if not os.path.isdir(path):
+        raise UserError(f"cgroup {value!r}: no such cgroup directory ({path})", EXIT_USAGE)
+    return os.stat(path).st_ino
+
+
+@contextmanager
+def _sigint_stops() -> Iterator[list[bool]]:
+    """Ctrl-C ends tracing (and prints the last interval) instead of aborting."""
+    stopped = [False]
+
+    def handler(signum: int, frame: Any) -> None:
+        stopped[0] = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield stopped
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _sleep_until(deadline: float, stopped: list[bool]) -> None:
+    while not stopped[0]:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(left, 0.1))
+
+
+@click.command("syscalls")
+@click.option("-p", "--pid", type=click.IntRange(min=1), help="Only this process (tgid).")
+@click.option(
+    "-c", "--comm", metavar="PREFIX", help="Only commands starting with PREFIX (max 15 bytes)."
+)
+@click.option("--cgroup", metavar="PATH|ID", help="Only this cgroup v2 (directory or id).")
+@click.option(
+    "-s",
+    "--syscall",
+    "syscall_names",
+    multiple=True,
+    metavar="NAME[,NAME]",
+    help="Only these syscalls (repeatable, comma-separated).",
+)
+@click.option("-x", "--failed", is_flag=True, help="Only failed calls (-4095..-1 returned).")
+@click.option(
+    "-i",
+    "--interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Seconds per report.",
+)
+@click.option(
+    "-n", "--count", type=click.IntRange(min=1), help="Stop after N reports (default: Ctrl-C)."
+)
+@click.option(
+    "-T",
+    "--top",
+    type=click.IntRange(min=0),
+    default=10,
+    show_default=True,
+    help="Rows per report (0: all).",
+)
+@click.option("--sort", type=click.Choice(SORT_CHOICES), default="count", show_default=True)
+@click.option(
+    "--by",
+    type=click.Choice(BY_CHOICES),
+    default="syscall",
+    show_default=True,
+    help="Group rows per syscall, per process, or per (process, syscall).",
+)
+@click.option("-e", "--errno", "errnos", is_flag=True, help="Break failed calls down by errno.")
+@click.option("-L", "--latency", is_flag=True, help="Draw log2 latency histograms.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per report (JSON lines).")
+@click.option(
+    "--attach",
+    type=click.Choice(ATTACH_CHOICES),
+    help="Force an attach mechanism instead of the ladder's first usable rung.",
+)
+@click.option(
+    "--max-entries",
+    type=click.IntRange(min=64),
+    help="Entries of the (process, syscall) map (default 16384; errno map: a quarter).",
+)
+@click.option("--bench", is_flag=True, help="Measure the tracer's overhead per syscall and exit.")
+@click.option(
+    "--bench-calls",
+    type=click.IntRange(min=10_000),
+    default=2_000_000,
+    show_default=True,
+    help="getpid() calls per benchmark run.",
+)
+@click.option(
+    "--bench-rounds",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Runs per mode.",
+)
+@click.option("--no-bpftrace", is_flag=True, help="Benchmark without the bpftrace comparison.")
+@click.pass_context
+def syscalls(
+    ctx: click.Context,
+    pid: int | None,
+    comm: str | None,
+    cgroup: str | None,
+    syscall_names: tuple[str, ...],
+    failed: bool,
+    interval: float,
+    count: int | None,
+    top: int,
+    sort: str,
+    by: str,
+    errnos: bool,
+    latency: bool,
+    as_json: bool,
+    attach: str | None,
+    max_entries: int | None,
+    bench: bool,
+    bench_calls: int,
+    bench_rounds: int,
+    no_bpftrace: bool,
+) -> None:
+    """Count syscalls per process: calls, errors, latency.
+
+    \b
+    Examples:
+      bpfscope syscalls                       top syscalls, every second
+      bpfscope syscalls --by process -n 5     busiest processes, 5 reports
+      bpfscope syscalls -p 1234 -e -L         one process, errnos, latency
+      bpfscope syscalls -s openat,read -x -e  failed openat/read, by errno
+      bpfscope syscalls --json -n 1 -i 5      one 5-second report as JSON
+      bpfscope syscalls --bench               what the tracer costs per call
+    """
+    btf = (ctx.obj or {}).get("btf")
+    force = Mechanism(attach) if attach else None
+    if bench:
+        from .bench import run_bench
+
+        require_privileges()
+        run_bench(
+            calls=bench_calls,
+            rounds=bench_rounds,
+            bpftrace=not no_bpftrace,
+            force=force,
+            btf_path=btf,
+            as_json=as_json,
+        )
+        return
+
+    from .collector import SyscallCollector
+    from .tool import SyscallFilter
+
+    flt = SyscallFilter(
+        tgid=validate_pid(pid) if pid is not None else None,
+        comm=comm or None,
+        cgroup_id=parse_cgroup(cgroup) if cgroup else None,
+        syscalls=parse_syscalls(syscall_names),
+        failed_only=failed,
+    )
+    opts = ViewOptions(by=by, sort=sort, top=top or None, errnos=errnos, latency=latency)
+    require_privileges()
+    with SyscallCollector(flt, max_entries=max_entries, force=force, btf_path=btf) as collector:
+        _report_loop(collector.poll, opts, interval, count, as_json)
+
+
+def _report_loop(
+    poll: Callable[[], Any], opts: ViewOptions, interval: float, count: int | None, as_json: bool
+) -> None:
+    from .render import json_snapshot, plain_snapshot, rich_snapshot
+
+    live_view = sys.stdout.isatty() and not as_json
+    reports = 0
+    with _sigint_stops() as stopped:
+        if live_view:
+            from rich.console import Console
+            from rich.live import Live
+            from rich.text import Text
+
+            console = Console()
+            with Live(
+                Text(f"tracing syscalls; first report in {interval:g}s (Ctrl-C to stop)"),
+                console=console,
+                auto_refresh=False,
+                transient=False,
+            ) as live:
+                deadline = time.monotonic()
+                while not stopped[0] and (count is None or reports < count):
+                    deadline += interval
+                    _sleep_until(deadline, stopped)
+                    live.update(rich_snapshot(poll(), opts), refresh=True)
+                    reports += 1
+            return
+        deadline = time.monotonic()
+        while not stopped[0] and (count is None or reports < count):
+            deadline += interval
+            _sleep_until(deadline, stopped)
+            snap = poll()
+            if as_json:
+                sys.stdout.write(json.dumps(json_snapshot(snap, opts)) + "\n")
+            else:
+                sys.stdout.write(plain_snapshot(snap, opts) + "\n")
+            sys.stdout.flush()
+            reports += 1
