@@ -52,7 +52,11 @@ SORT_KEYS: Final[dict[str, Callable[[ProgStat], Any]]] = {
 
 
 def stats_enabled() -> bool | None:
-    """``kernel.bpf_stats_enabled`` (None if unreadable)."""
+    """``kernel.bpf_stats_enabled`` (None if unreadable).
+
+    This reflects only writes to the sysctl itself: statistics turned on
+    through a BPF_ENABLE_STATS fd (what bpfscope does) leave it at 0. Who
+    holds such fds: ``holders.scan().stats``."""
     try:
         return STATS_SYSCTL.read_text().strip() != "0"
     except OSError:
@@ -125,7 +129,6 @@ class StatsSession:
         self._seen: dict[int, _Seen] = {}
         self._last_mono = 0.0
         self._last_boot = 0
-        self._own_pids: set[int] = set()
 
     @property
     def active(self) -> bool:
@@ -138,7 +141,11 @@ class StatsSession:
         self._last_mono = time.monotonic()
         self._last_boot = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         # Baseline: counters now (stats may have been on already elsewhere).
-        self._read(baseline=True)
+        try:
+            self._read(baseline=True)
+        except BaseException:
+            self.close()
+            raise
         return self
 
     def _current_ids(self) -> list[int]:
@@ -211,15 +218,19 @@ class StatsSession:
         """Deltas since the previous sample (or ``start()``)."""
         if self._handle is None:
             raise RuntimeError("statistics session not started")
-        rows = self._read(baseline=False)
+        # Stamped before reading: everything that happened before this time
+        # is in this snapshot or an earlier one.
+        wall = time.time()
         now = time.monotonic()
+        boot = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        rows = self._read(baseline=False)
         interval = max(now - self._last_mono, 1e-9)
         self._last_mono = now
-        self._last_boot = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+        self._last_boot = boot
         for r in rows:
             r.cpu_pct = 100.0 * r.run_time_ns / (interval * 1e9)
         rows.sort(key=SORT_KEYS[sort])
-        return StatsSnapshot(time=time.time(), interval_s=interval, progs=rows)
+        return StatsSnapshot(time=wall, interval_s=interval, progs=rows)
 
     def close(self) -> None:
         if self._handle is not None:
