@@ -1,0 +1,218 @@
+"""The syscall tracer on the real kernel: exact counts for a known workload."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from bpfscope import libbpf as bpf
+from bpfscope.features import Mechanism
+from bpfscope.objects import object_bytes
+from bpfscope.syscalls import syscall_nr
+from bpfscope.syscalls.collector import Snapshot, SyscallCollector, SyscallStat, bucket_of
+from bpfscope.syscalls.tool import StatsValue, SyscallFilter, load
+from conftest import require
+
+pytestmark = pytest.mark.kernel
+
+CLOSE_BAD = 1234  # close(-1) -> EBADF
+GETPPID = 777
+DUP_BAD = 55  # dup(-1) -> EBADF as well, on another syscall
+SLEEP_NS = 20_000_000
+
+# The child says "ready" once started (interpreter start-up makes calls of
+# its own), waits on stdin until the tracer is attached, makes its calls
+# through raw syscall(2), then waits again so that it is alive at the poll.
+CHILD = textwrap.dedent(
+    f"""
+    import ctypes, sys
+    libc = ctypes.CDLL(None, use_errno=True)
+    ts = (ctypes.c_long * 2)(0, {SLEEP_NS})
+    print("ready", flush=True)
+    sys.stdin.readline()
+    for _ in range({CLOSE_BAD}):
+        libc.syscall({syscall_nr("close")}, -1)
+    for _ in range({GETPPID}):
+        libc.syscall({syscall_nr("getppid")})
+    for _ in range({DUP_BAD}):
+        libc.syscall({syscall_nr("dup")}, -1)
+    libc.syscall({syscall_nr("nanosleep")}, ctypes.byref(ts), None)
+    print("done", flush=True)
+    sys.stdin.readline()
+    """
+)
+
+
+def _run_child(collector: SyscallCollector) -> tuple[int, Snapshot]:
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdin
+        assert child.stdout
+        assert child.stdout.readline().strip() == "ready"
+        collector.poll()  # forget everything before the workload
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "done"
+        snap = collector.poll()
+        child.stdin.write("bye\n")
+        child.stdin.flush()
+    finally:
+        child.wait(timeout=10)
+    return child.pid, snap
+
+
+def _stat(snap: Snapshot, pid: int, name: str) -> SyscallStat:
+    found = [s for s in snap.stats if s.tgid == pid and s.syscall == name]
+    assert len(found) == 1, f"{name} of {pid}: {found}"
+    return found[0]
+
+
+def _errnos(snap: Snapshot, pid: int) -> dict[tuple[str, str], int]:
+    return {(e.syscall, e.errno): e.count for e in snap.errnos if e.tgid == pid}
+
+
+@pytest.mark.parametrize("mechanism", ["tp_btf", "raw_tp", "tracepoint"])
+def test_exact_counts_errors_and_latency(mechanism: str) -> None:
+    require(mechanism)
+    with SyscallCollector(force=Mechanism(mechanism)) as collector:
+        assert collector.mechanism == f"sys_enter={mechanism}, sys_exit={mechanism}"
+        pid, snap = _run_child(collector)
+
+    close = _stat(snap, pid, "close")
+    assert (close.count, close.errors) == (CLOSE_BAD, CLOSE_BAD)
+    assert sum(close.hist) == CLOSE_BAD
+    getppid = _stat(snap, pid, "getppid")
+    assert (getppid.count, getppid.errors) == (GETPPID, 0)
+    dup = _stat(snap, pid, "dup")
+    assert (dup.count, dup.errors) == (DUP_BAD, DUP_BAD)
+    errnos = _errnos(snap, pid)
+    assert errnos[("close", "EBADF")] == CLOSE_BAD
+    assert errnos[("dup", "EBADF")] == DUP_BAD
+    assert ("getppid", "EBADF") not in errnos
+
+    sleep = _stat(snap, pid, "nanosleep")
+    assert sleep.count == 1
+    # 20 ms: slot 24 covers [16.8 ms, 33.6 ms); the sleep cannot be shorter.
+    assert sleep.hist[bucket_of(SLEEP_NS)] == 1 == sum(sleep.hist)
+    assert bucket_of(SLEEP_NS) == 24
+    assert SLEEP_NS <= sleep.total_ns < 2**25
+    assert snap.drops.total == 0
+
+
+def test_pid_filter_failed_only_and_syscall_set() -> None:
+    """Only the child's failed close() calls: everything else filtered in the kernel."""
+    require("tp_btf")
+    # The filter needs the pid before load: start the child first.
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        flt = SyscallFilter(
+            tgid=child.pid,
+            syscalls=frozenset({syscall_nr("close"), syscall_nr("getppid")}),
+            failed_only=True,
+        )
+        assert child.stdin
+        assert child.stdout
+        assert child.stdout.readline().strip() == "ready"
+        with SyscallCollector(flt) as collector:
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            assert child.stdout.readline().strip() == "done"
+            snap = collector.poll()
+            child.stdin.write("bye\n")
+            child.stdin.flush()
+    finally:
+        child.wait(timeout=10)
+    assert {(s.tgid, s.syscall, s.count, s.errors) for s in snap.stats} == {
+        (child.pid, "close", CLOSE_BAD, CLOSE_BAD)
+    }
+    assert _errnos(snap, child.pid) == {("close", "EBADF"): CLOSE_BAD}
+
+
+def test_comm_filter_counts_only_matching_commands() -> None:
+    require("tp_btf")
+    nr = syscall_nr("getppid")
+    libc = ctypes.CDLL(None, use_errno=True)
+    # Only commands starting with "no-such-comm": this process is not one.
+    with SyscallCollector(SyscallFilter(comm="no-such-comm")) as collector:
+        for _ in range(100):
+            libc.syscall(nr)
+        assert [s for s in collector.poll().stats if s.tgid == os.getpid()] == []
+    me = Path("/proc/self/comm").read_text().strip()
+    with SyscallCollector(SyscallFilter(comm=me[:4], syscalls=frozenset({nr}))) as collector:
+        collector.poll()
+        for _ in range(100):
+            libc.syscall(nr)
+        mine = [s for s in collector.poll().stats if s.tgid == os.getpid()]
+    assert [(s.syscall, s.count) for s in mine] == [("getppid", 100)]
+
+
+def test_cgroup_filter_excludes_other_cgroups() -> None:
+    require("tp_btf")
+    libc = ctypes.CDLL(None, use_errno=True)
+    nr = syscall_nr("getppid")
+    # An id no cgroup has: nothing may be counted.
+    with SyscallCollector(SyscallFilter(cgroup_id=1 << 62)) as collector:
+        for _ in range(50):
+            libc.syscall(nr)
+        assert collector.poll().stats == ()
+
+
+def test_exited_process_entries_are_deleted_after_their_last_read() -> None:
+    require("tp_btf")
+    with SyscallCollector() as collector:
+        pid, snap = _run_child(collector)  # child exits after this
+        assert _stat(snap, pid, "close").count == CLOSE_BAD
+        collector.poll()  # child gone before this read: read once more, then delete
+        stats = collector.tool.obj.map("syscalls_stats")
+        pids = {int.from_bytes(k[:4], "little") for k, _ in stats.lookup_batch()}
+        assert pid not in pids
+        # Deltas stay right for everyone else: no negative or repeated counts.
+        assert all(s.count > 0 for s in collector.poll().stats)
+
+
+def test_struct_layouts_match_btf() -> None:
+    from bpfscope.syscalls.tool import ErrnoKey, Inflight, StatsKey
+
+    with bpf.BpfObject.open_bytes(object_bytes("syscalls"), name="syscalls") as obj:
+        btf = obj.btf()
+        assert btf is not None
+        for name, mirror in (
+            ("syscalls_key", StatsKey),
+            ("syscalls_stats", StatsValue),
+            ("syscalls_errno_key", ErrnoKey),
+            ("syscalls_inflight", Inflight),
+        ):
+            size, fields = btf.struct_layout(name)
+            assert size == ctypes.sizeof(mirror), name
+            assert fields == {
+                f[0]: (getattr(mirror, f[0]).offset, getattr(mirror, f[0]).size)
+                for f in mirror._fields_
+            }, name
+
+
+def test_nothing_stays_attached() -> None:
+    require("tp_btf")
+    with load() as tool:
+        ours = {p.info().id for p in tool.obj.programs.values() if p.autoload}
+        assert len(ours) == 2
+        links = {
+            i for i in bpf.link_ids() if (info := bpf.link_info_by_id(i)) and info.prog_id in ours
+        }
+        assert len(links) == 2
+    assert not links & set(bpf.link_ids())
+    # Programs are freed after an RCU grace period: give them a moment.
+    deadline = time.monotonic() + 5
+    while ours & set(bpf.prog_ids()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not ours & set(bpf.prog_ids())

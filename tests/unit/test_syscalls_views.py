@@ -1,0 +1,451 @@
+"""Syscall tracer, user side without privileges: bucketing, decoding,
+aggregation, rendering, argument parsing, and the collector on fake maps."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bpfscope.cli import cli
+from bpfscope.errors import UserError
+from bpfscope.syscalls import UnknownSyscall, syscall_nr
+from bpfscope.syscalls.cli import parse_cgroup, parse_syscalls, validate_pid
+from bpfscope.syscalls.collector import (
+    Drops,
+    ErrnoStat,
+    ProcessNames,
+    Snapshot,
+    SyscallCollector,
+    SyscallStat,
+    aggregate,
+    bucket_bounds_ns,
+    bucket_of,
+    decode_stats,
+    name_of,
+    sum_percpu,
+    top,
+)
+from bpfscope.syscalls.errnos import errno_name, errno_number
+from bpfscope.syscalls.render import (
+    ViewOptions,
+    aggregate_errnos,
+    format_ns,
+    histogram_lines,
+    json_snapshot,
+    plain_snapshot,
+    rich_snapshot,
+)
+from bpfscope.syscalls.tool import HIST_SLOTS, StatsValue, SyscallFilter, syscall_mask
+
+# -- histogram bucketing ------------------------------------------------------
+
+
+def _log2_like_kernel(v: int) -> int:
+    """Transcription of log2_u64() in syscalls.bpf.c (shift cascade)."""
+    r = int(v > 0xFFFFFFFF) << 5
+    v >>= r
+    for limit, bit in ((0xFFFF, 4), (0xFF, 3), (0xF, 2), (0x3, 1)):
+        shift = int(v > limit) << bit
+        v >>= shift
+        r |= shift
+    return r | (v >> 1)
+
+
+@given(st.integers(min_value=0, max_value=2**64 - 1))
+def test_bucket_of_matches_the_kernel_cascade(ns: int) -> None:
+    assert bucket_of(ns) == min(_log2_like_kernel(ns), HIST_SLOTS - 1)
+
+
+@pytest.mark.parametrize(
+    ("ns", "slot"),
+    [(0, 0), (1, 0), (2, 1), (3, 1), (4, 2), (1023, 9), (1024, 10), (20_000_000, 24)],
+)
+def test_bucket_of_edges(ns: int, slot: int) -> None:
+    assert bucket_of(ns) == slot
+    low, high = bucket_bounds_ns(slot)
+    assert low <= ns
+    assert high is None or ns < high
+
+
+def test_last_bucket_is_open() -> None:
+    assert bucket_of(10**15) == HIST_SLOTS - 1
+    assert bucket_bounds_ns(HIST_SLOTS - 1) == (1 << (HIST_SLOTS - 1), None)
+
+
+# -- decoding -----------------------------------------------------------------
+
+
+def _value(count: int, errors: int, total: int, slot: int, comm: bytes = b"") -> bytes:
+    v = StatsValue(count=count, errors=errors, total_ns=total)
+    v.hist[slot] = count
+    v.comm = comm
+    return bytes(v)
+
+
+def test_decode_sums_cpus_and_takes_first_comm() -> None:
+    raw = _value(3, 1, 300, 5) + _value(4, 0, 400, 5, b"worker")
+    counters, comm = decode_stats(raw)
+    assert counters[:3] == (7, 1, 700)
+    assert counters[3 + 5] == 7
+    assert comm == "worker"
+
+
+def test_sum_percpu_rejects_partial_copies() -> None:
+    with pytest.raises(ValueError, match="whole copies"):
+        sum_percpu(b"\0" * 24, 2)
+    assert sum_percpu(struct.pack("=4Q", 1, 2, 3, 4), 2) == (4, 6)
+
+
+def test_name_of() -> None:
+    assert name_of(syscall_nr("openat")) == "openat"
+    assert name_of(0xFFFFFFFF) == "invalid(-1)"
+    assert name_of(100_000) == "syscall_100000"
+
+
+def test_errno_names() -> None:
+    assert errno_name(9) == "EBADF"
+    assert errno_name(11) == "EAGAIN"
+    assert errno_name(95) == "EOPNOTSUPP"
+    assert errno_name(512) == "ERESTARTSYS"
+    assert errno_name(4000) == "E4000"
+    assert errno_number("ebadf") == 9
+
+
+def test_syscall_mask_bits() -> None:
+    mask = syscall_mask({0, 63, 64, 511})
+    words = struct.unpack("<8Q", mask)
+    assert words[0] == 1 | 1 << 63
+    assert words[1] == 1
+    assert words[7] == 1 << 63
+    with pytest.raises(ValueError, match="outside"):
+        syscall_mask({512})
+
+
+# -- aggregation and views ------------------------------------------------------
+
+
+def _stat(
+    tgid: int, comm: str, name: str, count: int, errors: int = 0, slot: int = 8
+) -> SyscallStat:
+    hist = [0] * HIST_SLOTS
+    hist[slot] = count
+    return SyscallStat(
+        tgid, comm, syscall_nr(name), name, count, errors, count * (1 << slot), tuple(hist)
+    )
+
+
+STATS = (
+    _stat(10, "nginx", "read", 500),
+    _stat(10, "nginx", "close", 40, errors=40, slot=6),
+    _stat(20, "redis", "read", 300, slot=12),
+    _stat(20, "redis", "epoll_wait", 5, slot=24),
+)
+ERRS = (ErrnoStat(10, "nginx", syscall_nr("close"), "close", 9, "EBADF", 40),)
+
+
+def _snap() -> Snapshot:
+    return Snapshot(1_700_000_000.0, 2.0, STATS, ERRS, Drops(), "sys_enter=tp_btf, sys_exit=tp_btf")
+
+
+def test_aggregate_and_top() -> None:
+    by_sys = {s.syscall: s.count for s in aggregate(STATS, "syscall")}
+    assert by_sys == {"read": 800, "close": 40, "epoll_wait": 5}
+    by_proc = {s.tgid: (s.comm, s.count, s.errors) for s in aggregate(STATS, "process")}
+    assert by_proc == {10: ("nginx", 540, 40), 20: ("redis", 305, 0)}
+    assert [s.syscall for s in top(aggregate(STATS, "syscall"), 2, "count")] == ["read", "close"]
+    assert top(aggregate(STATS, "syscall"), 1, "time")[0].syscall == "epoll_wait"
+    assert top(STATS, 1, "errors")[0].syscall == "close"
+    assert len(top(STATS, None, "count")) == 4
+
+
+def test_plain_snapshot_by_syscall() -> None:
+    text = plain_snapshot(_snap(), ViewOptions(by="syscall", top=2))
+    lines = text.splitlines()
+    assert "845 calls in 2.00s (422/s)" in lines[0]
+    assert lines[1].split() == ["SYSCALL", "COUNT", "RATE/s", "ERRORS", "TIME", "MEAN"]
+    assert lines[2].split()[:4] == ["read", "800", "400", "0"]
+    assert lines[3].split()[:4] == ["close", "40", "20", "40"]
+    assert len(lines) == 4
+
+
+def test_plain_snapshot_errnos_and_latency() -> None:
+    text = plain_snapshot(_snap(), ViewOptions(by="both", top=None, errnos=True, latency=True))
+    assert "PID  COMM   SYSCALL  ERRNO  COUNT" in text
+    assert "10   nginx  close    EBADF     40" in text
+    assert "latency of redis (20) epoll_wait (ns, log2):" in text
+    assert "[16M, 32M)" in text
+
+
+def test_plain_snapshot_empty() -> None:
+    snap = Snapshot(0.0, 1.0, (), (), Drops(stats_full=3), "x")
+    text = plain_snapshot(snap, ViewOptions(errnos=True))
+    assert "(no calls)" in text
+    assert "LOST" in text
+    assert "stats 3" in text
+
+
+def test_histogram_lines() -> None:
+    hist = [0] * HIST_SLOTS
+    hist[10], hist[12] = 8, 2
+    lines = histogram_lines(hist, width=8)
+    assert lines == [
+        "     [1K, 2K)          8 |@@@@@@@@|",
+        "     [2K, 4K)          0 |        |",
+        "     [4K, 8K)          2 |@@      |",
+    ]
+    assert histogram_lines([0] * HIST_SLOTS) == []
+    top_slot = [0] * HIST_SLOTS
+    top_slot[-1] = 1
+    assert "[512G, ...)" in histogram_lines(top_slot)[0]
+
+
+@pytest.mark.parametrize(
+    ("ns", "text"), [(830, "830ns"), (1_200, "1.2us"), (20_100_000, "20.1ms"), (3e9, "3.00s")]
+)
+def test_format_ns(ns: float, text: str) -> None:
+    assert format_ns(ns) == text
+
+
+def test_json_snapshot_shape() -> None:
+    out = json_snapshot(_snap(), ViewOptions(by="process", top=1))
+    json.dumps(out)
+    assert out["by"] == "process"
+    assert out["total_calls"] == 845
+    assert out["rows"] == [
+        {
+            "pid": 10,
+            "comm": "nginx",
+            "count": 540,
+            "errors": 40,
+            "total_ns": 500 * 256 + 40 * 64,
+            "mean_ns": round((500 * 256 + 40 * 64) / 540, 1),
+            "latency_log2_ns": out["rows"][0]["latency_log2_ns"],
+        }
+    ]
+    assert out["errnos"][0]["errno"] == "EBADF"
+    assert "syscall" not in out["errnos"][0]
+
+
+def test_aggregate_errnos_by_syscall() -> None:
+    errs = [*ERRS, ErrnoStat(30, "x", syscall_nr("close"), "close", 9, "EBADF", 2)]
+    (one,) = aggregate_errnos(errs, "syscall")
+    assert (one.syscall, one.errno, one.count) == ("close", "EBADF", 42)
+
+
+def test_rich_snapshot_renders() -> None:
+    from rich.console import Console
+
+    console = Console(width=120, record=True, force_terminal=False)
+    console.print(rich_snapshot(_snap(), ViewOptions(by="both", errnos=True, latency=True)))
+    out = console.export_text()
+    assert "epoll_wait" in out
+    assert "EBADF" in out
+    assert "[16M, 32M)" in out
+
+
+# -- argument parsing -----------------------------------------------------------
+
+
+def test_parse_syscalls() -> None:
+    assert parse_syscalls(["read,write", " openat "]) == {
+        syscall_nr("read"),
+        syscall_nr("write"),
+        syscall_nr("openat"),
+    }
+    assert parse_syscalls([]) == frozenset()
+    with pytest.raises(UnknownSyscall, match="did you mean openat"):
+        parse_syscalls(["opnat"])
+
+
+def test_validate_pid(tmp_path: Path) -> None:
+    (tmp_path / "5").mkdir()
+    (tmp_path / "5" / "status").write_text("Name:\tx\nTgid:\t5\nPid:\t5\n")
+    (tmp_path / "6").mkdir()
+    (tmp_path / "6" / "status").write_text("Name:\tx\nTgid:\t5\nPid:\t6\n")
+    assert validate_pid(5, proc=str(tmp_path)) == 5
+    with pytest.raises(UserError, match="thread of process 5") as e:
+        validate_pid(6, proc=str(tmp_path))
+    assert e.value.exit_code == 2
+    with pytest.raises(UserError, match="no process with pid 7"):
+        validate_pid(7, proc=str(tmp_path))
+
+
+def test_parse_cgroup(tmp_path: Path) -> None:
+    (tmp_path / "app").mkdir()
+    assert parse_cgroup("1234") == 1234
+    assert parse_cgroup("app", mount=str(tmp_path)) == (tmp_path / "app").stat().st_ino
+    assert parse_cgroup(str(tmp_path / "app")) == (tmp_path / "app").stat().st_ino
+    with pytest.raises(UserError, match="no such cgroup"):
+        parse_cgroup("nope", mount=str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-s", "opnat"], "did you mean openat"),
+        (["-p", "0"], "0 is not in the range x>=1"),
+        (["-p", "-3"], "not in the range"),
+        (["-p", "999999999"], "no process with pid 999999999"),
+        (["-i", "0"], "0.0 is not in the range x>0"),
+        (["-i", "-1"], "not in the range x>0"),
+        (["-n", "0"], "not in the range x>=1"),
+        (["--by", "thread"], "'thread' is not one of"),
+    ],
+)
+def test_bad_input_exits_2_without_traceback(args: list[str], message: str) -> None:
+    from bpfscope.cli import main
+
+    result = CliRunner().invoke(_main_as_click(main), ["syscalls", *args])
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def _main_as_click(main: Any) -> Any:
+    import click
+
+    @click.command(context_settings={"ignore_unknown_options": True})
+    @click.argument("argv", nargs=-1, type=click.UNPROCESSED)
+    def wrapper(argv: tuple[str, ...]) -> None:
+        raise SystemExit(main(list(argv)))
+
+    return wrapper
+
+
+def test_help_lists_options() -> None:
+    result = CliRunner().invoke(cli, ["syscalls", "--help"])
+    assert result.exit_code == 0
+    for opt in (
+        "--pid",
+        "--comm",
+        "--cgroup",
+        "--syscall",
+        "--failed",
+        "--errno",
+        "--latency",
+        "--json",
+        "--bench",
+    ):
+        assert opt in result.output
+
+
+# -- collector on fake maps -------------------------------------------------------
+
+
+class FakeMap:
+    def __init__(self, entries: dict[bytes, bytes]) -> None:
+        self.entries = entries
+        self.deleted: list[bytes] = []
+
+    def lookup_batch(self, chunk: int = 4096) -> list[tuple[bytes, bytes]]:
+        return list(self.entries.items())
+
+    def delete(self, key: Any) -> bool:
+        self.deleted.append(bytes(key))
+        return self.entries.pop(bytes(key), None) is not None
+
+    def sum_percpu_u64(self, key: Any) -> int:
+        return 0
+
+
+class FakeTool:
+    def __init__(self, maps: dict[str, FakeMap]) -> None:
+        self.maps = maps
+        self.obj = self
+        self.choices: list[Any] = []
+        self.closed = False
+
+    def map(self, name: str) -> FakeMap:
+        return self.maps[name]
+
+    def rungs_summary(self) -> str:
+        return "sys_enter=fake, sys_exit=fake"
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeNames(ProcessNames):
+    def __init__(self, alive: set[int]) -> None:
+        super().__init__(proc="/nonexistent")
+        self.live = alive
+
+    def alive(self, tgid: int) -> bool:
+        return tgid in self.live
+
+
+def _key(tgid: int, nr: int) -> bytes:
+    return struct.pack("=II", tgid, nr)
+
+
+def test_collector_deltas_and_dead_process_cleanup() -> None:
+    close = syscall_nr("close")
+    stats = FakeMap({_key(1, close): _value(10, 2, 1000, 6, b"one") * 2})
+    errnos = FakeMap({struct.pack("=III", 1, close, 9): struct.pack("=2Q", 3, 1)})
+    tool = FakeTool(
+        {"syscalls_stats": stats, "syscalls_errnos": errnos, "syscalls_drops": FakeMap({})}
+    )
+    names = FakeNames(alive={1})
+    with SyscallCollector(loader=lambda: tool, names=names) as c:
+        first = c.poll()
+        assert [(s.tgid, s.comm, s.syscall, s.count, s.errors) for s in first.stats] == [
+            (1, "one", "close", 20, 4)
+        ]
+        assert [(e.errno, e.count) for e in first.errnos] == [("EBADF", 4)]
+        # Nothing new: no rows.
+        assert c.poll().stats == ()
+        stats.entries[_key(1, close)] = _value(15, 2, 1500, 6, b"one") * 2
+        third = c.poll()
+        assert [(s.count, s.total_ns) for s in third.stats] == [(10, 1000)]
+        # The process dies; its last counts are read, then its entries go.
+        stats.entries[_key(1, close)] = _value(16, 2, 1600, 6, b"one") * 2
+        names.live.clear()
+        fourth = c.poll()
+        assert [s.count for s in fourth.stats] == [2]
+        assert stats.entries == {}
+        assert errnos.entries == {}
+        assert c.totals.count == {"close": 32}
+        assert c.totals.errors == {("close", "EBADF"): 4}
+    assert tool.closed
+
+
+def test_collector_key_recreated_counts_from_zero() -> None:
+    nr = syscall_nr("read")
+    stats = FakeMap({_key(5, nr): _value(100, 0, 100, 1)})
+    tool = FakeTool(
+        {"syscalls_stats": stats, "syscalls_errnos": FakeMap({}), "syscalls_drops": FakeMap({})}
+    )
+    with SyscallCollector(loader=lambda: tool, names=FakeNames({5})) as c:
+        c.poll()
+        stats.entries[_key(5, nr)] = _value(7, 0, 7, 1)  # pid reused: counters restarted
+        assert [s.count for s in c.poll().stats] == [7]
+
+
+def test_process_names_cache_and_fallback(tmp_path: Path) -> None:
+    (tmp_path / "9").mkdir()
+    (tmp_path / "9" / "comm").write_text("sshd\n")
+    names = ProcessNames(proc=str(tmp_path))
+    assert names.get(9) == "sshd"
+    (tmp_path / "9" / "comm").unlink()
+    assert names.get(9) == "sshd"  # cached: the process may be gone
+    names.forget(9)
+    assert names.get(9, "kernel-said") == "kernel-said"
+    assert names.get(10) == "?"
+
+
+def test_filter_describe() -> None:
+    assert SyscallFilter().describe() == "everything"
+    flt = SyscallFilter(tgid=3, comm="ng", syscalls=frozenset({1, 2}), failed_only=True)
+    assert flt.describe() == "pid 3, command 'ng'*, 2 syscall(s), failed calls only"
+
+
+def test_stats_value_layout_constants() -> None:
+    assert ctypes.sizeof(StatsValue) == 8 * (3 + HIST_SLOTS) + 16
