@@ -191,7 +191,7 @@ static __always_inline void own_socket(struct sock *sk, __u32 tgid, __u64 cgroup
 	struct sk_owner *o = bpf_map_lookup_elem(&flow_socks, &skp);
 	struct sk_owner fresh = {};
 
-	if (o) {
+	if (o && !o->closed) {
 		if (o->tgid != tgid || o->cgroup_id != cgroup_id) {
 			o->tgid = tgid;
 			o->cgroup_id = cgroup_id;
@@ -202,7 +202,8 @@ static __always_inline void own_socket(struct sock *sk, __u32 tgid, __u64 cgroup
 	fresh.tgid = tgid;
 	fresh.cgroup_id = cgroup_id;
 	bpf_get_current_comm(fresh.comm, sizeof(fresh.comm));
-	if (bpf_map_update_elem(&flow_socks, &skp, &fresh, BPF_NOEXIST) == -12)
+	/* new socket, or a freed one's address reused: start over */
+	if (bpf_map_update_elem(&flow_socks, &skp, &fresh, BPF_ANY))
 		stat_inc(FLOW_STAT_SK_UPDATE_FAILED);
 }
 
@@ -330,12 +331,21 @@ static __always_inline int on_traffic(struct sock *sk, long bytes, int flags, in
 /* ---------------------------------------------------------------------- */
 /* UDP destinations seen on route lookups (for tracepoint rungs)           */
 
-static __always_inline void stash_dest(struct udp_dest *d)
+#define LOOPBACK_IFINDEX 1
+
+/*
+ * Only output lookups made for a send: they carry both ports and iif ==
+ * LOOPBACK_IFINDEX. Input lookups (packets received in softirq, possibly on
+ * this very thread between its route lookup and sock_send_length) have no
+ * ports unless policy routing dissects them, and the receiving device's
+ * iif, so they never overwrite the sender's entry.
+ */
+static __always_inline void stash_dest(struct udp_dest *d, int iif)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 
-	if ((__u32)pid_tgid == 0)
-		return; /* idle/softirq on the idle task: not a sender */
+	if ((__u32)pid_tgid == 0 || iif != LOOPBACK_IFINDEX || !d->lport || !d->rport)
+		return;
 	bpf_map_update_elem(&flow_udp_dests, &pid_tgid, d, BPF_ANY);
 }
 
@@ -351,7 +361,7 @@ static __always_inline int on_fib4(const struct flowi4 *flp)
 	d.lport = bpf_ntohs(BPF_CORE_READ(flp, uli.ports.sport));
 	d.rport = bpf_ntohs(BPF_CORE_READ(flp, uli.ports.dport));
 	d.family = AF_INET;
-	stash_dest(&d);
+	stash_dest(&d, BPF_CORE_READ(flp, __fl_common.flowic_iif));
 	return 0;
 }
 
@@ -365,7 +375,7 @@ static __always_inline int on_fib6(const struct flowi6 *flp)
 	d.lport = bpf_ntohs(BPF_CORE_READ(flp, uli.ports.sport));
 	d.rport = bpf_ntohs(BPF_CORE_READ(flp, uli.ports.dport));
 	d.family = AF_INET6;
-	stash_dest(&d);
+	stash_dest(&d, BPF_CORE_READ(flp, __fl_common.flowic_iif));
 	return 0;
 }
 
@@ -664,14 +674,14 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate)
 	}
 
 	o = bpf_map_lookup_elem(&flow_socks, &skp);
-	if (!o) {
+	if (!o || o->closed) {
 		if (newstate == TCP_CLOSE)
 			stat_inc(FLOW_STAT_NO_OWNER);
 		return 0;
 	}
 	if (!owned_key(sk, o, &k)) {
 		if (newstate == TCP_CLOSE)
-			bpf_map_delete_elem(&flow_socks, &skp);
+			o->closed = 1;
 		return 0;
 	}
 	v = flow_get(&k, o->comm, now);
@@ -693,9 +703,37 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate)
 			v->close_ns = 0;
 		v->last_ns = now;
 	}
+	/* a reset may still follow (SO_LINGER 0 sends it after CLOSE): keep the
+	 * owner until tcp_destroy_sock (or LRU eviction where that is missing) */
 	if (newstate == TCP_CLOSE)
-		bpf_map_delete_elem(&flow_socks, &skp);
+		o->closed = 1;
 	return 0;
+}
+
+static __always_inline int on_destroy(struct sock *sk)
+{
+	__u64 skp = (__u64)sk;
+
+	bpf_map_delete_elem(&flow_socks, &skp);
+	return 0;
+}
+
+SEC("tp_btf/tcp_destroy_sock")
+int BPF_PROG(destroy_tp_btf, struct sock *sk)
+{
+	return on_destroy(sk);
+}
+
+SEC("raw_tp/tcp_destroy_sock")
+int BPF_PROG(destroy_raw_tp, struct sock *sk)
+{
+	return on_destroy(sk);
+}
+
+SEC("tracepoint/tcp/tcp_destroy_sock")
+int destroy_tracepoint(struct trace_event_raw_tcp_event_sk *ctx)
+{
+	return on_destroy((struct sock *)ctx->skaddr);
 }
 
 /* Retransmits and resets: attributed to the socket's recorded owner. */

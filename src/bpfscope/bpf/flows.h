@@ -88,6 +88,8 @@ struct sk_owner {
 	__u8 established;
 	__u8 has_tuple;
 	char comm[FLOWS_COMM_LEN];
+	__u8 closed; /* went to CLOSE; kept for a reset sent after it, until destroy */
+	__u8 pad[7];
 };
 
 /* Listener's owner, so a passively opened child (softirq) gets it. */

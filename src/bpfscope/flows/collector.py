@@ -111,6 +111,7 @@ class FlowCollector:
         force: Mechanism | None = None,
         btf_path: str | None = None,
         drain: str = "batch",
+        events_size: int | None = None,
     ) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be positive")
@@ -124,6 +125,7 @@ class FlowCollector:
         self.force = force
         self.btf_path = btf_path
         self.drain = drain
+        self.events_size = events_size
         self._tool: AttachedTool | None = None
         self._ring: bpf.RingBuffer | None = None
         self._flows: dict[bytes, _Tracked] = {}
@@ -152,11 +154,14 @@ class FlowCollector:
     def start(self) -> FlowCollector:
         if self._tool is not None:
             return self
+        sizes = {FLOW_MAP: self.max_entries}
+        if self.events_size is not None:
+            sizes["flow_events"] = self.events_size  # ring buffer bytes: power of 2 pages
         self._tool = load_tool(
             tool.TOOL,
             self.hooks(),
             rodata=self.kernel_filter.rodata(),
-            max_entries={FLOW_MAP: self.max_entries},
+            max_entries=sizes,
             force=self.force,
             btf_path=self.btf_path,
         )

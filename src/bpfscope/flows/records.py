@@ -131,6 +131,8 @@ class SkOwnerC(ctypes.Structure):
         ("established", ctypes.c_uint8),
         ("has_tuple", ctypes.c_uint8),
         ("comm", ctypes.c_char * 16),
+        ("closed", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 7),
     ]
 
 

@@ -37,6 +37,7 @@ _LIFECYCLE: Final = (
     ("retransmit", "tcp", "tcp_retransmit_skb"),
     ("send_reset", "tcp", "tcp_send_reset"),
     ("receive_reset", "tcp", "tcp_receive_reset"),
+    ("destroy", "tcp", "tcp_destroy_sock"),
 )
 
 TRACEPOINT_RUNGS: Final = frozenset({Mechanism.TP_BTF, Mechanism.RAW_TP, Mechanism.TRACEPOINT})
