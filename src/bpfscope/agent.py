@@ -1,0 +1,251 @@
+"""The agent's core: run the collectors on an interval, keep what the views
+read, feed the history and the metrics.
+
+Data flows one way: collectors -> Agent.poll_once() -> (current flows,
+recent events, metrics, store). HTTP handlers only read what the agent
+published; nothing they receive reaches the kernel.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from . import libbpf as bpf
+from .flows.collector import events_of, flows_of
+from .flows.records import ConnEvent, FlowRecord
+from .ipprofile import IpProfiler
+from .metrics import FlowMetrics
+from .store import FlowSample, Store
+
+__all__ = ["Agent", "CollectorState", "EventEntry", "flow_sample"]
+
+log = logging.getLogger("bpfscope.agent")
+
+
+class FlowSource(Protocol):
+    def start(self) -> Any: ...
+    def poll(self, timeout: float = 0.0) -> list[Any]: ...
+    def snapshot(self) -> list[FlowRecord]: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class CollectorState:
+    name: str
+    alive: bool = False
+    error: str | None = None
+    polls: int = 0
+    last_poll: float | None = None
+    poll_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class EventEntry:
+    seq: int
+    event: ConnEvent
+
+
+def flow_sample(rec: FlowRecord, profiler: IpProfiler | None) -> FlowSample:
+    """The store's view of one interval of one flow."""
+    prof = profiler.profile(rec.raddr) if profiler else None
+    return FlowSample(
+        proto=rec.proto,
+        family=4 if rec.family == "ipv4" else 6,
+        laddr=rec.laddr,
+        lport=rec.lport,
+        raddr=rec.raddr or "",
+        rport=rec.rport or 0,
+        pid=rec.pid,
+        comm=rec.comm,
+        container=rec.container or "",
+        tx_bytes=rec.tx_delta,
+        rx_bytes=rec.rx_delta,
+        remote_class=str(prof.remote_class) if prof else "",
+        remote_name=(prof.name or "") if prof else "",
+    )
+
+
+@dataclass
+class Agent:
+    """Owns the collectors and everything derived from them."""
+
+    flows: FlowSource
+    interval: float = 1.0
+    store: Store | None = None
+    store_error: str | None = None
+    profiler: IpProfiler | None = None
+    metrics: FlowMetrics | None = None
+    max_events: int = 10_000
+    bpf_stats: bool = False
+    on_poll: Callable[[], None] | None = None
+
+    state: CollectorState = field(default_factory=lambda: CollectorState("flows"))
+    started: float = field(default_factory=time.time)
+    _events: deque[EventEntry] = field(init=False)
+    _seq: int = 0
+    _view: list[FlowRecord] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+    _stats_handle: bpf.StatsHandle | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        if self.interval <= 0:
+            raise ValueError("interval must be positive")
+        self._events = deque(maxlen=self.max_events)
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> Agent:
+        if self.bpf_stats:
+            self._stats_handle = bpf.enable_run_time_stats()
+        self.flows.start()
+        self.state.alive = True
+        self._thread = threading.Thread(target=self._loop, name="bpfscope-agent", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=max(5.0, 3 * self.interval))
+        self.flows.close()
+        self.state.alive = False
+        if self.store is not None:
+            self.store.close()
+        if self.profiler is not None:
+            self.profiler.close()
+        if self._stats_handle is not None:
+            self._stats_handle.close()
+
+    def __enter__(self) -> Agent:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _loop(self) -> None:
+        next_tick = time.monotonic()
+        while not self._stop.is_set():
+            next_tick += self.interval
+            try:
+                self.poll_once()
+            except Exception as exc:  # the collector is dead; health says so
+                log.exception("flow collector failed")
+                self.state.alive = False
+                self.state.error = f"{type(exc).__name__}: {exc}"
+                return
+            self._stop.wait(max(0.0, next_tick - time.monotonic()))
+
+    def poll_once(self) -> None:
+        t0 = time.monotonic()
+        records = self.flows.poll(0.0)
+        changed = flows_of(records)
+        events = events_of(records)
+        now = time.time()
+        with self._lock:
+            for e in events:
+                self._seq += 1
+                self._events.append(EventEntry(self._seq, e))
+            self._view = list(self.flows.snapshot())
+        if self.metrics is not None:
+            self.metrics.ingest(changed, events)
+        if self.store is not None:
+            self.store.add((flow_sample(r, self.profiler) for r in changed), now=now)
+        self.state.polls += 1
+        self.state.last_poll = now
+        self.state.poll_seconds = time.monotonic() - t0
+        if self.on_poll is not None:
+            self.on_poll()
+
+    # -- what the views read ---------------------------------------------------
+
+    def current_flows(self) -> list[FlowRecord]:
+        with self._lock:
+            return self._view
+
+    def events_since(self, seq: int = 0, limit: int | None = None) -> list[EventEntry]:
+        with self._lock:
+            out = [e for e in self._events if e.seq > seq]
+        return out[-limit:] if limit else out
+
+    @property
+    def last_seq(self) -> int:
+        with self._lock:
+            return self._seq
+
+    def collector_stats(self) -> dict[str, Any]:
+        stats = getattr(self.flows, "stats", None)
+        return stats().to_json() if callable(stats) else {}
+
+    def programs(self) -> list[dict[str, Any]]:
+        """bpfscope's own programs with hook, rung and (if on) run stats."""
+        attached = getattr(self.flows, "attached", None)
+        if attached is None:
+            return []
+        out = []
+        for choice in attached.choices:
+            if choice.rung is None:
+                continue
+            prog = attached.obj.program(choice.rung.program)
+            try:
+                info = prog.info()
+            except bpf.BpfError:
+                continue
+            out.append(
+                {
+                    "collector": "flows",
+                    "hook": choice.hook.name,
+                    "rung": str(choice.rung.mechanism),
+                    "target": choice.rung.target,
+                    "program": choice.rung.program,
+                    "id": info.id,
+                    "run_cnt": info.run_cnt,
+                    "run_time_ns": info.run_time_ns,
+                    "avg_ns": info.run_time_ns / info.run_cnt if info.run_cnt else None,
+                }
+            )
+        return out
+
+    def health(self) -> dict[str, Any]:
+        stats = self.collector_stats()
+        store: dict[str, Any]
+        if self.store is not None:
+            store = {"ok": self.store.last_error is None, **self.store.stats()}
+        else:
+            store = {"ok": False, "error": self.store_error or "history disabled"}
+        return {
+            "ok": self.state.alive,
+            "uptime_seconds": round(time.time() - self.started, 3),
+            "collectors": {
+                "flows": {
+                    "alive": self.state.alive,
+                    "error": self.state.error,
+                    "polls": self.state.polls,
+                    "last_poll": self.state.last_poll,
+                    "poll_seconds": round(self.state.poll_seconds, 6),
+                    "rungs": stats.get("rungs", {}),
+                    "events_dropped": stats.get("events_dropped", 0),
+                    "flows_evicted": stats.get("flows_evicted", 0),
+                    "map_fill": stats.get("map_fill", 0.0),
+                    "flows_tracked": stats.get("flows_tracked", 0),
+                }
+            },
+            "store": store,
+            "bpf_stats": self.bpf_stats,
+        }
+
+    def self_metrics(self) -> dict[str, Any]:
+        stats = self.collector_stats()
+        return {
+            "programs": self.programs(),
+            "events_dropped": {"flows": stats.get("events_dropped", 0)},
+            "map_entries": {"flows": stats.get("flows_in_map", 0)},
+            "collectors": {"flows": self.state.alive},
+        }

@@ -1,0 +1,262 @@
+"""Prometheus metrics of the agent, via prometheus_client.
+
+Counters are summed from the collectors' per-interval deltas and events
+into label sets that stay bounded by default (container, command, remote
+class). Raw remote addresses and ports become labels only when asked
+(``--metrics-labels remote``), and then a cap limits the number of series;
+what the cap turned away is counted, not hidden. Exposition happens at
+scrape time through a custom collector, so a scrape costs one pass over the
+label sets, never over the flows.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+__all__ = [
+    "DURATION_BUCKETS",
+    "LABEL_SETS",
+    "FlowMetrics",
+    "SelfMetricsSource",
+]
+
+# TCP connection lifetimes: from loopback RPCs to long-lived streams.
+DURATION_BUCKETS: Final = (
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 1800.0, 3600.0,
+)  # fmt: skip
+
+LABEL_SETS: Final[dict[str, tuple[str, ...]]] = {
+    "default": ("container", "comm", "remote_class"),
+    "remote": ("container", "comm", "remote_class", "remote_addr", "remote_port"),
+}
+
+
+class FlowLike(Protocol):
+    @property
+    def proto(self) -> str: ...
+    @property
+    def comm(self) -> str: ...
+    @property
+    def container(self) -> str | None: ...
+    @property
+    def raddr(self) -> str | None: ...
+    @property
+    def rport(self) -> int | None: ...
+    @property
+    def tx_delta(self) -> int: ...
+    @property
+    def rx_delta(self) -> int: ...
+
+
+class EventLike(Protocol):
+    @property
+    def type(self) -> str: ...
+    @property
+    def comm(self) -> str: ...
+    @property
+    def container(self) -> str | None: ...
+    @property
+    def raddr(self) -> str: ...
+    @property
+    def rport(self) -> int: ...
+    @property
+    def direction(self) -> str | None: ...
+    @property
+    def duration(self) -> float | None: ...
+
+
+class SelfMetricsSource(Protocol):
+    def self_metrics(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class _Histogram:
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
+    count: int = 0
+    total: float = 0.0
+
+    def observe(self, value: float) -> None:
+        for i, bound in enumerate(DURATION_BUCKETS):
+            if value <= bound:
+                self.buckets[i] += 1
+                break
+        else:
+            self.buckets[-1] += 1
+        self.count += 1
+        self.total += value
+
+
+class FlowMetrics(Collector):
+    """Aggregates flows and events into Prometheus families."""
+
+    def __init__(
+        self,
+        *,
+        labels: str = "default",
+        max_series: int = 10_000,
+        remote_class: Any = None,
+        self_source: SelfMetricsSource | None = None,
+    ) -> None:
+        if labels not in LABEL_SETS:
+            raise ValueError(f"unknown label set {labels!r} (one of: {', '.join(LABEL_SETS)})")
+        self.label_names = LABEL_SETS[labels]
+        self.max_series = max_series
+        self._remote_class = remote_class or (lambda ip: "unknown")
+        self.self_source = self_source
+        self._lock = threading.Lock()
+        # (metric, labels) -> value
+        self._counters: dict[tuple[str, tuple[str, ...]], float] = {}
+        self._hist: dict[tuple[str, ...], _Histogram] = {}
+        self.series_dropped = 0
+
+    def _labels(
+        self, comm: str, container: str | None, raddr: str | None, rport: int | None
+    ) -> tuple[str, ...]:
+        values = {
+            "container": container or "",
+            "comm": comm,
+            "remote_class": str(self._remote_class(raddr)),
+            "remote_addr": raddr or "",
+            "remote_port": "" if rport is None else str(rport),
+        }
+        return tuple(values[n] for n in self.label_names)
+
+    def _series_count(self) -> int:
+        return len(self._counters) + len(self._hist)
+
+    def _add(self, metric: str, labels: tuple[str, ...], value: float) -> None:
+        key = (metric, labels)
+        if key not in self._counters and self._series_count() >= self.max_series:
+            self.series_dropped += 1
+            return
+        self._counters[key] = self._counters.get(key, 0) + value
+
+    def ingest(self, flows: Iterable[FlowLike], events: Iterable[EventLike]) -> None:
+        with self._lock:
+            for f in flows:
+                if not (f.tx_delta or f.rx_delta):
+                    continue
+                labels = self._labels(f.comm, f.container, f.raddr, f.rport)
+                proto = f.proto if f.proto in ("tcp", "udp") else "other"
+                if f.tx_delta:
+                    self._add(f"{proto}_sent_bytes", labels, f.tx_delta)
+                if f.rx_delta:
+                    self._add(f"{proto}_received_bytes", labels, f.rx_delta)
+            for e in events:
+                labels = self._labels(e.comm, e.container, e.raddr, e.rport)
+                if e.type == "retransmit":
+                    self._add("tcp_retransmits", labels, 1)
+                elif e.type in ("reset_sent", "reset_received"):
+                    self._add("tcp_resets", (*labels, e.type.removeprefix("reset_")), 1)
+                elif e.type == "open":
+                    self._add("tcp_connections_opened", (*labels, e.direction or "unknown"), 1)
+                elif e.type == "close":
+                    self._add("tcp_connections_closed", labels, 1)
+                    if e.duration is not None:
+                        hist_key = labels
+                        if hist_key not in self._hist and self._series_count() >= self.max_series:
+                            self.series_dropped += 1
+                            continue
+                        self._hist.setdefault(hist_key, _Histogram()).observe(e.duration)
+
+    # -- exposition ----------------------------------------------------------
+
+    _COUNTER_HELP: Final = {
+        "tcp_sent_bytes": "Bytes sent on TCP flows.",
+        "tcp_received_bytes": "Bytes received on TCP flows.",
+        "udp_sent_bytes": "Bytes sent on UDP flows.",
+        "udp_received_bytes": "Bytes received on UDP flows.",
+        "tcp_retransmits": "TCP segments retransmitted.",
+        "tcp_resets": "TCP resets, by who sent them (sent: this host).",
+        "tcp_connections_opened": (
+            "TCP connections established, by direction (active: connect, passive: accept)."
+        ),
+        "tcp_connections_closed": "TCP connections closed.",
+    }
+    _EXTRA_LABEL: Final = {"tcp_resets": "direction", "tcp_connections_opened": "direction"}
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            counters = dict(self._counters)
+            hist = {k: (list(v.buckets), v.count, v.total) for k, v in self._hist.items()}
+            dropped = self.series_dropped
+        names = list(self.label_names)
+        for metric, help_text in self._COUNTER_HELP.items():
+            extra = self._EXTRA_LABEL.get(metric)
+            fam = CounterMetricFamily(
+                f"bpfscope_{metric}", help_text, labels=names + ([extra] if extra else [])
+            )
+            for (m, labels), value in counters.items():
+                if m == metric:
+                    fam.add_metric(list(labels), value)
+            yield fam
+        h = HistogramMetricFamily(
+            "bpfscope_tcp_connection_duration_seconds",
+            "Lifetime of closed TCP connections.",
+            labels=names,
+        )
+        for labels, (buckets, _count, total) in hist.items():
+            cumulative, running = [], 0
+            for bound, n in zip((*DURATION_BUCKETS, float("inf")), buckets, strict=True):
+                running += n
+                cumulative.append((_bound(bound), running))
+            h.add_metric(list(labels), cumulative, total)
+        yield h
+        dropped_fam = CounterMetricFamily(
+            "bpfscope_metrics_series_dropped",
+            "Samples not exported because the series cap was reached (--max-series).",
+        )
+        dropped_fam.add_metric([], dropped)
+        yield dropped_fam
+        if self.self_source is not None:
+            yield from _self_families(self.self_source.self_metrics())
+
+
+def _bound(b: float) -> str:
+    return "+Inf" if b == float("inf") else repr(b)
+
+
+def _self_families(data: dict[str, Any]) -> Iterator[Metric]:
+    """bpfscope's own cost and health, from the agent."""
+    runs = CounterMetricFamily(
+        "bpfscope_bpf_program_runs", "Runs of bpfscope's BPF programs.", labels=["program", "rung"]
+    )
+    secs = CounterMetricFamily(
+        "bpfscope_bpf_program_run_seconds",
+        "Time spent in bpfscope's BPF programs (needs run-time stats on).",
+        labels=["program", "rung"],
+    )
+    for p in data.get("programs", []):
+        runs.add_metric([p["program"], p["rung"]], p["run_cnt"])
+        secs.add_metric([p["program"], p["rung"]], p["run_time_ns"] / 1e9)
+    yield runs
+    yield secs
+    dropped = CounterMetricFamily(
+        "bpfscope_events_dropped", "Events the kernel could not hand over.", labels=["source"]
+    )
+    for source, n in data.get("events_dropped", {}).items():
+        dropped.add_metric([source], n)
+    yield dropped
+    entries = GaugeMetricFamily(
+        "bpfscope_map_entries", "Entries in bpfscope's maps.", labels=["map"]
+    )
+    for name, n in data.get("map_entries", {}).items():
+        entries.add_metric([name], n)
+    yield entries
+    up = GaugeMetricFamily(
+        "bpfscope_collector_up", "1 while a collector is running.", labels=["collector"]
+    )
+    for name, alive in data.get("collectors", {}).items():
+        up.add_metric([name], 1 if alive else 0)
+    yield up

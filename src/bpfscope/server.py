@@ -1,0 +1,242 @@
+"""HTTP views of the agent: a read-only JSON API and /metrics.
+
+Every endpoint is a GET that reads what the agent already published;
+nothing received here loads, changes or detaches BPF programs. An optional
+bearer token protects /api (and /metrics when asked). Validation errors are
+4xx JSON with a message; unexpected errors are a 500 with no stack trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated, Any, Final
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.process_collector import ProcessCollector
+
+from . import __version__
+from .agent import Agent
+from .flowquery import BadQuery, FlowFilter, addr_in, page, parse_cidr, sort_flows
+from .store import HistoryQuery
+
+__all__ = ["MAX_PAGE", "create_app"]
+
+log = logging.getLogger("bpfscope.server")
+
+MAX_PAGE: Final = 1000
+MAX_QUERY_BYTES: Final = 4096
+
+
+Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"page size, at most {MAX_PAGE}")]
+Port = Annotated[int | None, Query(ge=1, le=65535)]
+Pid = Annotated[int | None, Query(ge=1)]
+Since = Annotated[float | None, Query(description="Unix seconds, or negative: seconds ago")]
+
+
+def _flow_json(rec: Any, agent: Agent) -> dict[str, Any]:
+    data: dict[str, Any] = rec.to_json()
+    if agent.profiler is not None:
+        data["remote_profile"] = agent.profiler.profile(rec.raddr).to_json()
+    return data
+
+
+def _event_json(seq: int, event: Any, agent: Agent) -> dict[str, Any]:
+    data: dict[str, Any] = {"seq": seq, **event.to_json()}
+    if agent.profiler is not None:
+        data["remote_profile"] = agent.profiler.profile(event.raddr).to_json()
+    return data
+
+
+def create_app(
+    agent: Agent,
+    *,
+    token: str | None = None,
+    protect_metrics: bool = False,
+    registry: CollectorRegistry | None = None,
+    stream_poll_seconds: float = 0.25,
+) -> FastAPI:
+    app = FastAPI(
+        title="bpfscope agent",
+        version=__version__,
+        description="Read-only API of the bpfscope eBPF agent: flows, connections, history, "
+        "its own BPF programs and health.",
+    )
+    if registry is None:
+        registry = CollectorRegistry()
+        if agent.metrics is not None:
+            registry.register(agent.metrics)
+        ProcessCollector(namespace="bpfscope", registry=registry)
+
+    def authorized(request: Request) -> bool:
+        if token is None:
+            return True
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token)
+
+    @app.middleware("http")
+    async def guard(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        if request.method not in ("GET", "HEAD"):
+            return JSONResponse({"detail": "the bpfscope API is read-only"}, status_code=405)
+        if len(request.url.query) > MAX_QUERY_BYTES:
+            return JSONResponse({"detail": "query string too long"}, status_code=414)
+        path = request.url.path
+        protected = path.startswith("/api/") or (protect_metrics and path == "/metrics")
+        if protected and not authorized(request):
+            return JSONResponse(
+                {"detail": "missing or wrong bearer token"},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        try:
+            return await call_next(request)
+        except Exception:  # never a stack trace to the client
+            log.exception("request %s failed", path)
+            return JSONResponse({"detail": "internal error; see the agent's log"}, status_code=500)
+
+    @app.exception_handler(BadQuery)
+    async def bad_query(_request: Request, exc: BadQuery) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'query')}: {e.get('msg')}"
+            for e in exc.errors()
+        ]
+        return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
+
+    @app.get("/api/v1/flows", summary="Current flows")
+    def flows(
+        pid: Pid = None,
+        comm: str | None = None,
+        port: Port = None,
+        cidr: str | None = None,
+        container: str | None = None,
+        family: Annotated[str | None, Query(pattern="^(ipv4|ipv6)$")] = None,
+        protocol: Annotated[str | None, Query(pattern="^(tcp|udp)$")] = None,
+        sort: str = "bytes",
+        order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
+        limit: Limit = 100,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        flt = FlowFilter(pid, comm, port, cidr, container, family, protocol)
+        selected = sort_flows(flt.apply(agent.current_flows()), sort, order == "desc")
+        items, nxt = page(selected, cursor, limit)
+        return {
+            "total": len(selected),
+            "items": [_flow_json(r, agent) for r in items],
+            "next_cursor": nxt,
+        }
+
+    @app.get("/api/v1/connections", summary="Recent TCP lifecycle events")
+    def connections(
+        after: Annotated[int, Query(ge=0, description="only events with seq > after")] = 0,
+        type: Annotated[
+            str | None, Query(pattern="^(open|close|retransmit|reset_sent|reset_received)$")
+        ] = None,
+        pid: Pid = None,
+        port: Port = None,
+        cidr: str | None = None,
+        limit: Limit = 100,
+    ) -> dict[str, Any]:
+        network = parse_cidr(cidr) if cidr else None
+        out = []
+        for entry in agent.events_since(after):
+            e = entry.event
+            if type is not None and e.type != type:
+                continue
+            if pid is not None and e.pid != pid:
+                continue
+            if port is not None and port not in (e.lport, e.rport):
+                continue
+            if network is not None and not addr_in(network, e.laddr, e.raddr):
+                continue
+            out.append(_event_json(entry.seq, e, agent))
+        return {"last_seq": agent.last_seq, "items": out[-limit:]}
+
+    @app.get(
+        "/api/v1/connections/stream",
+        summary="Live lifecycle events (Server-Sent Events)",
+        response_class=StreamingResponse,
+    )
+    async def stream(
+        request: Request,
+        after: Annotated[int | None, Query(ge=0)] = None,
+        max_events: Annotated[int | None, Query(ge=1, le=1_000_000)] = None,
+    ) -> StreamingResponse:
+        start = agent.last_seq if after is None else after
+
+        async def events() -> AsyncIterator[str]:
+            seq, sent = start, 0
+            yield f": bpfscope event stream from seq {seq}\n\n"
+            while not await request.is_disconnected():
+                for entry in agent.events_since(seq):
+                    seq = entry.seq
+                    payload = json.dumps(_event_json(entry.seq, entry.event, agent))
+                    yield f"id: {entry.seq}\nevent: {entry.event.type}\ndata: {payload}\n\n"
+                    sent += 1
+                    if max_events is not None and sent >= max_events:
+                        return
+                await asyncio.sleep(stream_poll_seconds)
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    @app.get("/api/v1/history", summary="Stored flow records by time range")
+    def history(
+        since: Since = None,
+        until: float | None = None,
+        cidr: str | None = None,
+        port: Port = None,
+        container: str | None = None,
+        comm: str | None = None,
+        pid: Pid = None,
+        protocol: Annotated[str | None, Query(pattern="^(tcp|udp)$")] = None,
+        limit: Limit = 100,
+    ) -> Response:
+        if agent.store is None:
+            return JSONResponse(
+                {"detail": f"history is not available: {agent.store_error or 'disabled'}"},
+                status_code=503,
+            )
+        if cidr:
+            parse_cidr(cidr)
+        now = time.time()
+        q = HistoryQuery(
+            since=now + since if since is not None and since < 0 else since,
+            until=until,
+            cidr=cidr,
+            port=port,
+            container=container,
+            comm=comm,
+            pid=pid,
+            proto=protocol,
+            limit=limit,
+        )
+        rows = agent.store.query(q)
+        return JSONResponse({"items": rows, "count": len(rows)})
+
+    @app.get("/api/v1/programs", summary="bpfscope's own BPF programs")
+    def programs() -> dict[str, Any]:
+        return {"bpf_stats": agent.bpf_stats, "items": agent.programs()}
+
+    @app.get("/api/v1/health", summary="Hooks, rungs, drops, map fill, store state")
+    def health() -> JSONResponse:
+        data = agent.health()
+        return JSONResponse(data, status_code=200 if data["ok"] else 503)
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,185 @@
+"""``bpfscope serve``: the long-running agent (JSON API, /metrics, history)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import EXIT_USAGE, UserError, require_privileges
+from .units import parse_duration, parse_listen, parse_size
+
+__all__ = ["serve"]
+
+log = logging.getLogger("bpfscope.serve")
+
+
+def _convert(kind: str, fn: Any, value: str) -> Any:
+    try:
+        return fn(value)
+    except ValueError as exc:
+        raise UserError(f"--{kind}: {exc}", EXIT_USAGE) from None
+
+
+@click.command()
+@click.option(
+    "--listen",
+    default="127.0.0.1:9464",
+    show_default=True,
+    help="HOST:PORT to serve on. Anything but loopback must be asked for explicitly.",
+)
+@click.option("--interval", default="1s", show_default=True, help="Collection interval.")
+@click.option(
+    "--db",
+    "db_path",
+    default=None,
+    help="History file (default /var/lib/bpfscope/history.db as root).",
+)
+@click.option("--no-history", is_flag=True, help="Keep no history on disk.")
+@click.option("--bucket", default="10s", show_default=True, help="History bucket length.")
+@click.option("--retention", default="7d", show_default=True, help="Keep history this long.")
+@click.option("--max-db-size", default="512MiB", show_default=True, help="Cap on the history file.")
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="File holding a bearer token required on /api (and /metrics with --protect-metrics).",
+)
+@click.option("--protect-metrics", is_flag=True, help="Require the token on /metrics too.")
+@click.option(
+    "--metrics-labels",
+    type=click.Choice(["default", "remote"]),
+    default="default",
+    show_default=True,
+    help="'remote' adds remote address and port labels (bounded by --max-series).",
+)
+@click.option("--max-series", default=10_000, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--ip-map",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Static 'CIDR NAME [CLASS]' mapping file.",
+)
+@click.option("--no-dns", is_flag=True, help="No reverse DNS lookups of remote addresses.")
+@click.option(
+    "--bpf-stats",
+    is_flag=True,
+    help="Turn on kernel run-time stats while serving (costs ~tens of ns per program run).",
+)
+@click.option(
+    "--max-flows",
+    default=262144,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Size of the kernel flow table.",
+)
+@click.option(
+    "--attach", "force", default=None, help="Force an attach mechanism (see `bpfscope doctor`)."
+)
+@click.pass_context
+def serve(
+    ctx: click.Context,
+    listen: str,
+    interval: str,
+    db_path: str | None,
+    no_history: bool,
+    bucket: str,
+    retention: str,
+    max_db_size: str,
+    token_file: str | None,
+    protect_metrics: bool,
+    metrics_labels: str,
+    max_series: int,
+    ip_map: str | None,
+    no_dns: bool,
+    bpf_stats: bool,
+    max_flows: int,
+    force: str | None,
+) -> None:
+    """Run the agent: collectors, JSON API, Prometheus /metrics and history."""
+    host, port = _convert("listen", parse_listen, listen)
+    interval_s = _convert("interval", parse_duration, interval)
+    bucket_s = int(_convert("bucket", parse_duration, bucket))
+    retention_s = _convert("retention", parse_duration, retention)
+    max_bytes = _convert("max-db-size", parse_size, max_db_size)
+    if bucket_s < 1:
+        raise UserError("--bucket must be at least 1s", EXIT_USAGE)
+    token = None
+    if token_file is not None:
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as exc:
+            raise UserError(f"--token-file {token_file}: {exc.strerror}", EXIT_USAGE) from None
+        if not token:
+            raise UserError(f"--token-file {token_file} is empty", EXIT_USAGE)
+    from .features import Mechanism
+
+    mechanism = None
+    if force is not None:
+        try:
+            mechanism = Mechanism(force)
+        except ValueError:
+            choices = ", ".join(m.value for m in Mechanism)
+            raise UserError(
+                f"--attach {force}: unknown mechanism (one of: {choices})", EXIT_USAGE
+            ) from None
+    require_privileges(("CAP_NET_ADMIN",))
+
+    # Heavy imports only once the arguments are known to be good.
+    import uvicorn
+
+    from .agent import Agent
+    from .flows.collector import FlowCollector
+    from .ipprofile import IpProfiler
+    from .metrics import FlowMetrics
+    from .server import create_app
+    from .store import Store, StoreError, default_path
+
+    try:
+        profiler = IpProfiler.from_file(ip_map, dns=not no_dns)
+    except ValueError as exc:
+        raise UserError(f"--ip-map: {exc}", EXIT_USAGE) from None
+
+    store = None
+    store_error = None
+    if not no_history:
+        path = Path(db_path) if db_path else default_path()
+        try:
+            store = Store(
+                path, bucket_seconds=bucket_s, retention_seconds=retention_s, max_bytes=max_bytes
+            )
+        except StoreError as exc:
+            store_error = str(exc)
+            click.echo(f"bpfscope: warning: {exc}; serving live data without history", err=True)
+
+    collector = FlowCollector(max_entries=max_flows, force=mechanism, btf_path=ctx.obj.get("btf"))
+    metrics = FlowMetrics(
+        labels=metrics_labels,
+        max_series=max_series,
+        remote_class=lambda ip: profiler.profile(ip).remote_class,
+    )
+    agent = Agent(
+        flows=collector,
+        interval=interval_s,
+        store=store,
+        store_error=store_error,
+        profiler=profiler,
+        metrics=metrics,
+        bpf_stats=bpf_stats,
+    )
+    metrics.self_source = agent  # the agent reports its own programs and drops
+    app = create_app(agent, token=token, protect_metrics=protect_metrics)
+    with agent:
+        rungs = ", ".join(f"{k}={v}" for k, v in collector.rungs().items())
+        shown = f"[{host}]" if ":" in host else host
+        click.echo(f"bpfscope agent on http://{shown}:{port} (hooks: {rungs})", err=True)
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+        server = uvicorn.Server(config)
+        try:
+            server.run()
+        except SystemExit:
+            if not server.started:  # uvicorn exits 1 when it cannot bind
+                raise UserError(f"cannot listen on {listen} (in use, or not allowed?)") from None
+            raise  # SIGTERM/SIGINT after a clean shutdown: leave with its status

@@ -1,0 +1,418 @@
+"""Embedded flow history: SQLite in WAL mode, one row per flow per bucket.
+
+The agent hands the store per-interval deltas; the store sums them into the
+open bucket in memory and, when the bucket closes, a writer thread commits
+the whole bucket in one transaction. So writes never slow the collectors,
+and a SIGKILL loses at most the bucket that was still open. Retention by age
+and by size runs after writes. Schema versions are migrated forward in
+order; a corrupt or unwritable file raises ``StoreError`` with a message the
+agent shows while it keeps serving live data.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Final
+
+__all__ = [
+    "DEFAULT_PATH",
+    "SCHEMA_VERSION",
+    "FlowSample",
+    "HistoryQuery",
+    "Store",
+    "StoreError",
+    "default_path",
+]
+
+log = logging.getLogger("bpfscope.store")
+
+DEFAULT_PATH: Final = Path("/var/lib/bpfscope/history.db")
+
+
+def default_path() -> Path:
+    """``$BPFSCOPE_DB``, else /var/lib/bpfscope (root) or the XDG data dir."""
+    env = os.environ.get("BPFSCOPE_DB")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return DEFAULT_PATH
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "bpfscope" / "history.db"
+
+
+class StoreError(RuntimeError):
+    """The history file cannot be used; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class FlowSample:
+    """Traffic of one flow during one collection interval (deltas)."""
+
+    proto: str
+    family: int
+    laddr: str
+    lport: int
+    raddr: str
+    rport: int
+    pid: int
+    comm: str
+    container: str
+    tx_bytes: int = 0
+    rx_bytes: int = 0
+    tx_calls: int = 0
+    rx_calls: int = 0
+    retransmits: int = 0
+    resets: int = 0
+    remote_class: str = ""
+    remote_name: str = ""
+
+    def key(self) -> tuple[Any, ...]:
+        return (self.proto, self.laddr, self.lport, self.raddr, self.rport, self.pid)
+
+
+_COUNTERS: Final = ("tx_bytes", "rx_bytes", "tx_calls", "rx_calls", "retransmits", "resets")
+
+# Each step takes the schema from version i to i+1. Never edit a released
+# step; add a new one.
+MIGRATIONS: Final[tuple[str, ...]] = (
+    # 1: buckets of per-flow counters
+    """
+    CREATE TABLE flow_buckets (
+        bucket_start INTEGER NOT NULL,
+        bucket_seconds INTEGER NOT NULL,
+        proto TEXT NOT NULL,
+        family INTEGER NOT NULL,
+        laddr TEXT NOT NULL,
+        lport INTEGER NOT NULL,
+        raddr TEXT NOT NULL,
+        rport INTEGER NOT NULL,
+        pid INTEGER NOT NULL,
+        comm TEXT NOT NULL,
+        container TEXT NOT NULL,
+        tx_bytes INTEGER NOT NULL DEFAULT 0,
+        rx_bytes INTEGER NOT NULL DEFAULT 0,
+        tx_calls INTEGER NOT NULL DEFAULT 0,
+        rx_calls INTEGER NOT NULL DEFAULT 0,
+        retransmits INTEGER NOT NULL DEFAULT 0,
+        resets INTEGER NOT NULL DEFAULT 0,
+        UNIQUE (bucket_start, proto, laddr, lport, raddr, rport, pid)
+    );
+    CREATE INDEX flow_buckets_time ON flow_buckets (bucket_start);
+    """,
+    # 2: IP profiling of the remote end, and lookups by remote and container
+    """
+    ALTER TABLE flow_buckets ADD COLUMN remote_class TEXT NOT NULL DEFAULT '';
+    ALTER TABLE flow_buckets ADD COLUMN remote_name TEXT NOT NULL DEFAULT '';
+    CREATE INDEX flow_buckets_remote ON flow_buckets (raddr, bucket_start);
+    CREATE INDEX flow_buckets_container ON flow_buckets (container, bucket_start);
+    """,
+)
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+
+@dataclass(frozen=True)
+class HistoryQuery:
+    since: float | None = None
+    until: float | None = None
+    cidr: str | None = None
+    port: int | None = None
+    container: str | None = None
+    comm: str | None = None
+    pid: int | None = None
+    proto: str | None = None
+    limit: int = 1000
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, timeout=5.0, check_same_thread=False, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    # NORMAL in WAL mode is durable across process crashes (SIGKILL); only
+    # an OS crash can lose the last commits.
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the file to SCHEMA_VERSION; return the version it had."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"history schema version {version} is newer than this bpfscope "
+            f"understands ({SCHEMA_VERSION}); upgrade bpfscope or use another --db"
+        )
+    if version == 0:
+        # Only a fresh file can switch auto_vacuum; size retention relies on it.
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        conn.execute("VACUUM")
+    for step in range(version, SCHEMA_VERSION):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in MIGRATIONS[step].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version={step + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return version
+
+
+class Store:
+    """Bucketed flow history with a background writer."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        bucket_seconds: int = 10,
+        retention_seconds: float = 7 * 86400,
+        max_bytes: int = 512 * 1024 * 1024,
+        clock: Any = time.time,
+    ) -> None:
+        if bucket_seconds <= 0:
+            raise ValueError("bucket length must be positive")
+        self.path = Path(path)
+        self.bucket_seconds = bucket_seconds
+        self.retention_seconds = retention_seconds
+        self.max_bytes = max_bytes
+        self._clock = clock
+        self._open_bucket: int | None = None
+        self._pending: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        # Items: a closed bucket to write, an Event to set once all before it
+        # are written (flush), or None to stop.
+        self._queue: queue.Queue[tuple[int, list[dict[str, Any]]] | threading.Event | None] = (
+            queue.Queue()
+        )
+        self.rows_written = 0
+        self.buckets_written = 0
+        self.last_error: str | None = None
+        self.migrated_from: int = 0
+        self._conn = self._open()
+        self._reader = self._open_reader()
+        self._writer = threading.Thread(target=self._write_loop, name="bpfscope-store", daemon=True)
+        self._writer.start()
+
+    # -- opening -------------------------------------------------------------
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot create {self.path.parent}: {exc.strerror}; choose another --db"
+            ) from None
+        try:
+            conn = _connect(self.path)
+            self.migrated_from = migrate(conn)
+            conn.execute("SELECT count(*) FROM flow_buckets LIMIT 1").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(self._explain(exc)) from None
+        return conn
+
+    def _open_reader(self) -> sqlite3.Connection:
+        try:
+            return _connect(self.path)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(self._explain(exc)) from None
+
+    def _explain(self, exc: sqlite3.DatabaseError) -> str:
+        text = str(exc)
+        if "not a database" in text or "malformed" in text:
+            return (
+                f"history file {self.path} is corrupt ({text}); move it aside to start a "
+                "new history, or pass another --db"
+            )
+        if "readonly" in text or "unable to open" in text:
+            return f"history file {self.path} is not writable ({text}); fix permissions or use --db"
+        return f"history file {self.path}: {text}"
+
+    # -- writing -------------------------------------------------------------
+
+    def _bucket_of(self, t: float) -> int:
+        return int(t) - int(t) % self.bucket_seconds
+
+    def add(self, samples: Iterable[FlowSample], now: float | None = None) -> None:
+        """Sum one interval's deltas into the open bucket (cheap, no I/O)."""
+        now = self._clock() if now is None else now
+        bucket = self._bucket_of(now)
+        with self._lock:
+            if self._open_bucket is not None and bucket != self._open_bucket:
+                self._close_bucket_locked()
+            self._open_bucket = bucket
+            for s in samples:
+                if not any(getattr(s, c) for c in _COUNTERS):
+                    continue
+                row = self._pending.get(s.key())
+                if row is None:
+                    self._pending[s.key()] = asdict(s)
+                else:
+                    for c in _COUNTERS:
+                        row[c] += getattr(s, c)
+                    row["remote_name"] = s.remote_name or row["remote_name"]
+
+    def _close_bucket_locked(self) -> None:
+        if self._open_bucket is not None and self._pending:
+            self._queue.put((self._open_bucket, list(self._pending.values())))
+        self._pending = {}
+        self._open_bucket = None
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Close the open bucket and wait until everything queued is on disk."""
+        with self._lock:
+            self._close_bucket_locked()
+        done = threading.Event()
+        self._queue.put(done)
+        done.wait(timeout)
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
+            bucket, rows = item
+            try:
+                self._write_bucket(bucket, rows)
+                self._apply_retention()
+                self.last_error = None
+            except sqlite3.Error as exc:
+                self.last_error = (
+                    self._explain(exc) if isinstance(exc, sqlite3.DatabaseError) else str(exc)
+                )
+                log.error("history write failed: %s", self.last_error)
+
+    def _write_bucket(self, bucket: int, rows: Sequence[dict[str, Any]]) -> None:
+        cols = [f.name for f in fields(FlowSample)]
+        placeholders = ", ".join("?" for _ in range(len(cols) + 2))
+        updates = ", ".join(f"{c} = {c} + excluded.{c}" for c in _COUNTERS)
+        sql = (
+            f"INSERT INTO flow_buckets (bucket_start, bucket_seconds, {', '.join(cols)}) "
+            f"VALUES ({placeholders}) "
+            "ON CONFLICT (bucket_start, proto, laddr, lport, raddr, rport, pid) "
+            f"DO UPDATE SET {updates}"
+        )
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            self._conn.executemany(
+                sql, [(bucket, self.bucket_seconds, *(r[c] for c in cols)) for r in rows]
+            )
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self.rows_written += len(rows)
+        self.buckets_written += 1
+
+    def size_bytes(self) -> int:
+        page_count = self._reader.execute("PRAGMA page_count").fetchone()[0]
+        page_size = self._reader.execute("PRAGMA page_size").fetchone()[0]
+        return int(page_count) * int(page_size)
+
+    def _apply_retention(self) -> None:
+        cutoff = self._bucket_of(self._clock() - self.retention_seconds)
+        self._conn.execute("DELETE FROM flow_buckets WHERE bucket_start < ?", (cutoff,))
+        # By size: drop the oldest buckets until the data fits, then give
+        # the freed pages back to the filesystem.
+        while self.size_bytes() > self.max_bytes:
+            oldest = self._conn.execute("SELECT min(bucket_start) FROM flow_buckets").fetchone()[0]
+            newest = self._conn.execute("SELECT max(bucket_start) FROM flow_buckets").fetchone()[0]
+            if oldest is None or oldest == newest:
+                break  # never delete the bucket just written
+            self._conn.execute("DELETE FROM flow_buckets WHERE bucket_start = ?", (oldest,))
+            self._conn.execute("PRAGMA incremental_vacuum")
+        self._conn.execute("PRAGMA incremental_vacuum")
+
+    # -- reading -------------------------------------------------------------
+
+    def query(self, q: HistoryQuery) -> list[dict[str, Any]]:
+        where: list[str] = []
+        args: list[Any] = []
+        if q.since is not None:
+            where.append("bucket_start >= ?")
+            args.append(self._bucket_of(q.since))
+        if q.until is not None:
+            where.append("bucket_start <= ?")
+            args.append(q.until)
+        if q.port is not None:
+            where.append("(lport = ? OR rport = ?)")
+            args += [q.port, q.port]
+        for column, value in (
+            ("container", q.container),
+            ("comm", q.comm),
+            ("pid", q.pid),
+            ("proto", q.proto),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        network = ipaddress.ip_network(q.cidr, strict=False) if q.cidr else None
+        sql = "SELECT * FROM flow_buckets"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY bucket_start DESC, tx_bytes + rx_bytes DESC"
+        cur = self._reader.execute(sql, args)
+        names = [d[0] for d in cur.description]
+        out: list[dict[str, Any]] = []
+        for row in cur:
+            rec = dict(zip(names, row, strict=True))
+            if network is not None and not _in_network(network, rec["laddr"], rec["raddr"]):
+                continue
+            out.append(rec)
+            if len(out) >= q.limit:
+                break
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        count = self._reader.execute("SELECT count(*) FROM flow_buckets").fetchone()[0]
+        span = self._reader.execute(
+            "SELECT min(bucket_start), max(bucket_start) FROM flow_buckets"
+        ).fetchone()
+        return {
+            "path": str(self.path),
+            "schema_version": SCHEMA_VERSION,
+            "rows": count,
+            "oldest_bucket": span[0],
+            "newest_bucket": span[1],
+            "size_bytes": self.size_bytes(),
+            "bucket_seconds": self.bucket_seconds,
+            "rows_written": self.rows_written,
+            "queued_buckets": self._queue.qsize(),
+            "error": self.last_error,
+        }
+
+    def close(self) -> None:
+        self.flush()
+        self._queue.put(None)
+        self._writer.join(timeout=10)
+        self._conn.close()
+        self._reader.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _in_network(network: ipaddress.IPv4Network | ipaddress.IPv6Network, *addrs: str) -> bool:
+    for a in addrs:
+        try:
+            if ipaddress.ip_address(a) in network:
+                return True
+        except ValueError:
+            continue
+    return False
