@@ -184,13 +184,25 @@ static __always_inline struct flow_value *flow_get(const struct flow_key *k, con
 	return v;
 }
 
-/* Record (or refresh) the owner of a TCP socket seen in process context. */
-static __always_inline void own_socket(struct sock *sk, __u32 tgid, __u64 cgroup_id)
+/*
+ * Record (or refresh) the owner of a TCP socket seen in process context,
+ * and remember its tuple once complete. A socket already in CLOSE (data
+ * still read after a reset) has lost its local port: use the remembered one.
+ */
+static __always_inline void own_socket(struct sock *sk, struct flow_key *k, __u32 tgid,
+				       __u64 cgroup_id)
 {
 	__u64 skp = (__u64)sk;
 	struct sk_owner *o = bpf_map_lookup_elem(&flow_socks, &skp);
 	struct sk_owner fresh = {};
 
+	if (o && o->has_tuple && k->lport == 0) {
+		__builtin_memcpy(k->laddr, o->laddr, 16);
+		__builtin_memcpy(k->raddr, o->raddr, 16);
+		k->lport = o->lport;
+		k->rport = o->rport;
+		return;
+	}
 	if (o && !o->closed) {
 		if (o->tgid != tgid || o->cgroup_id != cgroup_id) {
 			o->tgid = tgid;
@@ -304,13 +316,14 @@ static __always_inline int on_traffic(struct sock *sk, long bytes, int flags, in
 		__builtin_memset(k.raddr, 0, sizeof(k.raddr));
 	}
 
-	if (filtered_tuple(&k) || filtered_owner(tgid, cgroup_id))
+	if (filtered_owner(tgid, cgroup_id))
+		return 0;
+	if (want_proto == IPPROTO_TCP)
+		own_socket(sk, &k, tgid, cgroup_id);
+	if (filtered_tuple(&k))
 		return 0;
 	k.tgid = tgid;
 	k.cgroup_id = cgroup_id;
-
-	if (want_proto == IPPROTO_TCP)
-		own_socket(sk, tgid, cgroup_id);
 
 	now = bpf_ktime_get_ns();
 	bpf_get_current_comm(comm, sizeof(comm));
