@@ -269,3 +269,27 @@ def test_human_bytes() -> None:
     assert pcli._human_bytes(None) == "-"
     assert pcli._human_bytes(512) == "512B"
     assert pcli._human_bytes(21680) == "21.2KiB"
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        ("raw_tp sys_enter", True),
+        ("raw_tp sys_exit", True),
+        ("tracepoint sys_enter_getpid", True),
+        ("trace_raw_tp btf_trace_sys_enter", True),
+        ("trace_fentry __x64_sys_getpid", True),
+        ("raw_tp task_rename", False),
+        ("tracepoint sys_enter_getppid", False),
+        ("", False),
+    ],
+)
+def test_on_getpid_path(target: str, expected: bool) -> None:
+    assert stats.on_getpid_path(target) is expected
+
+
+def test_cost_per_run_divides_by_programs_on_path() -> None:
+    cost = stats.StatsCost(1000, 3, 100.0, 160.0, 3000, programs_on_path=3)
+    assert cost.added_ns_per_call == 60.0
+    assert cost.added_ns == 20.0
+    assert cost.to_json()["added_ns_per_run"] == 20.0

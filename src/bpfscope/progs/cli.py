@@ -25,7 +25,14 @@ from .inventory import (
     collect_progs,
     require_introspection_privileges,
 )
-from .stats import SORT_KEYS, StatsSession, StatsSnapshot, cached_cost, measure_cost
+from .stats import (
+    SORT_KEYS,
+    StatsSession,
+    StatsSnapshot,
+    cached_cost,
+    measure_cost,
+    stats_enabled,
+)
 
 __all__ = ["links", "maps", "progs"]
 
@@ -79,6 +86,9 @@ def _print_table(
     click.echo(plain_table(headers, rows))
     if footer:
         click.echo(footer)
+
+
+_OWN_NOTE = "* bpfscope's own (held by a bpfscope process)"
 
 
 def _holders_text(hs: Sequence[holders_mod.Holder]) -> str:
@@ -136,6 +146,10 @@ def _run_stats(
     interval: float, count: int | None, sort: str, limit: int | None, as_json: bool
 ) -> None:
     note = _stats_note()
+    others = sorted(holders_mod.scan().stats)
+    if stats_enabled() or others:
+        who = ", ".join(str(h) for h in others) or "kernel.bpf_stats_enabled=1"
+        note += f"; statistics were already on ({who}), so they stay on after bpfscope exits"
     session = StatsSession()
     with session:
         live = _tty() and not as_json
@@ -215,7 +229,7 @@ def _run_stats(
 @click.option(
     "--calls",
     type=click.IntRange(min=1000),
-    default=200_000,
+    default=100_000,
     show_default=True,
     help="getpid() calls per round for --stats-cost.",
 )
@@ -245,12 +259,18 @@ def progs(
             return
         click.echo(
             f"raw getpid() with an empty tracepoint program attached, {cost.rounds} rounds "
-            f"of {cost.calls} calls (median):\n"
+            f"of {cost.calls} calls each way, fastest round (thread CPU time):\n"
             f"  statistics off: {cost.off_ns_per_call:.1f} ns/call\n"
             f"  statistics on:  {cost.on_ns_per_call:.1f} ns/call\n"
+            f"  BPF programs on the getpid path: {cost.programs_on_path}\n"
             f"  => statistics add {cost.added_ns:.1f} ns per program run "
-            f"({cost.program_runs_counted} runs counted while on)"
+            f"({cost.added_ns_per_call:.1f} ns per call)"
         )
+        if cost.programs_on_path > 1:
+            click.echo(
+                "  note: other tools' programs also run on getpid() here, so the "
+                "result is less precise; rerun on a quiet machine"
+            )
         return
     if stats:
         _run_stats(interval, count, sort, limit, as_json)
@@ -283,7 +303,12 @@ def progs(
         "ID", "TYPE", "NAME", "TAG", "ATTACHED TO", "LOADED", "UID",
         "XLATED", "JITED", "VERIFIED", "MAPS", "BTF", "HELD BY",
     )  # fmt: skip
-    _print_table(f"{len(records)} BPF programs", headers, rows, "* bpfscope's own" if rows else "")
+    _print_table(
+        f"{len(records)} BPF programs",
+        headers,
+        rows,
+        _OWN_NOTE if any(r.bpfscope for r in records) else "",
+    )
 
 
 # --------------------------------------------------------------------------
@@ -307,8 +332,8 @@ def maps(ctx: click.Context, as_json: bool) -> None:
             str(r.id),
             r.type,
             r.name + (" *" if r.bpfscope else ""),
-            r.key_type or str(r.key_size),
-            r.value_type or str(r.value_size),
+            r.key_type or "-",
+            r.value_type or "-",
             str(r.key_size),
             str(r.value_size),
             str(r.max_entries),
@@ -324,7 +349,12 @@ def maps(ctx: click.Context, as_json: bool) -> None:
         "ID", "TYPE", "NAME", "KEY", "VALUE", "KEY B", "VALUE B", "MAX",
         "FLAGS", "MEMORY", "BTF", "PROGS", "HELD BY",
     )  # fmt: skip
-    _print_table(f"{len(records)} BPF maps", headers, rows, "* bpfscope's own" if rows else "")
+    _print_table(
+        f"{len(records)} BPF maps",
+        headers,
+        rows,
+        _OWN_NOTE if any(r.bpfscope for r in records) else "",
+    )
 
 
 def _render_dump(result: DumpResult) -> str:
@@ -408,4 +438,9 @@ def links(as_json: bool) -> None:
         for r in records
     ]
     headers = ("ID", "TYPE", "PROG", "PROG NAME", "TARGET", "HELD BY")
-    _print_table(f"{len(records)} BPF links", headers, rows, "* bpfscope's own" if rows else "")
+    _print_table(
+        f"{len(records)} BPF links",
+        headers,
+        rows,
+        _OWN_NOTE if any(r.bpfscope for r in records) else "",
+    )
