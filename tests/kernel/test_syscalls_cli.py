@@ -68,9 +68,10 @@ def test_json_report_for_one_process_failed_close_only() -> None:
     row = last["rows"][0]
     assert row["count"] > 0
     assert row["errors"] == row["count"] == sum(row["latency_log2_ns"])
-    assert [(e["syscall"], e["errno"], e["count"]) for e in last["errnos"]] == [
-        ("close", "EBADF", row["count"])
-    ]
+    # The child keeps calling between the reads of the two maps, so only the
+    # exact-workload tests compare the errno count with the row count.
+    assert [(e["syscall"], e["errno"]) for e in last["errnos"]] == [("close", "EBADF")]
+    assert last["errnos"][0]["count"] > 0
 
 
 def test_plain_report_when_not_a_terminal() -> None:
