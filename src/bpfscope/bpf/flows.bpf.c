@@ -205,6 +205,20 @@ static __always_inline void own_socket(struct sock *sk, struct flow_key *k, __u3
 	}
 	if (o && !o->closed) {
 		if (o->tgid != tgid || o->cgroup_id != cgroup_id) {
+			if (o->tgid == 0 && o->direction == FLOW_DIR_PASSIVE) {
+				/* accepted from a listener that predates us: now
+				 * we know who serves that port */
+				struct listen_key lk = {};
+				struct sk_owner lo = {};
+
+				lk.netns = k->netns;
+				lk.port = k->lport;
+				lk.family = k->family;
+				lo.tgid = tgid;
+				lo.cgroup_id = cgroup_id;
+				bpf_get_current_comm(lo.comm, sizeof(lo.comm));
+				bpf_map_update_elem(&flow_listeners, &lk, &lo, BPF_NOEXIST);
+			}
 			o->tgid = tgid;
 			o->cgroup_id = cgroup_id;
 			bpf_get_current_comm(o->comm, sizeof(o->comm));
@@ -674,11 +688,10 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate)
 		lk.port = BPF_CORE_READ(sk, __sk_common.skc_num);
 		lk.family = family;
 		lo = bpf_map_lookup_elem(&flow_listeners, &lk);
-		if (!lo) {
-			stat_inc(FLOW_STAT_NO_OWNER);
-			return 0;
-		}
-		__builtin_memcpy(&fresh, lo, sizeof(fresh));
+		if (lo)
+			__builtin_memcpy(&fresh, lo, sizeof(fresh));
+		/* else: owner unknown (tgid 0) until the socket is used in
+		 * process context; events meanwhile are counted as no_owner */
 		fresh.direction = FLOW_DIR_PASSIVE;
 		fresh.open_ns = now;
 		if (bpf_map_update_elem(&flow_socks, &skp, &fresh, BPF_ANY))
@@ -690,6 +703,14 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate)
 	if (!o || o->closed) {
 		if (newstate == TCP_CLOSE)
 			stat_inc(FLOW_STAT_NO_OWNER);
+		return 0;
+	}
+	if (o->tgid == 0) {
+		if (newstate == TCP_ESTABLISHED)
+			o->established = 1;
+		stat_inc(FLOW_STAT_NO_OWNER);
+		if (newstate == TCP_CLOSE)
+			o->closed = 1;
 		return 0;
 	}
 	if (!owned_key(sk, o, &k)) {
@@ -761,7 +782,7 @@ static __always_inline int on_tcp_event(struct sock *sk, __u8 type)
 	if (!sk)
 		return 0;
 	o = bpf_map_lookup_elem(&flow_socks, &skp);
-	if (!o) {
+	if (!o || o->tgid == 0) {
 		stat_inc(FLOW_STAT_NO_OWNER);
 		return 0;
 	}

@@ -229,6 +229,12 @@ class FlowCollector:
             self._stats.drain = "per-key (no batch ops)"
         return items
 
+    def wait_events(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for lifecycle events (kept for the
+        next ``poll``), without reading the flow table."""
+        assert self._ring is not None, "collector is not started"
+        self._ring.poll(max(0, int(timeout * 1000)))
+
     def poll(self, timeout: float = 0.0) -> list[Record]:
         """Wait up to ``timeout`` seconds for events, then read the table.
 

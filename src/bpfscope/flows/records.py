@@ -353,6 +353,7 @@ class ConnEvent:
     container: str | None = None
     pod_uid: str | None = None
     cgroup: str | None = None
+    proto: str = "tcp"
 
     @property
     def local(self) -> str:

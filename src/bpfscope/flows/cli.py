@@ -1,0 +1,394 @@
+"""``bpfscope top``, ``bpfscope flows`` and ``bpfscope conns``.
+
+``top`` is a live table (rich) on a terminal and plain snapshots in a pipe;
+``flows`` prints one snapshot (NDJSON with ``--json``); ``conns`` streams
+TCP lifecycle events. Filters that cut overhead (pid, cgroup, port, family)
+run in the kernel; the others (comm, CIDR, container, protocol) here.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from ..errors import EXIT_USAGE, UserError, require_privileges
+from ..features import Mechanism
+from ..flowquery import SORT_KEYS, BadQuery, FlowFilter, sort_flows
+from ..syscalls.cli import parse_cgroup, validate_pid
+from .collector import DEFAULT_MAX_ENTRIES, FlowCollector, KernelFilter, events_of
+from .records import AF_INET, AF_INET6, CollectorStats, FlowRecord
+from .render import EVENT_HEADER, event_line, flow_table, plain_table
+
+__all__ = ["conns", "flows", "top"]
+
+ATTACH_CHOICES = tuple(
+    str(m)
+    for m in (
+        Mechanism.FEXIT,
+        Mechanism.TP_BTF,
+        Mechanism.RAW_TP,
+        Mechanism.TRACEPOINT,
+        Mechanism.KPROBE,
+    )
+)
+
+
+@dataclass(frozen=True)
+class Options:
+    kernel: KernelFilter
+    view: FlowFilter
+
+
+def _family(ipv4: bool, ipv6: bool) -> str | None:
+    if ipv4 and ipv6:
+        raise UserError("-4 and -6 exclude each other", EXIT_USAGE)
+    return "ipv4" if ipv4 else "ipv6" if ipv6 else None
+
+
+def _proto(tcp: bool, udp: bool) -> str | None:
+    if tcp and udp:
+        raise UserError("--tcp and --udp exclude each other (give neither for both)", EXIT_USAGE)
+    return "tcp" if tcp else "udp" if udp else None
+
+
+def build_options(
+    *,
+    pid: int | None,
+    comm: str | None,
+    port: int | None,
+    cidr: str | None,
+    container: str | None,
+    cgroup: str | None,
+    ipv4: bool,
+    ipv6: bool,
+    tcp: bool = False,
+    udp: bool = False,
+) -> Options:
+    """Validate the filters; kernel-side ones go to rodata."""
+    family = _family(ipv4, ipv6)
+    try:
+        view = FlowFilter(
+            pid=pid,
+            comm=comm,
+            port=port,
+            cidr=cidr,
+            container=container,
+            family=family,
+            proto=_proto(tcp, udp),
+        )
+    except BadQuery as exc:
+        raise UserError(str(exc), EXIT_USAGE) from None
+    if pid is not None:
+        validate_pid(pid)
+    kernel = KernelFilter(
+        pid=pid,
+        cgroup_id=parse_cgroup(cgroup) if cgroup else None,
+        port=port,
+        family={"ipv4": AF_INET, "ipv6": AF_INET6}.get(family or ""),
+    )
+    return Options(kernel, view)
+
+
+def _filters(f: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("-p", "--pid", type=int, help="Only this process (in the kernel)."),
+        click.option("--comm", help="Only processes with this command name."),
+        click.option(
+            "--port", type=click.IntRange(1, 65535), help="Local or remote port (in the kernel)."
+        ),
+        click.option("--cidr", help="Local or remote address in this network (e.g. 10.0.0.0/8)."),
+        click.option("--container", help="Container id (prefix)."),
+        click.option("--cgroup", help="Only this cgroup v2 (path or id; in the kernel)."),
+        click.option("-4", "ipv4", is_flag=True, help="IPv4 only (in the kernel)."),
+        click.option("-6", "ipv6", is_flag=True, help="IPv6 only (in the kernel)."),
+        click.option("--tcp", is_flag=True, help="TCP only."),
+        click.option("--udp", is_flag=True, help="UDP only."),
+        click.option(
+            "--max-entries",
+            type=click.IntRange(1, 1 << 24),
+            default=DEFAULT_MAX_ENTRIES,
+            show_default=True,
+            help="Size of the kernel flow table (LRU).",
+        ),
+        click.option(
+            "--attach",
+            type=click.Choice(ATTACH_CHOICES),
+            default=None,
+            help="Force one rung of the attach ladder for the traffic hooks.",
+        ),
+        click.option("--stats", "show_stats", is_flag=True, help="Print drops, evictions, rungs."),
+    ]
+    for opt in reversed(options):
+        f = opt(f)
+    return f
+
+
+def _collector(ctx: click.Context, opts: Options, max_entries: int, attach: str | None) -> FlowCollector:
+    require_privileges()
+    return FlowCollector(
+        kernel_filter=opts.kernel,
+        max_entries=max_entries,
+        force=Mechanism(attach) if attach else None,
+        btf_path=(ctx.obj or {}).get("btf"),
+    )
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[list[bool]]:
+    """Ctrl-C / SIGTERM end the loop cleanly (everything is detached)."""
+    stopped = [False]
+
+    def handler(signum: int, frame: Any) -> None:
+        stopped[0] = True
+
+    old_int = signal.signal(signal.SIGINT, handler)
+    old_term = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield stopped
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+
+
+def _sleep_until(deadline: float, stopped: list[bool], collector: FlowCollector) -> None:
+    """Wait for the next interval, keeping the ring buffer drained."""
+    while not stopped[0]:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        collector.wait_events(min(left, 0.2))
+
+
+def _view(records: list[FlowRecord], opts: Options, sort: str, limit: int | None) -> list[FlowRecord]:
+    chosen: list[FlowRecord] = sort_flows(opts.view.apply(records), sort)
+    return chosen[:limit] if limit else chosen
+
+
+def _stats_text(s: CollectorStats) -> str:
+    return s.summary()
+
+
+@click.command()
+@_filters
+@click.option(
+    "-s",
+    "--sort",
+    type=click.Choice(sorted(SORT_KEYS)),
+    default="rate",
+    show_default=True,
+    help="Sort key (largest first).",
+)
+@click.option(
+    "-i", "--interval", type=click.FloatRange(0.1), default=1.0, show_default=True,
+    help="Seconds between refreshes.",
+)
+@click.option("-n", "--count", type=click.IntRange(0), default=0, help="Stop after N refreshes.")
+@click.option("--limit", type=click.IntRange(0), default=None, help="Rows shown (terminal: 40).")
+@click.option("--json", "as_json", is_flag=True, help="NDJSON snapshot per refresh.")
+@click.pass_context
+def top(
+    ctx: click.Context,
+    pid: int | None,
+    comm: str | None,
+    port: int | None,
+    cidr: str | None,
+    container: str | None,
+    cgroup: str | None,
+    ipv4: bool,
+    ipv6: bool,
+    tcp: bool,
+    udp: bool,
+    max_entries: int,
+    attach: str | None,
+    show_stats: bool,
+    sort: str,
+    interval: float,
+    count: int,
+    limit: int | None,
+    as_json: bool,
+) -> None:
+    """Live per-flow traffic: who talks to whom, how much, and how it goes."""
+    opts = build_options(
+        pid=pid, comm=comm, port=port, cidr=cidr, container=container, cgroup=cgroup,
+        ipv4=ipv4, ipv6=ipv6, tcp=tcp, udp=udp,
+    )
+    live = sys.stdout.isatty() and not as_json
+    if limit is None and live:
+        limit = 40
+    collector = _collector(ctx, opts, max_entries, attach)
+    with collector, _stop_on_signals() as stopped:
+        collector.poll()
+        refreshes = 0
+        if live:
+            from rich.console import Group
+            from rich.live import Live
+            from rich.text import Text
+
+            def frame() -> Group:
+                rows = _view(collector.snapshot(), opts, sort, limit)
+                s = collector.stats()
+                footer = Text(_stats_text(s), style="dim")
+                head = Text(
+                    f"bpfscope top · {len(collector.snapshot())} flows · every {interval:g}s "
+                    f"· sort {sort} · Ctrl-C to quit",
+                    style="bold",
+                )
+                return Group(head, flow_table(rows), footer)
+
+            with Live(frame(), auto_refresh=False, transient=False) as screen:
+                while not stopped[0]:
+                    _sleep_until(time.monotonic() + interval, stopped, collector)
+                    collector.poll()
+                    screen.update(frame(), refresh=True)
+                    refreshes += 1
+                    if count and refreshes >= count:
+                        break
+            return
+        while not stopped[0]:
+            _sleep_until(time.monotonic() + interval, stopped, collector)
+            collector.poll()
+            rows = _view(collector.snapshot(), opts, sort, limit)
+            now = time.time()
+            if as_json:
+                for r in rows:
+                    click.echo(json.dumps({"time": round(now, 3), **r.to_json()}))
+            else:
+                click.echo(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)))
+                click.echo(plain_table(rows, now=now))
+                if show_stats:
+                    click.echo(_stats_text(collector.stats()))
+                click.echo("")
+            sys.stdout.flush()
+            refreshes += 1
+            if count and refreshes >= count:
+                break
+
+
+@click.command()
+@_filters
+@click.option(
+    "-d", "--duration", type=click.FloatRange(0.1), default=1.0, show_default=True,
+    help="Seconds to watch before printing the snapshot.",
+)
+@click.option(
+    "-s", "--sort", type=click.Choice(sorted(SORT_KEYS)), default="bytes", show_default=True,
+)
+@click.option("--limit", type=click.IntRange(0), default=None, help="At most N flows.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per flow (NDJSON).")
+@click.option("--bench", is_flag=True, help="Run the flow monitor's overhead benchmark instead.")
+@click.option("--bench-seconds", type=click.FloatRange(0.5), default=3.0, show_default=True)
+@click.pass_context
+def flows(
+    ctx: click.Context,
+    pid: int | None,
+    comm: str | None,
+    port: int | None,
+    cidr: str | None,
+    container: str | None,
+    cgroup: str | None,
+    ipv4: bool,
+    ipv6: bool,
+    tcp: bool,
+    udp: bool,
+    max_entries: int,
+    attach: str | None,
+    show_stats: bool,
+    duration: float,
+    sort: str,
+    limit: int | None,
+    as_json: bool,
+    bench: bool,
+    bench_seconds: float,
+) -> None:
+    """One snapshot of the flows seen during --duration."""
+    if bench:
+        from .bench import main as bench_main
+
+        require_privileges()
+        bench_main(seconds=bench_seconds, as_json=as_json)
+        return
+    opts = build_options(
+        pid=pid, comm=comm, port=port, cidr=cidr, container=container, cgroup=cgroup,
+        ipv4=ipv4, ipv6=ipv6, tcp=tcp, udp=udp,
+    )
+    collector = _collector(ctx, opts, max_entries, attach)
+    with collector, _stop_on_signals() as stopped:
+        _sleep_until(time.monotonic() + duration, stopped, collector)
+        collector.poll()
+        rows = _view(collector.snapshot(), opts, sort, limit)
+        stats = collector.stats()
+    if as_json:
+        for r in rows:
+            click.echo(json.dumps(r.to_json()))
+        if show_stats:
+            click.echo(json.dumps({"stats": stats.to_json()}), err=True)
+        return
+    click.echo(plain_table(rows))
+    if show_stats or stats.events_dropped or stats.flows_evicted:
+        click.echo(_stats_text(stats), err=True)
+
+
+@click.command()
+@_filters
+@click.option("-d", "--duration", type=click.FloatRange(0.1), default=None,
+              help="Stop after this many seconds (default: until Ctrl-C).")
+@click.option("-n", "--count", type=click.IntRange(1), default=None, help="Stop after N events.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event (NDJSON).")
+@click.pass_context
+def conns(
+    ctx: click.Context,
+    pid: int | None,
+    comm: str | None,
+    port: int | None,
+    cidr: str | None,
+    container: str | None,
+    cgroup: str | None,
+    ipv4: bool,
+    ipv6: bool,
+    tcp: bool,
+    udp: bool,
+    max_entries: int,
+    attach: str | None,
+    show_stats: bool,
+    duration: float | None,
+    count: int | None,
+    as_json: bool,
+) -> None:
+    """TCP lifecycle stream: opens (connect/accept), closes with duration and
+    bytes, retransmits and resets."""
+    if udp:
+        raise UserError("conns follows TCP connections; --udp has nothing to show", EXIT_USAGE)
+    opts = build_options(
+        pid=pid, comm=comm, port=port, cidr=cidr, container=container, cgroup=cgroup,
+        ipv4=ipv4, ipv6=ipv6,
+    )
+    match = opts.view.predicate()
+    collector = _collector(ctx, opts, max_entries, attach)
+    seen = 0
+    end = time.monotonic() + duration if duration else None
+    with collector, _stop_on_signals() as stopped:
+        if not as_json:
+            click.echo(EVENT_HEADER)
+        while not stopped[0]:
+            wait = 0.5 if end is None else max(0.0, min(0.5, end - time.monotonic()))
+            for e in events_of(collector.poll(wait)):
+                if not match(e):  # type: ignore[arg-type]
+                    continue
+                click.echo(json.dumps(e.to_json()) if as_json else event_line(e))
+                seen += 1
+                if count and seen >= count:
+                    break
+            sys.stdout.flush()
+            if (count and seen >= count) or (end is not None and time.monotonic() >= end):
+                break
+        stats = collector.stats()
+    if show_stats or stats.events_dropped:
+        click.echo(_stats_text(stats), err=True)
