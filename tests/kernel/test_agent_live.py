@@ -1,0 +1,217 @@
+"""`bpfscope serve` for real: a subprocess agent on loopback, real TCP
+traffic from this process, exact byte counts through the API, /metrics and
+the history; SIGKILL leaves nothing attached and the history intact."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from agent_helpers import free_port
+from bpfscope import libbpf as bpf
+
+pytestmark = pytest.mark.kernel
+
+
+@contextmanager
+def agent(
+    tmp_path: Path, *extra: str, db: Path | None = None
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    port = free_port()
+    args = [
+        sys.executable, "-m", "bpfscope.cli", "serve",
+        "--listen", f"127.0.0.1:{port}", "--interval", "0.2s", "--bucket", "1s",
+        "--db", str(db or tmp_path / "history.db"), "--no-dns", *extra,
+    ]  # fmt: skip
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(url + "/api/v1/health", timeout=1).status_code in (200, 401, 503):
+                break
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            _out, err = proc.communicate(timeout=5)
+            raise AssertionError(f"agent did not come up: {err}")
+        time.sleep(0.1)
+    try:
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=20)
+
+
+def exchange(request: int, response: int) -> tuple[int, int]:
+    """One TCP connection on loopback: client sends `request` bytes, the
+    server answers `response` bytes. Returns (server port, client port)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    port = srv.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        got = 0
+        while got < request:
+            got += len(conn.recv(65536))
+        conn.sendall(b"r" * response)
+        conn.close()
+
+    t = threading.Thread(target=serve)
+    t.start()
+    cli = socket.create_connection(("127.0.0.1", port))
+    cport = cli.getsockname()[1]
+    cli.sendall(b"q" * request)
+    got = 0
+    while got < response:
+        chunk = cli.recv(65536)
+        if not chunk:
+            break
+        got += len(chunk)
+    cli.close()
+    t.join()
+    srv.close()
+    return port, cport
+
+
+def wait_for(fn: Any, timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = fn()
+        if value:
+            return value
+        time.sleep(0.1)
+    return fn()
+
+
+def test_flows_connections_metrics_and_history_are_exact(tmp_path: Path) -> None:
+    with agent(tmp_path) as (url, _proc):
+        port, cport = exchange(12_345, 54_321)
+
+        def client_flow() -> dict[str, Any] | None:
+            items = httpx.get(url + "/api/v1/flows", params={"port": port, "limit": 10}).json()[
+                "items"
+            ]
+            mine = [f for f in items if f["lport"] == cport and f["pid"] == os.getpid()]
+            return mine[0] if mine and mine[0]["rx_bytes"] == 54_321 else None
+
+        flow = wait_for(client_flow)
+        assert flow is not None, "the client side of the connection never showed up"
+        assert flow["tx_bytes"] == 12_345
+        assert flow["rx_bytes"] == 54_321
+        assert flow["proto"] == "tcp"
+        assert flow["rport"] == port
+        assert flow["remote_profile"]["class"] == "loopback"
+
+        events = wait_for(
+            lambda: [
+                e
+                for e in httpx.get(
+                    url + "/api/v1/connections", params={"port": port, "limit": 1000}
+                ).json()["items"]
+                if e["type"] in ("open", "close") and e["pid"] == os.getpid()
+            ]
+        )
+        kinds = {(e["type"], e["direction"]) for e in events}
+        assert ("open", "active") in kinds
+
+        text = httpx.get(url + "/metrics").text
+        fams = {f.name: f for f in text_string_to_metric_families(text)}
+        comm = Path("/proc/self/comm").read_text().strip()
+        rx = sum(
+            s.value
+            for s in fams["bpfscope_tcp_received_bytes"].samples
+            if s.labels["comm"] == comm and s.labels["remote_class"] == "loopback"
+        )
+        assert rx >= 54_321 + 12_345  # both ends are this process
+
+        def stored() -> list[dict[str, Any]]:
+            r = httpx.get(
+                url + "/api/v1/history", params={"port": port, "since": -600, "limit": 1000}
+            )
+            rows = r.json()["items"]
+            return rows if sum(x["rx_bytes"] for x in rows if x["lport"] == cport) == 54_321 else []
+
+        rows = wait_for(stored, timeout=15)
+        assert rows, "history never got the flow"
+        assert sum(x["tx_bytes"] for x in rows if x["lport"] == cport) == 12_345
+
+
+def test_sigkill_leaves_nothing_attached_and_history_intact(tmp_path: Path) -> None:
+    db = tmp_path / "k.db"
+    with agent(tmp_path, db=db) as (url, proc):
+        ids = [p["id"] for p in httpx.get(url + "/api/v1/programs").json()["items"]]
+        assert ids
+        assert all(bpf.prog_info_by_id(i) is not None for i in ids)
+        exchange(1000, 1000)
+        wait_for(lambda: httpx.get(url + "/api/v1/health").json()["store"]["rows_written"] > 0, 15)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    alive = wait_for(lambda: not [i for i in ids if bpf.prog_info_by_id(i) is not None], 5)
+    assert alive, "programs stayed loaded after SIGKILL"
+    conn = sqlite3.connect(db)
+    assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    rows_before = conn.execute("SELECT count(*) FROM flow_buckets").fetchone()[0]
+    conn.close()
+    assert rows_before > 0
+    with agent(tmp_path, db=db) as (url, _):  # restart continues the same file
+        exchange(500, 500)
+        assert wait_for(
+            lambda: httpx.get(url + "/api/v1/health").json()["store"]["rows"] > rows_before, 15
+        )
+
+
+def test_corrupt_history_keeps_live_data_serving(tmp_path: Path) -> None:
+    db = tmp_path / "bad.db"
+    db.write_bytes(b"garbage" * 500)
+    with agent(tmp_path, db=db) as (url, _proc):
+        health = httpx.get(url + "/api/v1/health").json()
+        assert health["ok"] is True
+        assert health["store"]["ok"] is False
+        assert "corrupt" in health["store"]["error"]
+        assert httpx.get(url + "/api/v1/history").status_code == 503
+        assert httpx.get(url + "/api/v1/flows").status_code == 200
+    assert db.read_bytes() == b"garbage" * 500
+
+
+def test_bad_flags_are_clear(tmp_path: Path) -> None:
+    for args, needle in (
+        (["--listen", "nohost:99999"], "invalid"),
+        (["--interval", "0s"], "--interval"),
+        (["--token-file", str(tmp_path / "missing")], "--token-file"),
+        (["--attach", "warp"], "unknown mechanism"),
+        (["--metrics-labels", "everything"], "Invalid value"),
+    ):
+        out = subprocess.run(
+            [sys.executable, "-m", "bpfscope.cli", "serve", *args],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert out.returncode == 2, (args, out.stderr)
+        assert needle in out.stderr, (args, out.stderr)
+        assert "Traceback" not in out.stderr
+
+
+def test_token_file_is_enforced(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("t0ken\n")
+    with agent(tmp_path, "--token-file", str(token)) as (url, _):
+        assert httpx.get(url + "/api/v1/flows").status_code == 401
+        ok = httpx.get(url + "/api/v1/flows", headers={"Authorization": "Bearer t0ken"})
+        assert ok.status_code == 200
