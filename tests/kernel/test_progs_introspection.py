@@ -26,10 +26,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from bpfscope import features, objects
+from bpfscope import features, objects, system
 from bpfscope import libbpf as bpf
 from bpfscope.cli import cli
 from bpfscope.errors import UserError
+from bpfscope.features import Mechanism, probe
 from bpfscope.progs import holders, inventory, stats
 from bpfscope.progs.dump import dump_map
 from conftest import require
@@ -91,6 +92,7 @@ class Loaded:
     prog_ids: dict[str, int]
     map_ids: dict[str, int]
     libc: str
+    cgroup: Path | None
 
 
 def _map_id(m: bpf.Map) -> int:
@@ -104,29 +106,50 @@ def loaded() -> Iterator[Loaded]:
     require("tracepoint")
     libc = features.libc_path()
     assert libc, "libc not found"
+    optional = {
+        "progstest_rename_btf": Mechanism.TP_BTF,
+        "progstest_egress": Mechanism.CGROUP_SKB,
+    }
     obj = bpf.BpfObject.open_bytes(objects.object_bytes("progstest"), name="progstest")
     nobtf = bpf.create_map(bpf.MapType.HASH, 4, 8, 16, name="progstest_nobtf")
+    cgroup: Path | None = None
+    cgroup_fd = -1
     try:
+        for name, mechanism in optional.items():
+            obj.program(name).autoload = probe(mechanism).available
         obj.load()
         obj.program("progstest_uprobe").attach_uprobe(libc, "getppid", pid=os.getpid())
         obj.program("progstest_rename").attach_raw_tracepoint("task_rename")
         obj.program("progstest_getpid").attach()
+        if obj.program("progstest_rename_btf").autoload:
+            obj.program("progstest_rename_btf").attach_trace()
+        root = system.cgroup2_mount()
+        if obj.program("progstest_egress").autoload and root:
+            cgroup = Path(root, f"bpfscope-progstest-{os.getpid()}")
+            cgroup.mkdir(exist_ok=True)
+            cgroup_fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+            obj.program("progstest_egress").attach_cgroup(cgroup_fd)
         obj.map("progstest_hash").update(KEY, known_value())
         nobtf.update(struct.pack("<I", 1), struct.pack("<Q", 0xDEADBEEF))
         yield Loaded(
             obj,
             nobtf,
-            {name: p.info().id for name, p in obj.programs.items()},
+            {name: p.info().id for name, p in obj.programs.items() if p.autoload},
             {
                 "progstest_hash": _map_id(obj.map("progstest_hash")),
                 "progstest_counts": _map_id(obj.map("progstest_counts")),
                 "progstest_nobtf": _map_id(nobtf),
             },
             libc,
+            cgroup,
         )
     finally:
         nobtf.close()
         obj.close()
+        if cgroup_fd >= 0:
+            os.close(cgroup_fd)
+        if cgroup is not None:
+            cgroup.rmdir()
 
 
 def _counts_total(loaded: Loaded, slot: int) -> int:
@@ -190,8 +213,9 @@ def test_maps_found_with_and_without_btf(loaded: Loaded) -> None:
         8,
         4,
     )
+    users = ("progstest_uprobe", "progstest_rename", "progstest_rename_btf", "progstest_egress")
     assert sorted(c.prog_ids) == sorted(
-        [loaded.prog_ids["progstest_uprobe"], loaded.prog_ids["progstest_rename"]]
+        loaded.prog_ids[name] for name in users if name in loaded.prog_ids
     )
     n = recs[loaded.map_ids["progstest_nobtf"]]
     assert (n.type, n.name, n.key_size, n.value_size, n.max_entries) == (
@@ -225,6 +249,30 @@ def test_links_found_with_targets(loaded: Loaded) -> None:
     tp = by_prog[loaded.prog_ids["progstest_getpid"]]
     assert tp.target == "tracepoint sys_enter_getpid"
     assert os.getpid() in [h.pid for h in tp.holders]
+
+
+def test_tp_btf_program_is_tracing_with_btf_target(loaded: Loaded) -> None:
+    require("tp_btf")
+    pid = loaded.prog_ids["progstest_rename_btf"]
+    (rec,) = inventory.collect_progs(ids=[pid])
+    assert (rec.name, rec.type) == ("progstest_rename_btf", "tracing")
+    assert rec.attach_btf == "btf_trace_task_rename"
+    assert rec.target == "raw_tp task_rename"  # from its link
+    (link,) = [r for r in inventory.collect_links() if r.prog_id == pid]
+    assert (link.type, link.fields["tp_name"]) == ("raw_tracepoint", "task_rename")
+
+
+def test_cgroup_link_names_attach_type_and_path(loaded: Loaded) -> None:
+    require("cgroup_skb")
+    assert loaded.cgroup is not None
+    pid = loaded.prog_ids["progstest_egress"]
+    (link,) = [r for r in inventory.collect_links() if r.prog_id == pid]
+    assert link.type == "cgroup"
+    assert link.attach_type == "cgroup_inet_egress"
+    assert link.fields["cgroup_id"] == os.stat(loaded.cgroup).st_ino
+    assert link.target == f"cgroup_inet_egress /{loaded.cgroup.name}"
+    (rec,) = inventory.collect_progs(ids=[pid])
+    assert (rec.type, rec.target) == ("cgroup_skb", link.target)
 
 
 def test_object_gone_between_listing_and_reading_is_skipped(loaded: Loaded) -> None:

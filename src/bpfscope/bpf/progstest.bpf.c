@@ -18,7 +18,7 @@ struct {
 	__type(value, struct progstest_value);
 } progstest_hash SEC(".maps");
 
-/* Per-CPU counters: index 0 counts uprobe hits, 1 task renames. */
+/* Per-CPU counters: 0 uprobe hits, 1 and 2 task renames, 3 egress packets. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 4);
@@ -49,6 +49,23 @@ int progstest_rename(struct bpf_raw_tracepoint_args *ctx)
 {
 	bump(1);
 	return 0;
+}
+
+/* The same tracepoint with BTF-typed arguments: a tracing program whose
+ * attach target is a BTF id (btf_trace_task_rename). */
+SEC("tp_btf/task_rename")
+int BPF_PROG(progstest_rename_btf, struct task_struct *task, const char *comm)
+{
+	bump(2);
+	return 0;
+}
+
+/* Attached to a test cgroup: shows cgroup link decoding (attach type, path). */
+SEC("cgroup_skb/egress")
+int progstest_egress(struct __sk_buff *skb)
+{
+	bump(3);
+	return 1; /* let the packet through */
 }
 
 /* Empty program on a cheap syscall: what the stats cost benchmark runs. */

@@ -227,10 +227,15 @@ def _cgroup_paths() -> dict[int, str]:
 
 
 def cgroup_path(cgroup_id: int) -> str:
+    """Path of a cgroup v2 id; the walk is cached and redone on a miss."""
     try:
-        return _cgroup_paths().get(cgroup_id, f"cgroup id {cgroup_id}")
+        found = _cgroup_paths().get(cgroup_id)
+        if found is None:
+            _cgroup_paths.cache_clear()  # created since the last walk?
+            found = _cgroup_paths().get(cgroup_id)
     except Exception:  # cgroup discovery is a nicety, never an error
-        return f"cgroup id {cgroup_id}"
+        found = None
+    return found or f"cgroup id {cgroup_id}"
 
 
 @functools.cache
