@@ -4,6 +4,7 @@ listening, and ``done`` at the end; exact byte counts are arguments."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import sys
@@ -52,10 +53,8 @@ def tcp_client(family: str, addr: str, port: int, send_n: int, recv_m: int, mode
     s.sendall(b"c" * send_n)
     recv_exact(s, recv_m)
     if mode == "linger0":
-        try:
+        with contextlib.suppress(ConnectionResetError):
             s.recv(1)  # the server's RST
-        except ConnectionResetError:
-            pass
     s.close()
     say("done")
 

@@ -11,20 +11,19 @@ from __future__ import annotations
 
 import os
 import secrets
-import subprocess
+import socket
 import threading
 import time
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import require
 from flows_support import NetnsPair, Peer, Recorder, netns_pair, run
 
 from bpfscope import system
 from bpfscope.features import Mechanism
 from bpfscope.flows import FlowCollector, FlowRecord, KernelFilter
+from conftest import require
 
 pytestmark = pytest.mark.kernel
 
@@ -63,7 +62,13 @@ def tcp_exchange(
     server = Peer("tcp-server", family, server_addr, str(SEND), str(RECV), mode, netns=server_ns)
     port = server.port()
     client = Peer(
-        "tcp-client", family, client_addr or server_addr, str(port), str(SEND), str(RECV), mode,
+        "tcp-client",
+        family,
+        client_addr or server_addr,
+        str(port),
+        str(SEND),
+        str(RECV),
+        mode,
         netns=client_ns,
     )
     client.finish()
@@ -93,24 +98,37 @@ def test_tcp_exact_bytes_process_direction(
     sflow = one(recorder.flows_of(server.pid), proto="tcp", lport=port)
     assert (cflow.tx_bytes, cflow.rx_bytes) == (SEND, RECV)
     assert (sflow.tx_bytes, sflow.rx_bytes) == (RECV, SEND)
-    assert cflow.direction == "active" and sflow.direction == "passive"
+    assert cflow.direction == "active"
+    assert sflow.direction == "passive"
     assert cflow.family == sflow.family == ("ipv4" if family == "4" else "ipv6")
-    assert cflow.raddr == saddr and cflow.laddr == caddr
-    assert sflow.laddr == saddr and sflow.raddr == caddr and sflow.rport == cflow.lport
-    assert cflow.comm == sflow.comm and cflow.comm.startswith("python")
+    assert cflow.raddr == saddr
+    assert cflow.laddr == caddr
+    assert sflow.laddr == saddr
+    assert sflow.raddr == caddr
+    assert sflow.rport == cflow.lport
+    assert cflow.comm == sflow.comm
+    assert cflow.comm.startswith("python")
     assert cflow.state == sflow.state == "CLOSE"
     if where == "veth":
-        assert cflow.netns == nets.inode(nets.a) and sflow.netns == nets.inode(nets.b)
+        assert cflow.netns == nets.inode(nets.a)
+        assert sflow.netns == nets.inode(nets.b)
 
-    opens = {e.pid: e for e in recorder.events if e.type == "open" and e.pid in (server.pid, client.pid) and port in (e.lport, e.rport)}
+    opens = {
+        e.pid: e
+        for e in recorder.events
+        if e.type == "open" and e.pid in (server.pid, client.pid) and port in (e.lport, e.rport)
+    }
     closes = {e.pid: e for e in recorder.events if e.type == "close" and port in (e.lport, e.rport)}
     assert opens[client.pid].direction == "active"
     assert opens[server.pid].direction == "passive"
-    assert closes[client.pid].tx_bytes == SEND and closes[client.pid].rx_bytes == RECV
-    assert closes[server.pid].tx_bytes == RECV and closes[server.pid].rx_bytes == SEND
+    assert closes[client.pid].tx_bytes == SEND
+    assert closes[client.pid].rx_bytes == RECV
+    assert closes[server.pid].tx_bytes == RECV
+    assert closes[server.pid].rx_bytes == SEND
     for e in closes.values():
         assert e.established
-        assert e.duration is not None and 0 < e.duration < 20
+        assert e.duration is not None
+        assert 0 < e.duration < 20
 
 
 @pytest.mark.parametrize("family", ["4", "6"])
@@ -121,7 +139,14 @@ def test_udp_exact_bytes(recorder: Recorder, nets: NetnsPair, family: str, mode:
     server = Peer("udp-server", family, saddr, str(count), str(reply), netns=nets.b)
     port = server.port()
     client = Peer(
-        "udp-client", family, saddr, str(port), str(count), str(size), str(reply), mode,
+        "udp-client",
+        family,
+        saddr,
+        str(port),
+        str(count),
+        str(size),
+        str(reply),
+        mode,
         netns=nets.a,
     )
     client.finish()
@@ -138,20 +163,26 @@ def test_udp_exact_bytes(recorder: Recorder, nets: NetnsPair, family: str, mode:
     assert all(f.proto == "udp" for f in cflows + sflows)
     # sends always know their destination (never invented, never lost)
     ctx = one(cflows, raddr=saddr, rport=port)
-    assert ctx.tx_bytes == count * size and ctx.tx_calls == count
+    assert ctx.tx_bytes == count * size
+    assert ctx.tx_calls == count
     stx = [f for f in sflows if f.tx_bytes]
-    assert len(stx) == 1 and stx[0].raddr == nets.addr("a", family)
-    assert stx[0].rport == ctx.lport and stx[0].tx_bytes == count * reply
+    assert len(stx) == 1
+    assert stx[0].raddr == nets.addr("a", family)
+    assert stx[0].rport == ctx.lport
+    assert stx[0].tx_bytes == count * reply
     # receives: on an unconnected socket the sender is not visible -> unknown
     assert sum(f.rx_bytes for f in cflows) == count * reply
     assert sum(f.rx_bytes for f in sflows) == count * size
     srx = [f for f in sflows if f.rx_bytes]
-    assert len(srx) == 1 and srx[0].raddr is None and srx[0].rport is None
+    assert len(srx) == 1
+    assert srx[0].raddr is None
+    assert srx[0].rport is None
     if mode == "connected":
         assert ctx.rx_bytes == count * reply  # connected: same flow both ways
     else:
         crx = [f for f in cflows if f.rx_bytes]
-        assert len(crx) == 1 and crx[0].raddr is None
+        assert len(crx) == 1
+        assert crx[0].raddr is None
     assert all(f.netns == nets.inode(nets.a) for f in cflows)
 
 
@@ -170,9 +201,12 @@ def test_connection_refused_reset(recorder: Recorder) -> None:
     evs = recorder.events_of(client.pid)
     assert [e.type for e in evs if e.rport == port] == ["reset_received", "close"]
     close = evs[-1]
-    assert close.established is False and close.direction == "active"
+    assert close.established is False
+    assert close.direction == "active"
     flow = one(recorder.flows_of(client.pid), rport=port)
-    assert flow.resets_received == 1 and flow.tx_bytes == 0 and flow.state == "CLOSE"
+    assert flow.resets_received == 1
+    assert flow.tx_bytes == 0
+    assert flow.state == "CLOSE"
 
 
 def test_abortive_close_resets(recorder: Recorder) -> None:
@@ -187,10 +221,12 @@ def test_abortive_close_resets(recorder: Recorder) -> None:
 
     recorder.wait(seen)
     sent = [e for e in recorder.events_of(server.pid) if e.type == "reset_sent"]
-    assert len(sent) == 1 and sent[0].lport == port
+    assert len(sent) == 1
+    assert sent[0].lport == port
     sflow = one(recorder.flows_of(server.pid), lport=port)
     cflow = one(recorder.flows_of(client.pid), rport=port)
-    assert sflow.resets_sent == 1 and cflow.resets_received == 1
+    assert sflow.resets_sent == 1
+    assert cflow.resets_received == 1
     assert (sflow.tx_bytes, sflow.rx_bytes, cflow.tx_bytes, cflow.rx_bytes) == (20, 10, 10, 20)
 
 
@@ -202,10 +238,38 @@ def test_retransmits_attributed_to_owner(recorder: Recorder, nets: NetnsPair) ->
     port = server.port()
     table = f"bpfscope_flows_{os.getpid()}"
     run("ip", "netns", "exec", nets.b, "nft", "add", "table", "inet", table)
-    run("ip", "netns", "exec", nets.b, "nft", "add", "chain", "inet", table, "in",
-        "{ type filter hook input priority 0 ; }")
-    run("ip", "netns", "exec", nets.b, "nft", "add", "rule", "inet", table, "in",
-        "tcp", "dport", str(port), "tcp", "flags", "& (syn|ack) == ack", "drop")
+    run(
+        "ip",
+        "netns",
+        "exec",
+        nets.b,
+        "nft",
+        "add",
+        "chain",
+        "inet",
+        table,
+        "in",
+        "{ type filter hook input priority 0 ; }",
+    )
+    run(
+        "ip",
+        "netns",
+        "exec",
+        nets.b,
+        "nft",
+        "add",
+        "rule",
+        "inet",
+        table,
+        "in",
+        "tcp",
+        "dport",
+        str(port),
+        "tcp",
+        "flags",
+        "& (syn|ack) == ack",
+        "drop",
+    )
     client = Peer("tcp-client", "4", saddr, str(port), str(SEND), str(RECV), "normal", netns=nets.a)
     time.sleep(1.0)
     run("ip", "netns", "exec", nets.b, "nft", "delete", "table", "inet", table)
@@ -217,12 +281,14 @@ def test_retransmits_attributed_to_owner(recorder: Recorder, nets: NetnsPair) ->
 
     recorder.wait(seen)
     rtx = [e for e in recorder.events if e.type == "retransmit" and e.rport == port]
-    assert rtx and all(e.pid == client.pid for e in rtx)
+    assert rtx
+    assert all(e.pid == client.pid for e in rtx)
     cflow = one(recorder.flows_of(client.pid), rport=port)
     assert cflow.retransmits == len(rtx)
     assert (cflow.tx_bytes, cflow.rx_bytes) == (SEND, RECV)
     close = next(e for e in recorder.events_of(client.pid) if e.type == "close" and e.rport == port)
-    assert close.retransmits is not None and close.retransmits >= 1
+    assert close.retransmits is not None
+    assert close.retransmits >= 1
 
 
 def test_process_in_own_cgroup(recorder: Recorder) -> None:
@@ -235,8 +301,9 @@ def test_process_in_own_cgroup(recorder: Recorder) -> None:
     try:
         server = Peer("tcp-server", "4", "127.0.0.1", "100", "200", "normal")
         port = server.port()
-        client = Peer("tcp-client", "4", "127.0.0.1", str(port), "100", "200", "normal",
-                      cgroup=str(cg))
+        client = Peer(
+            "tcp-client", "4", "127.0.0.1", str(port), "100", "200", "normal", cgroup=str(cg)
+        )
         client.finish()
         server.finish()
         recorder.wait(lambda: any(f.rport == port for f in recorder.flows_of(client.pid)))
@@ -244,11 +311,16 @@ def test_process_in_own_cgroup(recorder: Recorder) -> None:
         sflow = one(recorder.flows_of(server.pid), lport=port)
         assert cflow.cgroup_id == cg.stat().st_ino
         assert cflow.cgroup == f"/{cg.name}"
-        assert cflow.container == container_id[:12] and cflow.runtime == "docker"
-        assert sflow.cgroup_id != cflow.cgroup_id and sflow.container is None
-        recorder.wait(lambda: any(e.type == "close" and e.pid == client.pid for e in recorder.events))
+        assert cflow.container == container_id[:12]
+        assert cflow.runtime == "docker"
+        assert sflow.cgroup_id != cflow.cgroup_id
+        assert sflow.container is None
+        recorder.wait(
+            lambda: any(e.type == "close" and e.pid == client.pid for e in recorder.events)
+        )
         close = next(e for e in recorder.events_of(client.pid) if e.type == "close")
-        assert close.cgroup_id == cflow.cgroup_id and close.container == container_id[:12]
+        assert close.cgroup_id == cflow.cgroup_id
+        assert close.container == container_id[:12]
     finally:
         for _ in range(50):
             try:
@@ -261,7 +333,9 @@ def test_process_in_own_cgroup(recorder: Recorder) -> None:
 @pytest.mark.parametrize("mechanism", ["tp_btf", "raw_tp", "tracepoint", "fexit", "kprobe"])
 def test_every_rung_counts_the_same(mechanism: str) -> None:
     require(mechanism)
-    with FlowCollector(force=Mechanism(mechanism), kernel_filter=KernelFilter(pid=os.getpid())) as c:
+    with FlowCollector(
+        force=Mechanism(mechanism), kernel_filter=KernelFilter(pid=os.getpid())
+    ) as c:
         rungs = c.rungs()
         assert rungs["tcp_send"] == rungs["tcp_recv"] == mechanism
         rec = Recorder(c)
@@ -288,11 +362,20 @@ def test_every_rung_counts_the_same(mechanism: str) -> None:
         cl.close()
         t.join()
         srv.close()
-        rec.wait(lambda: len([f for f in rec.flows_of(os.getpid()) if port in (f.lport, f.rport)]) == 2
-                 and all(f.tx_bytes for f in rec.flows_of(os.getpid()) if port in (f.lport, f.rport)))
+        rec.wait(
+            lambda: (
+                len([f for f in rec.flows_of(os.getpid()) if port in (f.lport, f.rport)]) == 2
+                and all(f.tx_bytes for f in rec.flows_of(os.getpid()) if port in (f.lport, f.rport))
+            )
+        )
         cflow = one(rec.flows_of(os.getpid()), rport=port)
         sflow = one(rec.flows_of(os.getpid()), lport=port)
-        assert (cflow.tx_bytes, cflow.rx_bytes, sflow.tx_bytes, sflow.rx_bytes) == (5000, 777, 777, 5000)
+        assert (cflow.tx_bytes, cflow.rx_bytes, sflow.tx_bytes, sflow.rx_bytes) == (
+            5000,
+            777,
+            777,
+            5000,
+        )
 
 
 def test_churn_bounded_memory_counted_drops() -> None:
@@ -302,7 +385,10 @@ def test_churn_bounded_memory_counted_drops() -> None:
     require("tp_btf")
     n = 1000
     with FlowCollector(
-        max_entries=256, events_size=4096, kernel_filter=KernelFilter(pid=os.getpid()), resolve=False
+        max_entries=256,
+        events_size=4096,
+        kernel_filter=KernelFilter(pid=os.getpid()),
+        resolve=False,
     ) as c:
         srv = socket.socket()
         srv.bind(("127.0.0.1", 0))
@@ -327,7 +413,8 @@ def test_churn_bounded_memory_counted_drops() -> None:
         time.sleep(0.3)
         c.poll()
         s = c.stats()
-        assert s.flows_in_map <= 256 and len(c.snapshot()) <= 256
+        assert s.flows_in_map <= 256
+        assert len(c.snapshot()) <= 256
         assert s.flows_inserted >= 2 * n  # client and server side of each
         assert s.flows_evicted > 0
         assert s.events_dropped > 0

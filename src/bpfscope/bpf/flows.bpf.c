@@ -81,6 +81,9 @@ struct {
 
 BPFSCOPE_DROP_COUNTER(flow_events_dropped);
 
+/* Keeps struct flow_event in the object's BTF for the layout test. */
+const struct flow_event *unused_flow_event __attribute__((unused));
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, FLOW_STAT_MAX);

@@ -102,8 +102,7 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 
-class _Lru(Generic[K, V]):  # noqa: UP046 - Python 3.11
-
+class _Lru(Generic[K, V]):
     def __init__(self, size: int) -> None:
         self.size = size
         self.data: OrderedDict[K, V] = OrderedDict()

@@ -131,7 +131,9 @@ def _filters(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-def _collector(ctx: click.Context, opts: Options, max_entries: int, attach: str | None) -> FlowCollector:
+def _collector(
+    ctx: click.Context, opts: Options, max_entries: int, attach: str | None
+) -> FlowCollector:
     require_privileges()
     return FlowCollector(
         kernel_filter=opts.kernel,
@@ -167,7 +169,9 @@ def _sleep_until(deadline: float, stopped: list[bool], collector: FlowCollector)
         collector.wait_events(min(left, 0.2))
 
 
-def _view(records: list[FlowRecord], opts: Options, sort: str, limit: int | None) -> list[FlowRecord]:
+def _view(
+    records: list[FlowRecord], opts: Options, sort: str, limit: int | None
+) -> list[FlowRecord]:
     chosen: list[FlowRecord] = sort_flows(opts.view.apply(records), sort)
     return chosen[:limit] if limit else chosen
 
@@ -187,7 +191,11 @@ def _stats_text(s: CollectorStats) -> str:
     help="Sort key (largest first).",
 )
 @click.option(
-    "-i", "--interval", type=click.FloatRange(0.1), default=1.0, show_default=True,
+    "-i",
+    "--interval",
+    type=click.FloatRange(0.1),
+    default=1.0,
+    show_default=True,
     help="Seconds between refreshes.",
 )
 @click.option("-n", "--count", type=click.IntRange(0), default=0, help="Stop after N refreshes.")
@@ -217,8 +225,16 @@ def top(
 ) -> None:
     """Live per-flow traffic: who talks to whom, how much, and how it goes."""
     opts = build_options(
-        pid=pid, comm=comm, port=port, cidr=cidr, container=container, cgroup=cgroup,
-        ipv4=ipv4, ipv6=ipv6, tcp=tcp, udp=udp,
+        pid=pid,
+        comm=comm,
+        port=port,
+        cidr=cidr,
+        container=container,
+        cgroup=cgroup,
+        ipv4=ipv4,
+        ipv6=ipv6,
+        tcp=tcp,
+        udp=udp,
     )
     live = sys.stdout.isatty() and not as_json
     if limit is None and live:
@@ -275,11 +291,19 @@ def top(
 @click.command()
 @_filters
 @click.option(
-    "-d", "--duration", type=click.FloatRange(0.1), default=1.0, show_default=True,
+    "-d",
+    "--duration",
+    type=click.FloatRange(0.1),
+    default=1.0,
+    show_default=True,
     help="Seconds to watch before printing the snapshot.",
 )
 @click.option(
-    "-s", "--sort", type=click.Choice(sorted(SORT_KEYS)), default="bytes", show_default=True,
+    "-s",
+    "--sort",
+    type=click.Choice(sorted(SORT_KEYS)),
+    default="bytes",
+    show_default=True,
 )
 @click.option("--limit", type=click.IntRange(0), default=None, help="At most N flows.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per flow (NDJSON).")
@@ -316,8 +340,16 @@ def flows(
         bench_main(seconds=bench_seconds, as_json=as_json)
         return
     opts = build_options(
-        pid=pid, comm=comm, port=port, cidr=cidr, container=container, cgroup=cgroup,
-        ipv4=ipv4, ipv6=ipv6, tcp=tcp, udp=udp,
+        pid=pid,
+        comm=comm,
+        port=port,
+        cidr=cidr,
+        container=container,
+        cgroup=cgroup,
+        ipv4=ipv4,
+        ipv6=ipv6,
+        tcp=tcp,
+        udp=udp,
     )
     collector = _collector(ctx, opts, max_entries, attach)
     with collector, _stop_on_signals() as stopped:
@@ -338,8 +370,13 @@ def flows(
 
 @click.command()
 @_filters
-@click.option("-d", "--duration", type=click.FloatRange(0.1), default=None,
-              help="Stop after this many seconds (default: until Ctrl-C).")
+@click.option(
+    "-d",
+    "--duration",
+    type=click.FloatRange(0.1),
+    default=None,
+    help="Stop after this many seconds (default: until Ctrl-C).",
+)
 @click.option("-n", "--count", type=click.IntRange(1), default=None, help="Stop after N events.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per event (NDJSON).")
 @click.pass_context
@@ -367,8 +404,14 @@ def conns(
     if udp:
         raise UserError("conns follows TCP connections; --udp has nothing to show", EXIT_USAGE)
     opts = build_options(
-        pid=pid, comm=comm, port=port, cidr=cidr, container=container, cgroup=cgroup,
-        ipv4=ipv4, ipv6=ipv6,
+        pid=pid,
+        comm=comm,
+        port=port,
+        cidr=cidr,
+        container=container,
+        cgroup=cgroup,
+        ipv4=ipv4,
+        ipv6=ipv6,
     )
     match = opts.view.predicate()
     collector = _collector(ctx, opts, max_entries, attach)

@@ -14,7 +14,7 @@ from typing import Final
 from ..features import Mechanism
 from ..ladder import Hook, Rung
 
-__all__ = ["CORE", "DESCRIPTION", "NAME", "TOOL", "hooks", "traffic_hooks", "lifecycle_hooks"]
+__all__ = ["CORE", "DESCRIPTION", "NAME", "TOOL", "hooks", "lifecycle_hooks", "traffic_hooks"]
 
 TOOL: Final = "flows"
 NAME: Final = "flows"
