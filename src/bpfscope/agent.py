@@ -8,6 +8,7 @@ published; nothing they receive reaches the kernel.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -84,8 +85,12 @@ class Agent:
     max_events: int = 10_000
     bpf_stats: bool = False
     on_poll: Callable[[], None] | None = None
+    syscalls: Any | None = None  # a SyscallCollector, when --syscalls is on
 
     state: CollectorState = field(default_factory=lambda: CollectorState("flows"))
+    sys_state: CollectorState = field(default_factory=lambda: CollectorState("syscalls"))
+    _sys_snapshot: Any = None
+    _sys_totals: Any = None
     started: float = field(default_factory=time.time)
     _events: deque[EventEntry] = field(init=False)
     _seq: int = 0
@@ -107,6 +112,13 @@ class Agent:
             self._stats_handle = bpf.enable_run_time_stats()
         self.flows.start()
         self.state.alive = True
+        if self.syscalls is not None:
+            try:
+                self.syscalls.start()
+            except BaseException:
+                self.flows.close()
+                raise
+            self.sys_state.alive = True
         self._thread = threading.Thread(target=self._loop, name="bpfscope-agent", daemon=True)
         self._thread.start()
         return self
@@ -117,6 +129,9 @@ class Agent:
             self._thread.join(timeout=max(5.0, 3 * self.interval))
         self.flows.close()
         self.state.alive = False
+        if self.syscalls is not None:
+            self.syscalls.close()
+            self.sys_state.alive = False
         if self.store is not None:
             self.store.close()
         if self.profiler is not None:
@@ -161,10 +176,34 @@ class Agent:
         self.state.polls += 1
         self.state.last_poll = now
         self.state.poll_seconds = time.monotonic() - t0
+        if self.syscalls is not None and self.sys_state.alive:
+            self._poll_syscalls()
         if self.on_poll is not None:
             self.on_poll()
 
+    def _poll_syscalls(self) -> None:
+        t0 = time.monotonic()
+        try:
+            snap = self.syscalls.poll()  # type: ignore[union-attr]
+        except Exception as exc:  # the syscall collector is dead; flows go on
+            log.exception("syscall collector failed")
+            self.sys_state.alive = False
+            self.sys_state.error = f"{type(exc).__name__}: {exc}"
+            return
+        totals = copy.deepcopy(self.syscalls.totals)  # type: ignore[union-attr]
+        with self._lock:
+            self._sys_snapshot = snap
+            self._sys_totals = totals
+        self.sys_state.polls += 1
+        self.sys_state.last_poll = snap.time
+        self.sys_state.poll_seconds = time.monotonic() - t0
+
     # -- what the views read ---------------------------------------------------
+
+    def syscall_view(self) -> tuple[Any, Any]:
+        """(last interval's Snapshot, cumulative SyscallTotals) or (None, None)."""
+        with self._lock:
+            return self._sys_snapshot, self._sys_totals
 
     def current_flows(self) -> list[FlowRecord]:
         with self._lock:
@@ -184,11 +223,24 @@ class Agent:
         stats = getattr(self.flows, "stats", None)
         return stats().to_json() if callable(stats) else {}
 
+    def _attached_tools(self) -> list[tuple[str, Any]]:
+        tools = []
+        attached = getattr(self.flows, "attached", None)
+        if attached is not None:
+            tools.append(("flows", attached))
+        if self.syscalls is not None and self.sys_state.alive:
+            tools.append(("syscalls", self.syscalls.tool))
+        return tools
+
     def programs(self) -> list[dict[str, Any]]:
         """bpfscope's own programs with hook, rung and (if on) run stats."""
-        attached = getattr(self.flows, "attached", None)
-        if attached is None:
-            return []
+        out = []
+        for collector, attached in self._attached_tools():
+            out += self._programs_of(collector, attached)
+        return out
+
+    @staticmethod
+    def _programs_of(collector: str, attached: Any) -> list[dict[str, Any]]:
         out = []
         for choice in attached.choices:
             if choice.rung is None:
@@ -200,7 +252,7 @@ class Agent:
                 continue
             out.append(
                 {
-                    "collector": "flows",
+                    "collector": collector,
                     "hook": choice.hook.name,
                     "rung": str(choice.rung.mechanism),
                     "target": choice.rung.target,
@@ -220,32 +272,57 @@ class Agent:
             store = {"ok": self.store.last_error is None, **self.store.stats()}
         else:
             store = {"ok": False, "error": self.store_error or "history disabled"}
+        collectors: dict[str, Any] = {"flows": self._flows_health(stats)}
+        if self.syscalls is not None:
+            snap, _ = self.syscall_view()
+            collectors["syscalls"] = {
+                "alive": self.sys_state.alive,
+                "error": self.sys_state.error,
+                "polls": self.sys_state.polls,
+                "last_poll": self.sys_state.last_poll,
+                "poll_seconds": round(self.sys_state.poll_seconds, 6),
+                "rungs": self._rungs_of(self.syscalls) if self.sys_state.alive else {},
+                "events_dropped": snap.drops.total if snap is not None else 0,
+            }
         return {
-            "ok": self.state.alive,
+            "ok": all(c["alive"] for c in collectors.values()),
             "uptime_seconds": round(time.time() - self.started, 3),
-            "collectors": {
-                "flows": {
-                    "alive": self.state.alive,
-                    "error": self.state.error,
-                    "polls": self.state.polls,
-                    "last_poll": self.state.last_poll,
-                    "poll_seconds": round(self.state.poll_seconds, 6),
-                    "rungs": stats.get("rungs", {}),
-                    "events_dropped": stats.get("events_dropped", 0),
-                    "flows_evicted": stats.get("flows_evicted", 0),
-                    "map_fill": stats.get("map_fill", 0.0),
-                    "flows_tracked": stats.get("flows_tracked", 0),
-                }
-            },
+            "collectors": collectors,
             "store": store,
             "bpf_stats": self.bpf_stats,
         }
 
+    def _flows_health(self, stats: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "alive": self.state.alive,
+            "error": self.state.error,
+            "polls": self.state.polls,
+            "last_poll": self.state.last_poll,
+            "poll_seconds": round(self.state.poll_seconds, 6),
+            "rungs": stats.get("rungs", {}),
+            "events_dropped": stats.get("events_dropped", 0),
+            "flows_evicted": stats.get("flows_evicted", 0),
+            "map_fill": stats.get("map_fill", 0.0),
+            "flows_tracked": stats.get("flows_tracked", 0),
+        }
+
+    @staticmethod
+    def _rungs_of(collector: Any) -> dict[str, str | None]:
+        return {
+            c.hook.name: str(c.rung.mechanism) if c.rung else None for c in collector.tool.choices
+        }
+
     def self_metrics(self) -> dict[str, Any]:
         stats = self.collector_stats()
+        dropped = {"flows": stats.get("events_dropped", 0)}
+        collectors = {"flows": self.state.alive}
+        if self.syscalls is not None:
+            snap, _ = self.syscall_view()
+            dropped["syscalls"] = snap.drops.total if snap is not None else 0
+            collectors["syscalls"] = self.sys_state.alive
         return {
             "programs": self.programs(),
-            "events_dropped": {"flows": stats.get("events_dropped", 0)},
+            "events_dropped": dropped,
             "map_entries": {"flows": stats.get("flows_in_map", 0)},
-            "collectors": {"flows": self.state.alive},
+            "collectors": collectors,
         }

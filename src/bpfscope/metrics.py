@@ -29,6 +29,7 @@ __all__ = [
     "LABEL_SETS",
     "FlowMetrics",
     "SelfMetricsSource",
+    "SyscallMetrics",
 ]
 
 # TCP connection lifetimes: from loopback RPCs to long-lived streams.
@@ -260,3 +261,61 @@ def _self_families(data: dict[str, Any]) -> Iterator[Metric]:
     for name, alive in data.get("collectors", {}).items():
         up.add_metric([name], 1 if alive else 0)
     yield up
+
+
+# Log2 slot i of the syscall tracer holds latencies in [2^i, 2^(i+1)) ns.
+# Exported buckets are every other power of two from 1 µs to ~17 s, so each
+# slot falls wholly under one bucket: no interpolation, no invented counts.
+SYSCALL_LE_EXPONENTS: Final = tuple(range(10, 35, 2))
+
+
+class SyscallTotalsSource(Protocol):
+    def syscall_view(self) -> tuple[Any, Any]: ...
+
+
+class SyscallMetrics(Collector):
+    """bpfscope_syscalls_total, _errors_total and the latency histogram,
+    from the syscall collector's cumulative totals (one series per syscall,
+    and per syscall and errno: bounded by the kernel's syscall table)."""
+
+    def __init__(self, source: SyscallTotalsSource) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        _, totals = self._source.syscall_view()
+        calls = CounterMetricFamily(
+            "bpfscope_syscalls", "System calls made, by syscall.", labels=["syscall"]
+        )
+        errors = CounterMetricFamily(
+            "bpfscope_syscall_errors",
+            "System calls that returned an error, by syscall and errno.",
+            labels=["syscall", "errno"],
+        )
+        latency = HistogramMetricFamily(
+            "bpfscope_syscall_latency_seconds",
+            "Time from syscall entry to exit.",
+            labels=["syscall"],
+        )
+        if totals is not None:
+            for name, n in sorted(totals.count.items()):
+                calls.add_metric([name], n)
+            for (name, errno_name), n in sorted(totals.errors.items()):
+                errors.add_metric([name, errno_name], n)
+            for name, slots in sorted(totals.hist.items()):
+                latency.add_metric([name], _log2_buckets(slots), totals.total_ns.get(name, 0) / 1e9)
+        yield calls
+        yield errors
+        yield latency
+
+
+def _log2_buckets(slots: list[int]) -> list[tuple[str, float]]:
+    cumulative: list[tuple[str, float]] = []
+    running = 0
+    i = 0
+    for exp in SYSCALL_LE_EXPONENTS:
+        while i < len(slots) and i + 1 <= exp:  # slot i ends at 2^(i+1) <= 2^exp
+            running += slots[i]
+            i += 1
+        cumulative.append((repr(2**exp / 1e9), running))
+    cumulative.append(("+Inf", running + sum(slots[i:])))
+    return cumulative

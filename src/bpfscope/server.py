@@ -25,6 +25,7 @@ from prometheus_client.process_collector import ProcessCollector
 from . import __version__
 from .agent import Agent
 from .flowquery import BadQuery, FlowFilter, addr_in, page, parse_cidr, sort_flows
+from .metrics import SyscallMetrics
 from .store import HistoryQuery
 
 __all__ = ["MAX_PAGE", "create_app"]
@@ -73,6 +74,8 @@ def create_app(
         registry = CollectorRegistry()
         if agent.metrics is not None:
             registry.register(agent.metrics)
+        if agent.syscalls is not None:
+            registry.register(SyscallMetrics(agent))
         ProcessCollector(namespace="bpfscope", registry=registry)
 
     def authorized(request: Request) -> bool:
@@ -225,6 +228,58 @@ def create_app(
         )
         rows = agent.store.query(q)
         return JSONResponse({"items": rows, "count": len(rows)})
+
+    @app.get("/api/v1/syscalls", summary="Syscall counts, errors and latency")
+    def syscalls(
+        pid: Pid = None,
+        syscall: str | None = None,
+        by: Annotated[str, Query(pattern="^(process|syscall|both)$")] = "both",
+        sort: Annotated[str, Query(pattern="^(count|time|errors)$")] = "count",
+        limit: Limit = 100,
+    ) -> Response:
+        if agent.syscalls is None:
+            return JSONResponse(
+                {"detail": "the syscall collector is off; start the agent with --syscalls"},
+                status_code=404,
+            )
+        from .syscalls import UnknownSyscall, syscall_nr
+        from .syscalls.collector import aggregate, top
+
+        if syscall is not None:
+            try:
+                syscall_nr(syscall)
+            except UnknownSyscall as exc:
+                raise BadQuery(str(exc)) from None
+        snap, totals = agent.syscall_view()
+        if snap is None:
+            return JSONResponse({"interval": None, "items": [], "totals": {}})
+        stats = [
+            s
+            for s in snap.stats
+            if (pid is None or s.tgid == pid) and (syscall is None or s.syscall == syscall)
+        ]
+        ranked = top(aggregate(stats, by), limit, sort)
+        errnos = [
+            e.to_json()
+            for e in snap.errnos
+            if (pid is None or e.tgid == pid) and (syscall is None or e.syscall == syscall)
+        ]
+        return JSONResponse(
+            {
+                "time": snap.time,
+                "interval_s": snap.elapsed_s,
+                "mechanism": snap.mechanism,
+                "by": by,
+                "items": [s.to_json() for s in ranked],
+                "errnos": errnos[:MAX_PAGE],
+                "totals": {
+                    name: {"count": n, "total_ns": totals.total_ns.get(name, 0)}
+                    for name, n in totals.count.items()
+                    if syscall is None or name == syscall
+                },
+                "drops": snap.drops.to_json(),
+            }
+        )
 
     @app.get("/api/v1/programs", summary="bpfscope's own BPF programs")
     def programs() -> dict[str, Any]:

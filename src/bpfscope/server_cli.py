@@ -76,6 +76,12 @@ def _convert(kind: str, fn: Any, value: str) -> Any:
     help="Size of the kernel flow table.",
 )
 @click.option(
+    "--syscalls",
+    "with_syscalls",
+    is_flag=True,
+    help="Also trace syscalls of every process (adds ~100 ns per syscall; see docs/syscalls.md).",
+)
+@click.option(
     "--attach", "force", default=None, help="Force an attach mechanism (see `bpfscope doctor`)."
 )
 @click.pass_context
@@ -96,6 +102,7 @@ def serve(
     no_dns: bool,
     bpf_stats: bool,
     max_flows: int,
+    with_syscalls: bool,
     force: str | None,
 ) -> None:
     """Run the agent: collectors, JSON API, Prometheus /metrics and history."""
@@ -160,8 +167,14 @@ def serve(
         max_series=max_series,
         remote_class=lambda ip: profiler.profile(ip).remote_class,
     )
+    syscalls = None
+    if with_syscalls:
+        from .syscalls.collector import SyscallCollector
+
+        syscalls = SyscallCollector(btf_path=ctx.obj.get("btf"))
     agent = Agent(
         flows=collector,
+        syscalls=syscalls,
         interval=interval_s,
         store=store,
         store_error=store_error,
@@ -173,6 +186,8 @@ def serve(
     app = create_app(agent, token=token, protect_metrics=protect_metrics)
     with agent:
         rungs = ", ".join(f"{k}={v}" for k, v in collector.rungs().items())
+        if syscalls is not None:
+            rungs += f"; syscalls: {syscalls.mechanism}"
         shown = f"[{host}]" if ":" in host else host
         click.echo(f"bpfscope agent on http://{shown}:{port} (hooks: {rungs})", err=True)
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)

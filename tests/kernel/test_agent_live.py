@@ -215,3 +215,71 @@ def test_token_file_is_enforced(tmp_path: Path) -> None:
         assert httpx.get(url + "/api/v1/flows").status_code == 401
         ok = httpx.get(url + "/api/v1/flows", headers={"Authorization": "Bearer t0ken"})
         assert ok.status_code == 200
+
+
+CHILD = """
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+nr = {"x86_64": (110, 3), "aarch64": (173, 57)}[os.uname().machine]
+print(os.getpid(), flush=True)
+sys.stdin.readline()
+for _ in range(321):
+    libc.syscall(nr[0])
+for _ in range(45):
+    libc.syscall(nr[1], -1)
+print("done", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_syscalls_api_and_metrics_count_exactly(tmp_path: Path) -> None:
+    # a 1 s interval: the 0.1 s polling below cannot miss an interval
+    with agent(tmp_path, "--syscalls", "--interval", "1s") as (url, _):
+        child = subprocess.Popen(
+            [sys.executable, "-c", CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert child.stdin is not None
+        assert child.stdout is not None
+        pid = int(child.stdout.readline())
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "done"
+
+        counts: dict[str, int] = {}
+        seen_intervals: set[float] = set()
+
+        def seen() -> bool:
+            # each response is one interval; count each interval once
+            body = httpx.get(url + "/api/v1/syscalls", params={"pid": pid, "limit": 1000}).json()
+            if body["time"] in seen_intervals:
+                return False
+            seen_intervals.add(body["time"])
+            for item in body["items"]:
+                counts[item["syscall"]] = counts.get(item["syscall"], 0) + item["count"]
+            for e in body["errnos"]:
+                key = f"{e['syscall']}:{e['errno']}"
+                counts[key] = counts.get(key, 0) + e["count"]
+            return counts.get("getppid", 0) >= 321 and counts.get("close:EBADF", 0) >= 45
+
+        assert wait_for(seen, 10), counts
+        # Python's own start-up never calls getppid nor closes fd -1
+        assert counts["getppid"] == 321
+        assert counts["close:EBADF"] == 45
+        child.stdin.write("bye\n")
+        child.stdin.flush()
+        child.wait(timeout=10)
+
+        fams = {f.name: f for f in text_string_to_metric_families(httpx.get(url + "/metrics").text)}
+        calls = {s.labels["syscall"]: s.value for s in fams["bpfscope_syscalls"].samples}
+        assert calls["getppid"] >= 321
+        errs = {
+            (s.labels["syscall"], s.labels["errno"]): s.value
+            for s in fams["bpfscope_syscall_errors"].samples
+        }
+        assert errs[("close", "EBADF")] >= 45
+        assert fams["bpfscope_syscall_latency_seconds"].type == "histogram"
+        health = httpx.get(url + "/api/v1/health").json()
+        assert health["collectors"]["syscalls"]["alive"] is True
+        bad = httpx.get(url + "/api/v1/syscalls", params={"syscall": "getpdi"})
+        assert bad.status_code == 400
+        assert "did you mean" in bad.json()["detail"]
