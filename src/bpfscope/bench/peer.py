@@ -25,6 +25,7 @@ from ..errors import UserError
 __all__ = ["Bpftrace", "BpftraceRun", "find_bpftrace", "program_text"]
 
 READY = "bpfscope-ready"
+SETTLE_S = 0.2
 _COUNT = re.compile(r"^@: (\d+)\s*$", re.MULTILINE)
 _VERSION = re.compile(r"v?(\d+\.\d+(?:\.\d+)?)")
 
@@ -117,6 +118,9 @@ def _stop(run: BpftraceRun) -> None:
         proc.stdout.close()
     m = _COUNT.search("".join(run.output))
     run.count = int(m.group(1)) if m else None
+    # Let the kernel finish tearing bpftrace's programs and perf events down
+    # (deferred work on the other CPUs) before the next timed run.
+    time.sleep(SETTLE_S)
 
 
 def _version(exe: str) -> str | None:

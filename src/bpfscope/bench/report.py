@@ -39,6 +39,10 @@ STUDY_CALLS: Final = 50_000_000
 # bpfscope's counting program may add at most this factor of the empty
 # program's overhead on the same hook (issue 3's performance bar).
 BAR_FACTOR: Final = 1.15
+# The bar is judged on the driver's own CPU time (clock(), the inside view):
+# the BPF program runs in the traced process's context, so its cost is there,
+# while wall time also carries scheduling noise from other tenants.
+BAR_METRIC: Final = "clock"
 
 _OVERHEAD_METRICS: Final = ("real", "user", "sys", "clock")
 
@@ -121,23 +125,24 @@ def bar(res: SyscallResult, calls: int) -> dict[str, Any] | None:
         if c.kind == "bpf" and c.work == "empty" and c.probes == 1 and not c.bpf_stats:
             count = _find(rows, Config("bpf", c.mechanism, "count", 1))
             if count is not None:
-                candidates.append((d.overhead_ns["real"], d, count))
+                candidates.append((d.overhead_ns[BAR_METRIC], d, count))
     if not candidates:
         return None
     _, empty, count = min(candidates, key=lambda t: t[0])
-    e, n = empty.overhead_ns["real"], count.overhead_ns["real"]
+    e, n = empty.overhead_ns[BAR_METRIC], count.overhead_ns[BAR_METRIC]
     bt = _find(rows, BPFTRACE)
     limit = BAR_FACTOR * e
     out: dict[str, Any] = {
         "syscall": res.syscall,
+        "metric": BAR_METRIC,
         "hook": str(empty.config.mechanism),
         "empty_ns": e,
         "count_ns": n,
         "count_over_empty": n / e if e > 0 else None,
         "limit_ns": limit,
         "count_within_limit": n <= limit if e > 0 else None,
-        "bpftrace_ns": bt.overhead_ns["real"] if bt else None,
-        "count_below_bpftrace": (n < bt.overhead_ns["real"]) if bt else None,
+        "bpftrace_ns": bt.overhead_ns[BAR_METRIC] if bt else None,
+        "count_below_bpftrace": (n < bt.overhead_ns[BAR_METRIC]) if bt else None,
     }
     if e <= 0:
         out["note"] = "the empty program's overhead is within noise of zero; ratio undefined"
@@ -345,12 +350,13 @@ def table_rows(res: SyscallResult, calls: int) -> list[list[str]]:
                 f"{d.spreads['gap'].median * 1e3:.1f} ms",
                 "-" if d.config == BASELINE else f"{d.overhead_ns['real']:+.0f}",
                 "-" if d.config == BASELINE else f"{d.overhead_ns['sys']:+.0f}",
+                "-" if d.config == BASELINE else f"{d.overhead_ns['clock']:+.0f}",
                 " ".join(_fmt_ratio(d.ratios[m]) for m in ("real", "user", "sys")),
                 " ".join(x for x in (_evidence(d, calls), stats) if x),
             ]
         )
     for what, why in res.skipped:
-        rows.append([what, why, "", "", "", "", "", "", "", ""])
+        rows.append([what, why, *[""] * (len(HEADERS) - 2)])
     return rows
 
 
@@ -363,6 +369,7 @@ HEADERS: Final = (
     "real-clock",
     "ns/call real",
     "ns/call sys",
+    "ns/call clock",
     "ratio real user sys",
     "evidence",
 )
@@ -419,8 +426,8 @@ def study_lines(result: BenchResult) -> list[str]:
 
 def bar_lines(result: BenchResult) -> list[str]:
     lines = [
-        f"Performance bar: count on the cheapest hook <= {BAR_FACTOR}x the empty "
-        "program's overhead there, and below bpftrace's:"
+        f"Performance bar ({BAR_METRIC}() ns/call): count on the cheapest hook <= "
+        f"{BAR_FACTOR}x the empty program's overhead there, and below bpftrace's:"
     ]
     for res in result.syscalls:
         b = bar(res, result.options.calls)
