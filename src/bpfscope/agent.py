@@ -209,6 +209,11 @@ class Agent:
         with self._lock:
             return self._view
 
+    @property
+    def generation(self) -> int:
+        """Changes whenever current_flows() does (views cache on it)."""
+        return self.state.polls
+
     def events_since(self, seq: int = 0, limit: int | None = None) -> list[EventEntry]:
         with self._lock:
             out = [e for e in self._events if e.seq > seq]

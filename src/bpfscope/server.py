@@ -12,7 +12,9 @@ import asyncio
 import hmac
 import json
 import logging
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any, Final
 
@@ -34,6 +36,7 @@ log = logging.getLogger("bpfscope.server")
 
 MAX_PAGE: Final = 1000
 MAX_QUERY_BYTES: Final = 4096
+VIEW_CACHE_SIZE: Final = 16
 
 
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"page size, at most {MAX_PAGE}")]
@@ -119,6 +122,24 @@ def create_app(
         ]
         return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
 
+    # Filtering and sorting 100k flows costs ~100 ms of CPU (and the GIL), so
+    # each (filter, sort) result is computed once per collection interval.
+    view_cache: OrderedDict[tuple[Any, ...], list[Any]] = OrderedDict()
+    view_lock = threading.Lock()
+
+    def selected_flows(flt: FlowFilter, sort: str, descending: bool) -> list[Any]:
+        key = (agent.generation, flt, sort, descending)
+        with view_lock:
+            hit = view_cache.get(key)
+        if hit is not None:
+            return hit
+        result = sort_flows(flt.apply(agent.current_flows()), sort, descending)
+        with view_lock:
+            view_cache[key] = result
+            while len(view_cache) > VIEW_CACHE_SIZE:
+                view_cache.popitem(last=False)
+        return result
+
     @app.get("/api/v1/flows", summary="Current flows")
     def flows(
         pid: Pid = None,
@@ -134,7 +155,7 @@ def create_app(
         cursor: str | None = None,
     ) -> dict[str, Any]:
         flt = FlowFilter(pid, comm, port, cidr, container, family, protocol)
-        selected = sort_flows(flt.apply(agent.current_flows()), sort, order == "desc")
+        selected = selected_flows(flt, sort, order == "desc")
         items, nxt = page(selected, cursor, limit)
         return {
             "total": len(selected),
