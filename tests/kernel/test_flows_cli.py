@@ -1,0 +1,112 @@
+"""The flow monitor's commands on real traffic: NDJSON output with exact
+bytes, the lifecycle stream, plain snapshots in a pipe, input errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+
+import pytest
+from conftest import require
+
+pytestmark = pytest.mark.kernel
+
+PAYLOAD = 321
+
+
+def bpfscope(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bpfscope.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture
+def traffic() -> Iterator[int]:
+    """Connections to a local port every 50 ms, PAYLOAD bytes each, until the test ends."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(64)
+    port = srv.getsockname()[1]
+    stop = threading.Event()
+
+    def serve() -> None:
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
+            while conn.recv(65536):
+                pass
+            conn.close()
+
+    def talk() -> None:
+        while not stop.wait(0.05):
+            c = socket.create_connection(("127.0.0.1", port))
+            c.sendall(b"t" * PAYLOAD)
+            c.close()
+
+    threads = [threading.Thread(target=serve), threading.Thread(target=talk)]
+    for t in threads:
+        t.start()
+    yield port
+    stop.set()
+    for t in threads:
+        t.join()
+    srv.close()
+
+
+def test_flows_json_exact_bytes(traffic: int) -> None:
+    require("tp_btf")
+    r = bpfscope("flows", "--json", "--port", str(traffic), "-d", "2", "--stats")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    clients = [f for f in rows if f["rport"] == traffic and f["pid"] == os.getpid()]
+    assert clients, rows
+    assert all(f["tx_bytes"] == PAYLOAD and f["tx_calls"] == 1 for f in clients)
+    assert all(f["direction"] == "active" and f["proto"] == "tcp" for f in clients)
+    assert all(traffic in (f["lport"], f["rport"]) for f in rows)  # kernel port filter
+    stats = json.loads(r.stderr.strip().splitlines()[-1])["stats"]
+    assert stats["rungs"]["tcp_send"] == "tp_btf"
+    assert stats["events_dropped"] == 0
+
+
+def test_conns_json_stream(traffic: int) -> None:
+    require("tp_btf")
+    r = bpfscope("conns", "--json", "--port", str(traffic), "--count", "6", "-d", "20")
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(events) == 6
+    assert {e["type"] for e in events} <= {"open", "close"}
+    assert all(e["pid"] == os.getpid() for e in events)
+    closes = [e for e in events if e["type"] == "close" and e["direction"] == "active"]
+    assert all(e["tx_bytes"] == PAYLOAD for e in closes)
+
+
+def test_top_plain_snapshots_in_a_pipe(traffic: int) -> None:
+    require("tp_btf")
+    r = bpfscope("top", "-n", "2", "-i", "0.5", "--port", str(traffic), "--stats")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("PID  COMM") == 2
+    assert "rungs: tcp_send=tp_btf" in r.stdout
+    assert "\x1b[" not in r.stdout  # no terminal control in a pipe
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["top", "--cidr", "10.0.0.0/33"], ["flows", "-4", "-6"], ["conns", "--udp"]],
+)
+def test_bad_input_is_one_line_exit_2(args: list[str]) -> None:
+    r = bpfscope(*args)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert r.stderr.startswith("bpfscope: error:")
