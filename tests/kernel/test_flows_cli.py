@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+
 from conftest import require
 
 pytestmark = pytest.mark.kernel
