@@ -52,6 +52,10 @@ class EventEntry:
     event: ConnEvent
 
 
+def _flow_key(r: FlowRecord) -> tuple[Any, ...]:
+    return (r.cgroup_id, r.netns, r.pid, r.proto, r.laddr, r.lport, r.raddr, r.rport)
+
+
 def flow_sample(rec: FlowRecord, profiler: IpProfiler | None) -> FlowSample:
     """The store's view of one interval of one flow."""
     prof = profiler.profile(rec.raddr) if profiler else None
@@ -86,9 +90,14 @@ class Agent:
     bpf_stats: bool = False
     on_poll: Callable[[], None] | None = None
     syscalls: Any | None = None  # a SyscallCollector, when --syscalls is on
+    # Closed flows stay in the current view this long, so a short
+    # connection is visible to a client that polls less often than the
+    # collector deletes closed flows (history and events keep them anyway).
+    closed_linger: float = 10.0
 
     state: CollectorState = field(default_factory=lambda: CollectorState("flows"))
     sys_state: CollectorState = field(default_factory=lambda: CollectorState("syscalls"))
+    _closed: dict[tuple[Any, ...], tuple[float, FlowRecord]] = field(default_factory=dict)
     _sys_snapshot: Any = None
     _sys_totals: Any = None
     started: float = field(default_factory=time.time)
@@ -164,11 +173,22 @@ class Agent:
         changed = flows_of(records)
         events = events_of(records)
         now = time.time()
+        view = list(self.flows.snapshot())
+        for r in changed:
+            if r.closed is not None:
+                self._closed[_flow_key(r)] = (now + self.closed_linger, r)
+        if self._closed:
+            live = {_flow_key(r) for r in view}
+            for key, (until, r) in list(self._closed.items()):
+                if until < now:
+                    del self._closed[key]
+                elif key not in live:
+                    view.append(r)
         with self._lock:
             for e in events:
                 self._seq += 1
                 self._events.append(EventEntry(self._seq, e))
-            self._view = list(self.flows.snapshot())
+            self._view = view
         if self.metrics is not None:
             self.metrics.ingest(changed, events)
         if self.store is not None:

@@ -47,7 +47,8 @@ def agent(
         except httpx.TransportError:
             pass
         if proc.poll() is not None or time.monotonic() > deadline:
-            _out, err = proc.communicate(timeout=5)
+            proc.kill()  # never leave an agent (and its programs) behind
+            _out, err = proc.communicate(timeout=10)
             raise AssertionError(f"agent did not come up: {err}")
         time.sleep(0.1)
     try:
@@ -55,7 +56,11 @@ def agent(
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=20)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
 
 
 def exchange(request: int, response: int) -> tuple[int, int]:

@@ -203,3 +203,20 @@ def test_series_cap_counts_what_it_dropped() -> None:
     assert len(series) <= 10
     dropped = families["bpfscope_metrics_series_dropped"].samples[0].value
     assert dropped > 0
+
+
+def test_closed_flows_linger_in_the_current_view() -> None:
+    closed = make_flow(1, closed=1234.0, state="CLOSE")
+    source = FakeFlows([closed])
+    a = Agent(flows=source, interval=60, closed_linger=30)
+    a.poll_once()  # reported as changed while still in the table
+    source.flows = []  # the collector deleted it
+    a.poll_once()
+    assert a.current_flows() == [closed]
+    a.closed_linger = 0
+    source.flows = [closed]
+    a.poll_once()
+    source.flows = []
+    time.sleep(0.01)
+    a.poll_once()
+    assert a.current_flows() == []
