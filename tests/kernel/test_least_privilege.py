@@ -266,13 +266,16 @@ def test_serve_attaches_and_serves_real_flows_with_only_the_granted_caps(
         assert flow["tx_bytes"] == 23_456
         # Attribution works without CAP_SYS_PTRACE / CAP_DAC_READ_SEARCH.
         assert flow["pid"] == os.getpid()
-        assert flow["cmdline"] and Path(sys.executable).name in flow["cmdline"]
+        assert flow["cmdline"]
+        assert Path(sys.executable).name in flow["cmdline"]
 
         code, progs = _get(url + "/api/v1/programs")
         assert code == 200
-        assert progs["items"] and all(p["id"] > 0 for p in progs["items"])
+        assert progs["items"]
+        assert all(p["id"] > 0 for p in progs["items"])
         code, metrics = _get(url + "/metrics")
-        assert code == 200 and "bpfscope_tcp_received_bytes" in metrics
+        assert code == 200
+        assert "bpfscope_tcp_received_bytes" in metrics
 
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=20)
@@ -316,7 +319,7 @@ def test_uid0_with_granted_caps_cannot_mount_tracefs_itself(workdir: Path) -> No
     target = workdir / "tracing"
     target.mkdir()
     out = subprocess.run(
-        _setpriv(PROVEN, 0) + [sys.executable, "-c", script, str(target)],
+        [*_setpriv(PROVEN, 0), sys.executable, "-c", script, str(target)],
         capture_output=True,
         text=True,
         timeout=30,
@@ -406,7 +409,7 @@ def test_which_caps_the_kernel_itself_requires(
     """
     caps = tuple(c for c in PROVEN if c != dropped)
     out = subprocess.run(
-        _setpriv(caps, 0) + [sys.executable, "-c", _COLLECT],
+        [*_setpriv(caps, 0), sys.executable, "-c", _COLLECT],
         cwd=workdir,
         capture_output=True,
         text=True,
@@ -435,19 +438,17 @@ def test_unprivileged_uid_needs_dac_read_search_for_the_tracepoint_rung(workdir:
     if mode & 0o005:
         pytest.skip(f"tracefs is world-readable here (mode {mode:o})")
     port = _free_port()
+    args = ["--listen", f"127.0.0.1:{port}", "--db", str(workdir / "h.db")]
     out = subprocess.run(
-        _setpriv(PROVEN, NOBODY)
-        + _bpfscope(
-            "serve", "--listen", f"127.0.0.1:{port}", "--db", str(workdir / "h.db"),
-            "--attach", "tracepoint",
-        ),  # fmt: skip
+        _setpriv(PROVEN, NOBODY) + _bpfscope("serve", *args, "--attach", "tracepoint"),
         cwd=workdir,
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert out.returncode != 0
-    assert "bpfscope: error:" in out.stderr and "Traceback" not in out.stderr
+    assert "bpfscope: error:" in out.stderr
+    assert "Traceback" not in out.stderr
     with _serve((*PROVEN, "CAP_DAC_READ_SEARCH"), NOBODY, workdir, "--attach", "tracepoint") as (
         url,
         _proc,
