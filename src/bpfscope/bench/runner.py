@@ -312,6 +312,15 @@ def _prepare(
             res.skipped.append((str(m), why))
             if m == verify_m:
                 verify_m = None
+        # A trial attach per mechanism: a hook that loads but cannot attach
+        # (say, a libc symbol libbpf cannot resolve) is skipped, not fatal.
+        for m in list(hooks):
+            try:
+                with libbpf.quiet_libbpf():
+                    programs.detach(obj.attach(m, opts.works[0], 1))
+            except libbpf.BpfError as exc:
+                hooks.pop(m)
+                res.skipped.append((str(m), f"skipped: attach failed: {exc}"))
     use_bt = False
     if opts.bpftrace:
         from .. import targets
