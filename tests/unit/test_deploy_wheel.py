@@ -19,7 +19,6 @@ import sys
 import time
 import urllib.request
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +53,7 @@ def _clean_env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     base = tmp_path_factory.mktemp("wheel")
     dist = base / "dist"
     build = subprocess.run(
@@ -75,7 +74,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     assert pip.returncode == 0, pip.stderr[-3000:]
     cwd = base / "elsewhere"
     cwd.mkdir()
-    yield Installed(wheel, venv, cwd)
+    return Installed(wheel, venv, cwd)
 
 
 def _source_version() -> str:
