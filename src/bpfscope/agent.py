@@ -268,26 +268,25 @@ class Agent:
     def _programs_of(collector: str, attached: Any) -> list[dict[str, Any]]:
         out = []
         for choice in attached.choices:
-            if choice.rung is None:
-                continue
-            prog = attached.obj.program(choice.rung.program)
-            try:
-                info = prog.info()
-            except bpf.BpfError:
-                continue
-            out.append(
-                {
-                    "collector": collector,
-                    "hook": choice.hook.name,
-                    "rung": str(choice.rung.mechanism),
-                    "target": choice.rung.target,
-                    "program": choice.rung.program,
-                    "id": info.id,
-                    "run_cnt": info.run_cnt,
-                    "run_time_ns": info.run_time_ns,
-                    "avg_ns": info.run_time_ns / info.run_cnt if info.run_cnt else None,
-                }
-            )
+            for part in choice.rung.parts() if choice.rung else ():
+                prog = attached.obj.program(part.program)
+                try:
+                    info = prog.info()
+                except bpf.BpfError:
+                    continue
+                out.append(
+                    {
+                        "collector": collector,
+                        "hook": choice.hook.name,
+                        "rung": str(part.mechanism),
+                        "target": part.target,
+                        "program": part.program,
+                        "id": info.id,
+                        "run_cnt": info.run_cnt,
+                        "run_time_ns": info.run_time_ns,
+                        "avg_ns": info.run_time_ns / info.run_cnt if info.run_cnt else None,
+                    }
+                )
         return out
 
     def health(self) -> dict[str, Any]:

@@ -44,14 +44,33 @@ class Rung:
     Targets: tracepoint ``category:name``; raw_tp/tp_btf the tracepoint
     name; fentry/fexit/kprobe a kernel function; uprobe ``binary:function``;
     cgroup_skb a cgroup v2 directory.
+
+    ``companions`` are further ``(program, target)`` pairs of the same
+    mechanism that the rung needs together: where one tracepoint program
+    sees every protocol, the function rungs need one program per function
+    (``tcp_sendmsg``, ``udp_sendmsg``, ...). The rung is usable only if all
+    its targets exist, and they load and attach as one.
     """
 
     mechanism: Mechanism
     program: str
     target: str
+    companions: tuple[tuple[str, str], ...] = ()
 
     def describe(self) -> str:
-        return f"{self.mechanism} {self.target}"
+        extra = f" (+{len(self.companions)} more)" if self.companions else ""
+        return f"{self.mechanism} {self.target}{extra}"
+
+    def parts(self) -> tuple[Rung, ...]:
+        """This rung and each companion as single-program rungs."""
+        return (
+            Rung(self.mechanism, self.program, self.target),
+            *(Rung(self.mechanism, p, t) for p, t in self.companions),
+        )
+
+    @property
+    def programs(self) -> tuple[str, ...]:
+        return tuple(r.program for r in self.parts())
 
 
 @dataclass(frozen=True)
@@ -77,6 +96,7 @@ class Choice:
             "mechanism": str(self.rung.mechanism) if self.rung else None,
             "program": self.rung.program if self.rung else None,
             "target": self.rung.target if self.rung else None,
+            "companions": [list(c) for c in self.rung.companions] if self.rung else [],
             "skipped": [
                 {"mechanism": str(r.mechanism), "target": r.target, "why": why}
                 for r, why in self.skipped
@@ -89,7 +109,15 @@ class LadderError(RuntimeError):
 
 
 def target_missing(rung: Rung) -> str | None:
-    """Why the rung's target does not exist here, or None if it does."""
+    """Why one of the rung's targets does not exist here, or None."""
+    for part in rung.parts():
+        why = _target_missing(part)
+        if why:
+            return why
+    return None
+
+
+def _target_missing(rung: Rung) -> str | None:
     m, target = rung.mechanism, rung.target
     if m is Mechanism.TRACEPOINT:
         category, _, name = target.partition(":")
@@ -145,7 +173,7 @@ def choose(
         skipped: list[tuple[Rung, str]] = []
         chosen = None
         for rung in rungs:
-            if rung.program in excluded:
+            if excluded.intersection(rung.programs):
                 skipped.append((rung, "the kernel refused to load this program"))
                 continue
             v = verdict(rung.mechanism)
@@ -232,7 +260,7 @@ def _open_configured(
 ) -> bpf.BpfObject:
     obj = bpf.BpfObject.open_bytes(object_bytes(tool), name=tool, btf_path=btf_path)
     try:
-        wanted = {c.rung.program: c.rung for c in choices if c.rung}
+        wanted = {part.program: part for c in choices if c.rung for part in c.rung.parts()}
         for name, prog in obj.programs.items():
             prog.autoload = name in wanted
             rung = wanted.get(name)
@@ -276,7 +304,7 @@ def load_tool(
             refused = {
                 m.group(1) for line in exc.libbpf_log for m in [_FAILED_PROG.search(line)] if m
             }
-            chosen = {c.rung.program for c in choices if c.rung}
+            chosen = {p for c in choices if c.rung for p in c.rung.programs}
             retry = (refused & chosen) - excluded
             if force is None and retry:
                 log.info("kernel refused %s; trying the next rung", ", ".join(sorted(retry)))
@@ -285,8 +313,8 @@ def load_tool(
             raise
         try:
             for c in choices:
-                if c.rung is not None:
-                    _attach(obj.program(c.rung.program), c.rung)
+                for part in c.rung.parts() if c.rung else ():
+                    _attach(obj.program(part.program), part)
         except BaseException:
             obj.close()
             raise

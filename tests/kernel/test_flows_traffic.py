@@ -23,6 +23,7 @@ from flows_support import NetnsPair, Peer, Recorder, netns_pair, run
 from bpfscope import system
 from bpfscope.features import Mechanism
 from bpfscope.flows import FlowCollector, FlowRecord, KernelFilter
+from bpfscope.flows.collector import events_of
 from conftest import require
 
 pytestmark = pytest.mark.kernel
@@ -411,11 +412,17 @@ def test_churn_bounded_memory_counted_drops() -> None:
         t.join()
         srv.close()
         time.sleep(0.3)
-        c.poll()
+        received = events_of(c.poll())
         s = c.stats()
         assert s.flows_in_map <= 256
         assert len(c.snapshot()) <= 256
         assert s.flows_inserted >= 2 * n  # client and server side of each
         assert s.flows_evicted > 0
         assert s.events_dropped > 0
-        assert s.events_received + s.events_dropped == 4 * n  # open+close, both ends
+        # open+close at both ends of each connection; on a loaded machine the
+        # loopback may also drop and retransmit a segment, which is an event
+        # too (and may be among the dropped ones, whose type is unknown).
+        extra = s.events_received + s.events_dropped - 4 * n
+        assert 0 <= extra <= 20, (s.events_received, s.events_dropped)
+        assert {e.type for e in received} <= {"open", "close", "retransmit"}
+        assert extra >= sum(1 for e in received if e.type == "retransmit")

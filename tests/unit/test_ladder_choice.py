@@ -97,3 +97,40 @@ def test_choice_is_always_the_first_available_rung(avail: set[Mechanism]) -> Non
     expected = next(r for r in LADDER if r.mechanism in avail)
     assert c.rung == expected
     assert all(r.mechanism not in avail for r, _ in c.skipped)
+
+
+GROUPED = Hook(
+    "send",
+    (
+        Rung(
+            Mechanism.FENTRY,
+            "f_tcp",
+            "tcp_sendmsg",
+            companions=(("f_udp", "udp_sendmsg"), ("f_udp6", "udpv6_sendmsg")),
+        ),
+        Rung(Mechanism.TP_BTF, "t_send", "sock_send_length"),
+    ),
+)
+
+
+def test_companions_need_every_target() -> None:
+    def missing(r: Rung) -> str | None:
+        return "no such function" if r.target == "udpv6_sendmsg" else None
+
+    from bpfscope.ladder import target_missing
+
+    avail = {Mechanism.FENTRY, Mechanism.TP_BTF}
+    [c] = choose([GROUPED], verdict=fake(avail), missing=lambda r: next(
+        (missing(p) for p in r.parts() if missing(p)), None
+    ))  # fmt: skip
+    assert c.rung is not None
+    assert c.rung.mechanism is Mechanism.TP_BTF
+    assert GROUPED.rungs[0].programs == ("f_tcp", "f_udp", "f_udp6")
+    assert target_missing(Rung(Mechanism.UPROBE, "u", "/nonexistent:f")) is not None
+
+
+def test_refusing_a_companion_excludes_the_whole_rung() -> None:
+    avail = {Mechanism.FENTRY, Mechanism.TP_BTF}
+    [c] = choose([GROUPED], verdict=fake(avail), missing=no_missing, excluded=frozenset({"f_udp"}))
+    assert c.rung is not None
+    assert c.rung.mechanism is Mechanism.TP_BTF
