@@ -223,3 +223,18 @@ def syscalls_cmd(
             + (f" ({reasons})" if reasons else ""),
             EXIT_UNSUPPORTED,
         )
+
+
+@bench.command("flows")
+@click.option(
+    "--seconds", type=click.FloatRange(0.5), default=3.0, show_default=True, help="Per run."
+)
+@click.option("--rounds", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable result.")
+def bench_flows(seconds: float, rounds: int, as_json: bool) -> None:
+    """Flow monitor overhead: loopback request/response and stream, without
+    monitoring, with bpfscope and with bpftrace; batch vs per-key drain."""
+    require_privileges(("CAP_NET_ADMIN",))
+    from ..flows.bench import main as flows_bench
+
+    flows_bench(seconds=seconds, rounds=rounds, as_json=as_json)
