@@ -1,0 +1,41 @@
+#!/bin/bash
+# SPDX-License-Identifier: Apache-2.0
+# Runs inside the kernel-matrix guest as root (copied by matrix/run to
+# <results>/job.sh next to job.env). Writes everything to /results, which is
+# a directory on the host: kernel log, doctor JSON, pytest log + JUnit XML,
+# per-phase timings and the exit codes.
+set -u
+# shellcheck source=/dev/null
+. /results/job.env
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/root LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 TERM=dumb
+R=/results
+now() { date +%s.%N; }
+phase() { echo "$1 $2 $3" >> $R/timings; }   # name start end
+
+uname -r > $R/kernel-release
+dmesg --follow --nopager > $R/dmesg.txt 2>&1 &
+ip link set lo up
+hostname "matrix-$(uname -r)"
+
+echo "== bpfscope doctor ($(uname -r))"
+t0=$(now)
+"$REPO/.venv/bin/bpfscope" doctor --json > $R/doctor.json 2> $R/doctor.stderr
+echo $? > $R/doctor.rc
+phase doctor "$t0" "$(now)"
+"$REPO/.venv/bin/python" -c '
+import json, sys
+d = json.load(open(sys.argv[1]))
+print(d.get("summary", ""))' $R/doctor.json 2>/dev/null || cat $R/doctor.stderr
+
+echo "== pytest ${PYTEST_TARGETS}"
+cd "$REPO" || exit 1
+t0=$(now)
+# shellcheck disable=SC2086  # targets and options are word lists on purpose
+BPFSCOPE_REQUIRE_KERNEL_TESTS=1 timeout -k 10 "$PYTEST_TIMEOUT" \
+    "$REPO/.venv/bin/pytest" -p no:cacheprovider -q -rfEs --color=no \
+    --junitxml=$R/junit.xml -o junit_family=xunit2 \
+    $PYTEST_ARGS $PYTEST_TARGETS 2>&1 | tee $R/pytest.log
+echo "${PIPESTATUS[0]}" > $R/pytest.rc
+phase pytest "$t0" "$(now)"
+sync
