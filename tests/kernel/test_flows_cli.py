@@ -77,7 +77,7 @@ def test_flows_json_exact_bytes(traffic: int) -> None:
     assert all(f["direction"] == "active" and f["proto"] == "tcp" for f in clients)
     assert all(traffic in (f["lport"], f["rport"]) for f in rows)  # kernel port filter
     stats = json.loads(r.stderr.strip().splitlines()[-1])["stats"]
-    assert stats["rungs"]["tcp_send"] == "tp_btf"
+    assert stats["rungs"]["send"] == stats["rungs"]["recv"] == "tp_btf"
     assert stats["events_dropped"] == 0
 
 
@@ -98,7 +98,7 @@ def test_top_plain_snapshots_in_a_pipe(traffic: int) -> None:
     r = bpfscope("top", "-n", "2", "-i", "0.5", "--port", str(traffic), "--stats")
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("PID  COMM") == 2
-    assert "rungs: tcp_send=tp_btf" in r.stdout
+    assert "rungs: send=tp_btf, recv=tp_btf" in r.stdout
     assert "\x1b[" not in r.stdout  # no terminal control in a pipe
 
 

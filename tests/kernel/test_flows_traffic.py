@@ -338,7 +338,7 @@ def test_every_rung_counts_the_same(mechanism: str) -> None:
         force=Mechanism(mechanism), kernel_filter=KernelFilter(pid=os.getpid())
     ) as c:
         rungs = c.rungs()
-        assert rungs["tcp_send"] == rungs["tcp_recv"] == mechanism
+        assert rungs["send"] == rungs["recv"] == mechanism
         rec = Recorder(c)
         srv = socket.socket()
         srv.bind(("127.0.0.1", 0))

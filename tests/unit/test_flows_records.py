@@ -292,7 +292,8 @@ def test_ladder_prefers_fexit_then_tracepoints() -> None:
         c.hook.name: c.mechanism
         for c in choose(tool.hooks(), verdict=verdict, missing=lambda r: None)
     }
-    assert chosen["tcp_send"] is Mechanism.TP_BTF
+    assert chosen["send"] is Mechanism.TP_BTF
+    assert chosen["recv"] is Mechanism.TP_BTF
     assert chosen["state"] is Mechanism.TP_BTF
     everything = {
         c.hook.name: c.mechanism
@@ -302,8 +303,8 @@ def test_ladder_prefers_fexit_then_tracepoints() -> None:
             missing=lambda r: None,
         )
     }
-    assert everything["tcp_send"] is Mechanism.FEXIT
-    assert everything["udp6_recv"] is Mechanism.FEXIT
+    assert everything["send"] is Mechanism.FEXIT
+    assert everything["recv"] is Mechanism.FEXIT
     only_kprobe = {
         c.hook.name: c.mechanism
         for c in choose(
@@ -317,12 +318,52 @@ def test_ladder_prefers_fexit_then_tracepoints() -> None:
     assert set(only_kprobe.values()) == {Mechanism.KPROBE}
 
 
+def test_one_program_per_event_on_every_rung() -> None:
+    """Two traffic hooks; a tracepoint rung is one program for every protocol,
+    a function rung one program per kernel function, each function once."""
+    traffic = {h.name: h for h in tool.traffic_hooks()}
+    assert set(traffic) == {"send", "recv"}
+    for hook in traffic.values():
+        assert hook.required
+        for rung in hook.rungs:
+            targets = [t for _, t in ((rung.program, rung.target), *rung.companions)]
+            assert len(targets) == len(set(targets)), rung
+            if rung.mechanism in tool.TRACEPOINT_RUNGS:
+                assert rung.companions == ()
+                assert rung.target.endswith(f"sock_{hook.name}_length")
+    send = {r.mechanism: r for r in traffic["send"].rungs}
+    assert [t for _, t in send[Mechanism.FEXIT].companions] == ["udp_sendmsg", "udpv6_sendmsg"]
+    assert send[Mechanism.FEXIT].target == "tcp_sendmsg"
+    recv = {r.mechanism: r for r in traffic["recv"].rungs}
+    assert recv[Mechanism.KPROBE].programs == ("tcp_recv_kprobe", "udp_recv_kprobe")
+
+
+def test_function_rung_needs_every_function() -> None:
+    """No udpv6_sendmsg (IPv6 absent): the whole fexit rung is unusable, so
+    the hook moves to tp_btf, which sees IPv6 too, instead of losing it."""
+    chosen = choose(
+        tool.traffic_hooks(),
+        verdict=lambda m: Verdict(m, Status.AVAILABLE, "t"),
+        missing=lambda r: next(
+            ("no udpv6" for p in r.parts() if p.target.startswith("udpv6")), None
+        ),
+    )
+    by_hook = {c.hook.name: c for c in chosen}
+    assert by_hook["send"].mechanism is Mechanism.TP_BTF
+    assert by_hook["recv"].mechanism is Mechanism.TP_BTF
+    assert by_hook["send"].skipped[0][0].mechanism is Mechanism.FEXIT
+
+
 def test_every_rung_program_exists_in_the_object() -> None:
     with bpf.BpfObject.open_file(object_path("flows")) as obj:
         names = set(obj.programs)
     for hook in tool.hooks():
         for rung in hook.rungs:
-            assert rung.program in names, rung
+            for program in rung.programs:
+                assert program in names, rung
+    # no program left behind that no rung uses
+    used = {p for hook in tool.hooks() for rung in hook.rungs for p in rung.programs}
+    assert names == used
 
 
 def test_value_layout_constant_matches() -> None:

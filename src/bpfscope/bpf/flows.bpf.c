@@ -4,12 +4,15 @@
  * (cgroup, netns, process, 5-tuple), plus TCP lifecycle (open, close,
  * retransmits, resets) over a ring buffer, folded into the same table.
  *
- * Every traffic hook has one body (on_traffic) and one program per rung:
- * fexit on the protocol's sendmsg/recvmsg -> tp_btf -> raw_tp -> tracepoint
- * on sock:sock_{send,recv}_length -> kprobe. The loader keeps one rung per
- * hook. Traffic hooks run in process context and record the owner of every
- * TCP socket; softirq events (state changes, retransmits, resets) use that
- * recorded owner, never the task that happens to be running.
+ * Traffic has two hooks, send and recv, and one body (on_traffic). On the
+ * tracepoint rungs (tp_btf -> raw_tp -> tracepoint on
+ * sock:sock_{send,recv}_length) one program sees every socket and
+ * dispatches on its family and protocol; the function rungs (fexit on the
+ * protocols' sendmsg/recvmsg, kprobe) need one program per kernel function,
+ * loaded together as one rung. So every send or receive runs exactly one
+ * program. Traffic hooks run in process context and record the owner of
+ * every TCP socket; softirq events (state changes, retransmits, resets) use
+ * that recorded owner, never the task that happens to be running.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -99,12 +102,34 @@ static __always_inline void stat_inc(__u32 slot)
 		*v += 1;
 }
 
-/* Protocol and type of a socket (bitfields on older kernels). */
-static __always_inline int sk_proto(struct sock *sk)
-{
-	int proto = BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol);
-	int type = BPF_CORE_READ_BITFIELD_PROBED(sk, sk_type);
+/*
+ * Socket reads. tp_btf and fexit programs get a BTF-typed sk and load its
+ * fields directly (CO-RE relocated loads, no helper call); raw_tp,
+ * tracepoint and kprobe programs go through bpf_probe_read_kernel.
+ * `direct` is a constant in every program, so each keeps one form only.
+ */
+#define SK_READ(direct, sk, field) ((direct) ? (sk)->field : BPF_CORE_READ(sk, field))
 
+static __always_inline __u32 sk_netns(struct sock *sk, bool direct)
+{
+	if (direct)
+		return sk->__sk_common.skc_net.net->ns.inum;
+	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+}
+
+/* Protocol of a TCP (SOCK_STREAM) or UDP (SOCK_DGRAM) socket, else 0
+ * (raw sockets carry IPPROTO_TCP/UDP too). Bitfields on older kernels. */
+static __always_inline int sk_proto(struct sock *sk, bool direct)
+{
+	int proto, type;
+
+	if (direct) {
+		proto = BPF_CORE_READ_BITFIELD(sk, sk_protocol);
+		type = BPF_CORE_READ_BITFIELD(sk, sk_type);
+	} else {
+		proto = BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol);
+		type = BPF_CORE_READ_BITFIELD_PROBED(sk, sk_type);
+	}
 	if (proto == IPPROTO_TCP && type == SOCK_STREAM)
 		return IPPROTO_TCP;
 	if (proto == IPPROTO_UDP && type == SOCK_DGRAM)
@@ -112,27 +137,37 @@ static __always_inline int sk_proto(struct sock *sk)
 	return 0;
 }
 
+/* Fill the tuple part of a key from a socket of a known family. */
+static __always_inline void sk_tuple_of(struct sock *sk, struct flow_key *k, int family,
+					bool direct)
+{
+	if (family == AF_INET) {
+		__u32 l = SK_READ(direct, sk, __sk_common.skc_rcv_saddr);
+		__u32 r = SK_READ(direct, sk, __sk_common.skc_daddr);
+
+		__builtin_memcpy(k->laddr, &l, 4);
+		__builtin_memcpy(k->raddr, &r, 4);
+	} else if (direct) {
+		__builtin_memcpy(k->laddr, sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8, 16);
+		__builtin_memcpy(k->raddr, sk->__sk_common.skc_v6_daddr.in6_u.u6_addr8, 16);
+	} else {
+		BPF_CORE_READ_INTO(&k->laddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&k->raddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	}
+	k->family = family;
+	k->lport = SK_READ(direct, sk, __sk_common.skc_num);
+	k->rport = bpf_ntohs(SK_READ(direct, sk, __sk_common.skc_dport));
+	k->netns = sk_netns(sk, direct);
+}
+
 /* Fill the tuple part of a key from the socket; returns the family or 0. */
 static __always_inline int sk_tuple(struct sock *sk, struct flow_key *k)
 {
 	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
 
-	if (family == AF_INET) {
-		__u32 l = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
-		__u32 r = BPF_CORE_READ(sk, __sk_common.skc_daddr);
-
-		__builtin_memcpy(k->laddr, &l, 4);
-		__builtin_memcpy(k->raddr, &r, 4);
-	} else if (family == AF_INET6) {
-		BPF_CORE_READ_INTO(&k->laddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
-		BPF_CORE_READ_INTO(&k->raddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
-	} else {
+	if (family != AF_INET && family != AF_INET6)
 		return 0;
-	}
-	k->family = family;
-	k->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
-	k->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
-	k->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	sk_tuple_of(sk, k, family, false);
 	return family;
 }
 
@@ -165,7 +200,11 @@ static __always_inline bool is_zero16(const __u8 *a)
 
 static struct flow_value zero_value = {};
 
-/* Find a flow, creating it (counted) if it is new. */
+/*
+ * Find a flow, creating it (counted) if it is new. comm: the owner's
+ * command name, or NULL for the current task's (read only when the flow is
+ * created, not on every event).
+ */
 static __always_inline struct flow_value *flow_get(const struct flow_key *k, const char *comm,
 						   __u64 now)
 {
@@ -182,7 +221,10 @@ static __always_inline struct flow_value *flow_get(const struct flow_key *k, con
 	v = bpf_map_lookup_elem(&flows, k);
 	if (v && v->first_ns == 0) {
 		v->first_ns = now;
-		__builtin_memcpy(v->comm, comm, FLOWS_COMM_LEN);
+		if (comm)
+			__builtin_memcpy(v->comm, comm, FLOWS_COMM_LEN);
+		else
+			bpf_get_current_comm(v->comm, sizeof(v->comm));
 	}
 	return v;
 }
@@ -273,78 +315,98 @@ static __always_inline bool dest_from_sockaddr(struct flow_key *k, const void *n
 
 /*
  * The one traffic body. bytes: what the call moved (<= 0: nothing).
- * want_family: 0 for any. msg: the msghdr when the rung sees it (fexit,
- * kprobe), else NULL; on tracepoint rungs an unconnected UDP send takes its
- * remote from the route lookup just made by this thread, if any.
+ * want_proto: the protocol a function rung's program is for, or 0 on the
+ * tracepoint rungs (every socket: dispatch on family and protocol).
+ * direct: sk is BTF-typed (tp_btf, fexit). msg: the msghdr when the rung
+ * sees it (fexit, kprobe), else NULL; use_route_stash: tracepoint rungs,
+ * where an unconnected UDP send takes its remote from the route lookup this
+ * thread just made, if any.
  */
 static __always_inline int on_traffic(struct sock *sk, long bytes, int flags, int dir,
-				      int want_proto, int want_family, struct msghdr *msg,
+				      int want_proto, bool direct, struct msghdr *msg,
 				      bool use_route_stash)
 {
 	struct flow_key k = {};
 	struct flow_value *v;
 	__u64 pid_tgid, cgroup_id, now;
-	char comm[FLOWS_COMM_LEN];
 	__u32 tgid;
-	int family;
+	int family, proto;
 
 	if (bytes <= 0 || !sk)
 		return 0;
 	if (dir == DIR_RX && (flags & (MSG_PEEK | MSG_ERRQUEUE)))
 		return 0;
-	if (sk_proto(sk) != want_proto)
+	/* cheapest rejections first: other families (unix, netlink, ...),
+	 * then the in-kernel filters that need no socket reads */
+	family = SK_READ(direct, sk, __sk_common.skc_family);
+	if (family != AF_INET && family != AF_INET6)
 		return 0;
-	family = sk_tuple(sk, &k);
-	if (!family || (want_family && family != want_family))
+	if (filter_family && family != filter_family)
 		return 0;
-	k.proto = want_proto;
-
 	pid_tgid = bpf_get_current_pid_tgid();
 	tgid = pid_tgid >> 32;
+	if (filter_tgid && tgid != filter_tgid)
+		return 0;
+	proto = sk_proto(sk, direct);
+	if (!proto || (want_proto && proto != want_proto))
+		return 0;
 	cgroup_id = bpf_get_current_cgroup_id();
-
-	if (want_proto == IPPROTO_UDP && dir == DIR_TX) {
-		bool known = false;
-
-		if (msg)
-			known = dest_from_sockaddr(&k, BPF_CORE_READ(msg, msg_name));
-		if (use_route_stash) {
-			struct udp_dest *d = bpf_map_lookup_elem(&flow_udp_dests, &pid_tgid);
-
-			if (d && d->lport == k.lport && d->family == family) {
-				__builtin_memcpy(k.raddr, d->raddr, 16);
-				k.rport = d->rport;
-				known = true;
-			}
-			if (d)
-				bpf_map_delete_elem(&flow_udp_dests, &pid_tgid);
-		}
-		if (k.rport == 0 || is_zero16(k.raddr)) {
-			k.flags |= FLOW_F_REMOTE_UNKNOWN;
-			__builtin_memset(k.raddr, 0, sizeof(k.raddr));
-			k.rport = 0;
-			stat_inc(FLOW_STAT_UDP_DEST_MISS);
-		} else if (known) {
-			stat_inc(FLOW_STAT_UDP_DEST_HIT);
-		}
-	} else if (want_proto == IPPROTO_UDP && k.rport == 0) {
-		/* unconnected receive: the sender is not visible here */
-		k.flags |= FLOW_F_REMOTE_UNKNOWN;
-		__builtin_memset(k.raddr, 0, sizeof(k.raddr));
-	}
-
-	if (filtered_owner(tgid, cgroup_id))
+	if (filter_cgroup && cgroup_id != filter_cgroup)
 		return 0;
-	if (want_proto == IPPROTO_TCP)
-		own_socket(sk, &k, tgid, cgroup_id);
-	if (filtered_tuple(&k))
-		return 0;
+	sk_tuple_of(sk, &k, family, direct);
+	k.proto = proto;
 	k.tgid = tgid;
 	k.cgroup_id = cgroup_id;
-
 	now = bpf_ktime_get_ns();
-	bpf_get_current_comm(comm, sizeof(comm));
-	v = flow_get(&k, comm, now);
+
+	if (proto == IPPROTO_TCP) {
+		/*
+		 * Fast path: this process already has a flow for this tuple,
+		 * so the socket's owner was recorded when that flow was made.
+		 * Else record the owner (which also restores the tuple of a
+		 * socket that already went to CLOSE) and create the flow.
+		 */
+		v = bpf_map_lookup_elem(&flows, &k);
+		if (!v) {
+			own_socket(sk, &k, tgid, cgroup_id);
+			if (filtered_tuple(&k))
+				return 0;
+			v = flow_get(&k, NULL, now);
+		}
+	} else {
+		if (dir == DIR_TX) {
+			bool known = false;
+
+			if (msg)
+				known = dest_from_sockaddr(&k, BPF_CORE_READ(msg, msg_name));
+			if (use_route_stash) {
+				struct udp_dest *d = bpf_map_lookup_elem(&flow_udp_dests, &pid_tgid);
+
+				if (d && d->lport == k.lport && d->family == family) {
+					__builtin_memcpy(k.raddr, d->raddr, 16);
+					k.rport = d->rport;
+					known = true;
+				}
+				if (d)
+					bpf_map_delete_elem(&flow_udp_dests, &pid_tgid);
+			}
+			if (k.rport == 0 || is_zero16(k.raddr)) {
+				k.flags |= FLOW_F_REMOTE_UNKNOWN;
+				__builtin_memset(k.raddr, 0, sizeof(k.raddr));
+				k.rport = 0;
+				stat_inc(FLOW_STAT_UDP_DEST_MISS);
+			} else if (known) {
+				stat_inc(FLOW_STAT_UDP_DEST_HIT);
+			}
+		} else if (k.rport == 0) {
+			/* unconnected receive: the sender is not visible here */
+			k.flags |= FLOW_F_REMOTE_UNKNOWN;
+			__builtin_memset(k.raddr, 0, sizeof(k.raddr));
+		}
+		if (filtered_tuple(&k))
+			return 0;
+		v = flow_get(&k, NULL, now);
+	}
 	if (!v)
 		return 0;
 	if (dir == DIR_TX) {
@@ -436,35 +498,51 @@ int BPF_PROG(udp6_dest_raw_tp, const struct net *net, const void *res, void *tab
 }
 
 /* ---------------------------------------------------------------------- */
-/* Traffic programs: one per (hook, rung)                                  */
+/* Traffic programs                                                        */
 
-/* tracepoint rungs: sock:sock_send_length / sock:sock_recv_length */
-#define TRACEPOINT_RUNGS(hook, tp, dir, proto, family, stash)                      \
-	SEC("tp_btf/" #tp)                                                        \
-	int BPF_PROG(hook##_tp_btf, struct sock *sk, int ret, int flags)          \
-	{                                                                          \
-		return on_traffic(sk, ret, flags, dir, proto, family, NULL, stash);\
-	}                                                                          \
-	SEC("raw_tp/" #tp)                                                        \
-	int BPF_PROG(hook##_raw_tp, struct sock *sk, int ret, int flags)          \
-	{                                                                          \
-		return on_traffic(sk, ret, flags, dir, proto, family, NULL, stash);\
-	}                                                                          \
-	SEC("tracepoint/sock/" #tp)                                               \
-	int hook##_tracepoint(struct trace_event_raw_sock_msg_length *ctx)        \
-	{                                                                          \
-		return on_traffic((struct sock *)ctx->sk, ctx->ret, ctx->flags, dir,  \
-				  proto, family, NULL, stash);                     \
-	}
+/* Tracepoint rungs: one program per direction sees TCP, UDP and UDPv6. */
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(send_tp_btf, struct sock *sk, int ret, int flags)
+{
+	return on_traffic(sk, ret, flags, DIR_TX, 0, true, NULL, true);
+}
 
-TRACEPOINT_RUNGS(tcp_send, sock_send_length, DIR_TX, IPPROTO_TCP, 0, false)
-TRACEPOINT_RUNGS(tcp_recv, sock_recv_length, DIR_RX, IPPROTO_TCP, 0, false)
-TRACEPOINT_RUNGS(udp_send, sock_send_length, DIR_TX, IPPROTO_UDP, AF_INET, true)
-TRACEPOINT_RUNGS(udp_recv, sock_recv_length, DIR_RX, IPPROTO_UDP, AF_INET, false)
-TRACEPOINT_RUNGS(udp6_send, sock_send_length, DIR_TX, IPPROTO_UDP, AF_INET6, true)
-TRACEPOINT_RUNGS(udp6_recv, sock_recv_length, DIR_RX, IPPROTO_UDP, AF_INET6, false)
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(recv_tp_btf, struct sock *sk, int ret, int flags)
+{
+	return on_traffic(sk, ret, flags, DIR_RX, 0, true, NULL, false);
+}
 
-/* fexit rungs: the return value is what moved (bpf_get_func_ret: 5.17+). */
+SEC("raw_tp/sock_send_length")
+int BPF_PROG(send_raw_tp, struct sock *sk, int ret, int flags)
+{
+	return on_traffic(sk, ret, flags, DIR_TX, 0, false, NULL, true);
+}
+
+SEC("raw_tp/sock_recv_length")
+int BPF_PROG(recv_raw_tp, struct sock *sk, int ret, int flags)
+{
+	return on_traffic(sk, ret, flags, DIR_RX, 0, false, NULL, false);
+}
+
+SEC("tracepoint/sock/sock_send_length")
+int send_tracepoint(struct trace_event_raw_sock_msg_length *ctx)
+{
+	return on_traffic((struct sock *)ctx->sk, ctx->ret, ctx->flags, DIR_TX, 0, false, NULL,
+			  true);
+}
+
+SEC("tracepoint/sock/sock_recv_length")
+int recv_tracepoint(struct trace_event_raw_sock_msg_length *ctx)
+{
+	return on_traffic((struct sock *)ctx->sk, ctx->ret, ctx->flags, DIR_RX, 0, false, NULL,
+			  false);
+}
+
+/*
+ * Function rungs: one program per kernel function, loaded together.
+ * fexit: the return value is what moved (bpf_get_func_ret: 5.17+).
+ */
 static __always_inline long func_ret(void *ctx)
 {
 	__u64 ret = 0;
@@ -485,79 +563,74 @@ static __always_inline int recv_flags(void *ctx)
 SEC("fexit/tcp_sendmsg")
 int BPF_PROG(tcp_send_fexit, struct sock *sk)
 {
-	return on_traffic(sk, func_ret(ctx), 0, DIR_TX, IPPROTO_TCP, 0, NULL, false);
-}
-
-SEC("fexit/tcp_recvmsg")
-int BPF_PROG(tcp_recv_fexit, struct sock *sk)
-{
-	return on_traffic(sk, func_ret(ctx), recv_flags(ctx), DIR_RX, IPPROTO_TCP, 0, NULL, false);
+	return on_traffic(sk, func_ret(ctx), 0, DIR_TX, IPPROTO_TCP, true, NULL, false);
 }
 
 SEC("fexit/udp_sendmsg")
 int BPF_PROG(udp_send_fexit, struct sock *sk, struct msghdr *msg)
 {
-	return on_traffic(sk, func_ret(ctx), 0, DIR_TX, IPPROTO_UDP, AF_INET, msg, false);
-}
-
-SEC("fexit/udp_recvmsg")
-int BPF_PROG(udp_recv_fexit, struct sock *sk)
-{
-	return on_traffic(sk, func_ret(ctx), recv_flags(ctx), DIR_RX, IPPROTO_UDP, AF_INET, NULL,
-			  false);
+	return on_traffic(sk, func_ret(ctx), 0, DIR_TX, IPPROTO_UDP, true, msg, false);
 }
 
 SEC("fexit/udpv6_sendmsg")
 int BPF_PROG(udp6_send_fexit, struct sock *sk, struct msghdr *msg)
 {
-	return on_traffic(sk, func_ret(ctx), 0, DIR_TX, IPPROTO_UDP, AF_INET6, msg, false);
+	return on_traffic(sk, func_ret(ctx), 0, DIR_TX, IPPROTO_UDP, true, msg, false);
+}
+
+SEC("fexit/tcp_recvmsg")
+int BPF_PROG(tcp_recv_fexit, struct sock *sk)
+{
+	return on_traffic(sk, func_ret(ctx), recv_flags(ctx), DIR_RX, IPPROTO_TCP, true, NULL,
+			  false);
+}
+
+SEC("fexit/udp_recvmsg")
+int BPF_PROG(udp_recv_fexit, struct sock *sk)
+{
+	return on_traffic(sk, func_ret(ctx), recv_flags(ctx), DIR_RX, IPPROTO_UDP, true, NULL,
+			  false);
 }
 
 SEC("fexit/udpv6_recvmsg")
 int BPF_PROG(udp6_recv_fexit, struct sock *sk)
 {
-	return on_traffic(sk, func_ret(ctx), recv_flags(ctx), DIR_RX, IPPROTO_UDP, AF_INET6, NULL,
+	return on_traffic(sk, func_ret(ctx), recv_flags(ctx), DIR_RX, IPPROTO_UDP, true, NULL,
 			  false);
 }
 
 /*
  * kprobe rungs (oldest kernels): sendmsg's requested size, and what
- * tcp_cleanup_rbuf / skb_consume_udp say was copied to the reader.
+ * tcp_cleanup_rbuf / skb_consume_udp (both UDP families) say was copied.
  */
 SEC("kprobe/tcp_sendmsg")
 int BPF_KPROBE(tcp_send_kprobe, struct sock *sk, struct msghdr *msg, size_t size)
 {
-	return on_traffic(sk, size, 0, DIR_TX, IPPROTO_TCP, 0, NULL, false);
-}
-
-SEC("kprobe/tcp_cleanup_rbuf")
-int BPF_KPROBE(tcp_recv_kprobe, struct sock *sk, int copied)
-{
-	return on_traffic(sk, copied, 0, DIR_RX, IPPROTO_TCP, 0, NULL, false);
+	return on_traffic(sk, size, 0, DIR_TX, IPPROTO_TCP, false, NULL, false);
 }
 
 SEC("kprobe/udp_sendmsg")
 int BPF_KPROBE(udp_send_kprobe, struct sock *sk, struct msghdr *msg, size_t len)
 {
-	return on_traffic(sk, len, 0, DIR_TX, IPPROTO_UDP, AF_INET, msg, false);
+	return on_traffic(sk, len, 0, DIR_TX, IPPROTO_UDP, false, msg, false);
 }
 
 SEC("kprobe/udpv6_sendmsg")
 int BPF_KPROBE(udp6_send_kprobe, struct sock *sk, struct msghdr *msg, size_t len)
 {
-	return on_traffic(sk, len, 0, DIR_TX, IPPROTO_UDP, AF_INET6, msg, false);
+	return on_traffic(sk, len, 0, DIR_TX, IPPROTO_UDP, false, msg, false);
+}
+
+SEC("kprobe/tcp_cleanup_rbuf")
+int BPF_KPROBE(tcp_recv_kprobe, struct sock *sk, int copied)
+{
+	return on_traffic(sk, copied, 0, DIR_RX, IPPROTO_TCP, false, NULL, false);
 }
 
 SEC("kprobe/skb_consume_udp")
 int BPF_KPROBE(udp_recv_kprobe, struct sock *sk, struct sk_buff *skb, int len)
 {
-	return on_traffic(sk, len, 0, DIR_RX, IPPROTO_UDP, AF_INET, NULL, false);
-}
-
-SEC("kprobe/skb_consume_udp")
-int BPF_KPROBE(udp6_recv_kprobe, struct sock *sk, struct sk_buff *skb, int len)
-{
-	return on_traffic(sk, len, 0, DIR_RX, IPPROTO_UDP, AF_INET6, NULL, false);
+	return on_traffic(sk, len, 0, DIR_RX, IPPROTO_UDP, false, NULL, false);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -659,7 +732,7 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate)
 	__u64 now;
 	int family;
 
-	if (!sk || sk_proto(sk) != IPPROTO_TCP)
+	if (!sk || sk_proto(sk, false) != IPPROTO_TCP)
 		return 0;
 	family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	if (family != AF_INET && family != AF_INET6)

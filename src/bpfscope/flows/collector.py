@@ -140,16 +140,13 @@ class FlowCollector:
     # lifecycle -------------------------------------------------------------
 
     def hooks(self) -> list[Hook]:
-        """The hooks to load: route-lookup hooks only where UDP sends stand on
-        a tracepoint rung (the other rungs see the destination themselves)."""
+        """The hooks to load: route-lookup hooks only where sends stand on a
+        tracepoint rung (the function rungs see UDP destinations themselves)."""
         base = tool.traffic_hooks() + tool.lifecycle_hooks()
         chosen = {c.hook.name: c.mechanism for c in choose(base, force=self.force)}
-        extra = [
-            h
-            for h in tool.dest_hooks()
-            if chosen.get(h.name.replace("_dest", "_send")) in tool.TRACEPOINT_RUNGS
-        ]
-        return base + extra
+        if chosen.get("send") in tool.TRACEPOINT_RUNGS:
+            return base + tool.dest_hooks()
+        return base
 
     def start(self) -> FlowCollector:
         if self._tool is not None:

@@ -1,10 +1,14 @@
 """Flow monitor tool: its BPF object and attach ladder (for doctor and the collector).
 
-Every traffic hook has rungs fexit (the protocol's sendmsg/recvmsg) ->
-tp_btf -> raw_tp -> tracepoint (``sock:sock_send_length`` /
-``sock:sock_recv_length``) -> kprobe. Lifecycle hooks have tp_btf -> raw_tp
--> tracepoint. ``udp_dest``/``udp6_dest`` (route lookups) only matter when
-UDP sends stand on a tracepoint rung, which cannot see a send's destination.
+Traffic has two hooks, ``send`` and ``recv``, with rungs fexit -> tp_btf ->
+raw_tp -> tracepoint -> kprobe. On the tracepoint rungs
+(``sock:sock_send_length`` / ``sock:sock_recv_length``) one program sees
+TCP, UDP and UDPv6 sockets; the function rungs need one program per kernel
+function (``tcp_sendmsg`` + ``udp_sendmsg`` + ``udpv6_sendmsg``, ...), which
+the ladder loads together as companions. Either way every send or receive
+runs exactly one program. Lifecycle hooks have tp_btf -> raw_tp ->
+tracepoint. ``udp_dest``/``udp6_dest`` (route lookups) only matter when
+sends stand on a tracepoint rung, which cannot see a UDP send's destination.
 """
 
 from __future__ import annotations
@@ -21,14 +25,36 @@ NAME: Final = "flows"
 DESCRIPTION: Final = "per-flow TCP/UDP traffic, connection lifecycle, retransmits, resets"
 CORE: Final = True
 
-# hook name -> (fexit function, tracepoint, kprobe function)
+# hook -> tracepoint, fexit (program, function) pairs, kprobe (program, function) pairs
 _TRAFFIC: Final = (
-    ("tcp_send", "tcp_sendmsg", "sock_send_length", "tcp_sendmsg"),
-    ("tcp_recv", "tcp_recvmsg", "sock_recv_length", "tcp_cleanup_rbuf"),
-    ("udp_send", "udp_sendmsg", "sock_send_length", "udp_sendmsg"),
-    ("udp_recv", "udp_recvmsg", "sock_recv_length", "skb_consume_udp"),
-    ("udp6_send", "udpv6_sendmsg", "sock_send_length", "udpv6_sendmsg"),
-    ("udp6_recv", "udpv6_recvmsg", "sock_recv_length", "skb_consume_udp"),
+    (
+        "send",
+        "sock_send_length",
+        (
+            ("tcp_send_fexit", "tcp_sendmsg"),
+            ("udp_send_fexit", "udp_sendmsg"),
+            ("udp6_send_fexit", "udpv6_sendmsg"),
+        ),
+        (
+            ("tcp_send_kprobe", "tcp_sendmsg"),
+            ("udp_send_kprobe", "udp_sendmsg"),
+            ("udp6_send_kprobe", "udpv6_sendmsg"),
+        ),
+    ),
+    (
+        "recv",
+        "sock_recv_length",
+        (
+            ("tcp_recv_fexit", "tcp_recvmsg"),
+            ("udp_recv_fexit", "udp_recvmsg"),
+            ("udp6_recv_fexit", "udpv6_recvmsg"),
+        ),
+        (
+            # skb_consume_udp serves both UDP families
+            ("tcp_recv_kprobe", "tcp_cleanup_rbuf"),
+            ("udp_recv_kprobe", "skb_consume_udp"),
+        ),
+    ),
 )
 
 # hook name -> (category, tracepoint)
@@ -43,24 +69,28 @@ _LIFECYCLE: Final = (
 TRACEPOINT_RUNGS: Final = frozenset({Mechanism.TP_BTF, Mechanism.RAW_TP, Mechanism.TRACEPOINT})
 
 
+def _function_rung(mechanism: Mechanism, parts: tuple[tuple[str, str], ...]) -> Rung:
+    (program, target), *companions = parts
+    return Rung(mechanism, program, target, companions=tuple(companions))
+
+
 def traffic_hooks() -> list[Hook]:
-    out = []
-    for name, func, tp, kfunc in _TRAFFIC:
-        out.append(
-            Hook(
-                name,
-                (
-                    Rung(Mechanism.FEXIT, f"{name}_fexit", func),
-                    Rung(Mechanism.TP_BTF, f"{name}_tp_btf", tp),
-                    Rung(Mechanism.RAW_TP, f"{name}_raw_tp", tp),
-                    Rung(Mechanism.TRACEPOINT, f"{name}_tracepoint", f"sock:{tp}"),
-                    Rung(Mechanism.KPROBE, f"{name}_kprobe", kfunc),
-                ),
-                # IPv6 may be a module or absent: its hooks are optional
-                required=not name.startswith("udp6"),
-            )
+    """``send`` and ``recv``. A function rung needs all its functions (a
+    kernel without IPv6 has no ``udpv6_sendmsg``): where one is missing, the
+    hook stands on a tracepoint rung, which sees every family."""
+    return [
+        Hook(
+            name,
+            (
+                _function_rung(Mechanism.FEXIT, fexit),
+                Rung(Mechanism.TP_BTF, f"{name}_tp_btf", tp),
+                Rung(Mechanism.RAW_TP, f"{name}_raw_tp", tp),
+                Rung(Mechanism.TRACEPOINT, f"{name}_tracepoint", f"sock:{tp}"),
+                _function_rung(Mechanism.KPROBE, kprobe),
+            ),
         )
-    return out
+        for name, tp, fexit, kprobe in _TRAFFIC
+    ]
 
 
 def lifecycle_hooks() -> list[Hook]:
