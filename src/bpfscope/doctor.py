@@ -144,20 +144,30 @@ def _btf(custom: str | None) -> dict[str, Any]:
     return {"ok": True, "path": str(path), "size": path.stat().st_size, "error": None}
 
 
-def _privileges() -> dict[str, Any]:
+def _privileges(memcg: bool | None) -> dict[str, Any]:
+    """Missing capabilities, and which of them stop bpfscope here.
+
+    CAP_SYS_RESOURCE only matters where BPF memory counts against memlock;
+    CAP_NET_ADMIN only for cgroup/network program types no tool uses yet.
+    """
     missing = system.missing_caps()
-    needed_now = [c for c in missing if c != "CAP_SYS_RESOURCE"]
+    blocking = [c for c in missing if c in system.CORE_CAPS]
+    if memcg is False and "CAP_SYS_RESOURCE" in missing:
+        blocking.append("CAP_SYS_RESOURCE")
+    why = {c: system.REQUIRED_CAPS[c] for c in missing}
+    if memcg is True and "CAP_SYS_RESOURCE" in why:
+        why["CAP_SYS_RESOURCE"] += "; not needed on this kernel"
     return {
         "uid": os.geteuid(),
         "missing": missing,
-        "why": {c: system.REQUIRED_CAPS[c] for c in missing},
-        "ok": not needed_now,
+        "blocking": blocking,
+        "why": why,
+        "ok": not blocking,
     }
 
 
-def _memlock(can_probe: bool) -> dict[str, Any]:
+def _memlock(memcg: bool | None) -> dict[str, Any]:
     soft, hard = system.memlock_limit()
-    memcg = memcg_accounting() if can_probe else None
     return {"soft": soft, "hard": hard, "memcg_accounting": memcg}
 
 
@@ -195,7 +205,9 @@ def run_doctor(
     btf: str | None = None, progress: Callable[[Mechanism], None] | None = None
 ) -> DoctorReport:
     lib = _libbpf()
-    privileges = _privileges()
+    can_load = lib["ok"] and not system.missing_caps(names=system.CORE_CAPS)
+    memcg = memcg_accounting() if can_load else None
+    privileges = _privileges(memcg)
     filesystems = _filesystems() if privileges["ok"] else _filesystems_readonly()
     if lib["ok"]:
         verdicts = features.probe_all(progress=progress)
@@ -210,7 +222,7 @@ def run_doctor(
         libbpf=lib,
         btf=_btf(btf),
         privileges=privileges,
-        memlock=_memlock(lib["ok"] and privileges["ok"]),
+        memlock=_memlock(memcg),
         filesystems=filesystems,
         mechanisms=verdicts,
         tools=tools,

@@ -49,7 +49,7 @@ def _render(report: DoctorReport, console: Console) -> None:
         console.print(f"[bold]privileges[/]  uid {priv['uid']}, all needed capabilities")
     else:
         for cap in priv["missing"]:
-            style = "yellow" if cap == "CAP_SYS_RESOURCE" else "red"
+            style = "red" if cap in priv["blocking"] else "yellow"
             console.print(
                 f"[bold]privileges[/]  [{style}]missing {cap}[/]: needed to {priv['why'][cap]}"
             )

@@ -37,7 +37,7 @@ class UserError(Exception):
 
 def require_privileges(extra: tuple[str, ...] = ()) -> None:
     """Fail early, naming the capabilities that are missing."""
-    names = ("CAP_BPF", "CAP_PERFMON", *extra)
+    names = (*system.CORE_CAPS, *extra)
     missing = system.missing_caps(names=names)
     if missing:
         needs = "; ".join(f"{c}: {system.REQUIRED_CAPS.get(c, '')}" for c in missing)

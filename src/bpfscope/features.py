@@ -290,7 +290,7 @@ def _probe_program(m: Mechanism) -> Verdict:
                 link = _attach(m, obj.program(prog_name), stack)
             except bpf.BpfError as exc:
                 return _verdict(m, Status.UNSUPPORTED, _explain_attach_failure(m, exc), exc.errno)
-            except FileNotFoundError as exc:
+            except OSError as exc:  # e.g. no right to make the scratch cgroup
                 return _verdict(m, Status.INCONCLUSIVE, f"could not set up the probe: {exc}")
             if m is Mechanism.CGROUP_SKB:
                 # Attaching is the test: no traffic is generated in the probe cgroup.

@@ -19,6 +19,7 @@ from typing import Final
 
 __all__ = [
     "CAPABILITIES",
+    "CORE_CAPS",
     "REQUIRED_CAPS",
     "VMLINUX_BTF",
     "BtfMissing",
@@ -48,11 +49,14 @@ CAPABILITIES: Final[dict[str, int]] = {
     "CAP_BPF": 39,
 }
 
+# Without these no bpfscope tool can load (CAP_SYS_ADMIN stands in for both).
+CORE_CAPS: Final = ("CAP_BPF", "CAP_PERFMON")
+
 # What each capability is for; CAP_SYS_ADMIN stands in for all of them.
 REQUIRED_CAPS: Final[dict[str, str]] = {
     "CAP_BPF": "load BPF programs and create maps",
     "CAP_PERFMON": "attach tracing programs (tracepoints, kprobes, uprobes) and read kernel memory",
-    "CAP_NET_ADMIN": "attach cgroup and network hooks",
+    "CAP_NET_ADMIN": "attach cgroup and network program types (no current tool needs it)",
     "CAP_SYS_RESOURCE": "raise RLIMIT_MEMLOCK (needed only on kernels before 5.11)",
 }
 

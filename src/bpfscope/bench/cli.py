@@ -234,7 +234,7 @@ def syscalls_cmd(
 def bench_flows(seconds: float, rounds: int, as_json: bool) -> None:
     """Flow monitor overhead: loopback request/response and stream, without
     monitoring, with bpfscope and with bpftrace; batch vs per-key drain."""
-    require_privileges(("CAP_NET_ADMIN",))
+    require_privileges()
     from ..flows.bench import main as flows_bench
 
     flows_bench(seconds=seconds, rounds=rounds, as_json=as_json)
