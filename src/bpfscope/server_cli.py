@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,13 @@ def _convert(kind: str, fn: Any, value: str) -> Any:
 @click.option(
     "--attach", "force", default=None, help="Force an attach mechanism (see `bpfscope doctor`)."
 )
+@click.option(
+    "--otlp-endpoint",
+    default=None,
+    envvar="BPFSCOPE_OTLP_ENDPOINT",
+    help="Also export flow records as OTLP logs to this OpenTelemetry Collector "
+    "(http://HOST:4318; needs bpfscope[otlp]). Off by default.",
+)
 @click.pass_context
 def serve(
     ctx: click.Context,
@@ -104,6 +112,7 @@ def serve(
     max_flows: int,
     with_syscalls: bool,
     force: str | None,
+    otlp_endpoint: str | None,
 ) -> None:
     """Run the agent: collectors, JSON API, Prometheus /metrics and history."""
     host, port = _convert("listen", parse_listen, listen)
@@ -132,7 +141,11 @@ def serve(
             raise UserError(
                 f"--attach {force}: unknown mechanism (one of: {choices})", EXIT_USAGE
             ) from None
-    require_privileges(("CAP_NET_ADMIN",))
+    if otlp_endpoint is not None:
+        from .otlp import logs_endpoint
+
+        logs_endpoint(otlp_endpoint)  # a bad URL is a usage error before anything loads
+    require_privileges()
 
     # Heavy imports only once the arguments are known to be good.
     import uvicorn
@@ -184,7 +197,16 @@ def serve(
     )
     metrics.self_source = agent  # the agent reports its own programs and drops
     app = create_app(agent, token=token, protect_metrics=protect_metrics)
-    with agent:
+    exporter = None
+    if otlp_endpoint is not None:
+        from .otlp import FlowExporter
+
+        exporter = FlowExporter(otlp_endpoint)
+        agent.on_poll = lambda: exporter.on_poll(agent)
+    with contextlib.ExitStack() as stack:
+        if exporter is not None:
+            stack.callback(exporter.close)  # runs last: flushes after the agent stopped
+        stack.enter_context(agent)
         rungs = ", ".join(f"{k}={v}" for k, v in collector.rungs().items())
         if syscalls is not None:
             rungs += f"; syscalls: {syscalls.mechanism}"

@@ -288,3 +288,51 @@ def test_syscalls_api_and_metrics_count_exactly(tmp_path: Path) -> None:
         bad = httpx.get(url + "/api/v1/syscalls", params={"syscall": "getpdi"})
         assert bad.status_code == 400
         assert "did you mean" in bad.json()["detail"]
+
+
+def test_otlp_export_carries_real_flows(tmp_path: Path) -> None:
+    """serve --otlp-endpoint sends each interval's flows, exact bytes, to an
+    OTLP/HTTP receiver on loopback."""
+    pytest.importorskip("opentelemetry.exporter.otlp.proto.http", reason="bpfscope[otlp] missing")
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
+
+    bodies: list[bytes] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with agent(tmp_path, "--otlp-endpoint", endpoint):
+            _port, cport = exchange(31_337, 4_242)
+
+            def exported() -> dict[str, int]:
+                tx = rx = 0
+                for body in list(bodies):
+                    req = ExportLogsServiceRequest()
+                    req.ParseFromString(body)
+                    for rl in req.resource_logs:
+                        for sl in rl.scope_logs:
+                            for r in sl.log_records:
+                                a = {x.key: x.value for x in r.attributes}
+                                if a["network.local.port"].int_value == cport:
+                                    tx += a["bpfscope.flow.tx_bytes"].int_value
+                                    rx += a["bpfscope.flow.rx_bytes"].int_value
+                return {"tx": tx, "rx": rx} if rx >= 4_242 else {}
+
+            got = wait_for(exported, 15)
+        assert got == {"tx": 31_337, "rx": 4_242}
+    finally:
+        server.shutdown()
+        server.server_close()
