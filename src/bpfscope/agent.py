@@ -94,6 +94,8 @@ class Agent:
     # connection is visible to a client that polls less often than the
     # collector deletes closed flows (history and events keep them anyway).
     closed_linger: float = 10.0
+    local_containers: Any | None = None  # kube.LocalContainers
+    kube: Any | None = None  # kube.KubeDirectory
 
     state: CollectorState = field(default_factory=lambda: CollectorState("flows"))
     sys_state: CollectorState = field(default_factory=lambda: CollectorState("syscalls"))
@@ -128,6 +130,8 @@ class Agent:
                 self.flows.close()
                 raise
             self.sys_state.alive = True
+        if self.kube is not None:
+            self.kube.start()
         self._thread = threading.Thread(target=self._loop, name="bpfscope-agent", daemon=True)
         self._thread.start()
         return self
@@ -145,6 +149,8 @@ class Agent:
             self.store.close()
         if self.profiler is not None:
             self.profiler.close()
+        if self.kube is not None:
+            self.kube.close()
         if self._stats_handle is not None:
             self._stats_handle.close()
 
@@ -184,6 +190,8 @@ class Agent:
                     del self._closed[key]
                 elif key not in live:
                     view.append(r)
+        if self.local_containers is not None:
+            self.local_containers.update(view)
         with self._lock:
             for e in events:
                 self._seq += 1
@@ -313,6 +321,15 @@ class Agent:
             "uptime_seconds": round(time.time() - self.started, 3),
             "collectors": collectors,
             "store": store,
+            "kubernetes": (
+                {
+                    "api": self.kube.api,
+                    "refreshes": self.kube.refreshes,
+                    "error": self.kube.last_error,
+                }
+                if self.kube is not None
+                else None
+            ),
             "bpf_stats": self.bpf_stats,
         }
 

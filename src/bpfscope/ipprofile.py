@@ -267,11 +267,11 @@ class IpProfiler:
         return Profile(ip, cls)
 
     def dns_wait_idle(self, timeout: float = 5.0) -> bool:
-        return self._dns.wait_idle(timeout) if self._dns else True
+        return self._dns.wait_idle(timeout) if self._dns is not None else True
 
     @property
     def dns_cache_entries(self) -> int:
-        return len(self._dns) if self._dns else 0
+        return len(self._dns) if self._dns is not None else 0
 
     def close(self) -> None:
         if self._dns is not None:

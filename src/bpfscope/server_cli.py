@@ -86,6 +86,20 @@ def _convert(kind: str, fn: Any, value: str) -> Any:
     "--attach", "force", default=None, help="Force an attach mechanism (see `bpfscope doctor`)."
 )
 @click.option(
+    "--kube",
+    type=click.Choice(["auto", "on", "off"]),
+    default="auto",
+    show_default=True,
+    help="Name pod and service addresses from the Kubernetes API (auto: when running in a pod).",
+)
+@click.option("--kube-api", default=None, help="API server URL (default: in-cluster config).")
+@click.option(
+    "--kube-token-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Bearer token for --kube-api.",
+)
+@click.option(
     "--otlp-endpoint",
     default=None,
     envvar="BPFSCOPE_OTLP_ENDPOINT",
@@ -112,6 +126,9 @@ def serve(
     max_flows: int,
     with_syscalls: bool,
     force: str | None,
+    kube: str,
+    kube_api: str | None,
+    kube_token_file: str | None,
     otlp_endpoint: str | None,
 ) -> None:
     """Run the agent: collectors, JSON API, Prometheus /metrics and history."""
@@ -153,12 +170,28 @@ def serve(
     from .agent import Agent
     from .flows.collector import FlowCollector
     from .ipprofile import IpProfiler
+    from .kube import KubeDirectory, KubeUnavailable, LocalContainers
     from .metrics import FlowMetrics
     from .server import create_app
     from .store import Store, StoreError, default_path
 
+    directory = None
+    if kube != "off":
+        try:
+            if kube_api is not None:
+                token = Path(kube_token_file).read_text().strip() if kube_token_file else ""
+                directory = KubeDirectory(kube_api, token)
+            else:
+                directory = KubeDirectory.in_cluster()
+        except (KubeUnavailable, OSError) as exc:
+            if kube == "on":
+                raise UserError(f"--kube on: {exc}", EXIT_USAGE) from None
+    local = LocalContainers()
+    names_from = [("container", local.lookup)]
+    if directory is not None:
+        names_from.insert(0, ("kubernetes", directory.lookup))
     try:
-        profiler = IpProfiler.from_file(ip_map, dns=not no_dns)
+        profiler = IpProfiler.from_file(ip_map, dns=not no_dns, names_from=names_from)
     except ValueError as exc:
         raise UserError(f"--ip-map: {exc}", EXIT_USAGE) from None
 
@@ -194,6 +227,8 @@ def serve(
         profiler=profiler,
         metrics=metrics,
         bpf_stats=bpf_stats,
+        local_containers=local,
+        kube=directory,
     )
     metrics.self_source = agent  # the agent reports its own programs and drops
     app = create_app(agent, token=token, protect_metrics=protect_metrics)
