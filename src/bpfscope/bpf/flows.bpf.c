@@ -94,6 +94,44 @@ struct {
 	__type(value, __u64);
 } flows_stats SEC(".maps");
 
+/*
+ * Traffic timestamps (first/last seen) at tick resolution: reading the
+ * clock costs more than the rest of an event's accounting in a VM, so each
+ * CPU reads it once per jiffy and reuses it within that tick (at most one
+ * tick early, same clock as bpf_ktime_get_ns). Lifecycle events keep exact
+ * times.
+ */
+struct tick_clock {
+	__u64 jiffies;
+	__u64 ns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct tick_clock);
+} flow_clock SEC(".maps");
+
+static __always_inline __u64 tick_now(void)
+{
+	struct tick_clock *c;
+	__u32 zero = 0;
+	__u64 j;
+
+	if (!bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_jiffies64))
+		return bpf_ktime_get_ns(); /* before 5.5 */
+	c = bpf_map_lookup_elem(&flow_clock, &zero);
+	if (!c)
+		return bpf_ktime_get_ns();
+	j = bpf_jiffies64();
+	if (c->jiffies != j) {
+		c->jiffies = j;
+		c->ns = bpf_ktime_get_ns();
+	}
+	return c->ns;
+}
+
 static __always_inline void stat_inc(__u32 slot)
 {
 	__u64 *v = bpf_map_lookup_elem(&flows_stats, &slot);
@@ -357,7 +395,7 @@ static __always_inline int on_traffic(struct sock *sk, long bytes, int flags, in
 	k.proto = proto;
 	k.tgid = tgid;
 	k.cgroup_id = cgroup_id;
-	now = bpf_ktime_get_ns();
+	now = tick_now();
 
 	if (proto == IPPROTO_TCP) {
 		/*
