@@ -1,17 +1,24 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
 /*
  * Loopback TCP workload for `bpfscope flows --bench`.
- *   netbench rr SECONDS         1-byte request/response; prints "rr <round trips> <seconds>"
- *   netbench stream SECONDS     64 KiB writes one way;   prints "stream <bytes> <seconds>"
- * A forked child is the peer; both ends are plain blocking sockets.
+ *   netbench rr SECONDS [CPU]      1-byte request/response; prints "rr <round trips> <seconds> <cpu>"
+ *   netbench stream SECONDS [CPU]  64 KiB writes one way;   prints "stream <bytes> <seconds> <cpu>"
+ * A forked child is the peer; both ends are plain blocking sockets. <cpu> is
+ * the CPU time (user + system) both processes used, so the work per CPU
+ * second can be compared even when other jobs take turns on the CPUs. With
+ * CPU, both processes are pinned to that CPU: every run then has the same
+ * shape (no mix of same-CPU and cross-CPU wakeups decided by other load).
  */
+#define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <sched.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -23,6 +30,15 @@ static double now(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static double cpu_seconds(int who)
+{
+	struct rusage ru;
+
+	getrusage(who, &ru);
+	return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec +
+	       ru.ru_stime.tv_usec / 1e6;
 }
 
 static void die(const char *what)
@@ -37,12 +53,20 @@ int main(int argc, char **argv)
 	socklen_t len = sizeof(addr);
 	static char buf[65536];
 	int one = 1, srv, cl, stream;
-	double seconds, t0, t;
+	double seconds, t0, t, c0;
 	unsigned long long n = 0;
 	pid_t child;
 
-	if (argc != 3)
-		return fprintf(stderr, "usage: netbench rr|stream SECONDS\n"), 2;
+	if (argc != 3 && argc != 4)
+		return fprintf(stderr, "usage: netbench rr|stream SECONDS [CPU]\n"), 2;
+	if (argc == 4) {
+		cpu_set_t set;
+
+		CPU_ZERO(&set);
+		CPU_SET(atoi(argv[3]), &set);
+		if (sched_setaffinity(0, sizeof(set), &set))
+			die("sched_setaffinity");
+	}
 	stream = strcmp(argv[1], "stream") == 0;
 	seconds = atof(argv[2]);
 	addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
@@ -73,6 +97,7 @@ int main(int argc, char **argv)
 	if (connect(cl, (struct sockaddr *)&addr, sizeof(addr)))
 		die("connect");
 	setsockopt(cl, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	c0 = cpu_seconds(RUSAGE_SELF);
 	t0 = now();
 	do {
 		for (int i = 0; i < 256; i++) {
@@ -90,6 +115,8 @@ int main(int argc, char **argv)
 	} while (t < seconds);
 	close(cl);
 	waitpid(child, NULL, 0);
-	printf("%s %llu %.6f\n", stream ? "stream" : "rr", n, t);
+	/* the peer's CPU before the loop (accept) is negligible */
+	printf("%s %llu %.6f %.6f\n", stream ? "stream" : "rr", n, t,
+	       cpu_seconds(RUSAGE_SELF) - c0 + cpu_seconds(RUSAGE_CHILDREN));
 	return 0;
 }
