@@ -118,3 +118,36 @@ def serve_in_thread(app: Any) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def tcp_exchange(request: int, response: int) -> tuple[int, int]:
+    """One TCP connection on loopback: client sends `request` bytes, the
+    server answers `response` bytes. Returns (server port, client port)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    port = srv.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        got = 0
+        while got < request:
+            got += len(conn.recv(65536))
+        conn.sendall(b"r" * response)
+        conn.close()
+
+    t = threading.Thread(target=serve)
+    t.start()
+    cli = socket.create_connection(("127.0.0.1", port))
+    cport = cli.getsockname()[1]
+    cli.sendall(b"q" * request)
+    got = 0
+    while got < response:
+        chunk = cli.recv(65536)
+        if not chunk:
+            break
+        got += len(chunk)
+    cli.close()
+    t.join()
+    srv.close()
+    return port, cport

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent_helpers import free_port
+from agent_helpers import tcp_exchange as exchange
 from bpfscope import libbpf as bpf
 
 pytestmark = pytest.mark.kernel
@@ -61,39 +61,6 @@ def agent(
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
-
-
-def exchange(request: int, response: int) -> tuple[int, int]:
-    """One TCP connection on loopback: client sends `request` bytes, the
-    server answers `response` bytes. Returns (server port, client port)."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen()
-    port = srv.getsockname()[1]
-
-    def serve() -> None:
-        conn, _ = srv.accept()
-        got = 0
-        while got < request:
-            got += len(conn.recv(65536))
-        conn.sendall(b"r" * response)
-        conn.close()
-
-    t = threading.Thread(target=serve)
-    t.start()
-    cli = socket.create_connection(("127.0.0.1", port))
-    cport = cli.getsockname()[1]
-    cli.sendall(b"q" * request)
-    got = 0
-    while got < response:
-        chunk = cli.recv(65536)
-        if not chunk:
-            break
-        got += len(chunk)
-    cli.close()
-    t.join()
-    srv.close()
-    return port, cport
 
 
 def wait_for(fn: Any, timeout: float = 10.0) -> Any:

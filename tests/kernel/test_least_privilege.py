@@ -26,7 +26,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,6 +34,7 @@ from typing import Any
 
 import pytest
 
+from agent_helpers import tcp_exchange
 from bpfscope import system
 from bpfscope.features import Mechanism
 from bpfscope.flows import tool as flows_tool
@@ -156,33 +156,7 @@ def _serve(
 
 def _exchange(request: int, response: int) -> int:
     """One loopback TCP connection; returns the client's local port."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen()
-
-    def answer() -> None:
-        conn, _ = srv.accept()
-        got = 0
-        while got < request:
-            got += len(conn.recv(65536))
-        conn.sendall(b"r" * response)
-        conn.close()
-
-    t = threading.Thread(target=answer)
-    t.start()
-    cli = socket.create_connection(srv.getsockname())
-    cport: int = cli.getsockname()[1]
-    cli.sendall(b"q" * request)
-    got = 0
-    while got < response:
-        chunk = cli.recv(65536)
-        if not chunk:
-            break
-        got += len(chunk)
-    cli.close()
-    t.join()
-    srv.close()
-    return cport
+    return tcp_exchange(request, response)[1]
 
 
 def _cap_eff(pid: int) -> int:
