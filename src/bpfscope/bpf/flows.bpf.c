@@ -199,13 +199,13 @@ static __always_inline void sk_tuple_of(struct sock *sk, struct flow_key *k, int
 }
 
 /* Fill the tuple part of a key from the socket; returns the family or 0. */
-static __always_inline int sk_tuple(struct sock *sk, struct flow_key *k)
+static __always_inline int sk_tuple(struct sock *sk, struct flow_key *k, bool direct)
 {
-	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	__u16 family = SK_READ(direct, sk, __sk_common.skc_family);
 
 	if (family != AF_INET && family != AF_INET6)
 		return 0;
-	sk_tuple_of(sk, k, family, false);
+	sk_tuple_of(sk, k, family, direct);
 	return family;
 }
 
@@ -678,7 +678,8 @@ int BPF_KPROBE(udp_recv_kprobe, struct sock *sk, struct sk_buff *skb, int len)
  * Flow key of a TCP socket from its recorded owner: the tuple remembered
  * once complete, else read now (and remembered if complete).
  */
-static __always_inline bool owned_key(struct sock *sk, struct sk_owner *o, struct flow_key *k)
+static __always_inline bool owned_key(struct sock *sk, struct sk_owner *o, struct flow_key *k,
+				      bool direct)
 {
 	if (o->has_tuple) {
 		__builtin_memcpy(k->laddr, o->laddr, 16);
@@ -688,7 +689,7 @@ static __always_inline bool owned_key(struct sock *sk, struct sk_owner *o, struc
 		k->netns = o->netns;
 		k->family = o->family;
 	} else {
-		if (!sk_tuple(sk, k))
+		if (!sk_tuple(sk, k, direct))
 			return false;
 		if (k->lport && k->rport) {
 			__builtin_memcpy(o->laddr, k->laddr, 16);
@@ -708,7 +709,7 @@ static __always_inline bool owned_key(struct sock *sk, struct sk_owner *o, struc
 
 static __always_inline void emit(struct sock *sk, const struct flow_key *k,
 				 const struct sk_owner *o, const struct flow_value *v, __u8 type,
-				 __u64 now, int oldstate, int newstate)
+				 __u64 now, int oldstate, int newstate, bool direct)
 {
 	struct flow_event *e = bpf_ringbuf_reserve(&flow_events, sizeof(*e), 0);
 	struct tcp_sock *tp = (struct tcp_sock *)sk;
@@ -743,6 +744,7 @@ static __always_inline void emit(struct sock *sk, const struct flow_key *k,
 			e->tx_bytes = v->tx_bytes;
 			e->rx_bytes = v->rx_bytes;
 		}
+		/* probe read: to the verifier sk is a sock, not a tcp_sock */
 		e->retrans = BPF_CORE_READ(tp, total_retrans);
 	}
 	bpf_ringbuf_submit(e, 0);
@@ -759,7 +761,7 @@ static __always_inline void fresh_owner(struct sk_owner *o, __u8 direction, __u6
 	bpf_get_current_comm(o->comm, sizeof(o->comm));
 }
 
-static __always_inline int on_state(struct sock *sk, int oldstate, int newstate)
+static __always_inline int on_state(struct sock *sk, int oldstate, int newstate, bool direct)
 {
 	struct flow_key k = {};
 	struct listen_key lk = {};
@@ -770,16 +772,16 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate)
 	__u64 now;
 	int family;
 
-	if (!sk || sk_proto(sk, false) != IPPROTO_TCP)
+	if (!sk || sk_proto(sk, direct) != IPPROTO_TCP)
 		return 0;
-	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	family = SK_READ(direct, sk, __sk_common.skc_family);
 	if (family != AF_INET && family != AF_INET6)
 		return 0;
 	now = bpf_ktime_get_ns();
 
 	if (newstate == TCP_LISTEN || (oldstate == TCP_LISTEN && newstate == TCP_CLOSE)) {
-		lk.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
-		lk.port = BPF_CORE_READ(sk, __sk_common.skc_num);
+		lk.netns = sk_netns(sk, direct);
+		lk.port = SK_READ(direct, sk, __sk_common.skc_num);
 		lk.family = family;
 		if (newstate == TCP_LISTEN) {
 			fresh_owner(&fresh, FLOW_DIR_PASSIVE, 0);
@@ -798,8 +800,8 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate)
 	}
 	if (newstate == TCP_SYN_RECV) {
 		/* child of a listener, created in softirq: inherit the listener's owner */
-		lk.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
-		lk.port = BPF_CORE_READ(sk, __sk_common.skc_num);
+		lk.netns = sk_netns(sk, direct);
+		lk.port = SK_READ(direct, sk, __sk_common.skc_num);
 		lk.family = family;
 		lo = bpf_map_lookup_elem(&flow_listeners, &lk);
 		if (lo)
@@ -827,7 +829,7 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate)
 			o->closed = 1;
 		return 0;
 	}
-	if (!owned_key(sk, o, &k)) {
+	if (!owned_key(sk, o, &k, direct)) {
 		if (newstate == TCP_CLOSE)
 			o->closed = 1;
 		return 0;
@@ -835,9 +837,9 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate)
 	v = flow_get(&k, o->comm, now);
 	if (newstate == TCP_ESTABLISHED) {
 		o->established = 1;
-		emit(sk, &k, o, v, FLOW_EV_OPEN, now, oldstate, newstate);
+		emit(sk, &k, o, v, FLOW_EV_OPEN, now, oldstate, newstate, direct);
 	} else if (newstate == TCP_CLOSE) {
-		emit(sk, &k, o, v, FLOW_EV_CLOSE, now, oldstate, newstate);
+		emit(sk, &k, o, v, FLOW_EV_CLOSE, now, oldstate, newstate, direct);
 	}
 	if (v) {
 		v->state = newstate;
@@ -885,7 +887,7 @@ int destroy_tracepoint(struct trace_event_raw_tcp_event_sk *ctx)
 }
 
 /* Retransmits and resets: attributed to the socket's recorded owner. */
-static __always_inline int on_tcp_event(struct sock *sk, __u8 type)
+static __always_inline int on_tcp_event(struct sock *sk, __u8 type, bool direct)
 {
 	struct flow_key k = {};
 	struct flow_value *v;
@@ -900,11 +902,11 @@ static __always_inline int on_tcp_event(struct sock *sk, __u8 type)
 		stat_inc(FLOW_STAT_NO_OWNER);
 		return 0;
 	}
-	if (!owned_key(sk, o, &k))
+	if (!owned_key(sk, o, &k, direct))
 		return 0;
 	now = bpf_ktime_get_ns();
 	v = flow_get(&k, o->comm, now);
-	emit(sk, &k, o, v, type, now, 0, 0);
+	emit(sk, &k, o, v, type, now, 0, 0, direct);
 	if (!v)
 		return 0;
 	if (type == FLOW_EV_RETRANS)
@@ -920,36 +922,36 @@ static __always_inline int on_tcp_event(struct sock *sk, __u8 type)
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(state_tp_btf, struct sock *sk, int oldstate, int newstate)
 {
-	return on_state(sk, oldstate, newstate);
+	return on_state(sk, oldstate, newstate, true);
 }
 
 SEC("raw_tp/inet_sock_set_state")
 int BPF_PROG(state_raw_tp, struct sock *sk, int oldstate, int newstate)
 {
-	return on_state(sk, oldstate, newstate);
+	return on_state(sk, oldstate, newstate, false);
 }
 
 SEC("tracepoint/sock/inet_sock_set_state")
 int state_tracepoint(struct trace_event_raw_inet_sock_set_state *ctx)
 {
-	return on_state((struct sock *)ctx->skaddr, ctx->oldstate, ctx->newstate);
+	return on_state((struct sock *)ctx->skaddr, ctx->oldstate, ctx->newstate, false);
 }
 
 #define TCP_EVENT_RUNGS(hook, tp, tp_struct, type)                              \
 	SEC("tp_btf/" #tp)                                                     \
 	int BPF_PROG(hook##_tp_btf, struct sock *sk)                           \
 	{                                                                       \
-		return on_tcp_event(sk, type);                                  \
+		return on_tcp_event(sk, type, true);                            \
 	}                                                                       \
 	SEC("raw_tp/" #tp)                                                     \
 	int BPF_PROG(hook##_raw_tp, struct sock *sk)                           \
 	{                                                                       \
-		return on_tcp_event(sk, type);                                  \
+		return on_tcp_event(sk, type, false);                           \
 	}                                                                       \
 	SEC("tracepoint/tcp/" #tp)                                             \
 	int hook##_tracepoint(struct tp_struct *ctx)                           \
 	{                                                                       \
-		return on_tcp_event((struct sock *)ctx->skaddr, type);          \
+		return on_tcp_event((struct sock *)ctx->skaddr, type, false);   \
 	}
 
 TCP_EVENT_RUNGS(retransmit, tcp_retransmit_skb, trace_event_raw_tcp_retransmit_skb,
