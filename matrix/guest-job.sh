@@ -15,6 +15,8 @@ phase() { echo "$1 $2 $3" >> $R/timings; }   # name start end
 
 uname -r > $R/kernel-release
 dmesg --follow --nopager > $R/dmesg.txt 2>&1 &
+dmesg_pid=$!
+trap 'kill $dmesg_pid 2>/dev/null; wait $dmesg_pid 2>/dev/null; sync' EXIT
 ip link set lo up
 hostname "matrix-$(uname -r)"
 
@@ -28,6 +30,18 @@ import json, sys
 d = json.load(open(sys.argv[1]))
 print(d.get("summary", ""))' $R/doctor.json 2>/dev/null || cat $R/doctor.stderr
 
+if [ -n "${EXEC:-}" ]; then
+    echo "== exec: $EXEC"
+    t0=$(now)
+    (cd "$REPO" && PATH="$REPO/.venv/bin:$PATH" timeout -k 10 "$PYTEST_TIMEOUT" bash -c "$EXEC") 2>&1 | tee $R/exec.log
+    echo "${PIPESTATUS[0]}" > $R/exec.rc
+    phase exec "$t0" "$(now)"
+fi
+if [ -z "${PYTEST_TARGETS}" ]; then
+    echo 0 > $R/pytest.rc
+    exit 0
+fi
+
 echo "== pytest ${PYTEST_TARGETS}"
 cd "$REPO" || exit 1
 t0=$(now)
@@ -38,4 +52,3 @@ BPFSCOPE_REQUIRE_KERNEL_TESTS=1 timeout -k 10 "$PYTEST_TIMEOUT" \
     $PYTEST_ARGS $PYTEST_TARGETS 2>&1 | tee $R/pytest.log
 echo "${PIPESTATUS[0]}" > $R/pytest.rc
 phase pytest "$t0" "$(now)"
-sync
