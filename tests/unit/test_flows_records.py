@@ -335,7 +335,11 @@ def test_one_program_per_event_on_every_rung() -> None:
     assert [t for _, t in send[Mechanism.FEXIT].companions] == ["udp_sendmsg", "udpv6_sendmsg"]
     assert send[Mechanism.FEXIT].target == "tcp_sendmsg"
     recv = {r.mechanism: r for r in traffic["recv"].rungs}
-    assert recv[Mechanism.KPROBE].programs == ("tcp_recv_kprobe", "udp_recv_kprobe")
+    assert recv[Mechanism.KPROBE].programs == (
+        "tcp_recv_kprobe",
+        "tcp_recv_start_kprobe",
+        "udp_recv_kprobe",
+    )
 
 
 def test_function_rung_needs_every_function() -> None:

@@ -360,9 +360,9 @@ static __always_inline bool dest_from_sockaddr(struct flow_key *k, const void *n
  * where an unconnected UDP send takes its remote from the route lookup this
  * thread just made, if any.
  */
-static __always_inline int on_traffic(struct sock *sk, long bytes, int flags, int dir,
-				      int want_proto, bool direct, struct msghdr *msg,
-				      bool use_route_stash)
+static __always_inline int on_traffic_n(struct sock *sk, long bytes, int flags, int dir,
+					int want_proto, bool direct, struct msghdr *msg,
+					bool use_route_stash, int calls)
 {
 	struct flow_key k = {};
 	struct flow_value *v;
@@ -449,13 +449,21 @@ static __always_inline int on_traffic(struct sock *sk, long bytes, int flags, in
 		return 0;
 	if (dir == DIR_TX) {
 		__sync_fetch_and_add(&v->tx_bytes, bytes);
-		__sync_fetch_and_add(&v->tx_calls, 1);
+		__sync_fetch_and_add(&v->tx_calls, calls);
 	} else {
 		__sync_fetch_and_add(&v->rx_bytes, bytes);
-		__sync_fetch_and_add(&v->rx_calls, 1);
+		__sync_fetch_and_add(&v->rx_calls, calls);
 	}
 	v->last_ns = now;
 	return 0;
+}
+
+/* One call that moved `bytes`. */
+static __always_inline int on_traffic(struct sock *sk, long bytes, int flags, int dir,
+				      int want_proto, bool direct, struct msghdr *msg,
+				      bool use_route_stash)
+{
+	return on_traffic_n(sk, bytes, flags, dir, want_proto, direct, msg, use_route_stash, 1);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -579,61 +587,70 @@ int recv_tracepoint(struct trace_event_raw_sock_msg_length *ctx)
 
 /*
  * Function rungs: one program per kernel function, loaded together.
- * fexit: the return value is what moved (bpf_get_func_ret: 5.17+).
+ * fexit: the return value is what moved. The sendmsg functions keep
+ * (sk, msg, len), so their return value follows those three arguments.
+ * recvmsg lost its `nonblock` argument in 5.19: where the kernel has
+ * bpf_get_func_arg_cnt/bpf_get_func_ret (5.17+) ask it, else (5.5-5.16)
+ * the layout is (sk, msg, len, nonblock, flags, addr_len) + return value.
  */
-static __always_inline long func_ret(void *ctx)
+static __always_inline long recv_ret(void *ctx)
 {
 	__u64 ret = 0;
 
-	bpf_get_func_ret(ctx, &ret);
+	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_func_ret))
+		bpf_get_func_ret(ctx, &ret);
+	else /* one load at ctx + 48: the verifier refuses a moved ctx pointer */
+		asm volatile("%0 = *(u64 *)(%1 + 48)" : "=r"(ret) : "r"(ctx));
 	return (long)(int)ret;
 }
 
-/* recvmsg's flags argument moved when `nonblock` was dropped (5.19). */
 static __always_inline int recv_flags(void *ctx)
 {
 	__u64 flags = 0;
 
-	bpf_get_func_arg(ctx, bpf_get_func_arg_cnt(ctx) == 6 ? 4 : 3, &flags);
+	if (bpf_core_enum_value_exists(enum bpf_func_id, BPF_FUNC_get_func_arg_cnt))
+		bpf_get_func_arg(ctx, bpf_get_func_arg_cnt(ctx) == 6 ? 4 : 3, &flags);
+	else
+		asm volatile("%0 = *(u64 *)(%1 + 32)" : "=r"(flags) : "r"(ctx));
 	return (int)flags;
 }
 
 SEC("fexit/tcp_sendmsg")
-int BPF_PROG(tcp_send_fexit, struct sock *sk)
+int BPF_PROG(tcp_send_fexit, struct sock *sk, struct msghdr *msg, size_t size, int ret)
 {
-	return on_traffic(sk, func_ret(ctx), 0, DIR_TX, IPPROTO_TCP, true, NULL, false);
+	return on_traffic(sk, ret, 0, DIR_TX, IPPROTO_TCP, true, NULL, false);
 }
 
 SEC("fexit/udp_sendmsg")
-int BPF_PROG(udp_send_fexit, struct sock *sk, struct msghdr *msg)
+int BPF_PROG(udp_send_fexit, struct sock *sk, struct msghdr *msg, size_t len, int ret)
 {
-	return on_traffic(sk, func_ret(ctx), 0, DIR_TX, IPPROTO_UDP, true, msg, false);
+	return on_traffic(sk, ret, 0, DIR_TX, IPPROTO_UDP, true, msg, false);
 }
 
 SEC("fexit/udpv6_sendmsg")
-int BPF_PROG(udp6_send_fexit, struct sock *sk, struct msghdr *msg)
+int BPF_PROG(udp6_send_fexit, struct sock *sk, struct msghdr *msg, size_t len, int ret)
 {
-	return on_traffic(sk, func_ret(ctx), 0, DIR_TX, IPPROTO_UDP, true, msg, false);
+	return on_traffic(sk, ret, 0, DIR_TX, IPPROTO_UDP, true, msg, false);
 }
 
 SEC("fexit/tcp_recvmsg")
 int BPF_PROG(tcp_recv_fexit, struct sock *sk)
 {
-	return on_traffic(sk, func_ret(ctx), recv_flags(ctx), DIR_RX, IPPROTO_TCP, true, NULL,
+	return on_traffic(sk, recv_ret(ctx), recv_flags(ctx), DIR_RX, IPPROTO_TCP, true, NULL,
 			  false);
 }
 
 SEC("fexit/udp_recvmsg")
 int BPF_PROG(udp_recv_fexit, struct sock *sk)
 {
-	return on_traffic(sk, func_ret(ctx), recv_flags(ctx), DIR_RX, IPPROTO_UDP, true, NULL,
+	return on_traffic(sk, recv_ret(ctx), recv_flags(ctx), DIR_RX, IPPROTO_UDP, true, NULL,
 			  false);
 }
 
 SEC("fexit/udpv6_recvmsg")
 int BPF_PROG(udp6_recv_fexit, struct sock *sk)
 {
-	return on_traffic(sk, func_ret(ctx), recv_flags(ctx), DIR_RX, IPPROTO_UDP, true, NULL,
+	return on_traffic(sk, recv_ret(ctx), recv_flags(ctx), DIR_RX, IPPROTO_UDP, true, NULL,
 			  false);
 }
 
@@ -659,10 +676,51 @@ int BPF_KPROBE(udp6_send_kprobe, struct sock *sk, struct msghdr *msg, size_t len
 	return on_traffic(sk, len, 0, DIR_TX, IPPROTO_UDP, false, msg, false);
 }
 
+/*
+ * tcp_recvmsg calls tcp_cleanup_rbuf(sk, copied) with the running total
+ * each time it waits for more data, and once more at the end: a kprobe on
+ * tcp_recvmsg's entry starts a per-thread count, so that only the growth
+ * is added and the call is counted once. Without an entry (tcp_read_sock:
+ * splice, kTLS) the whole `copied` counts.
+ */
+struct recv_call {
+	__u64 sk;
+	__s64 counted;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u64);
+	__type(value, struct recv_call);
+} flow_recv_calls SEC(".maps");
+
+SEC("kprobe/tcp_recvmsg")
+int BPF_KPROBE(tcp_recv_start_kprobe, struct sock *sk)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	struct recv_call c = { .sk = (__u64)sk };
+
+	bpf_map_update_elem(&flow_recv_calls, &id, &c, BPF_ANY);
+	return 0;
+}
+
 SEC("kprobe/tcp_cleanup_rbuf")
 int BPF_KPROBE(tcp_recv_kprobe, struct sock *sk, int copied)
 {
-	return on_traffic(sk, copied, 0, DIR_RX, IPPROTO_TCP, false, NULL, false);
+	__u64 id = bpf_get_current_pid_tgid();
+	struct recv_call *c = bpf_map_lookup_elem(&flow_recv_calls, &id);
+	long bytes = copied;
+	int calls = 1;
+
+	if (c && c->sk == (__u64)sk) {
+		bytes = copied - c->counted;
+		if (bytes <= 0)
+			return 0;
+		calls = c->counted == 0;
+		c->counted = copied;
+	}
+	return on_traffic_n(sk, bytes, 0, DIR_RX, IPPROTO_TCP, false, NULL, false, calls);
 }
 
 SEC("kprobe/skb_consume_udp")

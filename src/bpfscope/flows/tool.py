@@ -50,8 +50,10 @@ _TRAFFIC: Final = (
             ("udp6_recv_fexit", "udpv6_recvmsg"),
         ),
         (
-            # skb_consume_udp serves both UDP families
+            # tcp_cleanup_rbuf reports running totals: tcp_recvmsg's entry
+            # starts each call's count; skb_consume_udp serves both UDP families
             ("tcp_recv_kprobe", "tcp_cleanup_rbuf"),
+            ("tcp_recv_start_kprobe", "tcp_recvmsg"),
             ("udp_recv_kprobe", "skb_consume_udp"),
         ),
     ),
