@@ -22,10 +22,11 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if "matrix" in (config.option.markexpr or ""):
         return
-    keep = [i for i in items if "matrix" not in i.keywords]
-    if len(keep) != len(items):
-        config.hook.pytest_deselected(items=[i for i in items if "matrix" in i.keywords])
-        items[:] = keep
+    # The marker, not i.keywords: keywords also hold parent names (this dir).
+    dropped = [i for i in items if i.get_closest_marker("matrix") is not None]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [i for i in items if i.get_closest_marker("matrix") is None]
 
 
 # tests/ directories are not packages, so pytest imports every conftest.py as
