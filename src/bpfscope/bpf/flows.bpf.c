@@ -403,6 +403,9 @@ static __always_inline int on_traffic_n(struct sock *sk, long bytes, int flags, 
 		 * so the socket's owner was recorded when that flow was made.
 		 * Else record the owner (which also restores the tuple of a
 		 * socket that already went to CLOSE) and create the flow.
+		 * (A socket used by two processes in turn keeps the owner of
+		 * whichever created its flow last; one lookup per event instead
+		 * of two is worth that.)
 		 */
 		v = bpf_map_lookup_elem(&flows, &k);
 		if (!v) {
