@@ -230,11 +230,17 @@ def syscalls_cmd(
     "--seconds", type=click.FloatRange(0.5), default=3.0, show_default=True, help="Per run."
 )
 @click.option("--rounds", type=click.IntRange(1), default=3, show_default=True)
+@click.option(
+    "--pin/--no-pin",
+    default=True,
+    show_default=True,
+    help="Pin both ends of the workload to one CPU (stable numbers on VMs).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable result.")
-def bench_flows(seconds: float, rounds: int, as_json: bool) -> None:
+def bench_flows(seconds: float, rounds: int, pin: bool, as_json: bool) -> None:
     """Flow monitor overhead: loopback request/response and stream, without
     monitoring, with bpfscope and with bpftrace; batch vs per-key drain."""
     require_privileges()
     from ..flows.bench import main as flows_bench
 
-    flows_bench(seconds=seconds, rounds=rounds, as_json=as_json)
+    flows_bench(seconds=seconds, rounds=rounds, as_json=as_json, pin=pin)
