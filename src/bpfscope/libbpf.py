@@ -137,9 +137,24 @@ _ERRNO_HINTS: Final[dict[int, str]] = {
 }
 
 
+# libbpf's own error codes (LIBBPF_ERRNO__*): bad ELF, relocation, ...
+_LIBBPF_ERRNO_FIRST: Final = 4000
+_LIBBPF_ERRNO_LAST: Final = 4100
+
+
+def _strerror(code: int) -> str:
+    if _LIBBPF_ERRNO_FIRST <= code < _LIBBPF_ERRNO_LAST and _lib is not None:
+        buf = ctypes.create_string_buffer(256)
+        if _lib.libbpf_strerror(code, buf, len(buf)) == 0:
+            return buf.value.decode(errors="replace")
+    return os.strerror(code)
+
+
 def _errno_name(code: int) -> str:
     if code == ENOTSUPP:
         return "ENOTSUPP"
+    if _LIBBPF_ERRNO_FIRST <= code < _LIBBPF_ERRNO_LAST:
+        return f"libbpf error {code}"
     return errno_mod.errorcode.get(code, f"errno {code}")
 
 
@@ -164,7 +179,7 @@ class BpfError(OSError):
         super().__init__(err, self._message(err))
 
     def _message(self, err: int) -> str:
-        text = f"{self.what}: {os.strerror(err)} ({_errno_name(err)})"
+        text = f"{self.what}: {_strerror(err)} ({_errno_name(err)})"
         if self.hint:
             text += f"; {self.hint}"
         return text
@@ -473,21 +488,35 @@ def num_possible_cpus() -> int:
 # libbpf log -> logging, with a tail kept for error messages
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_vsnprintf = _libc.vsnprintf
-_vsnprintf.restype = _int
-# va_list is passed as a pointer on x86_64 and (by reference) on arm64.
-_vsnprintf.argtypes = [_cp, _sz, _cp, _vp]
+# vasprintf sizes the buffer itself: verifier logs are long and their last
+# lines carry the error. va_list is passed as a pointer on x86_64 and (by
+# reference) on arm64.
+_vasprintf = _libc.vasprintf
+_vasprintf.restype = _int
+_vasprintf.argtypes = [ctypes.POINTER(ctypes.c_void_p), _cp, _vp]
+_free = _libc.free
+_free.restype = None
+_free.argtypes = [_vp]
 
 _LIBBPF_WARN, _LIBBPF_INFO, _LIBBPF_DEBUG = 0, 1, 2
 _log_tail: deque[str] = deque(maxlen=40)
 _quiet = threading.local()
 
 
+def _format(fmt: bytes | None, va_list: int | None) -> tuple[str, int]:
+    out = ctypes.c_void_p()
+    n = _vasprintf(ctypes.byref(out), fmt, va_list)
+    if n < 0 or not out.value:
+        return "", 0
+    try:
+        return ctypes.string_at(out.value, n).decode("utf-8", "replace"), int(n)
+    finally:
+        _free(out)
+
+
 def _on_libbpf_print(level: int, fmt: bytes | None, va_list: int | None) -> int:
-    buf = ctypes.create_string_buffer(2048)
-    n = _vsnprintf(buf, len(buf), fmt, va_list)
-    text = buf.value.decode("utf-8", "replace").rstrip("\n")
-    for line in text.splitlines():
+    text, n = _format(fmt, va_list)
+    for line in text.rstrip("\n").splitlines():
         _log_tail.append(line)
         if level == _LIBBPF_WARN and not getattr(_quiet, "on", False):
             log.warning("%s", line)
@@ -495,7 +524,7 @@ def _on_libbpf_print(level: int, fmt: bytes | None, va_list: int | None) -> int:
             log.info("%s", line)
         else:
             log.debug("%s", line)
-    return int(n)
+    return n
 
 
 _print_cb = PRINT_FN(_on_libbpf_print)  # kept alive for the process lifetime

@@ -163,6 +163,19 @@ def _cap_eff(pid: int) -> int:
     return system.effective_caps(f"/proc/{pid}/status")
 
 
+def _require_tracepoint_rung() -> None:
+    """Skip unless the flows tool can stand on its tracepoint rung here:
+    the mechanism works and its targets exist (sock_send_length is 6.3+)."""
+    from bpfscope.ladder import target_missing
+    from conftest import require
+
+    require("tracepoint")
+    for hook in flows_tool.hooks():
+        for rung in hook.rungs:
+            if rung.mechanism is Mechanism.TRACEPOINT and (why := target_missing(rung)):
+                pytest.skip(f"the flows tracepoint rung cannot attach here: {why}")
+
+
 @pytest.mark.parametrize(
     ("uid", "extra"),
     [
@@ -175,9 +188,7 @@ def test_serve_attaches_and_serves_real_flows_with_only_the_granted_caps(
     workdir: Path, uid: int, extra: tuple[str, ...]
 ) -> None:
     if extra:
-        from conftest import require
-
-        require("tracepoint")
+        _require_tracepoint_rung()
     with _serve(PROVEN, uid, workdir, *extra) as (url, proc):
         # The kernel says the agent holds exactly these capabilities, as this uid.
         assert _cap_eff(proc.pid) == sum(_bit(c) for c in PROVEN)
@@ -374,9 +385,7 @@ def test_unprivileged_uid_needs_dac_read_search_for_the_tracepoint_rung(workdir:
     rather than adding CAP_DAC_READ_SEARCH: a non-root host install on a
     kernel without tp_btf/raw_tp would need it.
     """
-    from conftest import require
-
-    require("tracepoint")
+    _require_tracepoint_rung()
     mode = os.stat(system.tracefs_path() or "/sys/kernel/tracing").st_mode & 0o777
     if mode & 0o005:
         pytest.skip(f"tracefs is world-readable here (mode {mode:o})")

@@ -236,10 +236,16 @@ def test_links_found_with_targets(loaded: Loaded) -> None:
     by_prog = {r.prog_id: r for r in inventory.collect_links()}
     up = by_prog[loaded.prog_ids["progstest_uprobe"]]
     assert up.type == "perf_event"
-    assert up.fields["type"] == "uprobe"
-    assert up.fields["uprobe"]["file_name"] == loaded.libc
-    assert up.fields["uprobe"]["offset"] > 0
     assert up.prog_name == "progstest_uprobe"
+    # Linux 6.6 added perf_event link info; before it the kernel says only
+    # the link type, and bpfscope must show that, not fail or invent more.
+    perf_link_info = system.kernel_info().release_tuple >= (6, 6)
+    if perf_link_info:
+        assert up.fields["type"] == "uprobe"
+        assert up.fields["uprobe"]["file_name"] == loaded.libc
+        assert up.fields["uprobe"]["offset"] > 0
+    else:
+        assert "type" not in up.fields
     raw = by_prog[loaded.prog_ids["progstest_rename"]]
     assert (raw.type, raw.target, raw.fields["tp_name"]) == (
         "raw_tracepoint",
@@ -247,7 +253,8 @@ def test_links_found_with_targets(loaded: Loaded) -> None:
         "task_rename",
     )
     tp = by_prog[loaded.prog_ids["progstest_getpid"]]
-    assert tp.target == "tracepoint sys_enter_getpid"
+    if perf_link_info:
+        assert tp.target == "tracepoint sys_enter_getpid"
     assert os.getpid() in [h.pid for h in tp.holders]
 
 

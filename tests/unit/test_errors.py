@@ -106,3 +106,4 @@ def test_libbpf_log_reaches_logging_and_the_exception(caplog: pytest.LogCaptureF
     assert info.value.libbpf_log, "libbpf's message was not captured"
     assert any("libbpf" in r.message or "elf" in r.message.lower() for r in caplog.records)
     assert "open BPF object garbage" in str(info.value)
+    assert "BPF object format invalid" in str(info.value)  # libbpf's own errno, named

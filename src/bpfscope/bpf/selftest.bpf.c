@@ -60,7 +60,11 @@ static __always_inline int on_getpid(void)
 		bpfscope_count_drop(&selftest_events_dropped);
 		return 0;
 	}
-	e->seq = __sync_fetch_and_add(&selftest_seq, 1);
+	/*
+	 * Plain increment: the self-test has one producer thread, and using the
+	 * result of an atomic fetch-add needs BPF_FETCH (Linux 5.12).
+	 */
+	e->seq = selftest_seq++;
 	e->ktime_ns = bpf_ktime_get_ns();
 	e->tgid = target_tgid;
 	e->cpu = bpf_get_smp_processor_id();

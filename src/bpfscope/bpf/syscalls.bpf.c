@@ -148,7 +148,7 @@ static __always_inline void record(__u32 tgid, __u32 nr, __s64 latency_ns, __u32
 {
 	struct syscalls_key key = { .tgid = tgid, .nr = nr };
 	struct syscalls_stats *s;
-	__u32 slot;
+	__u64 slot; /* u64: 6.1's verifier loses the bound of a re-extended u32 index */
 
 	s = bpf_map_lookup_elem(&syscalls_stats, &key);
 	if (!s) {
