@@ -2,6 +2,9 @@
 #   make bpf          rebuild src/bpfscope/objects/<arch>/*.bpf.o
 #   make check-bpf    fail if the committed objects differ from a fresh build
 #   make vmlinux      regenerate bpf/vmlinux.h from this kernel's BTF
+#   make matrix       boot other kernels in qemu and run the kernel tests there
+#                     (root; docs/kernel-matrix.md), e.g.
+#                     make matrix MATRIX_ARGS="-k all --tests all"
 ARCH ?= $(shell uname -m)
 CLANG ?= clang
 LLVM_STRIP ?= llvm-strip
@@ -24,7 +27,9 @@ BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_$(BPF_TARGET_ARCH) \
 	-I$(BPF_DIR) -ffile-prefix-map=$(CURDIR)=. \
 	-Wall -Werror -Wno-unused-function
 
-.PHONY: bpf check-bpf vmlinux clean-bpf
+MATRIX_ARGS ?=
+
+.PHONY: bpf check-bpf vmlinux clean-bpf matrix
 bpf: $(OBJS)
 
 $(OBJ_DIR)/%.bpf.o: $(BPF_DIR)/%.bpf.c $(HDRS)
@@ -49,6 +54,9 @@ check-bpf:
 
 vmlinux:
 	$(BPFTOOL) btf dump file $(VMLINUX_BTF) format c > $(BPF_DIR)/vmlinux.h
+
+matrix:
+	matrix/run $(MATRIX_ARGS)
 
 clean-bpf:
 	rm -f $(OBJ_DIR)/*.bpf.o

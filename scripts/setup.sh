@@ -16,11 +16,13 @@ STAMP="$VENV/.setup-stamp"
 #  iproute2 nftables util-linux   network namespaces, packet drops, setpriv/unshare
 #  libcap2-bin      capsh for least-privilege runs
 #  linux-libc-dev-arm64-cross     arm64 syscall numbers for the table check
+#  qemu-system-x86 busybox-static the kernel matrix (matrix/run): other kernels in qemu
 PACKAGES=(
   python3 python3-venv python3-dev
   libbpf1 libbpf-dev clang llvm make bpftool gcc libc6-dev linux-libc-dev
   bpftrace iproute2 nftables util-linux libcap2-bin procps
   linux-libc-dev-arm64-cross
+  qemu-system-x86 busybox-static
 )
 
 missing=()
