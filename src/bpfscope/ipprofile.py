@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import queue
 import socket
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -161,7 +161,15 @@ class _DnsCache:
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, tuple[float, str | None]] = OrderedDict()
         self._pending: set[str] = set()
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bpfscope-dns")
+        # Daemon threads, not an executor: a lookup stuck on an unreachable
+        # resolver must never hold up the process's exit.
+        self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self._workers = [
+            threading.Thread(target=self._work, name=f"bpfscope-dns-{i}", daemon=True)
+            for i in range(workers)
+        ]
+        for t in self._workers:
+            t.start()
         self._max_pending = workers * 16
 
     def get(self, ip: str) -> str | None:
@@ -174,8 +182,12 @@ class _DnsCache:
             if ip in self._pending or len(self._pending) >= self._max_pending:
                 return hit[1] if hit else None
             self._pending.add(ip)
-        self._pool.submit(self._resolve, ip)
+        self._queue.put(ip)
         return hit[1] if hit else None
+
+    def _work(self) -> None:
+        while (ip := self._queue.get()) is not None:
+            self._resolve(ip)
 
     def _resolve(self, ip: str) -> None:
         try:
@@ -203,7 +215,8 @@ class _DnsCache:
             return len(self._entries)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for _ in self._workers:
+            self._queue.put(None)
 
 
 def _reverse_dns(ip: str) -> str | None:

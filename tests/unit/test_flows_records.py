@@ -383,3 +383,18 @@ def test_value_layout_constant_matches() -> None:
     assert fields[11] == 7
     assert fields[13].rstrip(b"\0") == b"abc"
     assert struct.calcsize("=I") == 4
+
+
+def test_peer_column_shows_name_or_class() -> None:
+    from bpfscope.flows.render import COLUMNS
+
+    text = plain_table(
+        [_flow(), _flow(raddr=None, rport=None, proto="udp")],
+        now=3.0,
+        peer=lambda ip: "db.internal" if ip == "10.0.0.2" else "unknown",
+    )
+    header, known, unknown = text.splitlines()
+    assert "PEER" in header.split()
+    assert COLUMNS.index("PEER") == COLUMNS.index("REMOTE") + 1
+    assert "db.internal" in known
+    assert "unknown" in unknown

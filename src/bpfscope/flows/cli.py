@@ -22,6 +22,7 @@ import click
 from ..errors import EXIT_USAGE, UserError, require_privileges
 from ..features import Mechanism
 from ..flowquery import SORT_KEYS, BadQuery, FlowFilter, sort_flows
+from ..ipprofile import IpProfiler
 from ..syscalls.cli import parse_cgroup, validate_pid
 from .collector import DEFAULT_MAX_ENTRIES, FlowCollector, KernelFilter, events_of
 from .records import AF_INET, AF_INET6, CollectorStats, FlowRecord
@@ -180,6 +181,22 @@ def _stats_text(s: CollectorStats) -> str:
     return s.summary()
 
 
+_NO_DNS = click.option(
+    "-N", "--no-dns", is_flag=True, help="No reverse DNS for the PEER column (class only)."
+)
+
+
+def _peer_namer(no_dns: bool) -> tuple[IpProfiler, Callable[[str | None], str]]:
+    """PEER: the remote's name (static, container, DNS) or its class."""
+    profiler = IpProfiler(names_from=[], dns=not no_dns)
+
+    def name(ip: str | None) -> str:
+        prof = profiler.profile(ip)
+        return prof.name or str(prof.remote_class)
+
+    return profiler, name
+
+
 @click.command()
 @_filters
 @click.option(
@@ -201,6 +218,7 @@ def _stats_text(s: CollectorStats) -> str:
 @click.option("-n", "--count", type=click.IntRange(0), default=0, help="Stop after N refreshes.")
 @click.option("--limit", type=click.IntRange(0), default=None, help="Rows shown (terminal: 40).")
 @click.option("--json", "as_json", is_flag=True, help="NDJSON snapshot per refresh.")
+@_NO_DNS
 @click.pass_context
 def top(
     ctx: click.Context,
@@ -222,6 +240,7 @@ def top(
     count: int,
     limit: int | None,
     as_json: bool,
+    no_dns: bool,
 ) -> None:
     """Live per-flow traffic: who talks to whom, how much, and how it goes."""
     opts = build_options(
@@ -240,6 +259,7 @@ def top(
     if limit is None and live:
         limit = 40
     collector = _collector(ctx, opts, max_entries, attach)
+    profiler, peer = _peer_namer(no_dns)
     with collector, _stop_on_signals() as stopped:
         collector.poll()
         refreshes = 0
@@ -257,7 +277,7 @@ def top(
                     f"· sort {sort} · Ctrl-C to quit",
                     style="bold",
                 )
-                return Group(head, flow_table(rows), footer)
+                return Group(head, flow_table(rows, peer=peer), footer)
 
             with Live(frame(), auto_refresh=False, transient=False) as screen:
                 while not stopped[0]:
@@ -275,10 +295,12 @@ def top(
             now = time.time()
             if as_json:
                 for r in rows:
-                    click.echo(json.dumps({"time": round(now, 3), **r.to_json()}))
+                    data = {"time": round(now, 3), **r.to_json()}
+                    data["remote_profile"] = profiler.profile(r.raddr).to_json()
+                    click.echo(json.dumps(data))
             else:
                 click.echo(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)))
-                click.echo(plain_table(rows, now=now))
+                click.echo(plain_table(rows, now=now, peer=peer))
                 if show_stats:
                     click.echo(_stats_text(collector.stats()))
                 click.echo("")
@@ -307,6 +329,7 @@ def top(
 )
 @click.option("--limit", type=click.IntRange(0), default=None, help="At most N flows.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per flow (NDJSON).")
+@_NO_DNS
 @click.option("--bench", is_flag=True, help="Run the flow monitor's overhead benchmark instead.")
 @click.option("--bench-seconds", type=click.FloatRange(0.5), default=3.0, show_default=True)
 @click.pass_context
@@ -329,6 +352,7 @@ def flows(
     sort: str,
     limit: int | None,
     as_json: bool,
+    no_dns: bool,
     bench: bool,
     bench_seconds: float,
 ) -> None:
@@ -352,18 +376,23 @@ def flows(
         udp=udp,
     )
     collector = _collector(ctx, opts, max_entries, attach)
+    profiler, peer = _peer_namer(no_dns)
     with collector, _stop_on_signals() as stopped:
         _sleep_until(time.monotonic() + duration, stopped, collector)
         collector.poll()
         rows = _view(collector.snapshot(), opts, sort, limit)
         stats = collector.stats()
+    for r in rows:  # start the name lookups, then give them a moment
+        profiler.profile(r.raddr)
+    profiler.dns_wait_idle(1.0)
     if as_json:
         for r in rows:
-            click.echo(json.dumps(r.to_json()))
+            prof = profiler.profile(r.raddr).to_json()
+            click.echo(json.dumps({**r.to_json(), "remote_profile": prof}))
         if show_stats:
             click.echo(json.dumps({"stats": stats.to_json()}), err=True)
         return
-    click.echo(plain_table(rows))
+    click.echo(plain_table(rows, peer=peer))
     if show_stats or stats.events_dropped or stats.flows_evicted:
         click.echo(_stats_text(stats), err=True)
 

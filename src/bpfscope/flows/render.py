@@ -4,7 +4,7 @@ for pipes, and one-line lifecycle events. Knows nothing about libbpf."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 from rich.table import Table
@@ -28,6 +28,7 @@ COLUMNS: Final = (
     "CONTAINER",
     "LOCAL",
     "REMOTE",
+    "PEER",
     "PROTO",
     "TX/s",
     "RX/s",
@@ -61,7 +62,11 @@ def human_duration(seconds: float | None) -> str:
     return f"{int(seconds // 3600)}h{int(seconds % 3600 // 60):02d}m"
 
 
-def flow_row(r: FlowRecord, now: float) -> tuple[str, ...]:
+# remote address -> what to show in PEER (a name, else the address class)
+PeerNamer = Callable[[str | None], str]
+
+
+def flow_row(r: FlowRecord, now: float, peer: PeerNamer | None = None) -> tuple[str, ...]:
     state = r.state or ("-" if r.proto == "udp" else "?")
     return (
         str(r.pid),
@@ -69,6 +74,7 @@ def flow_row(r: FlowRecord, now: float) -> tuple[str, ...]:
         r.container or "-",
         r.local,
         r.remote,
+        peer(r.raddr) if peer is not None else "-",
         r.proto.upper() + ("6" if r.family == "ipv6" else ""),
         human_bytes(r.tx_rate),
         human_bytes(r.rx_rate),
@@ -82,21 +88,27 @@ def flow_row(r: FlowRecord, now: float) -> tuple[str, ...]:
 
 
 def flow_table(
-    records: Sequence[FlowRecord], *, now: float | None = None, title: str | None = None
+    records: Sequence[FlowRecord],
+    *,
+    now: float | None = None,
+    title: str | None = None,
+    peer: PeerNamer | None = None,
 ) -> Table:
     now = time.time() if now is None else now
     table = Table(title=title, expand=False, header_style="bold", box=None, pad_edge=False)
     for col in COLUMNS:
         table.add_column(col, justify="right" if col in _RIGHT else "left", no_wrap=True)
     for r in records:
-        table.add_row(*flow_row(r, now))
+        table.add_row(*flow_row(r, now, peer))
     return table
 
 
-def plain_table(records: Sequence[FlowRecord], *, now: float | None = None) -> str:
+def plain_table(
+    records: Sequence[FlowRecord], *, now: float | None = None, peer: PeerNamer | None = None
+) -> str:
     """Fixed-width text with the same columns (for pipes and logs)."""
     now = time.time() if now is None else now
-    rows = [COLUMNS] + [flow_row(r, now) for r in records]
+    rows = [COLUMNS] + [flow_row(r, now, peer) for r in records]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     lines = []
     for row in rows:
