@@ -42,7 +42,6 @@ __all__ = [
     "Link",
     "LinkInfo",
     "Map",
-    "MapInfo",
     "MapType",
     "ProgInfo",
     "ProgType",
@@ -58,7 +57,6 @@ __all__ = [
     "link_ids",
     "link_info_by_id",
     "map_ids",
-    "map_info_by_id",
     "num_possible_cpus",
     "probe_map_type",
     "probe_prog_type",
@@ -1436,18 +1434,6 @@ class ProgInfo:
     map_ids: tuple[int, ...]
 
 
-@dataclass(frozen=True)
-class MapInfo:
-    id: int
-    type: int
-    name: str
-    key_size: int
-    value_size: int
-    max_entries: int
-    map_flags: int
-    btf_id: int
-
-
 def _get_info(fd: int, info: ctypes.Structure, what: str) -> None:
     size = _u32(ctypes.sizeof(info))
     _check_ret(libbpf().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)), what)
@@ -1557,28 +1543,6 @@ def prog_info_by_id(prog_id: int) -> ProgInfo | None:
         return _prog_info_from_fd(fd)
     finally:
         os.close(fd)
-
-
-def map_info_by_id(map_id: int) -> MapInfo | None:
-    fd = int(libbpf().bpf_map_get_fd_by_id(map_id))
-    if fd == -errno_mod.ENOENT:
-        return None
-    _check_ret(fd, f"open map {map_id}")
-    try:
-        info = BpfMapInfoStruct()
-        _get_info(fd, info, "get map info")
-    finally:
-        os.close(fd)
-    return MapInfo(
-        id=info.id,
-        type=info.type,
-        name=info.name.decode(errors="replace"),
-        key_size=info.key_size,
-        value_size=info.value_size,
-        max_entries=info.max_entries,
-        map_flags=info.map_flags,
-        btf_id=info.btf_id,
-    )
 
 
 class StatsHandle:
