@@ -41,15 +41,3 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def _tracefs() -> None:
     if _can_run_bpf() is None:
         system.ensure_tracefs()
-
-
-def require(mechanism: str) -> None:
-    """Skip if this kernel lacks ``mechanism`` (per the feature probe)."""
-    from bpfscope.features import Mechanism, Status, probe
-
-    v = probe(Mechanism(mechanism))
-    if v.status is Status.AVAILABLE:
-        return
-    if v.status is Status.UNSUPPORTED:
-        pytest.skip(f"{mechanism} unsupported on this kernel: {v.detail}")
-    pytest.fail(f"{mechanism} probe was inconclusive: {v.detail}")

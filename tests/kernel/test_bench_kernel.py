@@ -13,7 +13,7 @@ from bpfscope.bench import driver, programs
 from bpfscope.bench.programs import BenchObject
 from bpfscope.features import Mechanism, Status, probe
 from bpfscope.syscalls import syscall_nr
-from conftest import require
+from kernel_require import require
 
 pytestmark = pytest.mark.kernel
 

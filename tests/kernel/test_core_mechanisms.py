@@ -13,7 +13,7 @@ from bpfscope import features, system, targets
 from bpfscope import libbpf as bpf
 from bpfscope.features import Mechanism, Status
 from bpfscope.objects import object_bytes
-from conftest import require
+from kernel_require import require
 
 pytestmark = pytest.mark.kernel
 

@@ -15,7 +15,7 @@ import pytest
 
 from bpfscope.flows import tool as flows_tool
 from bpfscope.ladder import choose
-from conftest import require
+from kernel_require import require
 
 pytestmark = pytest.mark.kernel
 

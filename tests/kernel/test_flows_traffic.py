@@ -25,7 +25,7 @@ from bpfscope.features import Mechanism
 from bpfscope.flows import FlowCollector, FlowRecord, KernelFilter, tool
 from bpfscope.flows.collector import events_of
 from bpfscope.ladder import target_missing
-from conftest import require
+from kernel_require import require
 
 pytestmark = pytest.mark.kernel
 

@@ -167,7 +167,7 @@ def _require_tracepoint_rung() -> None:
     """Skip unless the flows tool can stand on its tracepoint rung here:
     the mechanism works and its targets exist (sock_send_length is 6.3+)."""
     from bpfscope.ladder import target_missing
-    from conftest import require
+    from kernel_require import require
 
     require("tracepoint")
     for hook in flows_tool.hooks():

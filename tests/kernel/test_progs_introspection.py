@@ -33,7 +33,7 @@ from bpfscope.errors import UserError
 from bpfscope.features import Mechanism, probe
 from bpfscope.progs import holders, inventory, stats
 from bpfscope.progs.dump import dump_map
-from conftest import require
+from kernel_require import require
 
 pytestmark = pytest.mark.kernel
 

@@ -18,7 +18,7 @@ from bpfscope.objects import object_bytes
 from bpfscope.syscalls import syscall_nr
 from bpfscope.syscalls.collector import Snapshot, SyscallCollector, SyscallStat, bucket_of
 from bpfscope.syscalls.tool import StatsValue, SyscallFilter, load
-from conftest import require
+from kernel_require import require
 
 pytestmark = pytest.mark.kernel
 
