@@ -2,7 +2,7 @@
 
 Kernel tests (marker ``kernel``) load real BPF programs. They skip, saying
 why, only when the machine cannot run BPF at all (not root) or when the
-feature probe found the mechanism *unsupported*; ``require()`` fails the
+feature probe found the mechanism *unsupported*; ``kernel_require.require()`` fails the
 test instead when the probe says the mechanism is available but the test
 cannot use it, so a regression cannot hide behind a skip.
 """
