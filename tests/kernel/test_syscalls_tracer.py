@@ -108,6 +108,27 @@ def test_exact_counts_errors_and_latency(mechanism: str) -> None:
     assert snap.drops.total == 0
 
 
+@pytest.mark.parametrize("mechanism", ["tp_btf", "raw_tp", "tracepoint"])
+def test_counts_only_mode_counts_exactly_on_one_hook(mechanism: str) -> None:
+    """-C: sys_exit alone, the number read from the registers (tp_btf:
+    typed pointer; raw_tp: CO-RE read; tracepoint: its id field)."""
+    require(mechanism)
+    with SyscallCollector(latency=False, force=Mechanism(mechanism)) as collector:
+        assert collector.mechanism == f"sys_exit={mechanism}"
+        pid, snap = _run_child(collector)
+    close = _stat(snap, pid, "close")
+    assert (close.count, close.errors) == (CLOSE_BAD, CLOSE_BAD)
+    assert sum(close.hist) == 0  # not timed in this mode
+    assert close.total_ns == 0
+    getppid = _stat(snap, pid, "getppid")
+    assert (getppid.count, getppid.errors) == (GETPPID, 0)
+    dup = _stat(snap, pid, "dup")
+    assert (dup.count, dup.errors) == (DUP_BAD, DUP_BAD)
+    assert _errnos(snap, pid)[("close", "EBADF")] == CLOSE_BAD
+    assert _stat(snap, pid, "nanosleep").count == 1
+    assert snap.drops.total == 0
+
+
 def test_pid_filter_failed_only_and_syscall_set() -> None:
     """Only the child's failed close() calls: everything else filtered in the kernel."""
     require("tp_btf")

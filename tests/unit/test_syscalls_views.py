@@ -298,6 +298,7 @@ def test_parse_cgroup(tmp_path: Path) -> None:
         (["-i", "-1"], "not in the range x>0"),
         (["-n", "0"], "not in the range x>=1"),
         (["--by", "thread"], "'thread' is not one of"),
+        (["-L", "-C"], "-L/--latency needs timing"),
     ],
 )
 def test_bad_input_exits_2_without_traceback(args: list[str], message: str) -> None:

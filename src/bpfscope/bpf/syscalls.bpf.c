@@ -13,6 +13,7 @@
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
 #include "common.h"
 #include "syscalls.h"
 
@@ -228,6 +229,59 @@ static __always_inline int on_exit(long ret)
 		return 0;
 	record(bpf_get_current_pid_tgid() >> 32, nr, latency, err);
 	return 0;
+}
+
+/*
+ * Counts-only mode (no latency): sys_exit alone, the syscall number taken
+ * from the saved registers. Half the hooks and no clock reads or task
+ * storage, like syscount without -L. exit/exit_group never reach sys_exit
+ * and are not counted in this mode.
+ */
+#if defined(__TARGET_ARCH_arm64)
+#define SYSCALL_NR_FIELD syscallno
+#else
+#define SYSCALL_NR_FIELD orig_ax
+#endif
+
+static __always_inline int on_exit_count(long id, long ret)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	__u32 err = 0;
+
+	if (target_tgid && tgid != target_tgid)
+		return 0;
+	if (ret < 0 && ret >= -MAX_ERRNO)
+		err = -ret;
+	if (failed_only && !err)
+		return 0;
+	if (filter_syscalls && !syscall_selected(id))
+		return 0;
+	if (target_cgroup && bpf_get_current_cgroup_id() != target_cgroup)
+		return 0;
+	if (target_comm_len && !comm_matches())
+		return 0;
+	record(tgid, id, -1, err);
+	return 0;
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(count_exit_btf, struct pt_regs *regs, long ret)
+{
+	return on_exit_count(regs->SYSCALL_NR_FIELD, ret);
+}
+
+SEC("raw_tp/sys_exit")
+int count_exit_raw(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+
+	return on_exit_count(BPF_CORE_READ(regs, SYSCALL_NR_FIELD), ctx->args[1]);
+}
+
+SEC("tracepoint/raw_syscalls/sys_exit")
+int count_exit_tp(struct trace_event_raw_sys_exit *ctx)
+{
+	return on_exit_count(ctx->id, ctx->ret);
 }
 
 /* tp_btf: BTF-typed arguments (struct pt_regs *regs, long id / long ret). */

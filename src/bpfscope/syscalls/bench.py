@@ -150,6 +150,7 @@ class BenchResult:
         for label, mode, ref, bar in (
             ("bpfscope / empty programs", "bpfscope", "empty", BAR_VS_EMPTY),
             ("bpfscope / bpftrace", "bpfscope", "bpftrace", BAR_VS_BPFTRACE),
+            ("counts-only (-C) / empty programs", "counts", "empty", BAR_VS_EMPTY),
         ):
             r = self.ratio(mode, ref)
             if r is not None:
@@ -258,6 +259,9 @@ def run_bench(
     def tracer() -> AbstractContextManager[Any]:
         return SyscallCollector(SyscallFilter(), force=mech, btf_path=btf_path)
 
+    def counts_only() -> AbstractContextManager[Any]:
+        return SyscallCollector(SyscallFilter(), latency=False, force=mech, btf_path=btf_path)
+
     def empty() -> AbstractContextManager[Any]:
         return load_nop(force=mech, btf_path=btf_path)
 
@@ -265,6 +269,7 @@ def run_bench(
         "baseline": nullcontext,
         "empty": empty,
         "bpfscope": tracer,
+        "counts": counts_only,
     }
     if bpftrace:
         modes["bpftrace"] = _bpftrace

@@ -138,6 +138,13 @@ def _sleep_until(deadline: float, stopped: list[bool]) -> None:
 )
 @click.option("-e", "--errno", "errnos", is_flag=True, help="Break failed calls down by errno.")
 @click.option("-L", "--latency", is_flag=True, help="Draw log2 latency histograms.")
+@click.option(
+    "-C",
+    "--counts-only",
+    is_flag=True,
+    help="Count calls and errors only, no latency: one hook (sys_exit) instead of two, "
+    "about a third of the cost; exit/exit_group are not seen.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per report (JSON lines).")
 @click.option(
     "--attach",
@@ -180,6 +187,7 @@ def syscalls(
     by: str,
     errnos: bool,
     latency: bool,
+    counts_only: bool,
     as_json: bool,
     attach: str | None,
     max_entries: int | None,
@@ -225,9 +233,13 @@ def syscalls(
         syscalls=parse_syscalls(syscall_names),
         failed_only=failed,
     )
+    if latency and counts_only:
+        raise UserError("-L/--latency needs timing, which -C/--counts-only leaves out", EXIT_USAGE)
     opts = ViewOptions(by=by, sort=sort, top=top or None, errnos=errnos, latency=latency)
     require_privileges()
-    with SyscallCollector(flt, max_entries=max_entries, force=force, btf_path=btf) as collector:
+    with SyscallCollector(
+        flt, latency=not counts_only, max_entries=max_entries, force=force, btf_path=btf
+    ) as collector:
         _report_loop(collector.poll, opts, interval, count, as_json)
 
 

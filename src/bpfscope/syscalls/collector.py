@@ -274,6 +274,7 @@ class SyscallCollector:
         flt: SyscallFilter | None = None,
         *,
         track_errnos: bool = True,
+        latency: bool = True,
         max_entries: int | None = None,
         force: Mechanism | None = None,
         btf_path: str | None = None,
@@ -286,6 +287,7 @@ class SyscallCollector:
             lambda: load(
                 self.filter,
                 track_errnos=track_errnos,
+                latency=latency,
                 max_entries=max_entries,
                 force=force,
                 btf_path=btf_path,

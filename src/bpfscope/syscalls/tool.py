@@ -92,6 +92,15 @@ def hooks() -> list[Hook]:
     )
 
 
+def count_hooks() -> list[Hook]:
+    """Counts-only mode: sys_exit alone (no latency, no exit/exit_group)."""
+    _, exit_hook = _ladder(
+        ("sys_enter_btf", "sys_enter_raw", "sys_enter_tp"),
+        ("count_exit_btf", "count_exit_raw", "count_exit_tp"),
+    )
+    return [exit_hook]
+
+
 def nop_hooks() -> list[Hook]:
     """Empty programs on the same hooks (the benchmark's reference)."""
     return _ladder(
@@ -160,17 +169,21 @@ def load(
     flt: SyscallFilter | None = None,
     *,
     track_errnos: bool = True,
+    latency: bool = True,
     max_entries: int | None = None,
     force: Mechanism | None = None,
     btf_path: str | None = None,
 ) -> AttachedTool:
-    """Load and attach the tracer; the caller closes it (context manager)."""
+    """Load and attach the tracer; the caller closes it (context manager).
+
+    ``latency=False`` is the counts-only mode: one hook instead of two.
+    """
     sizes = {}
     if max_entries:
         sizes = {"syscalls_stats": max_entries, "syscalls_errnos": max(1024, max_entries // 4)}
     return load_tool(
         TOOL,
-        hooks(),
+        hooks() if latency else count_hooks(),
         rodata=_rodata(flt or SyscallFilter(), track_errnos),
         max_entries=sizes,
         force=force,
