@@ -313,7 +313,7 @@ class Agent:
                 "polls": self.sys_state.polls,
                 "last_poll": self.sys_state.last_poll,
                 "poll_seconds": round(self.sys_state.poll_seconds, 6),
-                "rungs": self._rungs_of(self.syscalls) if self.sys_state.alive else {},
+                "rungs": self.syscalls.tool.rungs() if self.sys_state.alive else {},
                 "events_dropped": snap.drops.total if snap is not None else 0,
             }
         return {
@@ -345,12 +345,6 @@ class Agent:
             "flows_evicted": stats.get("flows_evicted", 0),
             "map_fill": stats.get("map_fill", 0.0),
             "flows_tracked": stats.get("flows_tracked", 0),
-        }
-
-    @staticmethod
-    def _rungs_of(collector: Any) -> dict[str, str | None]:
-        return {
-            c.hook.name: str(c.rung.mechanism) if c.rung else None for c in collector.tool.choices
         }
 
     def self_metrics(self) -> dict[str, Any]:

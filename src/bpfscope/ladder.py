@@ -209,6 +209,10 @@ class AttachedTool:
                 return c.rung
         raise KeyError(hook)
 
+    def rungs(self) -> dict[str, str | None]:
+        """Hook name -> mechanism it stands on (None: optional hook off)."""
+        return {c.hook.name: str(c.rung.mechanism) if c.rung else None for c in self.choices}
+
     def rungs_summary(self) -> str:
         return ", ".join(
             f"{c.hook.name}={c.rung.mechanism if c.rung else 'off'}" for c in self.choices

@@ -197,9 +197,7 @@ class FlowCollector:
         return self.attached.choices
 
     def rungs(self) -> dict[str, str | None]:
-        return {
-            c.hook.name: str(c.rung.mechanism) if c.rung else None for c in self.attached.choices
-        }
+        return self.attached.rungs()
 
     # events ----------------------------------------------------------------
 
