@@ -136,12 +136,17 @@ class FlowMetrics(Collector):
     def _series_count(self) -> int:
         return len(self._counters) + len(self._hist)
 
+    def _admit(self, exists: bool) -> bool:
+        """A new series only while under the cap; what the cap refuses is counted."""
+        if exists or self._series_count() < self.max_series:
+            return True
+        self.series_dropped += 1
+        return False
+
     def _add(self, metric: str, labels: tuple[str, ...], value: float) -> None:
         key = (metric, labels)
-        if key not in self._counters and self._series_count() >= self.max_series:
-            self.series_dropped += 1
-            return
-        self._counters[key] = self._counters.get(key, 0) + value
+        if self._admit(key in self._counters):
+            self._counters[key] = self._counters.get(key, 0) + value
 
     def ingest(self, flows: Iterable[FlowLike], events: Iterable[EventLike]) -> None:
         with self._lock:
@@ -164,12 +169,8 @@ class FlowMetrics(Collector):
                     self._add("tcp_connections_opened", (*labels, e.direction or "unknown"), 1)
                 elif e.type == "close":
                     self._add("tcp_connections_closed", labels, 1)
-                    if e.duration is not None:
-                        hist_key = labels
-                        if hist_key not in self._hist and self._series_count() >= self.max_series:
-                            self.series_dropped += 1
-                            continue
-                        self._hist.setdefault(hist_key, _Histogram()).observe(e.duration)
+                    if e.duration is not None and self._admit(labels in self._hist):
+                        self._hist.setdefault(labels, _Histogram()).observe(e.duration)
 
     # -- exposition ----------------------------------------------------------
 
