@@ -14,6 +14,7 @@ from rich.table import Table
 
 from .errors import EXIT_USAGE, UserError
 from .flowquery import BadQuery, parse_cidr
+from .flows.render import human_bytes
 from .store import HistoryQuery, Store, StoreError, default_path
 from .units import parse_duration
 
@@ -39,15 +40,6 @@ def _when(text: str | None, now: float) -> float | None:
             f"invalid time {text!r}: use a duration ago (15m, 2h), an ISO time or Unix seconds",
             EXIT_USAGE,
         ) from None
-
-
-def _human(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024:
-            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
-        value /= 1024
-    return f"{value:.1f}TiB"
 
 
 @click.command()
@@ -138,7 +130,7 @@ def history(
             f"{r['laddr']}:{r['lport']}",
             f"{r['raddr']}:{r['rport']}" if r["raddr"] else "?",
             r["remote_name"] or r["remote_class"],
-            _human(r["tx_bytes"]),
-            _human(r["rx_bytes"]),
+            human_bytes(r["tx_bytes"]),
+            human_bytes(r["rx_bytes"]),
         )
     console.print(table)
