@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import pytest
 
@@ -29,7 +30,8 @@ LOOP = textwrap.dedent(
 )
 
 
-def test_json_report_for_one_process_failed_close_only() -> None:
+def _report_failed_close(*extra: str) -> tuple[int, list[dict[str, Any]]]:
+    """Two JSON reports of one process's failed close/getppid calls."""
     child = subprocess.Popen(
         [sys.executable, "-c", LOOP], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
@@ -51,6 +53,7 @@ def test_json_report_for_one_process_failed_close_only() -> None:
                 "-n",
                 "2",
                 "--json",
+                *extra,
             ],
             capture_output=True,
             text=True,
@@ -64,19 +67,46 @@ def test_json_report_for_one_process_failed_close_only() -> None:
     assert len(reports) == 2
     last = reports[-1]
     assert last["filter"] == f"pid {child.pid}, 2 syscall(s), failed calls only"
+    assert ("sys_enter=" in last["mechanism"]) == ("-L" in extra)  # the default: sys_exit alone
     assert [(r["pid"], r["syscall"]) for r in last["rows"]] == [(child.pid, "close")]
-    row = last["rows"][0]
-    assert row["count"] > 0
-    assert row["errors"] == row["count"] == sum(row["latency_log2_ns"])
     # The child keeps calling between the reads of the two maps, so only the
     # exact-workload tests compare the errno count with the row count.
     assert [(e["syscall"], e["errno"]) for e in last["errnos"]] == [("close", "EBADF")]
     assert last["errnos"][0]["count"] > 0
+    return child.pid, reports
 
 
-def test_plain_report_when_not_a_terminal() -> None:
+def test_json_report_default_mode_has_no_latency_fields() -> None:
+    _pid, reports = _report_failed_close()
+    last = reports[-1]
+    assert last["latency"] is False
+    assert "latency_buckets" not in last
+    row = last["rows"][0]
+    assert row["errors"] == row["count"] > 0
+    assert not {"total_ns", "mean_ns", "latency_log2_ns"} & set(row)
+
+
+def test_json_report_with_latency() -> None:
+    _pid, reports = _report_failed_close("-L", "--sort", "time")
+    last = reports[-1]
+    assert last["latency"] is True
+    assert last["sort"] == "time"
+    assert "latency_buckets" in last
+    row = last["rows"][0]
+    assert row["errors"] == row["count"] == sum(row["latency_log2_ns"]) > 0
+    assert row["total_ns"] > 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "columns"),
+    [
+        ((), ["SYSCALL", "COUNT", "RATE/s", "ERRORS"]),
+        (("-L",), ["SYSCALL", "COUNT", "RATE/s", "ERRORS", "TIME", "MEAN"]),
+    ],
+)
+def test_plain_report_when_not_a_terminal(extra: tuple[str, ...], columns: list[str]) -> None:
     done = subprocess.run(
-        [*BPFSCOPE, "-i", "0.3", "-n", "1", "-e", "-L"],
+        [*BPFSCOPE, "-i", "0.3", "-n", "1", "-e", *extra],
         capture_output=True,
         text=True,
         timeout=60,
@@ -84,4 +114,6 @@ def test_plain_report_when_not_a_terminal() -> None:
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert "calls in 0.3" in lines[0]
+    assert lines[1].split() == columns
+    assert ("latency of " in done.stdout) == bool(extra)
     assert "\x1b[" not in done.stdout  # no terminal control sequences in a pipe

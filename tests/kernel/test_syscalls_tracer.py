@@ -1,4 +1,5 @@
-"""The syscall tracer on the real kernel: exact counts for a known workload."""
+"""The syscall tracer on the real kernel: exact counts for a known workload,
+in the default counts mode (sys_exit alone) and with latency (-L)."""
 
 from __future__ import annotations
 
@@ -80,12 +81,17 @@ def _errnos(snap: Snapshot, pid: int) -> dict[tuple[str, str], int]:
     return {(e.syscall, e.errno): e.count for e in snap.errnos if e.tgid == pid}
 
 
-@pytest.mark.parametrize("mechanism", ["tp_btf", "raw_tp", "tracepoint"])
-def test_exact_counts_errors_and_latency(mechanism: str) -> None:
+RUNGS = ["tp_btf", "raw_tp", "tracepoint"]
+
+
+@pytest.mark.parametrize("mechanism", RUNGS)
+def test_latency_mode_exact_counts_errors_and_latency(mechanism: str) -> None:
+    """-L: both hooks; every call timed, the sleep in its log2 bucket."""
     require(mechanism)
-    with SyscallCollector(force=Mechanism(mechanism)) as collector:
+    with SyscallCollector(latency=True, force=Mechanism(mechanism)) as collector:
         assert collector.mechanism == f"sys_enter={mechanism}, sys_exit={mechanism}"
         pid, snap = _run_child(collector)
+    assert snap.latency
 
     close = _stat(snap, pid, "close")
     assert (close.count, close.errors) == (CLOSE_BAD, CLOSE_BAD)
@@ -108,18 +114,20 @@ def test_exact_counts_errors_and_latency(mechanism: str) -> None:
     assert snap.drops.total == 0
 
 
-@pytest.mark.parametrize("mechanism", ["tp_btf", "raw_tp", "tracepoint"])
-def test_counts_only_mode_counts_exactly_on_one_hook(mechanism: str) -> None:
-    """-C: sys_exit alone, the number read from the registers (tp_btf:
-    typed pointer; raw_tp: CO-RE read; tracepoint: its id field)."""
+@pytest.mark.parametrize("mechanism", RUNGS)
+def test_default_counts_mode_counts_exactly_on_one_hook(mechanism: str) -> None:
+    """The default: sys_exit alone, the number read from the registers
+    (tp_btf: typed pointer; raw_tp: CO-RE read; tracepoint: its id field)."""
     require(mechanism)
-    with SyscallCollector(latency=False, force=Mechanism(mechanism)) as collector:
+    with SyscallCollector(force=Mechanism(mechanism)) as collector:
         assert collector.mechanism == f"sys_exit={mechanism}"
         pid, snap = _run_child(collector)
+    assert not snap.latency
     close = _stat(snap, pid, "close")
     assert (close.count, close.errors) == (CLOSE_BAD, CLOSE_BAD)
     assert sum(close.hist) == 0  # not timed in this mode
     assert close.total_ns == 0
+    assert "latency_log2_ns" not in snap.to_json()["stats"][0]
     getppid = _stat(snap, pid, "getppid")
     assert (getppid.count, getppid.errors) == (GETPPID, 0)
     dup = _stat(snap, pid, "dup")
@@ -127,9 +135,16 @@ def test_counts_only_mode_counts_exactly_on_one_hook(mechanism: str) -> None:
     assert _errnos(snap, pid)[("close", "EBADF")] == CLOSE_BAD
     assert _stat(snap, pid, "nanosleep").count == 1
     assert snap.drops.total == 0
+    assert collector.totals.hist == {}
+    assert collector.totals.count["getppid"] >= GETPPID
 
 
-def test_pid_filter_failed_only_and_syscall_set() -> None:
+# The filters are checked separately on each mode's entry point.
+MODES = [pytest.param(False, id="counts"), pytest.param(True, id="latency")]
+
+
+@pytest.mark.parametrize("latency", MODES)
+def test_pid_filter_failed_only_and_syscall_set(latency: bool) -> None:
     """Only the child's failed close() calls: everything else filtered in the kernel."""
     require("tp_btf")
     # The filter needs the pid before load: start the child first.
@@ -145,7 +160,7 @@ def test_pid_filter_failed_only_and_syscall_set() -> None:
         assert child.stdin
         assert child.stdout
         assert child.stdout.readline().strip() == "ready"
-        with SyscallCollector(flt) as collector:
+        with SyscallCollector(flt, latency=latency) as collector:
             child.stdin.write("go\n")
             child.stdin.flush()
             assert child.stdout.readline().strip() == "done"
@@ -160,17 +175,19 @@ def test_pid_filter_failed_only_and_syscall_set() -> None:
     assert _errnos(snap, child.pid) == {("close", "EBADF"): CLOSE_BAD}
 
 
-def test_comm_filter_counts_only_matching_commands() -> None:
+@pytest.mark.parametrize("latency", MODES)
+def test_comm_filter_counts_only_matching_commands(latency: bool) -> None:
     require("tp_btf")
     nr = syscall_nr("getppid")
     libc = ctypes.CDLL(None, use_errno=True)
     # Only commands starting with "no-such-comm": this process is not one.
-    with SyscallCollector(SyscallFilter(comm="no-such-comm")) as collector:
+    with SyscallCollector(SyscallFilter(comm="no-such-comm"), latency=latency) as collector:
         for _ in range(100):
             libc.syscall(nr)
         assert [s for s in collector.poll().stats if s.tgid == os.getpid()] == []
     me = Path("/proc/self/comm").read_text().strip()
-    with SyscallCollector(SyscallFilter(comm=me[:4], syscalls=frozenset({nr}))) as collector:
+    flt = SyscallFilter(comm=me[:4], syscalls=frozenset({nr}))
+    with SyscallCollector(flt, latency=latency) as collector:
         collector.poll()
         for _ in range(100):
             libc.syscall(nr)
@@ -178,12 +195,13 @@ def test_comm_filter_counts_only_matching_commands() -> None:
     assert [(s.syscall, s.count) for s in mine] == [("getppid", 100)]
 
 
-def test_cgroup_filter_excludes_other_cgroups() -> None:
+@pytest.mark.parametrize("latency", MODES)
+def test_cgroup_filter_excludes_other_cgroups(latency: bool) -> None:
     require("tp_btf")
     libc = ctypes.CDLL(None, use_errno=True)
     nr = syscall_nr("getppid")
     # An id no cgroup has: nothing may be counted.
-    with SyscallCollector(SyscallFilter(cgroup_id=1 << 62)) as collector:
+    with SyscallCollector(SyscallFilter(cgroup_id=1 << 62), latency=latency) as collector:
         for _ in range(50):
             libc.syscall(nr)
         assert collector.poll().stats == ()
@@ -222,15 +240,20 @@ def test_struct_layouts_match_btf() -> None:
             }, name
 
 
-def test_nothing_stays_attached() -> None:
+@pytest.mark.parametrize(("latency", "programs"), [(False, 1), (True, 2)])
+def test_nothing_stays_attached(latency: bool, programs: int) -> None:
     require("tp_btf")
-    with load() as tool:
-        ours = {p.info().id for p in tool.obj.programs.values() if p.autoload}
-        assert len(ours) == 2
+    with load(latency=latency) as tool:
+        loaded = {name for name, p in tool.obj.programs.items() if p.autoload}
+        assert loaded == (
+            {"sys_enter_btf", "sys_exit_btf"} if latency else {"count_exit_btf"}
+        )  # never the benchmark's references
+        ours = {tool.obj.program(name).info().id for name in loaded}
+        assert len(ours) == programs
         links = {
             i for i in bpf.link_ids() if (info := bpf.link_info_by_id(i)) and info.prog_id in ours
         }
-        assert len(links) == 2
+        assert len(links) == programs
     assert not links & set(bpf.link_ids())
     # Programs are freed after an RCU grace period: give them a moment.
     deadline = time.monotonic() + 5

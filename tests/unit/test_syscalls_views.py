@@ -151,8 +151,9 @@ STATS = (
 ERRS = (ErrnoStat(10, "nginx", syscall_nr("close"), "close", 9, "EBADF", 40),)
 
 
-def _snap() -> Snapshot:
-    return Snapshot(1_700_000_000.0, 2.0, STATS, ERRS, Drops(), "sys_enter=tp_btf, sys_exit=tp_btf")
+def _snap(latency: bool = True) -> Snapshot:
+    mech = "sys_enter=tp_btf, sys_exit=tp_btf" if latency else "sys_exit=tp_btf"
+    return Snapshot(1_700_000_000.0, 2.0, STATS, ERRS, Drops(), mech, latency=latency)
 
 
 def test_aggregate_and_top() -> None:
@@ -167,13 +168,22 @@ def test_aggregate_and_top() -> None:
 
 
 def test_plain_snapshot_by_syscall() -> None:
-    text = plain_snapshot(_snap(), ViewOptions(by="syscall", top=2))
+    text = plain_snapshot(_snap(latency=False), ViewOptions(by="syscall", top=2))
     lines = text.splitlines()
     assert "845 calls in 2.00s (422/s)" in lines[0]
-    assert lines[1].split() == ["SYSCALL", "COUNT", "RATE/s", "ERRORS", "TIME", "MEAN"]
-    assert lines[2].split()[:4] == ["read", "800", "400", "0"]
-    assert lines[3].split()[:4] == ["close", "40", "20", "40"]
+    assert lines[1].split() == ["SYSCALL", "COUNT", "RATE/s", "ERRORS"]  # nothing timed
+    assert lines[2].split() == ["read", "800", "400", "0"]
+    assert lines[3].split() == ["close", "40", "20", "40"]
     assert len(lines) == 4
+
+
+def test_plain_snapshot_with_latency_has_time_columns() -> None:
+    text = plain_snapshot(_snap(), ViewOptions(by="syscall", top=2, latency=True))
+    lines = text.splitlines()
+    assert lines[1].split() == ["SYSCALL", "COUNT", "RATE/s", "ERRORS", "TIME", "MEAN"]
+    # 500 x 256 ns + 300 x 4096 ns = 1.36 ms over 800 calls
+    assert lines[2].split() == ["read", "800", "400", "0", "1.4ms", "1.7us"]
+    assert "latency of read (ns, log2):" in text
 
 
 def test_plain_snapshot_errnos_and_latency() -> None:
@@ -214,11 +224,23 @@ def test_format_ns(ns: float, text: str) -> None:
     assert format_ns(ns) == text
 
 
-def test_json_snapshot_shape() -> None:
-    out = json_snapshot(_snap(), ViewOptions(by="process", top=1))
+def test_json_snapshot_shape_default_mode() -> None:
+    out = json_snapshot(_snap(latency=False), ViewOptions(by="process", top=1))
     json.dumps(out)
     assert out["by"] == "process"
+    assert out["latency"] is False
+    assert "latency_buckets" not in out
     assert out["total_calls"] == 845
+    assert out["rows"] == [{"pid": 10, "comm": "nginx", "count": 540, "errors": 40}]
+    assert out["errnos"][0]["errno"] == "EBADF"
+    assert "syscall" not in out["errnos"][0]
+
+
+def test_json_snapshot_shape_with_latency() -> None:
+    out = json_snapshot(_snap(), ViewOptions(by="process", top=1, latency=True))
+    json.dumps(out)
+    assert out["latency"] is True
+    assert out["latency_buckets"].startswith("slot i counts [2^i, 2^(i+1)) ns")
     assert out["rows"] == [
         {
             "pid": 10,
@@ -230,8 +252,16 @@ def test_json_snapshot_shape() -> None:
             "latency_log2_ns": out["rows"][0]["latency_log2_ns"],
         }
     ]
-    assert out["errnos"][0]["errno"] == "EBADF"
-    assert "syscall" not in out["errnos"][0]
+
+
+@pytest.mark.parametrize("latency", [False, True])
+def test_snapshot_to_json_latency_fields_only_when_timed(latency: bool) -> None:
+    out = _snap(latency).to_json()
+    json.dumps(out)
+    assert out["latency"] is latency
+    assert ("hist_buckets" in out) is latency
+    assert ("latency_log2_ns" in out["stats"][0]) is latency
+    assert ("total_ns" in out["stats"][0]) is latency
 
 
 def test_aggregate_errnos_by_syscall() -> None:
@@ -298,7 +328,8 @@ def test_parse_cgroup(tmp_path: Path) -> None:
         (["-i", "-1"], "not in the range x>0"),
         (["-n", "0"], "not in the range x>=1"),
         (["--by", "thread"], "'thread' is not one of"),
-        (["-L", "-C"], "-L/--latency needs timing"),
+        (["--sort", "time"], "--sort time needs -L/--latency (timing every call costs about"),
+        (["-C"], "No such option '-C'"),  # -C/--counts-only is the default now
     ],
 )
 def test_bad_input_exits_2_without_traceback(args: list[str], message: str) -> None:
@@ -415,7 +446,22 @@ def test_collector_deltas_and_dead_process_cleanup() -> None:
         assert errnos.entries == {}
         assert c.totals.count == {"close": 32}
         assert c.totals.errors == {("close", "EBADF"): 4}
+        assert c.totals.hist == {}  # counts mode (the default): nothing timed
+        assert c.totals.total_ns == {}
     assert tool.closed
+
+
+def test_collector_latency_mode_keeps_latency_totals() -> None:
+    nr = syscall_nr("read")
+    stats = FakeMap({_key(5, nr): _value(4, 0, 4000, 9)})
+    tool = FakeTool(
+        {"syscalls_stats": stats, "syscalls_errnos": FakeMap({}), "syscalls_drops": FakeMap({})}
+    )
+    with SyscallCollector(latency=True, loader=lambda: tool, names=FakeNames({5})) as c:
+        snap = c.poll()
+        assert snap.latency
+        assert c.totals.total_ns == {"read": 4000}
+        assert c.totals.hist["read"][9] == 4
 
 
 def test_collector_key_recreated_counts_from_zero() -> None:

@@ -1,11 +1,15 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
 /*
- * Syscall tracer: per (process, syscall) counts, errors, total latency and a
- * log2 latency histogram, plus failed calls broken down by errno.
+ * Syscall tracer: per (process, syscall) counts and errors, plus failed calls
+ * broken down by errno; with latency on, also total latency and a log2
+ * latency histogram.
  *
- * sys_enter stamps the thread's start time in its task-local storage;
- * sys_exit takes it out and adds the call to the per-CPU syscalls_stats
- * entry of (process, syscall).
+ * Two sets of programs share the maps and the accounting:
+ * - counts (the default): count_exit_* on sys_exit alone;
+ * - latency (-L): sys_enter_* stamps the thread's start time in its
+ *   task-local storage, sys_exit_* takes it out and times the call.
+ * Either set adds the call to the per-CPU syscalls_stats entry of
+ * (process, syscall).
  * Filters (pid, command prefix, cgroup, syscall set, failed only) are
  * const volatile settings: the verifier drops the checks that are off.
  * Both hooks go through the attach ladder tp_btf -> raw_tp -> tracepoint.
@@ -232,8 +236,8 @@ static __always_inline int on_exit(long ret)
 }
 
 /*
- * Counts-only mode (no latency): sys_exit alone, the syscall number taken
- * from the saved registers. Half the hooks and no clock reads or task
+ * Counts mode (the default, no latency): sys_exit alone, the syscall number
+ * taken from the saved registers. Half the hooks and no clock reads or task
  * storage, like syscount without -L. exit/exit_group never reach sys_exit
  * and are not counted in this mode.
  */

@@ -7,11 +7,18 @@ the tracer itself lives beside this module.
 from __future__ import annotations
 
 import difflib
+from typing import Final
 
 from ..system import arch
 from .table import SYSCALLS
 
-__all__ = ["UnknownSyscall", "syscall_name", "syscall_names", "syscall_nr"]
+__all__ = ["COST_NS", "UnknownSyscall", "syscall_name", "syscall_names", "syscall_nr"]
+
+# What each mode adds per syscall, host-wide, in ns: the best runs of
+# `bpfscope syscalls --bench --bench-rounds 7` on the project's 2-CPU VM
+# (docs/syscalls.md has the run). Quoted by --help texts; a guide, not a
+# promise: rerun the bench on your machine.
+COST_NS: Final = {"counts": 34, "latency": 111}
 
 
 class UnknownSyscall(ValueError):

@@ -4,13 +4,14 @@
 built with the system compiler; a Python loop when there is none) in CPU
 time of the looping process (so that preemption by other work on a shared
 machine does not count) under
-four conditions, interleaved round by round so that drift on a shared
+five conditions, interleaved round by round so that drift on a shared
 machine hits all of them alike:
 
 * ``baseline``: nothing attached;
 * ``empty``: empty programs on the same sys_enter/sys_exit hooks, through
   the same rung of the ladder as the tracer;
-* ``bpfscope``: the tracer, unfiltered (every process, like bpftrace);
+* ``bpfscope``: the tracer with ``-L``, unfiltered (every process, like bpftrace);
+* ``counts``: the tracer's default mode (sys_exit alone, no latency);
 * ``bpftrace``: the equivalent bpftrace script (:data:`BPFTRACE_SCRIPT`).
 
 Each condition's *added* cost is its median ns/call minus the baseline's;
@@ -150,7 +151,7 @@ class BenchResult:
         for label, mode, ref, bar in (
             ("bpfscope / empty programs", "bpfscope", "empty", BAR_VS_EMPTY),
             ("bpfscope / bpftrace", "bpfscope", "bpftrace", BAR_VS_BPFTRACE),
-            ("counts-only (-C) / empty programs", "counts", "empty", BAR_VS_EMPTY),
+            ("counts (default) / empty programs", "counts", "empty", BAR_VS_EMPTY),
         ):
             r = self.ratio(mode, ref)
             if r is not None:
@@ -251,13 +252,13 @@ def run_bench(
     system.ensure_tracefs()
 
     # Resolve the rung once, so that empty and tracer programs share it.
-    with SyscallCollector(SyscallFilter(), force=force, btf_path=btf_path) as probe:
+    with SyscallCollector(SyscallFilter(), latency=True, force=force, btf_path=btf_path) as probe:
         mechanism = probe.mechanism
         rung = probe.tool.choices[0].rung
     mech = rung.mechanism if rung is not None else force
 
     def tracer() -> AbstractContextManager[Any]:
-        return SyscallCollector(SyscallFilter(), force=mech, btf_path=btf_path)
+        return SyscallCollector(SyscallFilter(), latency=True, force=mech, btf_path=btf_path)
 
     def counts_only() -> AbstractContextManager[Any]:
         return SyscallCollector(SyscallFilter(), latency=False, force=mech, btf_path=btf_path)

@@ -16,12 +16,13 @@ import click
 from .. import system
 from ..errors import EXIT_USAGE, UserError, require_privileges
 from ..features import Mechanism
-from . import syscall_nr
+from . import COST_NS, syscall_nr
 from .render import BY_CHOICES, SORT_CHOICES, ViewOptions
 
 __all__ = ["parse_cgroup", "parse_syscalls", "syscalls", "validate_pid"]
 
 ATTACH_CHOICES = (str(Mechanism.TP_BTF), str(Mechanism.RAW_TP), str(Mechanism.TRACEPOINT))
+_LATENCY_X = COST_NS["latency"] / COST_NS["counts"]
 
 
 def parse_syscalls(values: Sequence[str]) -> frozenset[int]:
@@ -128,7 +129,13 @@ def _sleep_until(deadline: float, stopped: list[bool]) -> None:
     show_default=True,
     help="Rows per report (0: all).",
 )
-@click.option("--sort", type=click.Choice(SORT_CHOICES), default="count", show_default=True)
+@click.option(
+    "--sort",
+    type=click.Choice(SORT_CHOICES),
+    default="count",
+    show_default=True,
+    help="Order of the rows; 'time' needs -L.",
+)
 @click.option(
     "--by",
     type=click.Choice(BY_CHOICES),
@@ -137,13 +144,13 @@ def _sleep_until(deadline: float, stopped: list[bool]) -> None:
     help="Group rows per syscall, per process, or per (process, syscall).",
 )
 @click.option("-e", "--errno", "errnos", is_flag=True, help="Break failed calls down by errno.")
-@click.option("-L", "--latency", is_flag=True, help="Draw log2 latency histograms.")
 @click.option(
-    "-C",
-    "--counts-only",
+    "-L",
+    "--latency",
     is_flag=True,
-    help="Count calls and errors only, no latency: one hook (sys_exit) instead of two, "
-    "about a third of the cost; exit/exit_group are not seen.",
+    help="Also time every call: TIME and MEAN columns, --sort time, log2 latency histograms. "
+    f"Hooks sys_enter too and reads the clock twice per call: about {_LATENCY_X:.1f}x "
+    "the default's cost (docs/syscalls.md). Also sees exit/exit_group.",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per report (JSON lines).")
 @click.option(
@@ -187,7 +194,6 @@ def syscalls(
     by: str,
     errnos: bool,
     latency: bool,
-    counts_only: bool,
     as_json: bool,
     attach: str | None,
     max_entries: int | None,
@@ -196,16 +202,20 @@ def syscalls(
     bench_rounds: int,
     no_bpftrace: bool,
 ) -> None:
-    """Count syscalls per process: calls, errors, latency.
+    """Count syscalls per process: calls and errors; latency with -L.
+
+    By default only sys_exit is hooked and nothing is timed (like syscount);
+    -L times every call, at a few times the cost.
 
     \b
     Examples:
       bpfscope syscalls                       top syscalls, every second
       bpfscope syscalls --by process -n 5     busiest processes, 5 reports
-      bpfscope syscalls -p 1234 -e -L         one process, errnos, latency
       bpfscope syscalls -s openat,read -x -e  failed openat/read, by errno
+      bpfscope syscalls -L --sort time        syscalls by total time, histograms
+      bpfscope syscalls -p 1234 -e -L         one process, errnos, latency
       bpfscope syscalls --json -n 1 -i 5      one 5-second report as JSON
-      bpfscope syscalls --bench               what the tracer costs per call
+      bpfscope syscalls --bench               what each mode costs per call
     """
     btf = (ctx.obj or {}).get("btf")
     force = Mechanism(attach) if attach else None
@@ -226,6 +236,12 @@ def syscalls(
     from .collector import SyscallCollector
     from .tool import SyscallFilter
 
+    if sort == "time" and not latency:
+        raise UserError(
+            f"--sort time needs -L/--latency (timing every call costs about {_LATENCY_X:.1f}x "
+            "more, see docs/syscalls.md)",
+            EXIT_USAGE,
+        )
     flt = SyscallFilter(
         tgid=validate_pid(pid) if pid is not None else None,
         comm=comm or None,
@@ -233,12 +249,10 @@ def syscalls(
         syscalls=parse_syscalls(syscall_names),
         failed_only=failed,
     )
-    if latency and counts_only:
-        raise UserError("-L/--latency needs timing, which -C/--counts-only leaves out", EXIT_USAGE)
     opts = ViewOptions(by=by, sort=sort, top=top or None, errnos=errnos, latency=latency)
     require_privileges()
     with SyscallCollector(
-        flt, latency=not counts_only, max_entries=max_entries, force=force, btf_path=btf
+        flt, latency=latency, max_entries=max_entries, force=force, btf_path=btf
     ) as collector:
         _report_loop(collector.poll, opts, interval, count, as_json)
 

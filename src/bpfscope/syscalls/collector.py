@@ -3,8 +3,12 @@
 A plain collector (``start()``, ``poll()``, ``close()``) as the design asks:
 it knows nothing about terminals or HTTP. ``poll()`` returns a
 :class:`Snapshot` of what happened since the previous poll (deltas of the
-kernel's cumulative per-CPU counters); ``totals()`` keeps cumulative
+kernel's cumulative per-CPU counters); ``totals`` keeps cumulative
 per-syscall counters for Prometheus-style consumers (the agent).
+
+By default only calls and errors are counted (sys_exit alone); with
+``latency=True`` every call is also timed, and the records' latency fields
+(``total_ns``, ``hist``) are filled in.
 
 Kernel entries of processes that have exited are deleted after their last
 read, so the maps only hold live processes.
@@ -114,18 +118,22 @@ class SyscallStat:
         timed = sum(self.hist)
         return self.total_ns / timed if timed else 0.0
 
-    def to_json(self) -> dict[str, Any]:
-        return {
+    def to_json(self, latency: bool = True) -> dict[str, Any]:
+        """``latency=False`` (counts mode: nothing was timed) leaves out
+        ``total_ns``, ``mean_ns`` and ``latency_log2_ns``."""
+        out: dict[str, Any] = {
             "pid": self.tgid,
             "comm": self.comm,
             "syscall": self.syscall,
             "nr": self.nr,
             "count": self.count,
             "errors": self.errors,
-            "total_ns": self.total_ns,
-            "mean_ns": round(self.mean_ns, 1),
-            "latency_log2_ns": list(self.hist),
         }
+        if latency:
+            out["total_ns"] = self.total_ns
+            out["mean_ns"] = round(self.mean_ns, 1)
+            out["latency_log2_ns"] = list(self.hist)
+        return out
 
 
 @dataclass(frozen=True)
@@ -181,28 +189,33 @@ class Snapshot:
     drops: Drops
     mechanism: str
     filter: SyscallFilter = field(default_factory=SyscallFilter)
+    latency: bool = False  # calls were timed (latency mode)
 
     @property
     def total_calls(self) -> int:
         return sum(s.count for s in self.stats)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "time": round(self.time, 3),
             "interval_s": round(self.elapsed_s, 3),
             "mechanism": self.mechanism,
             "filter": self.filter.describe(),
-            "hist_buckets": "slot i: [2^i, 2^(i+1)) ns; slot 0 from 0; last slot unbounded",
+            "latency": self.latency,
             "total_calls": self.total_calls,
-            "stats": [s.to_json() for s in self.stats],
+            "stats": [s.to_json(self.latency) for s in self.stats],
             "errnos": [e.to_json() for e in self.errnos],
             "drops": self.drops.to_json(),
         }
+        if self.latency:
+            out["hist_buckets"] = "slot i: [2^i, 2^(i+1)) ns; slot 0 from 0; last slot unbounded"
+        return out
 
 
 @dataclass
 class SyscallTotals:
-    """Cumulative per-syscall counters since start (no pid dimension)."""
+    """Cumulative per-syscall counters since start (no pid dimension);
+    ``total_ns`` and ``hist`` stay empty in counts mode."""
 
     count: dict[str, int] = field(default_factory=dict)
     errors: dict[tuple[str, str], int] = field(default_factory=dict)  # (syscall, errno)
@@ -212,6 +225,8 @@ class SyscallTotals:
     def add(self, snap: Snapshot) -> None:
         for s in snap.stats:
             self.count[s.syscall] = self.count.get(s.syscall, 0) + s.count
+            if not snap.latency:
+                continue
             self.total_ns[s.syscall] = self.total_ns.get(s.syscall, 0) + s.total_ns
             h = self.hist.setdefault(s.syscall, [0] * HIST_SLOTS)
             for i, v in enumerate(s.hist):
@@ -267,15 +282,17 @@ def _delta(cur: tuple[int, ...], prev: tuple[int, ...] | None) -> tuple[int, ...
 class SyscallCollector:
     """Load the tracer, then ``poll()`` for per-interval :class:`Snapshot`s.
 
-    ``loader`` exists for tests; by default the real BPF object is loaded.
+    Counts and errors by default (sys_exit alone); ``latency=True`` times
+    every call too (sys_enter and sys_exit). ``loader`` exists for tests; by
+    default the real BPF object is loaded.
     """
 
     def __init__(
         self,
         flt: SyscallFilter | None = None,
         *,
+        latency: bool = False,
         track_errnos: bool = True,
-        latency: bool = True,
         max_entries: int | None = None,
         force: Mechanism | None = None,
         btf_path: str | None = None,
@@ -283,6 +300,7 @@ class SyscallCollector:
         loader: Callable[[], _ToolLike] | None = None,
     ) -> None:
         self.filter = flt or SyscallFilter()
+        self.latency = latency
         self._track_errnos = track_errnos
         self._loader = loader or (
             lambda: load(
@@ -425,6 +443,7 @@ class SyscallCollector:
             drops=self.drops(),
             mechanism=self.mechanism,
             filter=self.filter,
+            latency=self.latency,
         )
         self.totals.add(snap)
         return snap

@@ -41,7 +41,7 @@ class ViewOptions:
     sort: str = "count"
     top: int | None = 10
     errnos: bool = False
-    latency: bool = False
+    latency: bool = False  # calls were timed: TIME/MEAN columns, histograms
 
 
 def format_ns(ns: float) -> str:
@@ -154,19 +154,17 @@ def _header(snap: Snapshot) -> str:
     return text
 
 
-def _stat_cells(s: SyscallStat, elapsed: float) -> list[str]:
-    timed = sum(s.hist)
+def _stat_cells(s: SyscallStat, elapsed: float, latency: bool) -> list[str]:
     rate = s.count / elapsed if elapsed > 0 else 0.0
-    return [
-        str(s.count),
-        f"{rate:,.0f}",
-        str(s.errors),
-        format_ns(s.total_ns) if timed else "-",
-        format_ns(s.mean_ns) if timed else "-",
-    ]
+    cells = [str(s.count), f"{rate:,.0f}", str(s.errors)]
+    if latency:
+        timed = sum(s.hist)  # exit/exit_group are counted, not timed
+        cells += [format_ns(s.total_ns) if timed else "-", format_ns(s.mean_ns) if timed else "-"]
+    return cells
 
 
-_STAT_COLUMNS: Final = ["COUNT", "RATE/s", "ERRORS", "TIME", "MEAN"]
+def _stat_columns(latency: bool) -> list[str]:
+    return ["COUNT", "RATE/s", "ERRORS"] + (["TIME", "MEAN"] if latency else [])
 
 
 def plain_snapshot(snap: Snapshot, opts: ViewOptions) -> str:
@@ -176,8 +174,10 @@ def plain_snapshot(snap: Snapshot, opts: ViewOptions) -> str:
     if not rows:
         lines.append("  (no calls)")
         return "\n".join(lines) + "\n"
-    header = _key_columns(opts.by) + _STAT_COLUMNS
-    table = [header] + [_key_values(s, opts.by) + _stat_cells(s, snap.elapsed_s) for s in rows]
+    header = _key_columns(opts.by) + _stat_columns(opts.latency)
+    table = [header] + [
+        _key_values(s, opts.by) + _stat_cells(s, snap.elapsed_s, opts.latency) for s in rows
+    ]
     lines += _columns(table, numeric_from=len(_key_columns(opts.by)))
     if opts.errnos:
         errs = aggregate_errnos(snap.errnos, opts.by)
@@ -219,10 +219,10 @@ def rich_snapshot(snap: Snapshot, opts: ViewOptions) -> RenderableType:
     table = Table(box=None, pad_edge=False, header_style="bold cyan")
     for col in key_cols:
         table.add_column(col, no_wrap=True)
-    for col in _STAT_COLUMNS:
+    for col in _stat_columns(opts.latency):
         table.add_column(col, justify="right")
     for s in rows:
-        cells = _stat_cells(s, snap.elapsed_s)
+        cells = _stat_cells(s, snap.elapsed_s, opts.latency)
         style = "red" if s.errors else None
         table.add_row(*_key_values(s, opts.by), *cells, style=style)
     parts.append(table if rows else Text("(no calls)", style="dim"))
@@ -247,7 +247,10 @@ def rich_snapshot(snap: Snapshot, opts: ViewOptions) -> RenderableType:
 
 
 def json_snapshot(snap: Snapshot, opts: ViewOptions) -> dict[str, Any]:
-    """One interval as a JSON object (one per line with ``--json``)."""
+    """One interval as a JSON object (one per line with ``--json``).
+
+    Rows carry ``total_ns``, ``mean_ns`` and ``latency_log2_ns`` (and the
+    object ``latency_buckets``) only when calls were timed (``-L``)."""
     rows = _rows(snap, opts)
     errs = aggregate_errnos(snap.errnos, opts.by)
     out: dict[str, Any] = {
@@ -257,12 +260,16 @@ def json_snapshot(snap: Snapshot, opts: ViewOptions) -> dict[str, Any]:
         "filter": snap.filter.describe(),
         "by": opts.by,
         "sort": opts.sort,
+        "latency": opts.latency,
         "total_calls": snap.total_calls,
-        "latency_buckets": "slot i counts [2^i, 2^(i+1)) ns; slot 0 from 0; the last is unbounded",
-        "rows": [_json_row(s.to_json(), opts.by) for s in rows],
+        "rows": [_json_row(s.to_json(opts.latency), opts.by) for s in rows],
         "errnos": [_json_row(e.to_json(), opts.by) for e in errs],
         "drops": snap.drops.to_json(),
     }
+    if opts.latency:
+        out["latency_buckets"] = (
+            "slot i counts [2^i, 2^(i+1)) ns; slot 0 from 0; the last is unbounded"
+        )
     return out
 
 

@@ -2,8 +2,10 @@
 
 ``hooks()`` is the attach ladder (tp_btf -> raw_tp -> raw_syscalls
 tracepoints; fentry does not apply: there is no single kernel function
-behind every syscall's entry and exit). ``load()`` turns a
-:class:`SyscallFilter` into the object's ``const volatile`` settings.
+behind every syscall's entry and exit) of the latency mode, which uses both
+hooks; the default counts mode uses ``count_hooks()``, sys_exit alone.
+``load()`` turns a :class:`SyscallFilter` into the object's
+``const volatile`` settings.
 """
 
 from __future__ import annotations
@@ -30,15 +32,17 @@ __all__ = [
     "StatsKey",
     "StatsValue",
     "SyscallFilter",
+    "count_hooks",
     "hooks",
     "load",
+    "load_nop",
     "nop_hooks",
     "syscall_mask",
 ]
 
 TOOL: Final = "syscalls"
 NAME: Final = "syscalls"
-DESCRIPTION: Final = "per-process syscall counts, errors and latency (sys_enter/sys_exit)"
+DESCRIPTION: Final = "per-process syscall counts and errors (sys_exit); latency: -L (+sys_enter)"
 CORE: Final = False
 
 # Mirrors of syscalls.h; a test checks them against the object's BTF.
@@ -70,43 +74,40 @@ class Inflight(ctypes.Structure):
     _fields_ = [("start_ns", ctypes.c_uint64), ("nr", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
 
 
-def _ladder(enter: tuple[str, str, str], exit_: tuple[str, str, str]) -> list[Hook]:
-    def rungs(progs: tuple[str, str, str], tp: str) -> tuple[Rung, ...]:
-        btf, raw, trace = progs
-        return (
+def _hook(tp: str, progs: tuple[str, str, str]) -> Hook:
+    """``tp`` ("sys_enter"/"sys_exit") through tp_btf, raw_tp, tracepoint."""
+    btf, raw, trace = progs
+    return Hook(
+        tp,
+        (
             Rung(Mechanism.TP_BTF, btf, tp),
             Rung(Mechanism.RAW_TP, raw, tp),
             Rung(Mechanism.TRACEPOINT, trace, f"raw_syscalls:{tp}"),
-        )
+        ),
+    )
 
-    return [
-        Hook("sys_enter", rungs(enter, "sys_enter")),
-        Hook("sys_exit", rungs(exit_, "sys_exit")),
-    ]
+
+def _programs(prefix: str, hook: str) -> tuple[str, str, str]:
+    return (f"{prefix}_{hook}_btf", f"{prefix}_{hook}_raw", f"{prefix}_{hook}_tp")
 
 
 def hooks() -> list[Hook]:
-    return _ladder(
-        ("sys_enter_btf", "sys_enter_raw", "sys_enter_tp"),
-        ("sys_exit_btf", "sys_exit_raw", "sys_exit_tp"),
-    )
+    """Latency mode (-L): sys_enter and sys_exit. Also what doctor checks:
+    the counts mode's sys_exit hook is one of them."""
+    return [
+        _hook("sys_enter", ("sys_enter_btf", "sys_enter_raw", "sys_enter_tp")),
+        _hook("sys_exit", ("sys_exit_btf", "sys_exit_raw", "sys_exit_tp")),
+    ]
 
 
 def count_hooks() -> list[Hook]:
-    """Counts-only mode: sys_exit alone (no latency, no exit/exit_group)."""
-    _, exit_hook = _ladder(
-        ("sys_enter_btf", "sys_enter_raw", "sys_enter_tp"),
-        ("count_exit_btf", "count_exit_raw", "count_exit_tp"),
-    )
-    return [exit_hook]
+    """Counts mode (the default): sys_exit alone (no latency, no exit/exit_group)."""
+    return [_hook("sys_exit", _programs("count", "exit"))]
 
 
 def nop_hooks() -> list[Hook]:
-    """Empty programs on the same hooks (the benchmark's reference)."""
-    return _ladder(
-        ("nop_enter_btf", "nop_enter_raw", "nop_enter_tp"),
-        ("nop_exit_btf", "nop_exit_raw", "nop_exit_tp"),
-    )
+    """Empty programs on sys_enter and sys_exit (the benchmark's reference)."""
+    return [_hook(f"sys_{h}", _programs("nop", h)) for h in ("enter", "exit")]
 
 
 @dataclass(frozen=True)
@@ -168,15 +169,16 @@ def _rodata(flt: SyscallFilter, track_errnos: bool) -> dict[str, int | bytes]:
 def load(
     flt: SyscallFilter | None = None,
     *,
+    latency: bool = False,
     track_errnos: bool = True,
-    latency: bool = True,
     max_entries: int | None = None,
     force: Mechanism | None = None,
     btf_path: str | None = None,
 ) -> AttachedTool:
     """Load and attach the tracer; the caller closes it (context manager).
 
-    ``latency=False`` is the counts-only mode: one hook instead of two.
+    By default counts and errors only, on sys_exit; ``latency=True`` also
+    times every call (sys_enter and sys_exit, two clock reads per call).
     """
     sizes = {}
     if max_entries:
