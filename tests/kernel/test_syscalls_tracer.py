@@ -18,7 +18,7 @@ from bpfscope.features import Mechanism
 from bpfscope.objects import object_bytes
 from bpfscope.syscalls import syscall_nr
 from bpfscope.syscalls.collector import Snapshot, SyscallCollector, SyscallStat, bucket_of
-from bpfscope.syscalls.tool import StatsValue, SyscallFilter, load
+from bpfscope.syscalls.tool import REFERENCES, StatsValue, SyscallFilter, load, load_reference
 from kernel_require import require
 
 pytestmark = pytest.mark.kernel
@@ -260,3 +260,17 @@ def test_nothing_stays_attached(latency: bool, programs: int) -> None:
     while ours & set(bpf.prog_ids()) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not ours & set(bpf.prog_ids())
+
+
+@pytest.mark.parametrize("mechanism", RUNGS)
+@pytest.mark.parametrize(("reference", "hooks"), [("empty", 2), ("empty_exit", 1), ("clock", 2)])
+def test_benchmark_references_load_on_every_rung(
+    mechanism: str, reference: str, hooks: int
+) -> None:
+    """The bench's references (empty programs, clock reads only) are
+    accepted and attached on each rung."""
+    require(mechanism)
+    assert set(REFERENCES) == {"empty", "empty_exit", "clock"}
+    with load_reference(reference, force=Mechanism(mechanism)) as tool:
+        chosen = [c.rung.mechanism for c in tool.choices if c.rung]
+        assert chosen == [Mechanism(mechanism)] * hooks

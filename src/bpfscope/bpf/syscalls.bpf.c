@@ -367,4 +367,51 @@ int nop_exit_tp(void *ctx)
 	return 0;
 }
 
+/*
+ * The clock floor: programs on the same hooks that only read the clock,
+ * which any tracer timing every call must do at entry and at exit. The
+ * overhead benchmark's second reference; never loaded by the tracer.
+ */
+SEC("tp_btf/sys_enter")
+int BPF_PROG(clock_enter_btf)
+{
+	bpf_ktime_get_ns();
+	return 0;
+}
+
+SEC("tp_btf/sys_exit")
+int BPF_PROG(clock_exit_btf)
+{
+	bpf_ktime_get_ns();
+	return 0;
+}
+
+SEC("raw_tp/sys_enter")
+int clock_enter_raw(void *ctx)
+{
+	bpf_ktime_get_ns();
+	return 0;
+}
+
+SEC("raw_tp/sys_exit")
+int clock_exit_raw(void *ctx)
+{
+	bpf_ktime_get_ns();
+	return 0;
+}
+
+SEC("tracepoint/raw_syscalls/sys_enter")
+int clock_enter_tp(void *ctx)
+{
+	bpf_ktime_get_ns();
+	return 0;
+}
+
+SEC("tracepoint/raw_syscalls/sys_exit")
+int clock_exit_tp(void *ctx)
+{
+	bpf_ktime_get_ns();
+	return 0;
+}
+
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

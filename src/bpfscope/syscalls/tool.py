@@ -26,16 +26,19 @@ __all__ = [
     "HIST_SLOTS",
     "MASK_BITS",
     "NAME",
+    "REFERENCES",
     "TOOL",
     "ErrnoKey",
     "Inflight",
     "StatsKey",
     "StatsValue",
     "SyscallFilter",
+    "clock_hooks",
     "count_hooks",
     "hooks",
     "load",
-    "load_nop",
+    "load_reference",
+    "nop_exit_hooks",
     "nop_hooks",
     "syscall_mask",
 ]
@@ -108,6 +111,17 @@ def count_hooks() -> list[Hook]:
 def nop_hooks() -> list[Hook]:
     """Empty programs on sys_enter and sys_exit (the benchmark's reference)."""
     return [_hook(f"sys_{h}", _programs("nop", h)) for h in ("enter", "exit")]
+
+
+def nop_exit_hooks() -> list[Hook]:
+    """An empty program on sys_exit alone (the counts mode's own hook)."""
+    return [_hook("sys_exit", _programs("nop", "exit"))]
+
+
+def clock_hooks() -> list[Hook]:
+    """Programs that only call bpf_ktime_get_ns() on sys_enter and sys_exit:
+    the floor of any tracer that times every call."""
+    return [_hook(f"sys_{h}", _programs("clock", h)) for h in ("enter", "exit")]
 
 
 @dataclass(frozen=True)
@@ -193,6 +207,12 @@ def load(
     )
 
 
-def load_nop(*, force: Mechanism | None = None, btf_path: str | None = None) -> AttachedTool:
-    """Load only the empty programs (benchmark reference)."""
-    return load_tool(TOOL, nop_hooks(), force=force, btf_path=btf_path)
+REFERENCES: Final = {"empty": nop_hooks, "empty_exit": nop_exit_hooks, "clock": clock_hooks}
+
+
+def load_reference(
+    name: str, *, force: Mechanism | None = None, btf_path: str | None = None
+) -> AttachedTool:
+    """Load one of the benchmark's references (:data:`REFERENCES`): empty
+    programs on both hooks, on sys_exit alone, or clock reads only."""
+    return load_tool(TOOL, REFERENCES[name](), force=force, btf_path=btf_path)
