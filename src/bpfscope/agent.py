@@ -89,7 +89,7 @@ class Agent:
     max_events: int = 10_000
     bpf_stats: bool = False
     on_poll: Callable[[], None] | None = None
-    syscalls: Any | None = None  # a SyscallCollector, when --syscalls is on
+    syscalls: Any | None = None  # a SyscallCollector (--syscalls, --syscall-latency)
     # Closed flows stay in the current view this long, so a short
     # connection is visible to a client that polls less often than the
     # collector deletes closed flows (history and events keep them anyway).
@@ -310,6 +310,7 @@ class Agent:
             collectors["syscalls"] = {
                 "alive": self.sys_state.alive,
                 "error": self.sys_state.error,
+                "latency": self.syscalls.latency,
                 "polls": self.sys_state.polls,
                 "last_poll": self.sys_state.last_poll,
                 "poll_seconds": round(self.sys_state.poll_seconds, 6),

@@ -275,12 +275,14 @@ class SyscallTotalsSource(Protocol):
 
 
 class SyscallMetrics(Collector):
-    """bpfscope_syscalls_total, _errors_total and the latency histogram,
-    from the syscall collector's cumulative totals (one series per syscall,
-    and per syscall and errno: bounded by the kernel's syscall table)."""
+    """bpfscope_syscalls_total, _errors_total and (``latency=True``: the
+    collector times calls) the latency histogram, from the syscall
+    collector's cumulative totals (one series per syscall, and per syscall
+    and errno: bounded by the kernel's syscall table)."""
 
-    def __init__(self, source: SyscallTotalsSource) -> None:
+    def __init__(self, source: SyscallTotalsSource, *, latency: bool = False) -> None:
         self._source = source
+        self.latency = latency
 
     def collect(self) -> Iterator[Metric]:
         _, totals = self._source.syscall_view()
@@ -292,20 +294,23 @@ class SyscallMetrics(Collector):
             "System calls that returned an error, by syscall and errno.",
             labels=["syscall", "errno"],
         )
+        if totals is not None:
+            for name, n in sorted(totals.count.items()):
+                calls.add_metric([name], n)
+            for (name, errno_name), n in sorted(totals.errors.items()):
+                errors.add_metric([name, errno_name], n)
+        yield calls
+        yield errors
+        if not self.latency:
+            return
         latency = HistogramMetricFamily(
             "bpfscope_syscall_latency_seconds",
             "Time from syscall entry to exit.",
             labels=["syscall"],
         )
         if totals is not None:
-            for name, n in sorted(totals.count.items()):
-                calls.add_metric([name], n)
-            for (name, errno_name), n in sorted(totals.errors.items()):
-                errors.add_metric([name, errno_name], n)
             for name, slots in sorted(totals.hist.items()):
                 latency.add_metric([name], _log2_buckets(slots), totals.total_ns.get(name, 0) / 1e9)
-        yield calls
-        yield errors
         yield latency
 
 

@@ -78,7 +78,7 @@ def create_app(
         if agent.metrics is not None:
             registry.register(agent.metrics)
         if agent.syscalls is not None:
-            registry.register(SyscallMetrics(agent))
+            registry.register(SyscallMetrics(agent, latency=agent.syscalls.latency))
         ProcessCollector(namespace="bpfscope", registry=registry)
 
     def authorized(request: Request) -> bool:
@@ -250,7 +250,9 @@ def create_app(
         rows = agent.store.query(q)
         return JSONResponse({"items": rows, "count": len(rows)})
 
-    @app.get("/api/v1/syscalls", summary="Syscall counts, errors and latency")
+    @app.get(
+        "/api/v1/syscalls", summary="Syscall counts and errors (latency with --syscall-latency)"
+    )
     def syscalls(
         pid: Pid = None,
         syscall: str | None = None,
@@ -266,6 +268,9 @@ def create_app(
         from .syscalls import UnknownSyscall, syscall_nr
         from .syscalls.collector import aggregate, top
 
+        latency = bool(agent.syscalls.latency)
+        if sort == "time" and not latency:
+            raise BadQuery("sort=time needs latency: start the agent with --syscall-latency")
         if syscall is not None:
             try:
                 syscall_nr(syscall)
@@ -273,7 +278,7 @@ def create_app(
                 raise BadQuery(str(exc)) from None
         snap, totals = agent.syscall_view()
         if snap is None:
-            return JSONResponse({"interval": None, "items": [], "totals": {}})
+            return JSONResponse({"interval": None, "latency": latency, "items": [], "totals": {}})
         stats = [
             s
             for s in snap.stats
@@ -291,10 +296,12 @@ def create_app(
                 "interval_s": snap.elapsed_s,
                 "mechanism": snap.mechanism,
                 "by": by,
-                "items": [s.to_json() for s in ranked],
+                "latency": latency,
+                "items": [s.to_json(latency) for s in ranked],
                 "errnos": errnos[:MAX_PAGE],
                 "totals": {
-                    name: {"count": n, "total_ns": totals.total_ns.get(name, 0)}
+                    name: {"count": n}
+                    | ({"total_ns": totals.total_ns.get(name, 0)} if latency else {})
                     for name, n in totals.count.items()
                     if syscall is None or name == syscall
                 },

@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from .errors import EXIT_USAGE, UserError, require_privileges
+from .syscalls import COST_NS
 from .units import parse_duration, parse_listen, parse_size
 
 __all__ = ["serve"]
@@ -80,7 +81,14 @@ def _convert(kind: str, fn: Any, value: str) -> Any:
     "--syscalls",
     "with_syscalls",
     is_flag=True,
-    help="Also trace syscalls of every process (adds ~100 ns per syscall; see docs/syscalls.md).",
+    help="Also count syscalls and errors of every process, on sys_exit "
+    f"(adds ~{COST_NS['counts']} ns per syscall host-wide; see docs/syscalls.md).",
+)
+@click.option(
+    "--syscall-latency",
+    is_flag=True,
+    help="Also time every syscall: bpfscope_syscall_latency_seconds (implies --syscalls; "
+    f"adds ~{COST_NS['latency']} ns per syscall instead, sys_enter hooked too).",
 )
 @click.option(
     "--attach", "force", default=None, help="Force an attach mechanism (see `bpfscope doctor`)."
@@ -125,6 +133,7 @@ def serve(
     bpf_stats: bool,
     max_flows: int,
     with_syscalls: bool,
+    syscall_latency: bool,
     force: str | None,
     kube: str,
     kube_api: str | None,
@@ -214,10 +223,10 @@ def serve(
         remote_class=lambda ip: profiler.profile(ip).remote_class,
     )
     syscalls = None
-    if with_syscalls:
+    if with_syscalls or syscall_latency:
         from .syscalls.collector import SyscallCollector
 
-        syscalls = SyscallCollector(btf_path=ctx.obj.get("btf"))
+        syscalls = SyscallCollector(latency=syscall_latency, btf_path=ctx.obj.get("btf"))
     agent = Agent(
         flows=collector,
         syscalls=syscalls,

@@ -204,9 +204,13 @@ sys.stdin.readline()
 """
 
 
-def test_syscalls_api_and_metrics_count_exactly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("flag", ["--syscalls", "--syscall-latency"])
+def test_syscalls_api_and_metrics_count_exactly(tmp_path: Path, flag: str) -> None:
+    """--syscalls counts (sys_exit alone); --syscall-latency (which implies
+    it) also times calls: the latency histogram and the API's latency fields."""
+    latency = flag == "--syscall-latency"
     # a 1 s interval: the 0.1 s polling below cannot miss an interval
-    with agent(tmp_path, "--syscalls", "--interval", "1s") as (url, _):
+    with agent(tmp_path, flag, "--interval", "1s") as (url, _):
         child = subprocess.Popen(
             [sys.executable, "-c", CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
@@ -226,7 +230,10 @@ def test_syscalls_api_and_metrics_count_exactly(tmp_path: Path) -> None:
             if body["time"] in seen_intervals:
                 return False
             seen_intervals.add(body["time"])
+            assert body["latency"] is latency
             for item in body["items"]:
+                assert ("total_ns" in item) is latency
+                assert ("latency_log2_ns" in item) is latency
                 counts[item["syscall"]] = counts.get(item["syscall"], 0) + item["count"]
             for e in body["errnos"]:
                 key = f"{e['syscall']}:{e['errno']}"
@@ -249,9 +256,24 @@ def test_syscalls_api_and_metrics_count_exactly(tmp_path: Path) -> None:
             for s in fams["bpfscope_syscall_errors"].samples
         }
         assert errs[("close", "EBADF")] >= 45
-        assert fams["bpfscope_syscall_latency_seconds"].type == "histogram"
-        health = httpx.get(url + "/api/v1/health").json()
-        assert health["collectors"]["syscalls"]["alive"] is True
+        health = httpx.get(url + "/api/v1/health").json()["collectors"]["syscalls"]
+        assert health["alive"] is True
+        assert health["latency"] is latency
+        by_time = httpx.get(url + "/api/v1/syscalls", params={"sort": "time"})
+        if latency:
+            assert health["rungs"].keys() == {"sys_enter", "sys_exit"}
+            hist = fams["bpfscope_syscall_latency_seconds"]
+            assert hist.type == "histogram"
+            timed = {
+                s.labels["syscall"]: s.value for s in hist.samples if s.name.endswith("_count")
+            }
+            assert timed["getppid"] >= 321
+            assert by_time.status_code == 200
+        else:
+            assert health["rungs"].keys() == {"sys_exit"}  # one hook, no clock reads
+            assert "bpfscope_syscall_latency_seconds" not in fams
+            assert by_time.status_code == 400
+            assert "--syscall-latency" in by_time.json()["detail"]
         bad = httpx.get(url + "/api/v1/syscalls", params={"syscall": "getpdi"})
         assert bad.status_code == 400
         assert "did you mean" in bad.json()["detail"]
