@@ -451,6 +451,43 @@ def test_collector_deltas_and_dead_process_cleanup() -> None:
     assert tool.closed
 
 
+def test_collector_reads_both_maps_before_its_own_proc_lookups() -> None:
+    """Looking up a gone process in /proc is a failing openat of ours: it
+    happens after both maps are read (or the errno map would count calls
+    the stats map has not), and once per process, not per row."""
+    log: list[str] = []
+
+    class LoggingMap(FakeMap):
+        def __init__(self, name: str, entries: dict[bytes, bytes]) -> None:
+            super().__init__(entries)
+            self.name = name
+
+        def lookup_batch(self, chunk: int = 4096) -> list[tuple[bytes, bytes]]:
+            log.append(f"read {self.name}")
+            return super().lookup_batch(chunk)
+
+    class LoggingNames(FakeNames):
+        def lookup(self, tgid: int) -> str | None:
+            log.append(f"proc {tgid}")
+            return None  # gone
+
+    close, read = syscall_nr("close"), syscall_nr("read")
+    stats = {_key(7, close): _value(2, 2, 0, 0, b"ls"), _key(7, read): _value(3, 0, 0, 0, b"ls")}
+    errnos = {struct.pack("=III", 7, close, 2): struct.pack("=Q", 2)}
+    tool = FakeTool(
+        {
+            "syscalls_stats": LoggingMap("stats", stats),
+            "syscalls_errnos": LoggingMap("errnos", errnos),
+            "syscalls_drops": FakeMap({}),
+        }
+    )
+    with SyscallCollector(loader=lambda: tool, names=LoggingNames(alive={7})) as c:
+        snap = c.poll()
+    assert log == ["read stats", "read errnos", "proc 7"]
+    assert {s.comm for s in snap.stats} == {"ls"}  # the kernel's name for a gone process
+    assert [(e.comm, e.errno) for e in snap.errnos] == [("ls", "ENOENT")]
+
+
 def test_collector_latency_mode_keeps_latency_totals() -> None:
     nr = syscall_nr("read")
     stats = FakeMap({_key(5, nr): _value(4, 0, 4000, 9)})

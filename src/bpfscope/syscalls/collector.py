@@ -247,18 +247,23 @@ class ProcessNames:
     def alive(self, tgid: int) -> bool:
         return os.path.exists(f"{self._proc}/{tgid}")
 
-    def get(self, tgid: int, fallback: str = "") -> str:
-        """The command of ``tgid``; ``fallback`` (what the kernel saw) or
-        ``?`` when the process is gone and was never seen alive."""
+    def lookup(self, tgid: int) -> str | None:
+        """The command of ``tgid``; None when the process is gone and was
+        never seen alive."""
         name = self._cache.get(tgid)
         if name is None:
             try:
                 with open(f"{self._proc}/{tgid}/comm", encoding="utf-8", errors="replace") as f:
                     name = f.read().rstrip("\n")
             except OSError:
-                return fallback or "?"
+                return None
             self._cache[tgid] = name
         return name
+
+    def get(self, tgid: int, fallback: str = "") -> str:
+        """The command of ``tgid``; ``fallback`` (what the kernel saw) or
+        ``?`` when the process is gone and was never seen alive."""
+        return self.lookup(tgid) or fallback or "?"
 
     def forget(self, tgid: int) -> None:
         self._cache.pop(tgid, None)
@@ -375,10 +380,25 @@ class SyscallCollector:
         }
         dead = {t for t in dead if not self.names.alive(t)}
 
+        # Both maps first, back to back: what this process does while
+        # decoding (reading /proc) is counted too, and must not land in one
+        # map's read and not the other's.
+        stats_raw = list(stats_map.lookup_batch())
+        errnos_raw = list(errnos_map.lookup_batch()) if self._track_errnos else []
+
+        # /proc once per process and poll: a gone process's failed open is
+        # a syscall of ours, so not one per (process, syscall) row.
+        looked_up: dict[int, str | None] = {}
+
+        def comm_of(tgid: int, fallback: str) -> str:
+            if tgid not in looked_up:
+                looked_up[tgid] = self.names.lookup(tgid)
+            return looked_up[tgid] or fallback or "?"
+
         stats: list[SyscallStat] = []
         seen: dict[bytes, tuple[int, ...]] = {}
         comms: dict[int, str] = {}
-        for key, raw in stats_map.lookup_batch():
+        for key, raw in stats_raw:
             cur, kernel_comm = decode_stats(raw)
             seen[key] = cur
             tgid = int.from_bytes(key[:4], "little")
@@ -391,7 +411,7 @@ class SyscallCollector:
             stats.append(
                 SyscallStat(
                     tgid,
-                    self.names.get(tgid, kernel_comm),
+                    comm_of(tgid, kernel_comm),
                     nr,
                     name_of(nr),
                     d[0],
@@ -402,28 +422,27 @@ class SyscallCollector:
             )
         errs: list[ErrnoStat] = []
         seen_err: dict[bytes, int] = {}
-        if self._track_errnos:
-            for key, raw in errnos_map.lookup_batch():
-                total = sum(memoryview(raw).cast("Q"))
-                seen_err[key] = total
-                prev = self._prev_err.get(key, 0)
-                n = total - prev if total >= prev else total
-                if n == 0:
-                    continue
-                tgid = int.from_bytes(key[:4], "little")
-                nr = int.from_bytes(key[4:8], "little")
-                err = int.from_bytes(key[8:12], "little")
-                errs.append(
-                    ErrnoStat(
-                        tgid,
-                        self.names.get(tgid, comms.get(tgid, "")),
-                        nr,
-                        name_of(nr),
-                        err,
-                        errno_name(err),
-                        n,
-                    )
+        for key, raw in errnos_raw:
+            total = sum(memoryview(raw).cast("Q"))
+            seen_err[key] = total
+            prev = self._prev_err.get(key, 0)
+            n = total - prev if total >= prev else total
+            if n == 0:
+                continue
+            tgid = int.from_bytes(key[:4], "little")
+            nr = int.from_bytes(key[4:8], "little")
+            err = int.from_bytes(key[8:12], "little")
+            errs.append(
+                ErrnoStat(
+                    tgid,
+                    comm_of(tgid, comms.get(tgid, "")),
+                    nr,
+                    name_of(nr),
+                    err,
+                    errno_name(err),
+                    n,
                 )
+            )
 
         for key in [k for k in seen if int.from_bytes(k[:4], "little") in dead]:
             stats_map.delete(key)
