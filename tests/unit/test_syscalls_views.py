@@ -254,6 +254,17 @@ def test_json_snapshot_shape_with_latency() -> None:
     ]
 
 
+def test_json_snapshot_errnos_follow_top_like_the_rows() -> None:
+    errs = tuple(
+        ErrnoStat(10 + i, "ls", syscall_nr("openat"), "openat", 2, "ENOENT", 5 - i)
+        for i in range(4)
+    )
+    snap = Snapshot(0.0, 1.0, STATS, errs, Drops(), "sys_exit=tp_btf")
+    out = json_snapshot(snap, ViewOptions(by="both", top=2))
+    assert [(e["pid"], e["count"]) for e in out["errnos"]] == [(10, 5), (11, 4)]
+    assert len(json_snapshot(snap, ViewOptions(by="both", top=None))["errnos"]) == 4
+
+
 @pytest.mark.parametrize("latency", [False, True])
 def test_snapshot_to_json_latency_fields_only_when_timed(latency: bool) -> None:
     out = _snap(latency).to_json()

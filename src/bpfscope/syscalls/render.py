@@ -138,6 +138,11 @@ def _rows(snap: Snapshot, opts: ViewOptions) -> list[SyscallStat]:
     return top(aggregate(snap.stats, opts.by), opts.top, opts.sort)
 
 
+def _errno_rows(snap: Snapshot, opts: ViewOptions) -> list[ErrnoStat]:
+    errs = aggregate_errnos(snap.errnos, opts.by)
+    return errs if opts.top is None else errs[: opts.top]
+
+
 def _header(snap: Snapshot) -> str:
     stamp = time.strftime("%H:%M:%S", time.localtime(snap.time))
     rate = snap.total_calls / snap.elapsed_s if snap.elapsed_s > 0 else 0.0
@@ -180,8 +185,7 @@ def plain_snapshot(snap: Snapshot, opts: ViewOptions) -> str:
     ]
     lines += _columns(table, numeric_from=len(_key_columns(opts.by)))
     if opts.errnos:
-        errs = aggregate_errnos(snap.errnos, opts.by)
-        errs = errs if opts.top is None else errs[: opts.top]
+        errs = _errno_rows(snap, opts)
         lines.append("")
         if errs:
             eheader = [*_key_columns(opts.by), "ERRNO", "COUNT"]
@@ -227,8 +231,7 @@ def rich_snapshot(snap: Snapshot, opts: ViewOptions) -> RenderableType:
         table.add_row(*_key_values(s, opts.by), *cells, style=style)
     parts.append(table if rows else Text("(no calls)", style="dim"))
     if opts.errnos:
-        errs = aggregate_errnos(snap.errnos, opts.by)
-        errs = errs if opts.top is None else errs[: opts.top]
+        errs = _errno_rows(snap, opts)
         et = Table(box=None, pad_edge=False, header_style="bold red", title="failed calls")
         for col in key_cols:
             et.add_column(col, no_wrap=True)
@@ -252,7 +255,7 @@ def json_snapshot(snap: Snapshot, opts: ViewOptions) -> dict[str, Any]:
     Rows carry ``total_ns``, ``mean_ns`` and ``latency_log2_ns`` (and the
     object ``latency_buckets``) only when calls were timed (``-L``)."""
     rows = _rows(snap, opts)
-    errs = aggregate_errnos(snap.errnos, opts.by)
+    errs = _errno_rows(snap, opts)
     out: dict[str, Any] = {
         "time": round(snap.time, 3),
         "interval_s": round(snap.elapsed_s, 3),
