@@ -219,6 +219,14 @@ class _UprobeOpts(ctypes.Structure):
     ]
 
 
+class _IterAttachOpts(ctypes.Structure):
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("link_info", ctypes.c_void_p),
+        ("link_info_len", ctypes.c_uint32),
+    ]
+
+
 class _BatchOpts(ctypes.Structure):
     _fields_ = [
         ("sz", ctypes.c_size_t),
@@ -379,6 +387,8 @@ SIGNATURES: Final[dict[str, tuple[Any, list[Any]]]] = {
         [_vp, ctypes.c_int32, _cp, _sz, ctypes.POINTER(_UprobeOpts)],
     ),
     "bpf_program__attach_cgroup": (_vp, [_vp, _int]),
+    "bpf_program__attach_iter": (_vp, [_vp, ctypes.POINTER(_IterAttachOpts)]),
+    "bpf_iter_create": (_int, [_int]),
     "bpf_link__destroy": (_int, [_vp]),
     "bpf_link__fd": (_int, [_vp]),
     "bpf_map__name": (_cp, [_vp]),
@@ -747,6 +757,18 @@ class Link:
             raise ValueError("link destroyed")
         return int(libbpf().bpf_link__fd(self._ptr))
 
+    def run_iter(self) -> bytes:
+        """Run an iterator link once: the program visits every element and
+        whatever it writes with bpf_seq_write/printf is returned."""
+        fd = _check_ret(int(libbpf().bpf_iter_create(self.fd)), f"run {self.description}")
+        chunks = []
+        try:
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+        return b"".join(chunks)
+
     def destroy(self) -> None:
         if self._ptr is not None:
             libbpf().bpf_link__destroy(self._ptr)
@@ -870,6 +892,21 @@ class Program:
     def attach_cgroup(self, cgroup_fd: int) -> Link:
         return self._attach(
             f"cgroup fd {cgroup_fd}", libbpf().bpf_program__attach_cgroup, cgroup_fd
+        )
+
+    def attach_map_iter(self, target: Map) -> Link:
+        """An ``iter/bpf_*_map`` program over ``target``'s elements; run it
+        with :func:`run_iter`."""
+        map_fd = ctypes.c_uint32(target.fd)  # union bpf_iter_link_info: map.map_fd first
+        opts = _IterAttachOpts(
+            sz=ctypes.sizeof(_IterAttachOpts),
+            link_info=ctypes.addressof(map_fd),
+            link_info_len=ctypes.sizeof(map_fd),
+        )
+        return self._attach(
+            f"iterator over map {target.name}",
+            libbpf().bpf_program__attach_iter,
+            ctypes.byref(opts),
         )
 
 

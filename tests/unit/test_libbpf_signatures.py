@@ -65,6 +65,7 @@ OPTS = {
     "bpf_uprobe_opts": bpf._UprobeOpts,
     "bpf_map_batch_opts": bpf._BatchOpts,
     "ring_buffer_opts": bpf._RingBufferOpts,
+    "bpf_iter_attach_opts": bpf._IterAttachOpts,
 }
 
 
