@@ -26,6 +26,7 @@ from .objects import object_bytes
 __all__ = [
     "AttachedTool",
     "Choice",
+    "Extras",
     "Hook",
     "LadderError",
     "Rung",
@@ -194,6 +195,19 @@ def choose(
     return choices
 
 
+@dataclass(frozen=True)
+class Extras:
+    """What a tool adds once its rungs are known: settings that depend on
+    them, and programs loaded but attached by the tool itself (iterators)."""
+
+    rodata: Mapping[str, int | bytes] = field(default_factory=dict)
+    programs: frozenset[str] = frozenset()
+
+
+# A tool's extras for the chosen rungs.
+ExtrasFor = Callable[[Sequence["Choice"]], Extras]
+
+
 @dataclass
 class AttachedTool:
     """A loaded, attached tool: its object and the rung of every hook."""
@@ -201,6 +215,7 @@ class AttachedTool:
     tool: str
     obj: bpf.BpfObject
     choices: list[Choice]
+    extras: Extras = field(default_factory=Extras)
     _extra: list[Any] = field(default_factory=list)
 
     def rung(self, hook: str) -> Rung | None:
@@ -261,12 +276,13 @@ def _open_configured(
     rodata: Mapping[str, int | bytes],
     max_entries: Mapping[str, int],
     btf_path: str | os.PathLike[str] | None,
+    also_load: frozenset[str] = frozenset(),
 ) -> bpf.BpfObject:
     obj = bpf.BpfObject.open_bytes(object_bytes(tool), name=tool, btf_path=btf_path)
     try:
         wanted = {part.program: part for c in choices if c.rung for part in c.rung.parts()}
         for name, prog in obj.programs.items():
-            prog.autoload = name in wanted
+            prog.autoload = name in wanted or name in also_load
             rung = wanted.get(name)
             if rung and rung.mechanism in (Mechanism.FENTRY, Mechanism.FEXIT, Mechanism.TP_BTF):
                 prog.set_attach_target(rung.target)
@@ -289,9 +305,11 @@ def load_tool(
     force: Mechanism | None = None,
     btf_path: str | os.PathLike[str] | None = None,
     verdict: Callable[[Mechanism], Verdict] = features.probe,
+    extras: ExtrasFor | None = None,
 ) -> AttachedTool:
     """Choose rungs, load the tool's object with only those programs, attach.
 
+    ``extras`` adds rung-dependent settings and programs (see :class:`Extras`).
     On failure nothing stays loaded or attached.
     """
     system.btf_path(btf_path)  # clear error before libbpf's own
@@ -300,11 +318,24 @@ def load_tool(
     excluded: set[str] = set()
     while True:
         choices = choose(hooks, verdict=verdict, force=force, excluded=frozenset(excluded))
-        obj = _open_configured(tool, choices, rodata or {}, max_entries or {}, btf_path)
+        extra = extras(choices) if extras else Extras()
+        obj = _open_configured(
+            tool,
+            choices,
+            {**(rodata or {}), **extra.rodata},
+            max_entries or {},
+            btf_path,
+            extra.programs,
+        )
         try:
             obj.load()
         except bpf.BpfError as exc:
             obj.close()
+            if extra != Extras():
+                # the same rungs without the extras before giving up a rung
+                log.info("kernel refused the %s extras (%s); loading without them", tool, exc)
+                extras = None
+                continue
             refused = {
                 m.group(1) for line in exc.libbpf_log for m in [_FAILED_PROG.search(line)] if m
             }
@@ -326,4 +357,4 @@ def load_tool(
             log.debug(
                 "%s: hook %s on %s", tool, c.hook.name, c.rung.describe() if c.rung else "off"
             )
-        return AttachedTool(tool, obj, choices)
+        return AttachedTool(tool, obj, choices, extra)

@@ -1,0 +1,50 @@
+"""load_tool's extras on the real kernel: rung-dependent settings and
+programs are loaded with the tool, and a kernel that refuses them gets the
+same rungs without them (never a lost tool)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from bpfscope import features
+from bpfscope.features import Mechanism
+from bpfscope.flows import tool
+from bpfscope.ladder import Choice, Extras, load_tool
+from kernel_require import require
+
+pytestmark = pytest.mark.kernel
+
+
+def test_extras_are_loaded_with_the_tool() -> None:
+    require("tp_btf")
+    seen = []
+
+    def extras(choices: Sequence[Choice]) -> Extras:
+        seen.append(choices)
+        return tool.socket_accounting(choices)
+
+    hooks = tool.traffic_hooks() + tool.lifecycle_hooks()
+    with load_tool(tool.TOOL, hooks, extras=extras) as attached:
+        assert len(seen) == 1
+        assert attached.extras == tool.socket_accounting(attached.choices)
+        if attached.extras.programs:
+            assert attached.obj.rodata["sk_acct_enabled"] == b"\x01"
+            assert attached.obj.program(tool.FOLD_PROGRAM).fd > 0
+
+
+def test_refused_extras_fall_back_to_the_same_rungs_without_them() -> None:
+    require("tp_btf")
+    # an fexit program as the extra: refused where trampolines are (EPERM here)
+    extra = Extras(rodata={"sk_acct_enabled": 1}, programs=frozenset({"tcp_send_fexit"}))
+    with load_tool(tool.TOOL, tool.traffic_hooks(), extras=lambda _: extra) as attached:
+        rungs = attached.rungs()
+        if features.probe(Mechanism.FEXIT).available:
+            assert attached.extras == extra
+        else:
+            assert attached.extras == Extras()
+            assert attached.obj.rodata["sk_acct_enabled"] == b"\x00"
+        # the hooks themselves kept their first usable rung
+        assert rungs["send"] == rungs["recv"]
+        assert rungs["send"] is not None
