@@ -45,3 +45,13 @@ def test_netbench_output_parsed_and_pinned(tmp_path: Path) -> None:
     assert bench._run_netbench(fake, "rr", 2.0, cpu=1) == (500.0, 2000.0)
     assert Path(f"{fake}.args").read_text().split()[-1] == "3"  # mode, seconds, cpu
     assert bench.bench_cpu() in os.sched_getaffinity(0)
+
+
+def test_report_shows_the_empty_program_floor() -> None:
+    r = _result()
+    r.samples["empty"] = [98.0, 98.0, 98.0]
+    r.cpu_samples["empty"] = [196.0, 196.0, 196.0]
+    text = bench.report(bench.BenchResult([r], None, None))
+    # bpfscope 196/200 = 0.98 over a floor of 196/200: its own work costs nothing
+    assert "floor: empty programs on the same hooks x0.980; bpfscope's own work" in text
+    assert "on top of them x1.000" in text

@@ -28,7 +28,7 @@ from bpfscope.flows.records import (
     decode_key,
 )
 from bpfscope.flows.render import event_line, human_bytes, plain_table
-from bpfscope.ladder import choose
+from bpfscope.ladder import Choice, Extras, choose
 from bpfscope.objects import object_path
 
 
@@ -365,9 +365,41 @@ def test_every_rung_program_exists_in_the_object() -> None:
         for rung in hook.rungs:
             for program in rung.programs:
                 assert program in names, rung
-    # no program left behind that no rung uses
-    used = {p for hook in tool.hooks() for rung in hook.rungs for p in rung.programs}
-    assert names == used
+    # no program left behind that no rung, the socket accounting or the
+    # benchmark's floor uses
+    hooks = tool.hooks() + tool.nop_hooks()
+    used = {p for hook in hooks for rung in hook.rungs for p in rung.programs}
+    assert names == used | {tool.FOLD_PROGRAM}
+
+
+def _choices(**mechanisms: Mechanism) -> list[Choice]:
+    by_name = {h.name: h for h in tool.hooks()}
+    return [
+        Choice(by_name[name], next(r for r in by_name[name].rungs if r.mechanism is m), ())
+        for name, m in mechanisms.items()
+    ]
+
+
+def test_socket_accounting_needs_btf_sockets_on_every_hook_involved() -> None:
+    btf = _choices(
+        send=Mechanism.TP_BTF,
+        recv=Mechanism.FEXIT,
+        state=Mechanism.TP_BTF,
+        destroy=Mechanism.TP_BTF,
+    )
+    on = tool.socket_accounting(btf)
+    assert on.rodata == {"sk_acct_enabled": 1}
+    assert on.programs == {tool.FOLD_PROGRAM}
+    for hook, m in (
+        ("send", Mechanism.RAW_TP),
+        ("recv", Mechanism.KPROBE),
+        ("state", Mechanism.RAW_TP),
+        ("destroy", Mechanism.TRACEPOINT),
+    ):
+        mixed = [c for c in btf if c.hook.name != hook] + _choices(**{hook: m})
+        assert tool.socket_accounting(mixed) == Extras(), hook
+    # no destroy hook at all (optional): pending bytes would die with the socket
+    assert tool.socket_accounting([c for c in btf if c.hook.name != "destroy"]) == Extras()
 
 
 def test_value_layout_constant_matches() -> None:

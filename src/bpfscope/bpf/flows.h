@@ -56,8 +56,8 @@ struct flow_value {
 	__u64 rx_bytes;
 	__u64 tx_calls;
 	__u64 rx_calls;
-	__u64 first_ns; /* bpf_ktime_get_ns() of the first event */
-	__u64 last_ns;
+	__u64 first_ns; /* bpf_ktime_get_ns() of the first event (tick resolution) */
+	__u64 last_ns;  /* of the last event; TCP on BTF rungs: of the fold that found traffic */
 	__u64 open_ns;  /* TCP: when the connection started (0: not seen) */
 	__u64 close_ns; /* TCP: when it went to CLOSE (0: still open) */
 	__u32 retrans;
@@ -91,6 +91,27 @@ struct sk_owner {
 	__u8 closed; /* went to CLOSE; kept for a reset sent after it, until destroy */
 	__u8 pad[7];
 };
+
+/*
+ * TCP traffic of one socket not yet folded into the flows table (socket-local
+ * storage, BTF rungs only). The hot path adds here with no hashing; the
+ * totals move to the flow of (owner, tuple) when the owner changes, at CLOSE,
+ * at destroy, and on every collector poll (iter/bpf_sk_storage_map).
+ */
+struct flow_sk_acct {
+	struct bpf_spin_lock fold_lock; /* one fold at a time takes the pending counts */
+	__u32 pad0;
+	/* pending traffic per direction, calls << FLOW_ACCT_CALLS_SHIFT | bytes:
+	 * one atomic add per event; folded long before either part fills */
+	__u64 pending[2];
+	__u64 cgroup_id; /* owner of the pending traffic */
+	__u32 tgid;      /* 0: no owner yet */
+	__u8 skip;       /* owner or tuple filtered out: count nothing */
+	__u8 pad[3];
+	char comm[FLOWS_COMM_LEN];
+};
+
+#define FLOW_ACCT_CALLS_SHIFT 40 /* bytes: 40 bits (1 TiB), calls: 24 bits (16M) */
 
 /* Listener's owner, so a passively opened child (softirq) gets it. */
 struct listen_key {

@@ -4,7 +4,8 @@
    built at first use), each without monitoring, with bpfscope's flow
    collector loaded and polled every second, and with an equivalent
    bpftrace script (same tracepoints, per-flow sums) when bpftrace is
-   installed. Configurations are interleaved round by round and the median
+   installed, and with empty programs on the same traffic hooks (the floor
+   that any tool on those hooks pays). Configurations are interleaved round by round and the median
    is reported, so drift on a shared machine hits all of them alike. Two
    measures: work per wall-clock second, and work per CPU second of the two
    netbench processes (user + system; the BPF programs run in their
@@ -38,6 +39,9 @@ from typing import Any, Final
 
 from .. import libbpf as bpf
 from ..errors import EXIT_UNSUPPORTED, UserError
+from ..features import Mechanism
+from ..ladder import choose, load_tool
+from . import tool
 from .collector import FlowCollector
 from .records import FlowKeyC, FlowValueC
 
@@ -63,7 +67,7 @@ tracepoint:sock:sock_recv_length /args->ret > 0 && (args->protocol == 6 || args-
 }
 """
 
-CONFIGS: Final = ("baseline", "bpfscope", "bpftrace")
+CONFIGS: Final = ("baseline", "empty", "bpfscope", "bpftrace")
 
 
 # --------------------------------------------------------------------------
@@ -131,6 +135,19 @@ def _bpfscope() -> Iterator[None]:
         finally:
             stop.set()
             t.join()
+
+
+def traffic_mechanism() -> Mechanism | None:
+    """The rung bpfscope's traffic hooks stand on here."""
+    return {c.hook.name: c.mechanism for c in choose(tool.traffic_hooks())}.get("send")
+
+
+@contextmanager
+def _empty() -> Iterator[None]:
+    """Empty programs on the same traffic hooks and rung as bpfscope: the
+    floor that any tool on these hooks pays."""
+    with load_tool(tool.TOOL, tool.nop_hooks(), force=traffic_mechanism()):
+        yield
 
 
 @contextmanager
@@ -269,6 +286,7 @@ def traffic_bench(
     exe = _netbench()
     monitors: dict[str, Callable[[], Any]] = {
         "baseline": _nothing,
+        "empty": _empty,
         "bpfscope": _bpfscope,
         "bpftrace": _bpftrace,
     }
@@ -359,8 +377,11 @@ def run(seconds: float = 3.0, rounds: int = 3, pin: bool = True) -> BenchResult:
         f"workload pinned to CPU {cpu}" if cpu is not None else "workload not pinned",
     ]
     configs: tuple[str, ...] = CONFIGS
+    if traffic_mechanism() not in tool.TRACEPOINT_RUNGS:
+        configs = tuple(c for c in configs if c != "empty")
+        notes.append("traffic stands on a function rung here: no empty-program floor")
     if shutil.which("bpftrace") is None:
-        configs = ("baseline", "bpfscope")
+        configs = tuple(c for c in configs if c != "bpftrace")
         notes.append("bpftrace is not installed: no bpftrace column")
     return BenchResult(
         traffic=traffic_bench(seconds, rounds, configs, cpu),
@@ -389,6 +410,12 @@ def report(r: BenchResult) -> str:
                 rng = f" [{min(spread):.3f}-{max(spread):.3f}]" if config != "baseline" else ""
                 cells.append(f"{value:>10} x{ratio:.3f}{rng:<16}")
             lines.append(f"  {config:<9} {cells[0]} | {cells[1]}")
+        floor, ours = t.ratio("empty", cpu=True), t.ratio("bpfscope", cpu=True)
+        if floor is not None and ours is not None:
+            lines.append(
+                f"  floor: empty programs on the same hooks x{floor:.3f};"
+                f" bpfscope's own work on top of them x{ours / floor:.3f}"
+            )
         met = t.bar_met()
         if met is not None:
             lines.append(

@@ -127,6 +127,7 @@ class FlowCollector:
         self.drain = drain
         self.events_size = events_size
         self._tool: AttachedTool | None = None
+        self._fold: bpf.Link | None = None  # iterator folding per-socket TCP counts
         self._ring: bpf.RingBuffer | None = None
         self._flows: dict[bytes, _Tracked] = {}
         self._events: list[ConnEvent] = []
@@ -161,12 +162,19 @@ class FlowCollector:
             max_entries=sizes,
             force=self.force,
             btf_path=self.btf_path,
+            extras=tool.socket_accounting,
         )
         try:
-            self._ring = bpf.RingBuffer(self._tool.obj.map("flow_events"), self._on_event)
+            obj = self._tool.obj
+            if tool.FOLD_PROGRAM in self._tool.extras.programs:
+                prog = obj.program(tool.FOLD_PROGRAM)
+                self._fold = prog.attach_map_iter(obj.map(tool.SK_ACCT_MAP))
+                self._stats.tcp_accounting = "socket"
+            self._ring = bpf.RingBuffer(obj.map("flow_events"), self._on_event)
         except BaseException:
             self._tool.close()
             self._tool = None
+            self._fold = None
             raise
         self._last_poll = time.monotonic()
         self._stats.rungs = self.rungs()
@@ -176,6 +184,7 @@ class FlowCollector:
         if self._ring is not None:
             self._ring.close()
             self._ring = None
+        self._fold = None  # a link of the object: destroyed with it
         if self._tool is not None:
             self._tool.close()
             self._tool = None
@@ -241,6 +250,11 @@ class FlowCollector:
             self._ring.poll(int(timeout * 1000))
         self._ring.consume()
         t0 = time.monotonic()
+        if self._fold is not None:
+            self._fold.run_iter()
+            t1 = time.monotonic()
+            self._stats.fold_seconds = t1 - t0
+            t0 = t1
         items = self._read_table()
         now = time.monotonic()
         self._stats.drain_seconds = now - t0

@@ -415,6 +415,10 @@ class CollectorStats:
     events_received: int = 0
     drain: str = "batch"
     drain_seconds: float = 0.0
+    # "socket": TCP traffic accumulates per socket and is folded before each
+    # drain (BTF rungs); "table": every event updates the flow table
+    tcp_accounting: str = "table"
+    fold_seconds: float = 0.0
     polls: int = 0
 
     @property
@@ -433,5 +437,5 @@ class CollectorStats:
             f"events dropped {self.events_dropped} · evicted {self.flows_evicted} · "
             f"update failures {self.update_failures} · udp remote unknown "
             f"{self.udp_remote_unknown} · drain {self.drain} {self.drain_seconds * 1e3:.1f} ms"
-            f" · rungs: {rungs}"
+            f" · tcp accounting per {self.tcp_accounting} · rungs: {rungs}"
         )

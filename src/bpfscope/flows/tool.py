@@ -13,12 +13,25 @@ sends stand on a tracepoint rung, which cannot see a UDP send's destination.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Final
 
 from ..features import Mechanism
-from ..ladder import Hook, Rung
+from ..ladder import Choice, Extras, Hook, Rung
 
-__all__ = ["CORE", "DESCRIPTION", "NAME", "TOOL", "hooks", "lifecycle_hooks", "traffic_hooks"]
+__all__ = [
+    "CORE",
+    "DESCRIPTION",
+    "FOLD_PROGRAM",
+    "NAME",
+    "SK_ACCT_MAP",
+    "TOOL",
+    "hooks",
+    "lifecycle_hooks",
+    "nop_hooks",
+    "socket_accounting",
+    "traffic_hooks",
+]
 
 TOOL: Final = "flows"
 NAME: Final = "flows"
@@ -95,6 +108,21 @@ def traffic_hooks() -> list[Hook]:
     ]
 
 
+def nop_hooks() -> list[Hook]:
+    """Empty programs on the traffic tracepoints (benchmark floor)."""
+    return [
+        Hook(
+            name,
+            (
+                Rung(Mechanism.TP_BTF, f"nop_{name}_tp_btf", tp),
+                Rung(Mechanism.RAW_TP, f"nop_{name}_raw_tp", tp),
+                Rung(Mechanism.TRACEPOINT, f"nop_{name}_tracepoint", f"sock:{tp}"),
+            ),
+        )
+        for name, tp, _, _ in _TRAFFIC
+    ]
+
+
 def lifecycle_hooks() -> list[Hook]:
     out = []
     for name, category, tp in _LIFECYCLE:
@@ -136,3 +164,28 @@ def dest_hooks() -> list[Hook]:
 
 def hooks() -> list[Hook]:
     return traffic_hooks() + lifecycle_hooks() + dest_hooks()
+
+
+FOLD_PROGRAM: Final = "fold_sk_acct"
+SK_ACCT_MAP: Final = "flow_sk_acct"
+_BTF_RUNGS: Final = frozenset({Mechanism.TP_BTF, Mechanism.FEXIT})
+
+
+def socket_accounting(choices: Sequence[Choice]) -> Extras:
+    """Per-socket TCP accounting where the rungs allow it.
+
+    TCP traffic then adds to socket-local storage (no hash of the flow key
+    per event) and is folded into the flow table by the collector's
+    iterator before every read, and by the kernel at CLOSE and destroy. That
+    needs BTF-typed sockets on every hook involved; otherwise (raw_tp,
+    tracepoint, kprobe rungs) each event updates the flow table directly.
+    """
+    mech = {c.hook.name: c.mechanism for c in choices}
+    if (
+        mech.get("send") in _BTF_RUNGS
+        and mech.get("recv") in _BTF_RUNGS
+        and mech.get("state") is Mechanism.TP_BTF
+        and mech.get("destroy") is Mechanism.TP_BTF
+    ):
+        return Extras(rodata={"sk_acct_enabled": 1}, programs=frozenset({FOLD_PROGRAM}))
+    return Extras()
