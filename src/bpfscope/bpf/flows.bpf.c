@@ -1090,10 +1090,12 @@ int destroy_tracepoint(struct trace_event_raw_tcp_event_sk *ctx)
 SEC("iter/bpf_sk_storage_map")
 int fold_sk_acct(struct bpf_iter__bpf_sk_storage_map *ctx)
 {
+	struct flow_sk_acct *seen = ctx->value; /* read-only view: no lock, no atomics */
 	struct sock *sk = ctx->sk;
 	struct flow_sk_acct *a;
 
-	if (!sk || !ctx->value)
+	/* most sockets are idle between polls: skip them without a helper call */
+	if (!sk || !seen || !(seen->pending[DIR_TX] | seen->pending[DIR_RX]))
 		return 0;
 	a = bpf_sk_storage_get(&flow_sk_acct, sk, 0, 0);
 	if (a)
