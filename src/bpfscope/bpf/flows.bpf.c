@@ -435,7 +435,9 @@ static __always_inline void sk_acct_fold_sk(struct sock *sk, bool direct)
  * A new owner for the socket's pending traffic (first event, or another
  * process using it): fold what the previous owner left, record the owner as
  * own_socket does, decide the filters once, create the flow so that it shows
- * even before its first fold.
+ * even before its first fold. (Two processes sending on one socket at the
+ * same instant may see a few calls credited to the other: the owner check
+ * and the add are not one atomic step. Totals stay exact.)
  */
 static __always_inline void sk_acct_own(struct sock *sk, struct flow_sk_acct *a, int family,
 					__u32 tgid)
