@@ -206,7 +206,7 @@ class BenchResult:
                 f"  {mode:<10} {best:>7.1f} {plus:>7} {med:>7.1f}   "
                 + " ".join(f"{x:.1f}" for x in samples)
             )
-        lines.append("  modes: " + "; ".join(f"{m}: {MODES[m]}" for m in self.samples))
+        lines += ["  modes:"] + [f"    {m:<10} {MODES[m]}" for m in self.samples]
         for c in self.comparisons():
             line = f"  {c['mode']} / {c['reference']}: {c['ratio']:.2f} of the added cost"
             if c["bar"] is not None:
