@@ -342,6 +342,7 @@ class Agent:
             "last_poll": self.state.last_poll,
             "poll_seconds": round(self.state.poll_seconds, 6),
             "rungs": stats.get("rungs", {}),
+            "tcp_accounting": stats.get("tcp_accounting"),
             "events_dropped": stats.get("events_dropped", 0),
             "flows_evicted": stats.get("flows_evicted", 0),
             "map_fill": stats.get("map_fill", 0.0),

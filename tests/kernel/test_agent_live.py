@@ -256,9 +256,13 @@ def test_syscalls_api_and_metrics_count_exactly(tmp_path: Path, flag: str) -> No
             for s in fams["bpfscope_syscall_errors"].samples
         }
         assert errs[("close", "EBADF")] >= 45
-        health = httpx.get(url + "/api/v1/health").json()["collectors"]["syscalls"]
+        collectors = httpx.get(url + "/api/v1/health").json()["collectors"]
+        health = collectors["syscalls"]
         assert health["alive"] is True
         assert health["latency"] is latency
+        flows = collectors["flows"]
+        expected = "socket" if flows["rungs"]["send"] in ("tp_btf", "fexit") else "table"
+        assert flows["tcp_accounting"] == expected
         by_time = httpx.get(url + "/api/v1/syscalls", params={"sort": "time"})
         if latency:
             assert health["rungs"].keys() == {"sys_enter", "sys_exit"}
