@@ -266,7 +266,7 @@ def create_app(
                 status_code=404,
             )
         from .syscalls import UnknownSyscall, syscall_nr
-        from .syscalls.collector import aggregate, top
+        from .syscalls.collector import aggregate, aggregate_errnos, grouped_json, top
 
         latency = bool(agent.syscalls.latency)
         if sort == "time" and not latency:
@@ -285,11 +285,14 @@ def create_app(
             if (pid is None or s.tgid == pid) and (syscall is None or s.syscall == syscall)
         ]
         ranked = top(aggregate(stats, by), limit, sort)
-        errnos = [
-            e.to_json()
-            for e in snap.errnos
-            if (pid is None or e.tgid == pid) and (syscall is None or e.syscall == syscall)
-        ]
+        errnos = aggregate_errnos(
+            (
+                e
+                for e in snap.errnos
+                if (pid is None or e.tgid == pid) and (syscall is None or e.syscall == syscall)
+            ),
+            by,
+        )[:limit]
         return JSONResponse(
             {
                 "time": snap.time,
@@ -297,8 +300,8 @@ def create_app(
                 "mechanism": snap.mechanism,
                 "by": by,
                 "latency": latency,
-                "items": [s.to_json(latency) for s in ranked],
-                "errnos": errnos[:MAX_PAGE],
+                "items": [grouped_json(s.to_json(latency), by) for s in ranked],
+                "errnos": [grouped_json(e.to_json(), by) for e in errnos],
                 "totals": {
                     name: {"count": n}
                     | ({"total_ns": totals.total_ns.get(name, 0)} if latency else {})

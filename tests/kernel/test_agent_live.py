@@ -278,6 +278,13 @@ def test_syscalls_api_and_metrics_count_exactly(tmp_path: Path, flag: str) -> No
             assert "bpfscope_syscall_latency_seconds" not in fams
             assert by_time.status_code == 400
             assert "--syscall-latency" in by_time.json()["detail"]
+        # grouping and the page size apply to the errno rows as to the items
+        grouped = httpx.get(url + "/api/v1/syscalls", params={"by": "syscall", "limit": 1}).json()
+        assert len(grouped["items"]) <= 1
+        assert len(grouped["errnos"]) <= 1
+        for row in grouped["items"] + grouped["errnos"]:
+            assert "pid" not in row
+            assert "syscall" in row
         bad = httpx.get(url + "/api/v1/syscalls", params={"syscall": "getpdi"})
         assert bad.status_code == 400
         assert "did you mean" in bad.json()["detail"]

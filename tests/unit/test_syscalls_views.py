@@ -26,9 +26,11 @@ from bpfscope.syscalls.collector import (
     SyscallCollector,
     SyscallStat,
     aggregate,
+    aggregate_errnos,
     bucket_bounds_ns,
     bucket_of,
     decode_stats,
+    grouped_json,
     name_of,
     sum_percpu,
     top,
@@ -36,7 +38,6 @@ from bpfscope.syscalls.collector import (
 from bpfscope.syscalls.errnos import errno_name, errno_number
 from bpfscope.syscalls.render import (
     ViewOptions,
-    aggregate_errnos,
     format_ns,
     histogram_lines,
     json_snapshot,
@@ -279,6 +280,31 @@ def test_aggregate_errnos_by_syscall() -> None:
     errs = [*ERRS, ErrnoStat(30, "x", syscall_nr("close"), "close", 9, "EBADF", 2)]
     (one,) = aggregate_errnos(errs, "syscall")
     assert (one.syscall, one.errno, one.count) == ("close", "EBADF", 42)
+    assert (one.tgid, one.comm) == (0, "")
+    assert grouped_json(one.to_json(), "syscall").keys() == {
+        "syscall",
+        "nr",
+        "errno",
+        "err",
+        "count",
+    }
+
+
+def test_aggregate_errnos_by_process_keeps_processes_apart() -> None:
+    errs = [
+        ErrnoStat(10, "nginx", syscall_nr("close"), "close", 9, "EBADF", 40),
+        ErrnoStat(10, "nginx", syscall_nr("read"), "read", 9, "EBADF", 3),
+        ErrnoStat(30, "x", syscall_nr("close"), "close", 9, "EBADF", 7),
+        ErrnoStat(30, "x", syscall_nr("openat"), "openat", 2, "ENOENT", 5),
+    ]
+    rows = aggregate_errnos(errs, "process")
+    assert [(r.tgid, r.errno, r.count) for r in rows] == [
+        (10, "EBADF", 43),
+        (30, "EBADF", 7),
+        (30, "ENOENT", 5),
+    ]
+    assert all(r.syscall == "" and r.nr == -1 for r in rows)
+    assert "syscall" not in grouped_json(rows[0].to_json(), "process")
 
 
 def test_rich_snapshot_renders() -> None:

@@ -17,6 +17,7 @@ read, so the maps only hold live processes.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -505,3 +506,32 @@ def top(stats: Sequence[SyscallStat], n: int | None, sort: str) -> list[SyscallS
         keyf = lambda s: (-s.count, -s.total_ns, s.syscall, s.tgid)  # noqa: E731
     ranked = sorted(stats, key=keyf)
     return ranked if n is None else ranked[:n]
+
+
+def aggregate_errnos(errs: Iterable[ErrnoStat], by: str) -> list[ErrnoStat]:
+    """Group errno records like :func:`aggregate`, keeping the errno; the
+    largest counts first."""
+    groups: dict[tuple[int, int, int], ErrnoStat] = {}
+    for e in errs:
+        k = (e.tgid if by != "syscall" else 0, e.nr if by != "process" else -1, e.err)
+        prev = groups.get(k)
+        if prev is not None:
+            groups[k] = dataclasses.replace(prev, count=prev.count + e.count)
+        elif by == "syscall":
+            groups[k] = dataclasses.replace(e, tgid=0, comm="")
+        elif by == "process":
+            groups[k] = dataclasses.replace(e, nr=-1, syscall="")
+        else:
+            groups[k] = e
+    return sorted(groups.values(), key=lambda e: (-e.count, e.syscall, e.tgid, e.errno))
+
+
+def grouped_json(row: dict[str, Any], by: str) -> dict[str, Any]:
+    """A row's JSON without the fields its grouping merged away."""
+    if by == "process":
+        row.pop("syscall", None)
+        row.pop("nr", None)
+    elif by == "syscall":
+        row.pop("pid", None)
+        row.pop("comm", None)
+    return row

@@ -8,7 +8,7 @@ interval); the rich renderable is for a live terminal.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -16,7 +16,16 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from .collector import ErrnoStat, Snapshot, SyscallStat, aggregate, bucket_bounds_ns, top
+from .collector import (
+    ErrnoStat,
+    Snapshot,
+    SyscallStat,
+    aggregate,
+    aggregate_errnos,
+    bucket_bounds_ns,
+    grouped_json,
+    top,
+)
 
 __all__ = [
     "BY_CHOICES",
@@ -99,39 +108,6 @@ def _label(s: SyscallStat, by: str) -> str:
     if by == "syscall":
         return s.syscall
     return f"{s.comm} ({s.tgid}) {s.syscall}"
-
-
-def aggregate_errnos(errs: Iterable[ErrnoStat], by: str) -> list[ErrnoStat]:
-    """Group errno records like :func:`aggregate`, keeping the errno."""
-    groups: dict[tuple[int, int, int], ErrnoStat] = {}
-    for e in errs:
-        k = (
-            e.tgid if by != "syscall" else 0,
-            e.nr if by != "process" else -1,
-            e.err,
-        )
-        prev = groups.get(k)
-        if prev is None:
-            groups[k] = ErrnoStat(
-                e.tgid if by != "syscall" else 0,
-                e.comm if by != "syscall" else "",
-                e.nr if by != "process" else -1,
-                e.syscall if by != "process" else "",
-                e.err,
-                e.errno,
-                e.count,
-            )
-        else:
-            groups[k] = ErrnoStat(
-                prev.tgid,
-                prev.comm,
-                prev.nr,
-                prev.syscall,
-                prev.err,
-                prev.errno,
-                prev.count + e.count,
-            )
-    return sorted(groups.values(), key=lambda e: (-e.count, e.syscall, e.tgid, e.errno))
 
 
 def _rows(snap: Snapshot, opts: ViewOptions) -> list[SyscallStat]:
@@ -265,8 +241,8 @@ def json_snapshot(snap: Snapshot, opts: ViewOptions) -> dict[str, Any]:
         "sort": opts.sort,
         "latency": opts.latency,
         "total_calls": snap.total_calls,
-        "rows": [_json_row(s.to_json(opts.latency), opts.by) for s in rows],
-        "errnos": [_json_row(e.to_json(), opts.by) for e in errs],
+        "rows": [grouped_json(s.to_json(opts.latency), opts.by) for s in rows],
+        "errnos": [grouped_json(e.to_json(), opts.by) for e in errs],
         "drops": snap.drops.to_json(),
     }
     if opts.latency:
@@ -274,13 +250,3 @@ def json_snapshot(snap: Snapshot, opts: ViewOptions) -> dict[str, Any]:
             "slot i counts [2^i, 2^(i+1)) ns; slot 0 from 0; the last is unbounded"
         )
     return out
-
-
-def _json_row(row: dict[str, Any], by: str) -> dict[str, Any]:
-    if by == "process":
-        row.pop("syscall", None)
-        row.pop("nr", None)
-    elif by == "syscall":
-        row.pop("pid", None)
-        row.pop("comm", None)
-    return row
