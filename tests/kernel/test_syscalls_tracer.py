@@ -8,7 +8,9 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,15 @@ from bpfscope.features import Mechanism
 from bpfscope.objects import object_bytes
 from bpfscope.syscalls import syscall_nr
 from bpfscope.syscalls.collector import Snapshot, SyscallCollector, SyscallStat, bucket_of
-from bpfscope.syscalls.tool import REFERENCES, StatsValue, SyscallFilter, load, load_reference
+from bpfscope.syscalls.tool import (
+    DEFAULT_MAX_ENTRIES,
+    REFERENCES,
+    CountsValue,
+    StatsValue,
+    SyscallFilter,
+    load,
+    load_reference,
+)
 from kernel_require import require
 
 pytestmark = pytest.mark.kernel
@@ -51,7 +61,11 @@ CHILD = textwrap.dedent(
 )
 
 
-def _run_child(collector: SyscallCollector) -> tuple[int, Snapshot]:
+def _run_child(
+    collector: SyscallCollector, alongside: Callable[[], object] | None = None
+) -> tuple[int, Snapshot]:
+    """Run CHILD's calls between two polls; ``alongside`` runs while it
+    makes them (and may poll)."""
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
@@ -62,6 +76,8 @@ def _run_child(collector: SyscallCollector) -> tuple[int, Snapshot]:
         collector.poll()  # forget everything before the workload
         child.stdin.write("go\n")
         child.stdin.flush()
+        if alongside:
+            alongside()
         assert child.stdout.readline().strip() == "done"
         snap = collector.poll()
         child.stdin.write("bye\n")
@@ -213,7 +229,7 @@ def test_exited_process_entries_are_deleted_after_their_last_read() -> None:
         pid, snap = _run_child(collector)  # child exits after this
         assert _stat(snap, pid, "close").count == CLOSE_BAD
         collector.poll()  # child gone before this read: read once more, then delete
-        stats = collector.tool.obj.map("syscalls_stats")
+        stats = collector.tool.obj.map("syscalls_counts")
         pids = {int.from_bytes(k[:4], "little") for k, _ in stats.lookup_batch()}
         assert pid not in pids
         # Deltas stay right for everyone else: no negative or repeated counts.
@@ -228,6 +244,7 @@ def test_struct_layouts_match_btf() -> None:
         assert btf is not None
         for name, mirror in (
             ("syscalls_key", StatsKey),
+            ("syscalls_counts", CountsValue),
             ("syscalls_stats", StatsValue),
             ("syscalls_errno_key", ErrnoKey),
             ("syscalls_inflight", Inflight),
@@ -238,6 +255,108 @@ def test_struct_layouts_match_btf() -> None:
                 f[0]: (getattr(mirror, f[0]).offset, getattr(mirror, f[0]).size)
                 for f in mirror._fields_
             }, name
+
+
+BPF_F_NO_PREALLOC = 1
+
+
+@pytest.mark.parametrize("latency", MODES)
+def test_maps_are_not_preallocated_and_only_the_modes_map_is_sized(latency: bool) -> None:
+    """Memory follows live entries: no per-CPU hash is preallocated, and the
+    other mode's (process, syscall) map has a single entry."""
+    require("tp_btf")
+    with load(latency=latency) as tool:
+        info = {
+            name: bpf.map_details_from_fd(tool.obj.map(name).fd)
+            for name in ("syscalls_counts", "syscalls_stats", "syscalls_errnos")
+        }
+    mode = "latency" if latency else "counts"
+    ours, other = ("syscalls_stats", "syscalls_counts")[:: 1 if latency else -1]
+    assert info[ours].max_entries == DEFAULT_MAX_ENTRIES[mode]
+    assert info[other].max_entries == 1
+    assert info["syscalls_errnos"].max_entries == DEFAULT_MAX_ENTRIES[mode] // 4
+    assert info["syscalls_counts"].value_size == 32
+    assert info["syscalls_stats"].value_size == 360
+    assert all(i.map_flags & BPF_F_NO_PREALLOC for i in info.values())
+
+
+TRUE = "/bin/true"
+CHURN = 1000  # short processes, each a few dozen syscalls (dynamic loading)
+
+
+def _churn(n: int, pids: list[int]) -> None:
+    for _ in range(n):
+        pid = os.posix_spawn(TRUE, [TRUE], {})
+        pids.append(pid)
+        os.waitpid(pid, 0)
+
+
+def test_process_churn_with_defaults_drops_nothing() -> None:
+    """1,000 short processes, as fast as they can be spawned, polled every
+    second like the agent: every one is counted, named by its own command,
+    no call is dropped, and a marker process's counts are exact."""
+    require("tp_btf")
+    spawned: list[int] = []
+    snaps: list[Snapshot] = []
+
+    def churn_and_poll() -> None:
+        churn = threading.Thread(target=_churn, args=(CHURN, spawned))
+        churn.start()
+        while churn.is_alive():
+            churn.join(timeout=1.0)
+            snaps.append(collector.poll())
+
+    with SyscallCollector() as collector:
+        marker, last = _run_child(collector, churn_and_poll)
+        snaps.append(last)
+        snaps.append(collector.poll())  # every spawned process gone: entries deleted
+        left = {
+            int.from_bytes(k[:4], "little")
+            for k, _ in collector.tool.obj.map("syscalls_counts").lookup_batch()
+        }
+    assert len(spawned) == CHURN
+    assert len(snaps) >= 3
+    drops = snaps[-1].drops
+    assert (drops.stats_full, drops.errnos_full) == (0, 0)
+
+    def total(pid: int, name: str) -> tuple[int, int]:
+        rows = [s for snap in snaps for s in snap.stats if s.tgid == pid and s.syscall == name]
+        return sum(s.count for s in rows), sum(s.errors for s in rows)
+
+    assert total(marker, "getppid") == (GETPPID, 0)
+    assert total(marker, "close") == (CLOSE_BAD, CLOSE_BAD)
+    assert total(marker, "dup") == (DUP_BAD, DUP_BAD)
+    assert (
+        sum(
+            e.count
+            for snap in snaps
+            for e in snap.errnos
+            if e.tgid == marker and (e.syscall, e.errno) == ("close", "EBADF")
+        )
+        == CLOSE_BAD
+    )
+    # Every short process was counted (its execve at least), under its own
+    # name on every row, though its first calls were made as our command.
+    rows = [s for snap in snaps for s in snap.stats if s.tgid in set(spawned)]
+    assert {s.tgid for s in rows} == set(spawned)
+    assert {s.tgid for s in rows if s.syscall == "execve" and s.count > s.errors} == set(spawned)
+    assert {s.comm for s in rows} == {"true"}
+    assert not left & set(spawned)
+
+
+def test_an_over_small_map_counts_its_drops() -> None:
+    """--max-entries 64: the map fills at once on a busy host; the calls it
+    cannot hold are counted as drops, in the snapshot and its JSON."""
+    require("tp_btf")
+    with SyscallCollector(max_entries=64) as collector:
+        assert (
+            bpf.map_details_from_fd(collector.tool.obj.map("syscalls_counts").fd).max_entries == 64
+        )
+        _churn(20, [])  # 20 processes x a few dozen (process, syscall) pairs
+        snap = collector.poll()
+    assert len(snap.stats) <= 64
+    assert snap.drops.stats_full > 0
+    assert snap.to_json()["drops"]["stats_full"] == snap.drops.stats_full
 
 
 @pytest.mark.parametrize(("latency", "programs"), [(False, 1), (True, 2)])

@@ -31,6 +31,7 @@ from bpfscope.syscalls.collector import (
     bucket_of,
     decode_stats,
     grouped_json,
+    kernel_name,
     name_of,
     sum_percpu,
     top,
@@ -44,7 +45,15 @@ from bpfscope.syscalls.render import (
     plain_snapshot,
     rich_snapshot,
 )
-from bpfscope.syscalls.tool import HIST_SLOTS, StatsValue, SyscallFilter, syscall_mask
+from bpfscope.syscalls.tool import (
+    DEFAULT_MAX_ENTRIES,
+    HIST_SLOTS,
+    CountsValue,
+    StatsValue,
+    SyscallFilter,
+    map_sizes,
+    syscall_mask,
+)
 
 # -- histogram bucketing ------------------------------------------------------
 
@@ -85,18 +94,53 @@ def test_last_bucket_is_open() -> None:
 
 
 def _value(count: int, errors: int, total: int, slot: int, comm: bytes = b"") -> bytes:
+    """One CPU's copy of a latency-mode (syscalls_stats) value."""
     v = StatsValue(count=count, errors=errors, total_ns=total)
     v.hist[slot] = count
     v.comm = comm
     return bytes(v)
 
 
-def test_decode_sums_cpus_and_takes_first_comm() -> None:
+def _counts(count: int, errors: int = 0, comm: bytes = b"") -> bytes:
+    """One CPU's copy of a counts-mode (syscalls_counts) value."""
+    return bytes(CountsValue(count=count, errors=errors, comm=comm))
+
+
+def test_decode_sums_cpus_per_mode() -> None:
     raw = _value(3, 1, 300, 5) + _value(4, 0, 400, 5, b"worker")
-    counters, comm = decode_stats(raw)
+    counters = decode_stats(raw)
     assert counters[:3] == (7, 1, 700)
     assert counters[3 + 5] == 7
-    assert comm == "worker"
+    raw = _counts(3, 1, b"bash") + _counts(0) + _counts(4, 2, b"ls")
+    assert decode_stats(raw, latency=False) == (7, 3) + (0,) * (1 + HIST_SLOTS)
+
+
+def test_kernel_name_is_the_program_exec_made_else_the_command_of_most_calls() -> None:
+    nr = syscall_nr
+    # posix_spawn from Python: 120 rt_sigaction as "python3", then execve
+    # (its exit already in the new program, the kernel takes the comm again)
+    spawned = [
+        (nr("rt_sigaction"), _counts(120, 0, b"python3")),
+        (nr("execve"), _counts(1, 0, b"true")),
+        (nr("mmap"), _counts(8, 0, b"true")),
+    ]
+    assert kernel_name(spawned, latency=False) == "true"
+    # the same in latency mode's layout
+    assert kernel_name([(n, _value(c, 0, 0, 0, b"x")) for n, c in ((1, 5),)]) == "x"
+    # a failed execve (ENOENT on a PATH entry) renames nothing
+    tried = [(nr("execve"), _counts(1, 1, b"sh")), (nr("read"), _counts(3, 0, b"sh"))]
+    assert kernel_name(tried, latency=False) == "sh"
+    # no exec: the command that made most calls (a thread's name loses)
+    threads = [(nr("read"), _counts(5, 0, b"nginx") + _counts(2, 0, b"worker"))]
+    assert kernel_name(threads, latency=False) == "nginx"
+    # exec'd on two CPUs (sh, then exec java): the one that made most calls
+    chain = [
+        (nr("execve"), _counts(1, 0, b"sh") + _counts(1, 0, b"java")),
+        (nr("futex"), _counts(2, 0, b"sh") + _counts(500, 0, b"java")),
+    ]
+    assert kernel_name(chain, latency=False) == "java"
+    assert kernel_name([(nr("read"), _counts(2, 0, b"a") + _counts(2, 0, b"b"))], False) == "b"
+    assert kernel_name([]) == ""
 
 
 def test_sum_percpu_rejects_partial_copies() -> None:
@@ -457,10 +501,10 @@ def _key(tgid: int, nr: int) -> bytes:
 
 def test_collector_deltas_and_dead_process_cleanup() -> None:
     close = syscall_nr("close")
-    stats = FakeMap({_key(1, close): _value(10, 2, 1000, 6, b"one") * 2})
+    stats = FakeMap({_key(1, close): _counts(10, 2, b"one") * 2})
     errnos = FakeMap({struct.pack("=III", 1, close, 9): struct.pack("=2Q", 3, 1)})
     tool = FakeTool(
-        {"syscalls_stats": stats, "syscalls_errnos": errnos, "syscalls_drops": FakeMap({})}
+        {"syscalls_counts": stats, "syscalls_errnos": errnos, "syscalls_drops": FakeMap({})}
     )
     names = FakeNames(alive={1})
     with SyscallCollector(loader=lambda: tool, names=names) as c:
@@ -471,11 +515,12 @@ def test_collector_deltas_and_dead_process_cleanup() -> None:
         assert [(e.errno, e.count) for e in first.errnos] == [("EBADF", 4)]
         # Nothing new: no rows.
         assert c.poll().stats == ()
-        stats.entries[_key(1, close)] = _value(15, 2, 1500, 6, b"one") * 2
+        stats.entries[_key(1, close)] = _counts(15, 2, b"one") * 2
         third = c.poll()
-        assert [(s.count, s.total_ns) for s in third.stats] == [(10, 1000)]
+        assert [(s.count, s.errors, s.total_ns) for s in third.stats] == [(10, 0, 0)]
+        assert sum(third.stats[0].hist) == 0
         # The process dies; its last counts are read, then its entries go.
-        stats.entries[_key(1, close)] = _value(16, 2, 1600, 6, b"one") * 2
+        stats.entries[_key(1, close)] = _counts(16, 2, b"one") * 2
         names.live.clear()
         fourth = c.poll()
         assert [s.count for s in fourth.stats] == [2]
@@ -509,11 +554,11 @@ def test_collector_reads_both_maps_before_its_own_proc_lookups() -> None:
             return None  # gone
 
     close, read = syscall_nr("close"), syscall_nr("read")
-    stats = {_key(7, close): _value(2, 2, 0, 0, b"ls"), _key(7, read): _value(3, 0, 0, 0, b"ls")}
+    stats = {_key(7, close): _counts(2, 2, b"ls"), _key(7, read): _counts(3, 0, b"ls")}
     errnos = {struct.pack("=III", 7, close, 2): struct.pack("=Q", 2)}
     tool = FakeTool(
         {
-            "syscalls_stats": LoggingMap("stats", stats),
+            "syscalls_counts": LoggingMap("stats", stats),
             "syscalls_errnos": LoggingMap("errnos", errnos),
             "syscalls_drops": FakeMap({}),
         }
@@ -540,14 +585,100 @@ def test_collector_latency_mode_keeps_latency_totals() -> None:
 
 def test_collector_key_recreated_counts_from_zero() -> None:
     nr = syscall_nr("read")
-    stats = FakeMap({_key(5, nr): _value(100, 0, 100, 1)})
+    stats = FakeMap({_key(5, nr): _counts(100)})
     tool = FakeTool(
-        {"syscalls_stats": stats, "syscalls_errnos": FakeMap({}), "syscalls_drops": FakeMap({})}
+        {"syscalls_counts": stats, "syscalls_errnos": FakeMap({}), "syscalls_drops": FakeMap({})}
     )
     with SyscallCollector(loader=lambda: tool, names=FakeNames({5})) as c:
         c.poll()
-        stats.entries[_key(5, nr)] = _value(7, 0, 7, 1)  # pid reused: counters restarted
+        stats.entries[_key(5, nr)] = _counts(7)  # pid reused: counters restarted
         assert [s.count for s in c.poll().stats] == [7]
+
+
+def _maps(stats: dict[bytes, bytes], errnos: dict[bytes, bytes]) -> FakeTool:
+    return FakeTool(
+        {
+            "syscalls_counts": FakeMap(stats),
+            "syscalls_errnos": FakeMap(errnos),
+            "syscalls_drops": FakeMap({}),
+        }
+    )
+
+
+def test_gone_fork_exec_process_is_named_by_its_own_command_on_every_row() -> None:
+    """A short `ls` forked by bash, gone before the poll: the kernel saw its
+    first calls as "bash" (before execve; here most of them) and the rest as
+    "ls". Each row, stats and errno alike, says "ls", whichever row is read
+    first."""
+    nr = syscall_nr
+    stats = {
+        # before exec (set_robust_list once after too), then ls's own calls
+        _key(42, nr("rt_sigaction")): _counts(60, 0, b"bash") + _counts(0),
+        _key(42, nr("set_robust_list")): _counts(1, 0, b"bash") + _counts(1, 0, b"ls"),
+        _key(42, nr("execve")): _counts(0) + _counts(1, 0, b"ls"),
+        _key(42, nr("openat")): _counts(20, 7, b"ls") + _counts(19, 0, b"ls"),
+        _key(42, nr("mmap")): _counts(0) + _counts(30, 0, b"ls"),
+    }
+    errnos = {struct.pack("=III", 42, nr("openat"), 2): struct.pack("=2Q", 7, 0)}
+    with SyscallCollector(loader=lambda: _maps(stats, errnos), names=FakeNames(set())) as c:
+        snap = c.poll()
+    assert {s.syscall: s.comm for s in snap.stats} == {
+        "rt_sigaction": "ls",
+        "set_robust_list": "ls",
+        "execve": "ls",
+        "openat": "ls",
+        "mmap": "ls",
+    }
+    assert [(e.comm, e.syscall, e.errno, e.count) for e in snap.errnos] == [
+        ("ls", "openat", "ENOENT", 7)
+    ]
+    assert [(s.comm, s.count) for s in aggregate(snap.stats, "process")] == [("ls", 132)]
+
+
+def test_live_process_that_execs_is_renamed(tmp_path: Path) -> None:
+    """/proc names a running process; a successful execve since the last
+    poll makes the collector read it again instead of its cached name."""
+    (tmp_path / "8").mkdir()
+    (tmp_path / "8" / "comm").write_text("sh\n")
+    execve, read = syscall_nr("execve"), syscall_nr("read")
+    stats = {_key(8, read): _counts(3, 0, b"sh")}
+    tool = _maps(stats, {})
+    names = ProcessNames(proc=str(tmp_path))
+    with SyscallCollector(loader=lambda: tool, names=names) as c:
+        assert {s.comm for s in c.poll().stats} == {"sh"}
+        (tmp_path / "8" / "comm").write_text("java\n")
+        stats[_key(8, read)] = _counts(5, 0, b"sh")
+        assert {s.comm for s in c.poll().stats} == {"sh"}  # cached: no exec seen
+        stats[_key(8, execve)] = _counts(2, 1, b"java")  # one failed, one exec'd
+        stats[_key(8, read)] = _counts(9, 0, b"sh")
+        assert {s.comm for s in c.poll().stats} == {"java"}
+        # a failed execve alone renames nothing: no /proc read
+        (tmp_path / "8" / "comm").write_text("other\n")
+        stats[_key(8, execve)] = _counts(3, 2, b"java")
+        assert {s.comm for s in c.poll().stats} == {"java"}
+
+
+def test_map_sizes_per_mode() -> None:
+    """The mode's map takes max_entries, the other mode's map one entry;
+    the errno map a quarter (at least 1024)."""
+    assert DEFAULT_MAX_ENTRIES == {"counts": 65536, "latency": 16384}
+    assert map_sizes(latency=False) == {
+        "syscalls_counts": 65536,
+        "syscalls_stats": 1,
+        "syscalls_errnos": 16384,
+    }
+    assert map_sizes(latency=True) == {
+        "syscalls_stats": 16384,
+        "syscalls_counts": 1,
+        "syscalls_errnos": 4096,
+    }
+    help_text = " ".join(CliRunner().invoke(cli, ["syscalls", "--help"]).output.split())
+    assert "(default 65536; -L: 16384)" in help_text
+    assert map_sizes(latency=False, max_entries=64) == {
+        "syscalls_counts": 64,
+        "syscalls_stats": 1,
+        "syscalls_errnos": 1024,
+    }
 
 
 def test_process_names_cache_and_fallback(tmp_path: Path) -> None:
@@ -569,4 +700,5 @@ def test_filter_describe() -> None:
 
 
 def test_stats_value_layout_constants() -> None:
-    assert ctypes.sizeof(StatsValue) == 8 * (3 + HIST_SLOTS) + 16
+    assert ctypes.sizeof(StatsValue) == 8 * (3 + HIST_SLOTS) + 16 == 360
+    assert ctypes.sizeof(CountsValue) == 32

@@ -4,12 +4,18 @@
  * broken down by errno; with latency on, also total latency and a log2
  * latency histogram.
  *
- * Two sets of programs share the maps and the accounting:
- * - counts (the default): count_exit_* on sys_exit alone;
+ * Two sets of programs, each with its own map of (process, syscall):
+ * - counts (the default): count_exit_* on sys_exit alone, into
+ *   syscalls_counts, a plain hash (count, errors, comm: 32 bytes, atomic
+ *   adds; one copy whatever the number of CPUs);
  * - latency (-L): sys_enter_* stamps the thread's start time in its
- *   task-local storage, sys_exit_* takes it out and times the call.
- * Either set adds the call to the per-CPU syscalls_stats entry of
- * (process, syscall).
+ *   task-local storage, sys_exit_* takes it out and times the call, into
+ *   syscalls_stats (per-CPU; also total_ns and the histogram: 360 bytes).
+ * Userspace sizes the other mode's map to one entry at load. The maps are
+ * BPF_F_NO_PREALLOC: memory follows the live entries, not max_entries.
+ * WIP trade-offs (measured on the 2-CPU 6.18 VM, see the branch's commit):
+ * a per-CPU no-prealloc insert costs ~14 us; atomics contend when threads
+ * of one process make the same syscall on several CPUs.
  * Filters (pid, command prefix, cgroup, syscall set, failed only) are
  * const volatile settings: the verifier drops the checks that are off.
  * Both hooks go through the attach ladder tp_btf -> raw_tp -> tracepoint.
@@ -35,17 +41,31 @@ const volatile __u8 track_errnos = 1;
 /* exit and exit_group never reach sys_exit: counted at entry. */
 const volatile __s64 exit_nr = -1;
 const volatile __s64 exit_group_nr = -1;
+/* A successful exec renames the process: its row takes the new command. */
+const volatile __s64 execve_nr = -1;
+const volatile __s64 execveat_nr = -1;
+
+/* Sizes: the defaults of bpfscope.syscalls.tool (load() sets them). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 65536);
+	__type(key, struct syscalls_key);
+	__type(value, struct syscalls_counts);
+} syscalls_counts SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 16384);
 	__type(key, struct syscalls_key);
 	__type(value, struct syscalls_stats);
 } syscalls_stats SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, 4096);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 16384);
 	__type(key, struct syscalls_errno_key);
 	__type(value, __u64);
 } syscalls_errnos SEC(".maps");
@@ -71,6 +91,7 @@ struct {
 } syscalls_drops SEC(".maps");
 
 static const struct syscalls_stats zero_stats;
+static const struct syscalls_counts zero_counts;
 
 static __always_inline void count_drop(__u32 slot)
 {
@@ -135,36 +156,81 @@ static __always_inline void add_errno(__u32 tgid, __u32 nr, __u32 err)
 
 	n = bpf_map_lookup_elem(&syscalls_errnos, &key);
 	if (n) {
-		*n += 1;
+		__sync_fetch_and_add(n, 1);
 		return;
 	}
-	/* EEXIST: another CPU created it; our per-CPU slot is still 0. */
+	/* EEXIST: another CPU created it: add to that one. */
 	if (bpf_map_update_elem(&syscalls_errnos, &key, &one, BPF_NOEXIST) == 0)
 		return;
 	n = bpf_map_lookup_elem(&syscalls_errnos, &key);
 	if (n)
-		*n += 1;
+		__sync_fetch_and_add(n, 1);
 	else
 		count_drop(SYSCALLS_DROP_ERRNOS);
 }
 
-/* Account one call; latency_ns < 0 means "not timed" (exit, exit_group). */
+/*
+ * The per-CPU value of (tgid, nr) in map, created (zeroed on every CPU) on
+ * the first call; NULL (a drop counted) when the map is full. Creating is
+ * once per (process, syscall); EEXIST means another CPU just created it.
+ */
+static __always_inline void *entry_of(void *map, struct syscalls_key *key, const void *zero)
+{
+	void *v = bpf_map_lookup_elem(map, key);
+
+	if (v)
+		return v;
+	bpf_map_update_elem(map, key, zero, BPF_NOEXIST);
+	v = bpf_map_lookup_elem(map, key);
+	if (!v)
+		count_drop(SYSCALLS_DROP_STATS);
+	return v;
+}
+
+/*
+ * A successful execve/execveat: its sys_exit runs in the new program, so
+ * the exec row's comm (on this CPU) becomes the process's new command;
+ * userspace names a process that exec'd by it (a fork+exec'd child makes
+ * its first calls, sometimes most of them, under its parent's name).
+ */
+static __always_inline bool renamed(__u32 nr, __u32 err)
+{
+	return !err && (nr == execve_nr || nr == execveat_nr);
+}
+
+/* Counts mode: account one call in syscalls_counts. */
+static __always_inline void record_count(__u32 tgid, __u32 nr, __u32 err)
+{
+	struct syscalls_key key = { .tgid = tgid, .nr = nr };
+	struct syscalls_counts *c;
+
+	c = entry_of(&syscalls_counts, &key, &zero_counts);
+	if (!c)
+		return;
+	if (!c->comm[0] || renamed(nr, err)) /* once per key, and on exec */
+		bpf_get_current_comm(c->comm, sizeof(c->comm));
+	__sync_fetch_and_add(&c->count, 1);
+	if (err) {
+		__sync_fetch_and_add(&c->errors, 1);
+		if (track_errnos)
+			add_errno(tgid, nr, err);
+	}
+}
+
+/*
+ * Latency mode: account one call in syscalls_stats; latency_ns < 0 means
+ * "not timed" (exit, exit_group).
+ */
 static __always_inline void record(__u32 tgid, __u32 nr, __s64 latency_ns, __u32 err)
 {
 	struct syscalls_key key = { .tgid = tgid, .nr = nr };
 	struct syscalls_stats *s;
 	__u64 slot; /* u64: 6.1's verifier loses the bound of a re-extended u32 index */
 
-	s = bpf_map_lookup_elem(&syscalls_stats, &key);
-	if (!s) {
-		bpf_map_update_elem(&syscalls_stats, &key, &zero_stats, BPF_NOEXIST);
-		s = bpf_map_lookup_elem(&syscalls_stats, &key);
-		if (!s) {
-			count_drop(SYSCALLS_DROP_STATS);
-			return;
-		}
-	}
-	if (!s->comm[0]) /* once per (key, CPU) */
+	s = entry_of(&syscalls_stats, &key, &zero_stats);
+	if (!s)
+		return;
+	if (!s->comm[0] || renamed(nr, err)) /* once per (key, CPU), and on exec */
 		bpf_get_current_comm(s->comm, sizeof(s->comm));
 	s->count += 1;
 	if (latency_ns >= 0) {
@@ -264,7 +330,7 @@ static __always_inline int on_exit_count(long id, long ret)
 		return 0;
 	if (target_comm_len && !comm_matches())
 		return 0;
-	record(tgid, id, -1, err);
+	record_count(tgid, id, err);
 	return 0;
 }
 

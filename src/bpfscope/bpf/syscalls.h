@@ -19,18 +19,30 @@
 /* Slots of the per-CPU syscalls_drops counter array. */
 enum syscalls_drop {
 	SYSCALLS_DROP_INFLIGHT = 0, /* no task storage (ENOMEM): call not seen */
-	SYSCALLS_DROP_STATS = 1,    /* stats map full: call not counted */
+	SYSCALLS_DROP_STATS = 1,    /* counts/stats map full: call not counted */
 	SYSCALLS_DROP_ERRNOS = 2,   /* errno map full: error not broken down */
 	SYSCALLS_DROP_SLOTS = 4,
 };
 
-/* Key of syscalls_stats: one entry per (process, syscall). */
+/* Key of syscalls_counts and syscalls_stats: one entry per (process, syscall). */
 struct syscalls_key {
 	__u32 tgid;
 	__u32 nr;
 };
 
-/* Per-CPU value of syscalls_stats. */
+/*
+ * Per-CPU value of syscalls_counts (counts mode, the default): 32 bytes per
+ * CPU and entry.
+ */
+struct syscalls_counts {
+	__u64 count;  /* completed calls */
+	__u64 errors; /* calls that returned -4095..-1 */
+	/* command of the first call seen on this CPU: names processes that
+	 * are gone before userspace reads /proc */
+	char comm[SYSCALLS_COMM_LEN];
+};
+
+/* Per-CPU value of syscalls_stats (latency mode, -L): 360 bytes. */
 struct syscalls_stats {
 	__u64 count;    /* completed calls (exit/exit_group: entered calls) */
 	__u64 errors;   /* calls that returned -4095..-1 */

@@ -161,7 +161,9 @@ def _sleep_until(deadline: float, stopped: list[bool]) -> None:
 @click.option(
     "--max-entries",
     type=click.IntRange(min=64),
-    help="Entries of the (process, syscall) map (default 16384; errno map: a quarter).",
+    help="Most (process, syscall) pairs held at once (default 65536; -L: 16384); more are "
+    "counted as lost. Not preallocated: an entry costs 96 B (-L: 360 B per CPU) only "
+    "while its process lives. The errno map gets a quarter.",
 )
 @click.option("--bench", is_flag=True, help="Measure the tracer's overhead per syscall and exit.")
 @click.option(

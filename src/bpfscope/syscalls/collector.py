@@ -28,7 +28,16 @@ from ..features import Mechanism
 from ..ladder import Choice
 from . import syscall_names, syscall_nr
 from .errnos import errno_name
-from .tool import COMM_LEN, DROP_SLOTS, HIST_SLOTS, StatsValue, SyscallFilter, load
+from .tool import (
+    COMM_LEN,
+    DROP_SLOTS,
+    HIST_SLOTS,
+    CountsValue,
+    StatsValue,
+    SyscallFilter,
+    load,
+    stats_map,
+)
 
 __all__ = [
     "Drops",
@@ -42,15 +51,26 @@ __all__ = [
     "bucket_bounds_ns",
     "bucket_of",
     "decode_stats",
+    "kernel_name",
     "name_of",
     "sum_percpu",
     "top",
 ]
 
-# count, errors, total_ns, hist[HIST_SLOTS], then comm
-_WORDS = 3 + HIST_SLOTS
-_STRIDE = ctypes.sizeof(StatsValue) // 8
-_COMM_OFFSET = StatsValue.comm.offset
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where a mode's per-CPU value keeps its counters and comm."""
+
+    words: int  # leading u64 counters: count, errors[, total_ns, hist...]
+    stride: int  # u64 per CPU copy
+    comm: int  # byte offset of comm in a copy
+
+
+# counts mode: count, errors, comm; latency: count, errors, total_ns, hist, comm
+_COUNTS = _Layout(2, ctypes.sizeof(CountsValue) // 8, CountsValue.comm.offset)
+_STATS = _Layout(3 + HIST_SLOTS, ctypes.sizeof(StatsValue) // 8, StatsValue.comm.offset)
+_NOT_TIMED = (0,) * (1 + HIST_SLOTS)  # total_ns, hist of a counts-mode row
 _INVALID_NR = 0xFFFFFFFF
 
 
@@ -68,6 +88,15 @@ def bucket_bounds_ns(slot: int) -> tuple[int, int | None]:
 
 
 _NAMES_BY_NR: dict[int, str] | None = None
+_EXEC_NRS: frozenset[int] | None = None
+
+
+def _exec_nrs() -> frozenset[int]:
+    """execve and execveat: a successful one renames the process."""
+    global _EXEC_NRS
+    if _EXEC_NRS is None:
+        _EXEC_NRS = frozenset(syscall_nr(n) for n in ("execve", "execveat"))
+    return _EXEC_NRS
 
 
 def name_of(nr: int) -> str:
@@ -90,15 +119,47 @@ def sum_percpu(raw: bytes, words: int, stride: int | None = None) -> tuple[int, 
     return tuple(sum(values[i::stride]) for i in range(words))
 
 
-def decode_stats(raw: bytes) -> tuple[tuple[int, ...], str]:
-    """Counters summed over CPUs, and the first command the kernel saw."""
-    counters = sum_percpu(raw, _WORDS, _STRIDE)
-    comm = ""
-    for off in range(_COMM_OFFSET, len(raw), _STRIDE * 8):
-        comm = raw[off : off + COMM_LEN].split(b"\0", 1)[0].decode("utf-8", "replace")
-        if comm:
-            break
-    return counters, comm
+def decode_stats(raw: bytes, latency: bool = True) -> tuple[int, ...]:
+    """Counters of a (process, syscall) entry summed over CPUs: count,
+    errors, total_ns, hist[HIST_SLOTS] (the last two all 0 in counts mode,
+    ``latency=False``, whose value has no such fields)."""
+    if latency:
+        return sum_percpu(raw, _STATS.words, _STATS.stride)
+    return sum_percpu(raw, _COUNTS.words, _COUNTS.stride) + _NOT_TIMED
+
+
+def _copies(raw: bytes, latency: bool) -> list[tuple[str, int, int]]:
+    """(comm, count, errors) of each CPU copy that counted calls."""
+    lay = _STATS if latency else _COUNTS
+    values = memoryview(raw).cast("Q")
+    out = []
+    for cpu, n in enumerate(values[:: lay.stride]):
+        if n:
+            off = cpu * lay.stride * 8 + lay.comm
+            name = raw[off : off + COMM_LEN].split(b"\0", 1)[0].decode("utf-8", "replace")
+            out.append((name, n, values[cpu * lay.stride + 1]))
+    return out
+
+
+def kernel_name(entries: Iterable[tuple[int, bytes]], latency: bool = True) -> str:
+    """A process's name from its (syscall nr, value) entries, as the kernel
+    saw it ("" if it saw none). A process that exec'd is named by the
+    program it became: the comm its successful execve/execveat left on its
+    row (the kernel takes it again on each successful exec; if it exec'd on
+    several CPUs, the program among them that made most of its calls). A
+    fork+exec'd child makes its first calls, sometimes most of them (a
+    posix_spawn from Python: 120 rt_sigaction), under its parent's name.
+    Else the command that made most of its calls."""
+    calls: dict[str, int] = {}
+    became: set[str] = set()
+    for nr, raw in entries:
+        for name, n, errors in _copies(raw, latency):
+            if not name:
+                continue
+            calls[name] = calls.get(name, 0) + n
+            if n > errors and nr in _exec_nrs():
+                became.add(name)
+    return max(became or calls, key=lambda name: (calls[name], name), default="")
 
 
 @dataclass(frozen=True)
@@ -371,7 +432,7 @@ class SyscallCollector:
         now = time.monotonic()
         elapsed = now - self._last
         self._last = now
-        stats_map = obj.map("syscalls_stats")
+        calls_map = obj.map(stats_map(self.latency))
         errnos_map = obj.map("syscalls_errnos")
 
         # Processes already gone before this read made their last update, so
@@ -384,43 +445,45 @@ class SyscallCollector:
         # Both maps first, back to back: what this process does while
         # decoding (reading /proc) is counted too, and must not land in one
         # map's read and not the other's.
-        stats_raw = list(stats_map.lookup_batch())
+        stats_raw = list(calls_map.lookup_batch())
         errnos_raw = list(errnos_map.lookup_batch()) if self._track_errnos else []
 
-        # /proc once per process and poll: a gone process's failed open is
-        # a syscall of ours, so not one per (process, syscall) row.
-        looked_up: dict[int, str | None] = {}
-
-        def comm_of(tgid: int, fallback: str) -> str:
-            if tgid not in looked_up:
-                looked_up[tgid] = self.names.lookup(tgid)
-            return looked_up[tgid] or fallback or "?"
-
-        stats: list[SyscallStat] = []
+        rows: list[tuple[int, int, tuple[int, ...]]] = []  # tgid, nr, delta
+        raws: dict[int, list[tuple[int, bytes]]] = {}  # tgid -> its (nr, value)s
         seen: dict[bytes, tuple[int, ...]] = {}
-        comms: dict[int, str] = {}
+        lay = _STATS if self.latency else _COUNTS
         for key, raw in stats_raw:
-            cur, kernel_comm = decode_stats(raw)
+            cur = sum_percpu(raw, lay.words, lay.stride)  # kept short: counts mode has 2
             seen[key] = cur
             tgid = int.from_bytes(key[:4], "little")
-            if kernel_comm:
-                comms.setdefault(tgid, kernel_comm)
+            nr = int.from_bytes(key[4:8], "little")
+            raws.setdefault(tgid, []).append((nr, raw))
             d = _delta(cur, self._prev.get(key))
             if d[0] == 0:
                 continue
-            nr = int.from_bytes(key[4:8], "little")
-            stats.append(
-                SyscallStat(
-                    tgid,
-                    comm_of(tgid, kernel_comm),
-                    nr,
-                    name_of(nr),
-                    d[0],
-                    d[1],
-                    d[2],
-                    d[3:],
+            rows.append((tgid, nr, d if self.latency else d + _NOT_TIMED))
+            if nr in _exec_nrs() and d[0] > d[1]:
+                # it exec'd since: the name /proc gave before is stale
+                self.names.forget(tgid)
+
+        # One name per process and poll, the same on its stats and errno
+        # rows: /proc while it runs (once per process: a gone process's
+        # failed open is a syscall of ours, so not once per row), else what
+        # the kernel saw (kernel_name: the program it exec'd, or the command
+        # that made most of its calls).
+        named: dict[int, str] = {}
+
+        def comm_of(tgid: int) -> str:
+            if tgid not in named:
+                named[tgid] = (
+                    self.names.lookup(tgid) or kernel_name(raws.get(tgid, ()), self.latency) or "?"
                 )
-            )
+            return named[tgid]
+
+        stats = [
+            SyscallStat(tgid, comm_of(tgid), nr, name_of(nr), d[0], d[1], d[2], d[3:])
+            for tgid, nr, d in rows
+        ]
         errs: list[ErrnoStat] = []
         seen_err: dict[bytes, int] = {}
         for key, raw in errnos_raw:
@@ -433,20 +496,10 @@ class SyscallCollector:
             tgid = int.from_bytes(key[:4], "little")
             nr = int.from_bytes(key[4:8], "little")
             err = int.from_bytes(key[8:12], "little")
-            errs.append(
-                ErrnoStat(
-                    tgid,
-                    comm_of(tgid, comms.get(tgid, "")),
-                    nr,
-                    name_of(nr),
-                    err,
-                    errno_name(err),
-                    n,
-                )
-            )
+            errs.append(ErrnoStat(tgid, comm_of(tgid), nr, name_of(nr), err, errno_name(err), n))
 
         for key in [k for k in seen if int.from_bytes(k[:4], "little") in dead]:
-            stats_map.delete(key)
+            calls_map.delete(key)
             del seen[key]
         for key in [k for k in seen_err if int.from_bytes(k[:4], "little") in dead]:
             errnos_map.delete(key)
