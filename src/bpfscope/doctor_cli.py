@@ -121,10 +121,13 @@ def _check(btf: str | None, force: Mechanism | None, console: Console) -> list[d
                     ),
                 )
             else:
-                with ladder.load_tool(spec.object, spec.hooks(), btf_path=btf) as tool:
-                    entry.update(
-                        ok=True, mechanism=tool.rungs_summary(), detail="loaded and attached"
-                    )
+                with ladder.load_tool(
+                    spec.object, spec.hooks(), btf_path=btf, extras=spec.extras
+                ) as tool:
+                    detail = "loaded and attached"
+                    if tool.extras.description:
+                        detail += f"; {tool.extras.description}"
+                    entry.update(ok=True, mechanism=tool.rungs_summary(), detail=detail)
         except Exception as exc:  # reported per tool; the exit code carries it
             entry.update(ok=False, mechanism=None, detail=str(exc))
         results.append(entry)

@@ -27,6 +27,7 @@ __all__ = [
     "AttachedTool",
     "Choice",
     "Extras",
+    "ExtrasFor",
     "Hook",
     "LadderError",
     "Rung",
@@ -202,6 +203,7 @@ class Extras:
 
     rodata: Mapping[str, int | bytes] = field(default_factory=dict)
     programs: frozenset[str] = frozenset()
+    description: str = ""  # what they turn on, for doctor --check
 
 
 # A tool's extras for the chosen rungs.

@@ -1,9 +1,10 @@
 """Registry of bpfscope's BPF tools, for doctor and ``--check``.
 
 Each tool module exposes ``TOOL`` (its object name), ``DESCRIPTION``,
-``CORE`` (whether doctor's verdict depends on it) and ``hooks()`` returning
-its attach ladder. Modules are imported lazily; a tool whose module is not
-there yet is simply not listed.
+``CORE`` (whether doctor's verdict depends on it), ``hooks()`` returning
+its attach ladder and, optionally, ``EXTRAS`` (rung-dependent settings and
+programs, see :class:`bpfscope.ladder.Extras`). Modules are imported
+lazily; a tool whose module is not there yet is simply not listed.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Final
 
-from .ladder import Hook
+from .ladder import ExtrasFor, Hook
 
 __all__ = ["TOOL_MODULES", "ToolSpec", "registered_tools"]
 
@@ -37,6 +38,11 @@ class ToolSpec:
     def hooks(self) -> list[Hook]:
         hooks: list[Hook] = self.module.hooks()
         return hooks
+
+    @property
+    def extras(self) -> ExtrasFor | None:
+        extras: ExtrasFor | None = getattr(self.module, "EXTRAS", None)
+        return extras
 
 
 def registered_tools() -> list[ToolSpec]:

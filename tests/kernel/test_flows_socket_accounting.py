@@ -232,3 +232,19 @@ def test_bytes_read_after_close_are_folded_at_destroy(collector: FlowCollector) 
     (client,) = [f for f in flows_on(rec, os.getpid(), port) if f.rport == port]
     assert client.rx_bytes == got
     assert got > 0
+
+
+def test_doctor_check_loads_what_the_collector_loads() -> None:
+    """doctor --check loads flows with its extras, and says so."""
+    require("tp_btf")
+    from io import StringIO
+
+    from rich.console import Console
+
+    from bpfscope.doctor_cli import _check
+
+    (flows,) = [r for r in _check(None, None, Console(file=StringIO())) if r["tool"] == "flows"]
+    assert flows["ok"] is True, flows
+    with FlowCollector() as c:
+        per_socket = c.stats().tcp_accounting == "socket"
+    assert ("TCP accounting per socket" in flows["detail"]) is per_socket, flows

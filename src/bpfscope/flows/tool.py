@@ -22,6 +22,7 @@ from ..ladder import Choice, Extras, Hook, Rung
 __all__ = [
     "CORE",
     "DESCRIPTION",
+    "EXTRAS",
     "FOLD_PROGRAM",
     "NAME",
     "SK_ACCT_MAP",
@@ -187,5 +188,13 @@ def socket_accounting(choices: Sequence[Choice]) -> Extras:
         and mech.get("state") is Mechanism.TP_BTF
         and mech.get("destroy") is Mechanism.TP_BTF
     ):
-        return Extras(rodata={"sk_acct_enabled": 1}, programs=frozenset({FOLD_PROGRAM}))
+        return Extras(
+            rodata={"sk_acct_enabled": 1},
+            programs=frozenset({FOLD_PROGRAM}),
+            description="TCP accounting per socket",
+        )
     return Extras()
+
+
+# What doctor --check loads along with the hooks: the collector's own choice.
+EXTRAS: Final = socket_accounting
