@@ -24,10 +24,13 @@ from bpfscope.syscalls.tool import (
     DEFAULT_MAX_ENTRIES,
     REFERENCES,
     CountsValue,
+    ErrnoKey,
+    StatsKey,
     StatsValue,
     SyscallFilter,
     load,
     load_reference,
+    stats_map,
 )
 from kernel_require import require
 
@@ -62,12 +65,14 @@ CHILD = textwrap.dedent(
 
 
 def _run_child(
-    collector: SyscallCollector, alongside: Callable[[], object] | None = None
+    collector: SyscallCollector,
+    alongside: Callable[[], object] | None = None,
+    script: str = CHILD,
 ) -> tuple[int, Snapshot]:
-    """Run CHILD's calls between two polls; ``alongside`` runs while it
-    makes them (and may poll)."""
+    """Run ``script``'s calls (CHILD's by default) between two polls;
+    ``alongside`` runs while it makes them (and may poll)."""
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     try:
         assert child.stdin
@@ -236,8 +241,74 @@ def test_exited_process_entries_are_deleted_after_their_last_read() -> None:
         assert all(s.count > 0 for s in collector.poll().stats)
 
 
+PER_THREAD = 5000
+
+# Two threads, pinned to CPUs 0 and 1, each make PER_THREAD close(-1).
+THREADS_CHILD = textwrap.dedent(
+    f"""
+    import ctypes, os, sys, threading
+    libc = ctypes.CDLL(None, use_errno=True)
+    go = threading.Barrier(2)
+    def calls(cpu):
+        os.sched_setaffinity(0, {{cpu}})  # this thread only
+        go.wait()
+        for _ in range({PER_THREAD}):
+            libc.syscall({syscall_nr("close")}, -1)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    threads = [threading.Thread(target=calls, args=(cpu,)) for cpu in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print("done", flush=True)
+    sys.stdin.readline()
+    """
+)
+
+
+@pytest.mark.parametrize("latency", MODES)
+def test_threads_on_two_cpus_are_one_row(latency: bool) -> None:
+    """The kernel keeps a row per CPU (each written by its CPU alone, no
+    atomics); the collector reports one (process, syscall) record, and one
+    (process, syscall, errno) record, with every call of both threads."""
+    require("tp_btf")
+    if len(os.sched_getaffinity(0)) < 2 or not {0, 1} <= os.sched_getaffinity(0):
+        pytest.skip("needs CPUs 0 and 1")
+    with SyscallCollector(latency=latency) as collector:
+        pid, snap = _run_child(collector, script=THREADS_CHILD)
+        # The rows are still there (the child was alive at the poll); they
+        # hold everything since the child started.
+        close = syscall_nr("close")
+        rows = {
+            (k.tgid, k.nr, k.cpu): v.errors  # count also has start-up's closes
+            for k, v in (
+                (
+                    StatsKey.from_buffer_copy(k),
+                    (StatsValue if latency else CountsValue).from_buffer_copy(v),
+                )
+                for k, v in collector.tool.obj.map(stats_map(latency)).lookup_batch()
+            )
+            if k.tgid == pid and k.nr == close
+        }
+        errno_cpus = {
+            ErrnoKey.from_buffer_copy(k).cpu
+            for k, _ in collector.tool.obj.map("syscalls_errnos").lookup_batch()
+            if (ErrnoKey.from_buffer_copy(k).tgid, ErrnoKey.from_buffer_copy(k).nr) == (pid, close)
+        }
+    stat = _stat(snap, pid, "close")
+    assert (stat.count, stat.errors) == (2 * PER_THREAD, 2 * PER_THREAD)
+    if latency:
+        assert sum(stat.hist) == 2 * PER_THREAD
+    assert _errnos(snap, pid)[("close", "EBADF")] == 2 * PER_THREAD
+    assert [e.errno for e in snap.errnos if e.tgid == pid and e.syscall == "close"] == ["EBADF"]
+    assert set(rows) == {(pid, close, 0), (pid, close, 1)}
+    assert sorted(rows.values()) == [PER_THREAD, PER_THREAD]
+    assert errno_cpus == {0, 1}
+
+
 def test_struct_layouts_match_btf() -> None:
-    from bpfscope.syscalls.tool import ErrnoKey, Inflight, StatsKey
+    from bpfscope.syscalls.tool import Inflight
 
     with bpf.BpfObject.open_bytes(object_bytes("syscalls"), name="syscalls") as obj:
         btf = obj.btf()

@@ -94,7 +94,7 @@ def test_last_bucket_is_open() -> None:
 
 
 def _value(count: int, errors: int, total: int, slot: int, comm: bytes = b"") -> bytes:
-    """One CPU's copy of a latency-mode (syscalls_stats) value."""
+    """A latency-mode (syscalls_stats) value: one CPU's row."""
     v = StatsValue(count=count, errors=errors, total_ns=total)
     v.hist[slot] = count
     v.comm = comm
@@ -102,7 +102,7 @@ def _value(count: int, errors: int, total: int, slot: int, comm: bytes = b"") ->
 
 
 def _counts(count: int, errors: int = 0, comm: bytes = b"") -> bytes:
-    """One CPU's copy of a counts-mode (syscalls_counts) value."""
+    """A counts-mode (syscalls_counts) value: one CPU's row."""
     return bytes(CountsValue(count=count, errors=errors, comm=comm))
 
 
@@ -130,16 +130,22 @@ def test_kernel_name_is_the_program_exec_made_else_the_command_of_most_calls() -
     # a failed execve (ENOENT on a PATH entry) renames nothing
     tried = [(nr("execve"), _counts(1, 1, b"sh")), (nr("read"), _counts(3, 0, b"sh"))]
     assert kernel_name(tried, latency=False) == "sh"
-    # no exec: the command that made most calls (a thread's name loses)
-    threads = [(nr("read"), _counts(5, 0, b"nginx") + _counts(2, 0, b"worker"))]
+    # no exec: the command that made most calls (a thread's name loses);
+    # one row per CPU
+    threads = [(nr("read"), _counts(5, 0, b"nginx")), (nr("read"), _counts(2, 0, b"worker"))]
     assert kernel_name(threads, latency=False) == "nginx"
     # exec'd on two CPUs (sh, then exec java): the one that made most calls
     chain = [
-        (nr("execve"), _counts(1, 0, b"sh") + _counts(1, 0, b"java")),
-        (nr("futex"), _counts(2, 0, b"sh") + _counts(500, 0, b"java")),
+        (nr("execve"), _counts(1, 0, b"sh")),
+        (nr("execve"), _counts(1, 0, b"java")),
+        (nr("futex"), _counts(2, 0, b"sh")),
+        (nr("futex"), _counts(500, 0, b"java")),
     ]
     assert kernel_name(chain, latency=False) == "java"
-    assert kernel_name([(nr("read"), _counts(2, 0, b"a") + _counts(2, 0, b"b"))], False) == "b"
+    assert (
+        kernel_name([(nr("read"), _counts(2, 0, b"a")), (nr("read"), _counts(2, 0, b"b"))], False)
+        == "b"
+    )
     assert kernel_name([]) == ""
 
 
@@ -495,14 +501,27 @@ class FakeNames(ProcessNames):
         return tgid in self.live
 
 
-def _key(tgid: int, nr: int) -> bytes:
-    return struct.pack("=II", tgid, nr)
+def _key(tgid: int, nr: int, cpu: int = 0) -> bytes:
+    """A syscalls_key: the row of (tgid, nr) on ``cpu``."""
+    return struct.pack("=III", tgid, nr, cpu)
+
+
+def _ekey(tgid: int, nr: int, err: int, cpu: int = 0) -> bytes:
+    """A syscalls_errno_key."""
+    return struct.pack("=IIII", tgid, nr, err, cpu)
+
+
+def _rows(tgid: int, nr: int, *values: bytes) -> dict[bytes, bytes]:
+    """The rows of (tgid, nr) on CPUs 0, 1, ... (empty values: no row)."""
+    return {_key(tgid, nr, cpu): v for cpu, v in enumerate(values) if v}
 
 
 def test_collector_deltas_and_dead_process_cleanup() -> None:
     close = syscall_nr("close")
-    stats = FakeMap({_key(1, close): _counts(10, 2, b"one") * 2})
-    errnos = FakeMap({struct.pack("=III", 1, close, 9): struct.pack("=2Q", 3, 1)})
+    stats = FakeMap(_rows(1, close, _counts(10, 2, b"one"), _counts(10, 2, b"one")))
+    errnos = FakeMap(
+        {_ekey(1, close, 9, 0): struct.pack("=Q", 3), _ekey(1, close, 9, 1): struct.pack("=Q", 1)}
+    )
     tool = FakeTool(
         {"syscalls_counts": stats, "syscalls_errnos": errnos, "syscalls_drops": FakeMap({})}
     )
@@ -515,12 +534,12 @@ def test_collector_deltas_and_dead_process_cleanup() -> None:
         assert [(e.errno, e.count) for e in first.errnos] == [("EBADF", 4)]
         # Nothing new: no rows.
         assert c.poll().stats == ()
-        stats.entries[_key(1, close)] = _counts(15, 2, b"one") * 2
+        stats.entries.update(_rows(1, close, _counts(15, 2, b"one"), _counts(15, 2, b"one")))
         third = c.poll()
         assert [(s.count, s.errors, s.total_ns) for s in third.stats] == [(10, 0, 0)]
         assert sum(third.stats[0].hist) == 0
         # The process dies; its last counts are read, then its entries go.
-        stats.entries[_key(1, close)] = _counts(16, 2, b"one") * 2
+        stats.entries.update(_rows(1, close, _counts(16, 2, b"one"), _counts(16, 2, b"one")))
         names.live.clear()
         fourth = c.poll()
         assert [s.count for s in fourth.stats] == [2]
@@ -555,7 +574,7 @@ def test_collector_reads_both_maps_before_its_own_proc_lookups() -> None:
 
     close, read = syscall_nr("close"), syscall_nr("read")
     stats = {_key(7, close): _counts(2, 2, b"ls"), _key(7, read): _counts(3, 0, b"ls")}
-    errnos = {struct.pack("=III", 7, close, 2): struct.pack("=Q", 2)}
+    errnos = {_ekey(7, close, 2): struct.pack("=Q", 2)}
     tool = FakeTool(
         {
             "syscalls_counts": LoggingMap("stats", stats),
@@ -612,14 +631,15 @@ def test_gone_fork_exec_process_is_named_by_its_own_command_on_every_row() -> No
     first."""
     nr = syscall_nr
     stats = {
-        # before exec (set_robust_list once after too), then ls's own calls
-        _key(42, nr("rt_sigaction")): _counts(60, 0, b"bash") + _counts(0),
-        _key(42, nr("set_robust_list")): _counts(1, 0, b"bash") + _counts(1, 0, b"ls"),
-        _key(42, nr("execve")): _counts(0) + _counts(1, 0, b"ls"),
-        _key(42, nr("openat")): _counts(20, 7, b"ls") + _counts(19, 0, b"ls"),
-        _key(42, nr("mmap")): _counts(0) + _counts(30, 0, b"ls"),
+        # before exec on CPU 0 (set_robust_list once after too), then ls's
+        # own calls, mostly on CPU 1
+        **_rows(42, nr("rt_sigaction"), _counts(60, 0, b"bash")),
+        **_rows(42, nr("set_robust_list"), _counts(1, 0, b"bash"), _counts(1, 0, b"ls")),
+        **_rows(42, nr("execve"), b"", _counts(1, 0, b"ls")),
+        **_rows(42, nr("openat"), _counts(20, 7, b"ls"), _counts(19, 0, b"ls")),
+        **_rows(42, nr("mmap"), b"", _counts(30, 0, b"ls")),
     }
-    errnos = {struct.pack("=III", 42, nr("openat"), 2): struct.pack("=2Q", 7, 0)}
+    errnos = {_ekey(42, nr("openat"), 2, 0): struct.pack("=Q", 7)}
     with SyscallCollector(loader=lambda: _maps(stats, errnos), names=FakeNames(set())) as c:
         snap = c.poll()
     assert {s.syscall: s.comm for s in snap.stats} == {
@@ -656,6 +676,32 @@ def test_live_process_that_execs_is_renamed(tmp_path: Path) -> None:
         (tmp_path / "8" / "comm").write_text("other\n")
         stats[_key(8, execve)] = _counts(3, 2, b"java")
         assert {s.comm for s in c.poll().stats} == {"java"}
+
+
+def test_collector_merges_cpu_rows_into_one_record_per_process_and_syscall() -> None:
+    """Each CPU's row is a counter of its own; a poll reports their deltas
+    summed, one record per (process, syscall) and per (process, syscall,
+    errno), a row that appears later (another CPU) counted from zero."""
+    read, openat = syscall_nr("read"), syscall_nr("openat")
+    stats = FakeMap(_rows(3, read, _counts(10, 1, b"a")))
+    errnos = FakeMap({_ekey(3, read, 11, 0): struct.pack("=Q", 1)})
+    tool = FakeTool(
+        {"syscalls_counts": stats, "syscalls_errnos": errnos, "syscalls_drops": FakeMap({})}
+    )
+    with SyscallCollector(loader=lambda: tool, names=FakeNames({3})) as c:
+        assert [(s.syscall, s.count, s.errors) for s in c.poll().stats] == [("read", 10, 1)]
+        stats.entries.update(_rows(3, read, _counts(12, 1, b"a"), _counts(5, 2, b"a")))
+        stats.entries.update(_rows(3, openat, b"", _counts(4, 0, b"a")))
+        errnos.entries[_ekey(3, read, 11, 1)] = struct.pack("=Q", 2)
+        snap = c.poll()
+        assert sorted((s.syscall, s.count, s.errors) for s in snap.stats) == [
+            ("openat", 4, 0),
+            ("read", 7, 2),
+        ]
+        assert [(e.syscall, e.errno, e.count) for e in snap.errnos] == [("read", "EAGAIN", 2)]
+        errnos.entries[_ekey(3, read, 11, 0)] = struct.pack("=Q", 4)
+        errnos.entries[_ekey(3, read, 11, 1)] = struct.pack("=Q", 5)
+        assert [e.count for e in c.poll().errnos] == [6]
 
 
 def test_map_sizes_per_mode() -> None:

@@ -4,18 +4,21 @@
  * broken down by errno; with latency on, also total latency and a log2
  * latency histogram.
  *
- * Two sets of programs, each with its own map of (process, syscall):
+ * Two sets of programs, each with its own map:
  * - counts (the default): count_exit_* on sys_exit alone, into
- *   syscalls_counts, a plain hash (count, errors, comm: 32 bytes, atomic
- *   adds; one copy whatever the number of CPUs);
+ *   syscalls_counts (count, errors, comm: 32 bytes);
  * - latency (-L): sys_enter_* stamps the thread's start time in its
  *   task-local storage, sys_exit_* takes it out and times the call, into
- *   syscalls_stats (per-CPU; also total_ns and the histogram: 360 bytes).
- * Userspace sizes the other mode's map to one entry at load. The maps are
- * BPF_F_NO_PREALLOC: memory follows the live entries, not max_entries.
- * WIP trade-offs (measured on the 2-CPU 6.18 VM, see the branch's commit):
- * a per-CPU no-prealloc insert costs ~14 us; atomics contend when threads
- * of one process make the same syscall on several CPUs.
+ *   syscalls_stats (also total_ns and the histogram: 360 bytes).
+ * Userspace sizes the other mode's map to one entry at load.
+ *
+ * The maps are plain hashes keyed by (process, syscall[, errno], CPU): each
+ * entry is written by its own CPU alone, so plain adds without atomics or
+ * cache-line sharing between CPUs (as a per-CPU hash), one copy per CPU a
+ * process actually ran that syscall on (not per possible CPU), and cheap to
+ * create. They are BPF_F_NO_PREALLOC: memory follows the live entries, not
+ * max_entries. Userspace sums the CPU rows and deletes the rows of exited
+ * processes. Measured alternatives: docs/syscalls.md.
  * Filters (pid, command prefix, cgroup, syscall set, failed only) are
  * const volatile settings: the verifier drops the checks that are off.
  * Both hooks go through the attach ladder tp_btf -> raw_tp -> tracepoint.
@@ -55,7 +58,7 @@ struct {
 } syscalls_counts SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 16384);
 	__type(key, struct syscalls_key);
@@ -149,30 +152,24 @@ static __always_inline bool comm_matches(void)
 	return true;
 }
 
-static __always_inline void add_errno(__u32 tgid, __u32 nr, __u32 err)
+static __always_inline void add_errno(__u32 tgid, __u32 nr, __u32 err, __u32 cpu)
 {
-	struct syscalls_errno_key key = { .tgid = tgid, .nr = nr, .err = err };
+	struct syscalls_errno_key key = { .tgid = tgid, .nr = nr, .err = err, .cpu = cpu };
 	__u64 one = 1, *n;
 
 	n = bpf_map_lookup_elem(&syscalls_errnos, &key);
 	if (n) {
-		__sync_fetch_and_add(n, 1);
+		*n += 1; /* this CPU's row: no other writer */
 		return;
 	}
-	/* EEXIST: another CPU created it: add to that one. */
-	if (bpf_map_update_elem(&syscalls_errnos, &key, &one, BPF_NOEXIST) == 0)
-		return;
-	n = bpf_map_lookup_elem(&syscalls_errnos, &key);
-	if (n)
-		__sync_fetch_and_add(n, 1);
-	else
-		count_drop(SYSCALLS_DROP_ERRNOS);
+	if (bpf_map_update_elem(&syscalls_errnos, &key, &one, BPF_NOEXIST))
+		count_drop(SYSCALLS_DROP_ERRNOS); /* full */
 }
 
 /*
- * The per-CPU value of (tgid, nr) in map, created (zeroed on every CPU) on
- * the first call; NULL (a drop counted) when the map is full. Creating is
- * once per (process, syscall); EEXIST means another CPU just created it.
+ * The value of key (this CPU's row of a (process, syscall)) in map,
+ * created zeroed on the first call; NULL (a drop counted) when the map is
+ * full. No other CPU writes this key, so the insert cannot race.
  */
 static __always_inline void *entry_of(void *map, struct syscalls_key *key, const void *zero)
 {
@@ -201,19 +198,19 @@ static __always_inline bool renamed(__u32 nr, __u32 err)
 /* Counts mode: account one call in syscalls_counts. */
 static __always_inline void record_count(__u32 tgid, __u32 nr, __u32 err)
 {
-	struct syscalls_key key = { .tgid = tgid, .nr = nr };
+	struct syscalls_key key = { .tgid = tgid, .nr = nr, .cpu = bpf_get_smp_processor_id() };
 	struct syscalls_counts *c;
 
 	c = entry_of(&syscalls_counts, &key, &zero_counts);
 	if (!c)
 		return;
-	if (!c->comm[0] || renamed(nr, err)) /* once per key, and on exec */
+	if (!c->comm[0] || renamed(nr, err)) /* once per row, and on exec */
 		bpf_get_current_comm(c->comm, sizeof(c->comm));
-	__sync_fetch_and_add(&c->count, 1);
+	c->count += 1;
 	if (err) {
-		__sync_fetch_and_add(&c->errors, 1);
+		c->errors += 1;
 		if (track_errnos)
-			add_errno(tgid, nr, err);
+			add_errno(tgid, nr, err, key.cpu);
 	}
 }
 
@@ -223,14 +220,14 @@ static __always_inline void record_count(__u32 tgid, __u32 nr, __u32 err)
  */
 static __always_inline void record(__u32 tgid, __u32 nr, __s64 latency_ns, __u32 err)
 {
-	struct syscalls_key key = { .tgid = tgid, .nr = nr };
+	struct syscalls_key key = { .tgid = tgid, .nr = nr, .cpu = bpf_get_smp_processor_id() };
 	struct syscalls_stats *s;
 	__u64 slot; /* u64: 6.1's verifier loses the bound of a re-extended u32 index */
 
 	s = entry_of(&syscalls_stats, &key, &zero_stats);
 	if (!s)
 		return;
-	if (!s->comm[0] || renamed(nr, err)) /* once per (key, CPU), and on exec */
+	if (!s->comm[0] || renamed(nr, err)) /* once per row, and on exec */
 		bpf_get_current_comm(s->comm, sizeof(s->comm));
 	s->count += 1;
 	if (latency_ns >= 0) {
@@ -243,7 +240,7 @@ static __always_inline void record(__u32 tgid, __u32 nr, __s64 latency_ns, __u32
 	if (err) {
 		s->errors += 1;
 		if (track_errnos)
-			add_errno(tgid, nr, err);
+			add_errno(tgid, nr, err, key.cpu);
 	}
 }
 

@@ -24,40 +24,43 @@ enum syscalls_drop {
 	SYSCALLS_DROP_SLOTS = 4,
 };
 
-/* Key of syscalls_counts and syscalls_stats: one entry per (process, syscall). */
+/*
+ * Key of syscalls_counts and syscalls_stats: one entry per (process,
+ * syscall, CPU the calls ran on). Only that CPU writes the entry (the
+ * programs run with migration disabled and sys_exit does not nest), so
+ * plain adds, no atomics; userspace sums a (process, syscall)'s CPU rows.
+ */
 struct syscalls_key {
 	__u32 tgid;
 	__u32 nr;
+	__u32 cpu;
 };
 
-/*
- * Per-CPU value of syscalls_counts (counts mode, the default): 32 bytes per
- * CPU and entry.
- */
+/* Value of syscalls_counts (counts mode, the default): 32 bytes. */
 struct syscalls_counts {
 	__u64 count;  /* completed calls */
 	__u64 errors; /* calls that returned -4095..-1 */
-	/* command of the first call seen on this CPU: names processes that
-	 * are gone before userspace reads /proc */
+	/* command of the first call on this row (and of each successful
+	 * exec): names processes that are gone before userspace reads /proc */
 	char comm[SYSCALLS_COMM_LEN];
 };
 
-/* Per-CPU value of syscalls_stats (latency mode, -L): 360 bytes. */
+/* Value of syscalls_stats (latency mode, -L): 360 bytes. */
 struct syscalls_stats {
 	__u64 count;    /* completed calls (exit/exit_group: entered calls) */
 	__u64 errors;   /* calls that returned -4095..-1 */
 	__u64 total_ns; /* sum of enter->exit latency */
 	__u64 hist[SYSCALLS_HIST_SLOTS];
-	/* command of the first call seen on this CPU: names processes that
-	 * are gone before userspace reads /proc */
+	/* as in struct syscalls_counts */
 	char comm[SYSCALLS_COMM_LEN];
 };
 
-/* Key of syscalls_errnos (per-CPU u64 count of failed calls). */
+/* Key of syscalls_errnos (u64 count of failed calls), per CPU like syscalls_key. */
 struct syscalls_errno_key {
 	__u32 tgid;
 	__u32 nr;
 	__u32 err; /* positive errno */
+	__u32 cpu;
 };
 
 /* Task-local value of syscalls_inflight: the call the thread is in. */

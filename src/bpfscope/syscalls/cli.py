@@ -161,8 +161,8 @@ def _sleep_until(deadline: float, stopped: list[bool]) -> None:
 @click.option(
     "--max-entries",
     type=click.IntRange(min=64),
-    help="Most (process, syscall) pairs held at once (default 65536; -L: 16384); more are "
-    "counted as lost. Not preallocated: an entry costs 96 B (-L: 360 B per CPU) only "
+    help="Most (process, syscall, CPU) rows held at once (default 65536; -L: 16384); calls "
+    "beyond are counted as lost. Not preallocated: a row costs ~100 B (-L: ~430 B) only "
     "while its process lives. The errno map gets a quarter.",
 )
 @click.option("--bench", is_flag=True, help="Measure the tracer's overhead per syscall and exit.")

@@ -3,22 +3,28 @@
 A plain collector (``start()``, ``poll()``, ``close()``) as the design asks:
 it knows nothing about terminals or HTTP. ``poll()`` returns a
 :class:`Snapshot` of what happened since the previous poll (deltas of the
-kernel's cumulative per-CPU counters); ``totals`` keeps cumulative
-per-syscall counters for Prometheus-style consumers (the agent).
+kernel's cumulative counters); ``totals`` keeps cumulative per-syscall
+counters for Prometheus-style consumers (the agent).
+
+The kernel keeps one row per (process, syscall[, errno], CPU), written by
+that CPU alone; a poll sums the CPU rows of each (process, syscall[, errno])
+into one record.
 
 By default only calls and errors are counted (sys_exit alone); with
 ``latency=True`` every call is also timed, and the records' latency fields
 (``total_ns``, ``hist``) are filled in.
 
-Kernel entries of processes that have exited are deleted after their last
-read, so the maps only hold live processes.
+Kernel rows of processes that have exited (on every CPU) are deleted after
+their last read, so the maps only hold live processes.
 """
 
 from __future__ import annotations
 
 import ctypes
 import dataclasses
+import operator
 import os
+import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -60,11 +66,11 @@ __all__ = [
 
 @dataclass(frozen=True)
 class _Layout:
-    """Where a mode's per-CPU value keeps its counters and comm."""
+    """Where a mode's value keeps its counters and comm."""
 
     words: int  # leading u64 counters: count, errors[, total_ns, hist...]
-    stride: int  # u64 per CPU copy
-    comm: int  # byte offset of comm in a copy
+    stride: int  # u64 per value (per copy, when several are concatenated)
+    comm: int  # byte offset of comm in a value
 
 
 # counts mode: count, errors, comm; latency: count, errors, total_ns, hist, comm
@@ -72,6 +78,10 @@ _COUNTS = _Layout(2, ctypes.sizeof(CountsValue) // 8, CountsValue.comm.offset)
 _STATS = _Layout(3 + HIST_SLOTS, ctypes.sizeof(StatsValue) // 8, StatsValue.comm.offset)
 _NOT_TIMED = (0,) * (1 + HIST_SLOTS)  # total_ns, hist of a counts-mode row
 _INVALID_NR = 0xFFFFFFFF
+# Leading fields of the keys: (tgid, nr) of syscalls_key, (tgid, nr, err) of
+# syscalls_errno_key; the CPU comes last in both.
+_U32X2 = struct.Struct("=II")
+_U32X3 = struct.Struct("=III")
 
 
 def bucket_of(latency_ns: int) -> int:
@@ -110,8 +120,9 @@ def name_of(nr: int) -> str:
 
 
 def sum_percpu(raw: bytes, words: int, stride: int | None = None) -> tuple[int, ...]:
-    """Sum the first ``words`` native u64 columns over the per-CPU copies in
-    ``raw``; each copy is ``stride`` u64 long (default ``words``)."""
+    """Sum the first ``words`` native u64 columns over the copies (CPU rows)
+    concatenated in ``raw``; each copy is ``stride`` u64 long (default
+    ``words``)."""
     stride = stride or words
     values = memoryview(raw).cast("Q")
     if len(values) % stride:
@@ -120,16 +131,17 @@ def sum_percpu(raw: bytes, words: int, stride: int | None = None) -> tuple[int, 
 
 
 def decode_stats(raw: bytes, latency: bool = True) -> tuple[int, ...]:
-    """Counters of a (process, syscall) entry summed over CPUs: count,
-    errors, total_ns, hist[HIST_SLOTS] (the last two all 0 in counts mode,
-    ``latency=False``, whose value has no such fields)."""
+    """Counters of (process, syscall) values concatenated in ``raw`` (one or
+    more CPU rows), summed: count, errors, total_ns, hist[HIST_SLOTS] (the
+    last two all 0 in counts mode, ``latency=False``, whose value has no
+    such fields)."""
     if latency:
         return sum_percpu(raw, _STATS.words, _STATS.stride)
     return sum_percpu(raw, _COUNTS.words, _COUNTS.stride) + _NOT_TIMED
 
 
 def _copies(raw: bytes, latency: bool) -> list[tuple[str, int, int]]:
-    """(comm, count, errors) of each CPU copy that counted calls."""
+    """(comm, count, errors) of each value in ``raw`` that counted calls."""
     lay = _STATS if latency else _COUNTS
     values = memoryview(raw).cast("Q")
     out = []
@@ -142,11 +154,12 @@ def _copies(raw: bytes, latency: bool) -> list[tuple[str, int, int]]:
 
 
 def kernel_name(entries: Iterable[tuple[int, bytes]], latency: bool = True) -> str:
-    """A process's name from its (syscall nr, value) entries, as the kernel
-    saw it ("" if it saw none). A process that exec'd is named by the
-    program it became: the comm its successful execve/execveat left on its
-    row (the kernel takes it again on each successful exec; if it exec'd on
-    several CPUs, the program among them that made most of its calls). A
+    """A process's name from its (syscall nr, value) rows (each CPU's its
+    own), as the kernel saw it ("" if it saw none). A process that exec'd is
+    named by the program it became: the comm its successful execve/execveat
+    left on its row (the kernel takes it again on each successful exec; if
+    it exec'd on several CPUs, the program among them that made most of its
+    calls). A
     fork+exec'd child makes its first calls, sometimes most of them (a
     posix_spawn from Python: 120 rt_sigaction), under its parent's name.
     Else the command that made most of its calls."""
@@ -437,9 +450,8 @@ class SyscallCollector:
 
         # Processes already gone before this read made their last update, so
         # their entries can be deleted once read.
-        dead = {int.from_bytes(k[:4], "little") for k in self._prev} | {
-            int.from_bytes(k[:4], "little") for k in self._prev_err
-        }
+        dead = {_U32X2.unpack_from(k)[0] for k in self._prev}
+        dead |= {_U32X2.unpack_from(k)[0] for k in self._prev_err}
         dead = {t for t in dead if not self.names.alive(t)}
 
         # Both maps first, back to back: what this process does while
@@ -448,23 +460,38 @@ class SyscallCollector:
         stats_raw = list(calls_map.lookup_batch())
         errnos_raw = list(errnos_map.lookup_batch()) if self._track_errnos else []
 
-        rows: list[tuple[int, int, tuple[int, ...]]] = []  # tgid, nr, delta
+        # Deltas per row (tgid, nr, cpu), summed per (tgid, nr).
+        merged: dict[tuple[int, int], tuple[int, ...]] = {}
         raws: dict[int, list[tuple[int, bytes]]] = {}  # tgid -> its (nr, value)s
         seen: dict[bytes, tuple[int, ...]] = {}
         lay = _STATS if self.latency else _COUNTS
         for key, raw in stats_raw:
             cur = sum_percpu(raw, lay.words, lay.stride)  # kept short: counts mode has 2
             seen[key] = cur
-            tgid = int.from_bytes(key[:4], "little")
-            nr = int.from_bytes(key[4:8], "little")
+            tgid, nr = _U32X2.unpack_from(key)
             raws.setdefault(tgid, []).append((nr, raw))
             d = _delta(cur, self._prev.get(key))
             if d[0] == 0:
                 continue
+            prev = merged.get((tgid, nr))
+            merged[tgid, nr] = d if prev is None else tuple(map(operator.add, prev, d))
+        rows: list[tuple[int, int, tuple[int, ...]]] = []  # tgid, nr, delta
+        for (tgid, nr), d in merged.items():
             rows.append((tgid, nr, d if self.latency else d + _NOT_TIMED))
             if nr in _exec_nrs() and d[0] > d[1]:
                 # it exec'd since: the name /proc gave before is stale
                 self.names.forget(tgid)
+
+        err_counts: dict[tuple[int, int, int], int] = {}  # (tgid, nr, err): summed CPU rows
+        seen_err: dict[bytes, int] = {}
+        for key, raw in errnos_raw:
+            total = sum(memoryview(raw).cast("Q"))
+            seen_err[key] = total
+            prev_n = self._prev_err.get(key, 0)
+            n = total - prev_n if total >= prev_n else total
+            if n:
+                k = _U32X3.unpack_from(key)
+                err_counts[k] = err_counts.get(k, 0) + n
 
         # One name per process and poll, the same on its stats and errno
         # rows: /proc while it runs (once per process: a gone process's
@@ -472,36 +499,22 @@ class SyscallCollector:
         # the kernel saw (kernel_name: the program it exec'd, or the command
         # that made most of its calls).
         named: dict[int, str] = {}
-
-        def comm_of(tgid: int) -> str:
-            if tgid not in named:
-                named[tgid] = (
-                    self.names.lookup(tgid) or kernel_name(raws.get(tgid, ()), self.latency) or "?"
-                )
-            return named[tgid]
-
+        for tgid in dict.fromkeys([t for t, _ in merged] + [t for t, _, _ in err_counts]):
+            name = self.names.lookup(tgid)
+            named[tgid] = name or kernel_name(raws.get(tgid, ()), self.latency) or "?"
         stats = [
-            SyscallStat(tgid, comm_of(tgid), nr, name_of(nr), d[0], d[1], d[2], d[3:])
+            SyscallStat(tgid, named[tgid], nr, name_of(nr), d[0], d[1], d[2], d[3:])
             for tgid, nr, d in rows
         ]
-        errs: list[ErrnoStat] = []
-        seen_err: dict[bytes, int] = {}
-        for key, raw in errnos_raw:
-            total = sum(memoryview(raw).cast("Q"))
-            seen_err[key] = total
-            prev = self._prev_err.get(key, 0)
-            n = total - prev if total >= prev else total
-            if n == 0:
-                continue
-            tgid = int.from_bytes(key[:4], "little")
-            nr = int.from_bytes(key[4:8], "little")
-            err = int.from_bytes(key[8:12], "little")
-            errs.append(ErrnoStat(tgid, comm_of(tgid), nr, name_of(nr), err, errno_name(err), n))
+        errs = [
+            ErrnoStat(tgid, named[tgid], nr, name_of(nr), err, errno_name(err), n)
+            for (tgid, nr, err), n in err_counts.items()
+        ]
 
-        for key in [k for k in seen if int.from_bytes(k[:4], "little") in dead]:
+        for key in [k for k in seen if _U32X2.unpack_from(k)[0] in dead]:
             calls_map.delete(key)
             del seen[key]
-        for key in [k for k in seen_err if int.from_bytes(k[:4], "little") in dead]:
+        for key in [k for k in seen_err if _U32X2.unpack_from(k)[0] in dead]:
             errnos_map.delete(key)
             del seen_err[key]
         for tgid in dead:

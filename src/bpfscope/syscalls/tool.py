@@ -59,20 +59,23 @@ COMM_LEN: Final = 16
 DROP_SLOTS: Final = {"inflight_nomem": 0, "stats_full": 1, "errnos_full": 2}
 
 
-# Entries of the (process, syscall) map per mode. No map is preallocated:
-# an entry costs 96 B (counts mode: a 32 B value, one copy; -L: 360 B
-# on every possible CPU + ~90 B), only while it is live. Short processes
-# each add an entry per syscall they make (about 20 for /bin/true) until the
-# poll after they exit: 65536 held 1,000 spawns in 1.5 s (peak ~19,000).
+# Entries of the (process, syscall, CPU) map per mode: a process holds one
+# entry per syscall and CPU it made that syscall on. No map is
+# preallocated: an entry costs ~100 B (counts mode: 32 B value; -L: 360 B
+# value, ~430 B) only while its process lives. Short processes each add an
+# entry per syscall they make (about 20 for /bin/true) until the poll after
+# they exit: 65536 held 1,000 spawns in 1.5 s (peak ~19,000).
 DEFAULT_MAX_ENTRIES: Final = {"counts": 65536, "latency": 16384}
 
 
 class StatsKey(ctypes.Structure):
-    _fields_ = [("tgid", ctypes.c_uint32), ("nr", ctypes.c_uint32)]
+    """Key of syscalls_counts and syscalls_stats: a CPU's row of a (process, syscall)."""
+
+    _fields_ = [("tgid", ctypes.c_uint32), ("nr", ctypes.c_uint32), ("cpu", ctypes.c_uint32)]
 
 
 class CountsValue(ctypes.Structure):
-    """Per-CPU value of syscalls_counts (counts mode)."""
+    """Value of syscalls_counts (counts mode)."""
 
     _fields_ = [
         ("count", ctypes.c_uint64),
@@ -82,7 +85,7 @@ class CountsValue(ctypes.Structure):
 
 
 class StatsValue(ctypes.Structure):
-    """Per-CPU value of syscalls_stats (latency mode)."""
+    """Value of syscalls_stats (latency mode)."""
 
     _fields_ = [
         ("count", ctypes.c_uint64),
@@ -94,7 +97,14 @@ class StatsValue(ctypes.Structure):
 
 
 class ErrnoKey(ctypes.Structure):
-    _fields_ = [("tgid", ctypes.c_uint32), ("nr", ctypes.c_uint32), ("err", ctypes.c_uint32)]
+    """Key of syscalls_errnos: a CPU's row of a (process, syscall, errno)."""
+
+    _fields_ = [
+        ("tgid", ctypes.c_uint32),
+        ("nr", ctypes.c_uint32),
+        ("err", ctypes.c_uint32),
+        ("cpu", ctypes.c_uint32),
+    ]
 
 
 class Inflight(ctypes.Structure):
@@ -207,7 +217,7 @@ def _rodata(flt: SyscallFilter, track_errnos: bool) -> dict[str, int | bytes]:
 
 
 def stats_map(latency: bool) -> str:
-    """The (process, syscall) map of a mode."""
+    """The (process, syscall, CPU) map of a mode."""
     return "syscalls_stats" if latency else "syscalls_counts"
 
 
