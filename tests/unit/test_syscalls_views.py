@@ -625,12 +625,13 @@ def _maps(stats: dict[bytes, bytes], errnos: dict[bytes, bytes]) -> FakeTool:
 
 
 def test_gone_fork_exec_process_is_named_by_its_own_command_on_every_row() -> None:
-    """A short `ls` forked by bash, gone before the poll: the kernel saw its
-    first calls as "bash" (before execve; here most of them) and the rest as
-    "ls". Each row, stats and errno alike, says "ls", whichever row is read
-    first."""
+    """A short `ls` forked by bash: the kernel saw its first calls as "bash"
+    (before execve; here most of them) and the rest as "ls". Each row, stats
+    and errno alike, says "ls", whichever row is read first. It exited while
+    a poll read the maps, which saw part of its rows (not its execve): that
+    poll leaves it out, the next reports all of it and deletes its rows."""
     nr = syscall_nr
-    stats = {
+    complete = {
         # before exec on CPU 0 (set_robust_list once after too), then ls's
         # own calls, mostly on CPU 1
         **_rows(42, nr("rt_sigaction"), _counts(60, 0, b"bash")),
@@ -639,9 +640,17 @@ def test_gone_fork_exec_process_is_named_by_its_own_command_on_every_row() -> No
         **_rows(42, nr("openat"), _counts(20, 7, b"ls"), _counts(19, 0, b"ls")),
         **_rows(42, nr("mmap"), b"", _counts(30, 0, b"ls")),
     }
+    missed = (_key(42, nr("execve"), 1), _key(42, nr("mmap"), 1))
+    stats = {k: v for k, v in complete.items() if k not in missed}
     errnos = {_ekey(42, nr("openat"), 2, 0): struct.pack("=Q", 7)}
-    with SyscallCollector(loader=lambda: _maps(stats, errnos), names=FakeNames(set())) as c:
+    tool = _maps(stats, errnos)
+    with SyscallCollector(loader=lambda: tool, names=FakeNames(set())) as c:
+        first = c.poll()
+        tool.maps["syscalls_counts"].entries.update(complete)
         snap = c.poll()
+        assert tool.maps["syscalls_counts"].entries == {}
+        assert tool.maps["syscalls_errnos"].entries == {}
+    assert (first.stats, first.errnos) == ((), ())
     assert {s.syscall: s.comm for s in snap.stats} == {
         "rt_sigaction": "ls",
         "set_robust_list": "ls",
@@ -653,6 +662,35 @@ def test_gone_fork_exec_process_is_named_by_its_own_command_on_every_row() -> No
         ("ls", "openat", "ENOENT", 7)
     ]
     assert [(s.comm, s.count) for s in aggregate(snap.stats, "process")] == [("ls", 132)]
+
+
+def test_process_gone_during_a_read_is_counted_once_from_where_it_was() -> None:
+    """Left out of a poll, a process's rows are counted at the next from
+    the values of the poll before, not from the left-out read."""
+    read = syscall_nr("read")
+    names = FakeNames({5})
+
+    class ExitDuringRead(FakeMap):
+        def lookup_batch(self, chunk: int = 4096) -> list[tuple[bytes, bytes]]:
+            names.live.clear()
+            return super().lookup_batch(chunk)
+
+    tool = _maps(_rows(5, read, _counts(10, 0, b"a")), {})
+    with SyscallCollector(loader=lambda: tool, names=names) as c:
+        assert [s.count for s in c.poll().stats] == [10]
+        tool.maps["syscalls_counts"].entries.update(
+            _rows(5, read, _counts(12, 0, b"a"), _counts(3, 0, b"a"))
+        )
+        names.live.add(5)
+        tool.maps["syscalls_errnos"] = ExitDuringRead({})
+        assert c.poll().stats == ()
+        tool.maps["syscalls_counts"].entries.update(
+            _rows(5, read, _counts(13, 0, b"a"), _counts(4, 0, b"a"))
+        )
+        assert [(s.comm, s.count) for s in c.poll().stats] == [("a", 7)]
+        assert tool.maps["syscalls_counts"].entries == {}
+        assert c.poll().stats == ()
+        assert c.totals.count == {"read": 17}
 
 
 def test_live_process_that_execs_is_renamed(tmp_path: Path) -> None:

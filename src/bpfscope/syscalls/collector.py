@@ -396,6 +396,7 @@ class SyscallCollector:
         self._tool: _ToolLike | None = None
         self._prev: dict[bytes, tuple[int, ...]] = {}
         self._prev_err: dict[bytes, int] = {}
+        self._late: set[int] = set()  # gone during the last read: reported at this poll
         self._last = 0.0
         self.totals = SyscallTotals()
 
@@ -452,7 +453,7 @@ class SyscallCollector:
         # their entries can be deleted once read.
         dead = {_U32X2.unpack_from(k)[0] for k in self._prev}
         dead |= {_U32X2.unpack_from(k)[0] for k in self._prev_err}
-        dead = {t for t in dead if not self.names.alive(t)}
+        dead = {t for t in dead | self._late if not self.names.alive(t)}
 
         # Both maps first, back to back: what this process does while
         # decoding (reading /proc) is counted too, and must not land in one
@@ -497,20 +498,39 @@ class SyscallCollector:
         # rows: /proc while it runs (once per process: a gone process's
         # failed open is a syscall of ours, so not once per row), else what
         # the kernel saw (kernel_name: the program it exec'd, or the command
-        # that made most of its calls).
+        # that made most of its calls). A process that exited during this
+        # read may have been read in part (a batch read is not a snapshot:
+        # its execve row missed, say): it is left for the next poll, which
+        # reads its complete rows, names it and deletes them.
         named: dict[int, str] = {}
+        late: set[int] = set()
         for tgid in dict.fromkeys([t for t, _ in merged] + [t for t, _, _ in err_counts]):
             name = self.names.lookup(tgid)
-            named[tgid] = name or kernel_name(raws.get(tgid, ()), self.latency) or "?"
+            if name is None and tgid not in dead and not self.names.alive(tgid):
+                late.add(tgid)
+            else:
+                named[tgid] = name or kernel_name(raws.get(tgid, ()), self.latency) or "?"
         stats = [
             SyscallStat(tgid, named[tgid], nr, name_of(nr), d[0], d[1], d[2], d[3:])
             for tgid, nr, d in rows
+            if tgid not in late
         ]
         errs = [
             ErrnoStat(tgid, named[tgid], nr, name_of(nr), err, errno_name(err), n)
             for (tgid, nr, err), n in err_counts.items()
+            if tgid not in late
         ]
 
+        for key in [k for k in seen if _U32X2.unpack_from(k)[0] in late]:
+            if key in self._prev:  # counted again next poll
+                seen[key] = self._prev[key]
+            else:
+                del seen[key]
+        for key in [k for k in seen_err if _U32X2.unpack_from(k)[0] in late]:
+            if key in self._prev_err:
+                seen_err[key] = self._prev_err[key]
+            else:
+                del seen_err[key]
         for key in [k for k in seen if _U32X2.unpack_from(k)[0] in dead]:
             calls_map.delete(key)
             del seen[key]
@@ -519,6 +539,7 @@ class SyscallCollector:
             del seen_err[key]
         for tgid in dead:
             self.names.forget(tgid)
+        self._late = late
         self._prev, self._prev_err = seen, seen_err
 
         snap = Snapshot(
