@@ -344,6 +344,7 @@ class Agent:
             "rungs": stats.get("rungs", {}),
             "tcp_accounting": stats.get("tcp_accounting"),
             "events_dropped": stats.get("events_dropped", 0),
+            "events_skipped": stats.get("events_skipped", 0),
             "flows_evicted": stats.get("flows_evicted", 0),
             "map_fill": stats.get("map_fill", 0.0),
             "flows_tracked": stats.get("flows_tracked", 0),
@@ -351,7 +352,7 @@ class Agent:
 
     def self_metrics(self) -> dict[str, Any]:
         stats = self.collector_stats()
-        dropped = {"flows": stats.get("events_dropped", 0)}
+        dropped = {"flows": stats.get("events_dropped", 0) + stats.get("events_skipped", 0)}
         collectors = {"flows": self.state.alive}
         if self.syscalls is not None:
             snap, _ = self.syscall_view()

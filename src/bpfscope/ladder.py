@@ -230,6 +230,18 @@ class AttachedTool:
         """Hook name -> mechanism it stands on (None: optional hook off)."""
         return {c.hook.name: str(c.rung.mechanism) if c.rung else None for c in self.choices}
 
+    def skipped_runs(self) -> int:
+        """Runs of the attached programs that the kernel skipped: its
+        per-CPU recursion guard drops a run when the same program is still
+        running on that CPU (preempted mid-run, or its hook fired inside
+        it). Events this tool never saw; 0 where the kernel does not say."""
+        return sum(
+            self.obj.program(part.program).info().recursion_misses
+            for c in self.choices
+            if c.rung
+            for part in c.rung.parts()
+        )
+
     def rungs_summary(self) -> str:
         return ", ".join(
             f"{c.hook.name}={c.rung.mechanism if c.rung else 'off'}" for c in self.choices

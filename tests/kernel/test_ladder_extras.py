@@ -48,3 +48,14 @@ def test_refused_extras_fall_back_to_the_same_rungs_without_them() -> None:
         # the hooks themselves kept their first usable rung
         assert rungs["send"] == rungs["recv"]
         assert rungs["send"] is not None
+
+
+def test_skipped_runs_come_from_the_kernel_per_program() -> None:
+    """The kernel's recursion-miss counters of the attached programs: 0 on
+    ordinary traffic (these hooks never nest), and readable for every one."""
+    require("tp_btf")
+    with load_tool(tool.TOOL, tool.traffic_hooks() + tool.lifecycle_hooks()) as attached:
+        programs = [p.program for c in attached.choices if c.rung for p in c.rung.parts()]
+        assert programs
+        assert all(attached.obj.program(p).info().recursion_misses == 0 for p in programs)
+        assert attached.skipped_runs() == 0

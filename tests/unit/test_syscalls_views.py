@@ -246,11 +246,14 @@ def test_plain_snapshot_errnos_and_latency() -> None:
 
 
 def test_plain_snapshot_empty() -> None:
-    snap = Snapshot(0.0, 1.0, (), (), Drops(stats_full=3), "x")
+    snap = Snapshot(0.0, 1.0, (), (), Drops(stats_full=3, skipped=2), "x")
     text = plain_snapshot(snap, ViewOptions(errnos=True))
     assert "(no calls)" in text
     assert "LOST" in text
-    assert "stats 3" in text
+    assert "stats map full 3" in text
+    assert "skipped by the kernel 2" in text
+    assert snap.drops.total == 5
+    assert snap.drops.to_json()["skipped"] == 2
 
 
 def test_histogram_lines() -> None:
@@ -487,6 +490,9 @@ class FakeTool:
 
     def rungs_summary(self) -> str:
         return "sys_enter=fake, sys_exit=fake"
+
+    def skipped_runs(self) -> int:
+        return 0
 
     def close(self) -> None:
         self.closed = True

@@ -392,6 +392,7 @@ class FlowCollector:
         s.udp_remote_unknown = slot(STAT_UDP_DEST_MISS)
         s.flows_evicted = max(0, s.flows_inserted - self._removed - present)
         s.events_dropped = obj.map("flow_events_dropped").sum_percpu_u64(bytes(4))
+        s.events_skipped = self.attached.skipped_runs()
         s.events_received = self._events_received
 
     # snapshot access ---------------------------------------------------------

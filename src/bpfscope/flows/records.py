@@ -401,6 +401,7 @@ class CollectorStats:
 
     rungs: dict[str, str | None] = field(default_factory=dict)
     events_dropped: int = 0  # ring buffer reservations that failed
+    events_skipped: int = 0  # program runs the kernel skipped (recursion guard)
     flows_evicted: int = 0  # LRU evictions by the kernel (table full)
     update_failures: int = 0  # flow inserts the kernel refused
     socket_update_failures: int = 0
@@ -434,7 +435,8 @@ class CollectorStats:
         rungs = ", ".join(f"{h}={m or 'off'}" for h, m in self.rungs.items())
         return (
             f"flows {self.flows_in_map}/{self.map_capacity} ({self.map_fill:.1%}) · "
-            f"events dropped {self.events_dropped} · evicted {self.flows_evicted} · "
+            f"events dropped {self.events_dropped} · skipped {self.events_skipped} · "
+            f"evicted {self.flows_evicted} · "
             f"update failures {self.update_failures} · udp remote unknown "
             f"{self.udp_remote_unknown} · drain {self.drain} {self.drain_seconds * 1e3:.1f} ms"
             f" · tcp accounting per {self.tcp_accounting} · rungs: {rungs}"

@@ -240,16 +240,18 @@ class Drops:
     inflight_nomem: int = 0
     stats_full: int = 0
     errnos_full: int = 0
+    skipped: int = 0  # program runs the kernel skipped (recursion guard)
 
     @property
     def total(self) -> int:
-        return self.inflight_nomem + self.stats_full + self.errnos_full
+        return self.inflight_nomem + self.stats_full + self.errnos_full + self.skipped
 
     def to_json(self) -> dict[str, int]:
         return {
             "inflight_nomem": self.inflight_nomem,
             "stats_full": self.stats_full,
             "errnos_full": self.errnos_full,
+            "skipped": self.skipped,
         }
 
 
@@ -350,6 +352,7 @@ class _ToolLike(Protocol):
 
     def rungs(self) -> dict[str, str | None]: ...
     def rungs_summary(self) -> str: ...
+    def skipped_runs(self) -> int: ...
     def close(self) -> None: ...
 
 
@@ -437,7 +440,8 @@ class SyscallCollector:
             **{
                 name: m.sum_percpu_u64(slot.to_bytes(4, "little"))
                 for name, slot in DROP_SLOTS.items()
-            }
+            },
+            skipped=self.tool.skipped_runs(),
         )
 
     def poll(self) -> Snapshot:

@@ -129,8 +129,9 @@ def _header(snap: Snapshot) -> str:
     if snap.drops.total:
         d = snap.drops
         text += (
-            f"  LOST (maps full, since start): stats {d.stats_full}, "
-            f"no task storage {d.inflight_nomem}, errno {d.errnos_full}"
+            f"  LOST (since start): stats map full {d.stats_full}, "
+            f"no task storage {d.inflight_nomem}, errno map full {d.errnos_full}, "
+            f"skipped by the kernel {d.skipped}"
         )
     return text
 
