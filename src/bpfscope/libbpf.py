@@ -763,7 +763,15 @@ class Link:
         fd = _check_ret(int(libbpf().bpf_iter_create(self.fd)), f"run {self.description}")
         chunks = []
         try:
-            while chunk := os.read(fd, 65536):
+            while True:
+                try:
+                    chunk = os.read(fd, 65536)
+                except BlockingIOError:
+                    # the kernel pauses an iterator after a million objects
+                    # without output; reading again resumes it
+                    continue
+                if not chunk:
+                    break
                 chunks.append(chunk)
         finally:
             os.close(fd)

@@ -248,3 +248,60 @@ def test_doctor_check_loads_what_the_collector_loads() -> None:
     with FlowCollector() as c:
         per_socket = c.stats().tcp_accounting == "socket"
     assert ("TCP accounting per socket" in flows["detail"]) is per_socket, flows
+
+
+def test_connection_older_than_the_collector_ending_in_a_reset() -> None:
+    """A connection made before the collector started (no state change seen
+    while the tuple was complete) and ended by a reset, which clears the
+    local port before the last fold: every byte stays on the real flow."""
+    require("tp_btf")
+    srv, cl, conn = pair()
+    port, cport = srv.getsockname()[1], cl.getsockname()[1]
+    try:
+        with FlowCollector(idle_timeout=3600, kernel_filter=KernelFilter(pid=os.getpid())) as c:
+            rec = Recorder(c)
+            cl.sendall(b"o" * 1000)
+            drain(conn, 1000)
+            rec.poll()
+            cl.sendall(b"o" * 2000)
+            drain(conn, 2000)
+            cl.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            cl.close()  # RST: both ends go to CLOSE, ports cleared
+            rec.wait(lambda: any(e.type == "close" for e in rec.events_of(os.getpid())))
+            rec.poll()
+            mine = [f for f in flows_on(rec, os.getpid(), port) if f.tx_bytes or f.rport == port]
+            client = [f for f in mine if f.rport == port]
+            assert [(f.lport, f.tx_bytes, f.tx_calls) for f in client] == [(cport, 3000, 2)]
+            assert not [f for f in rec.flows.values() if f.lport == 0 and f.rport == port]
+            closes = [e for e in rec.events_of(os.getpid()) if e.type == "close"]
+            assert any(e.lport == cport and e.tx_bytes == 3000 for e in closes), closes
+    finally:
+        for s in (conn, srv):
+            s.close()
+
+
+def test_a_failed_fold_is_counted_and_the_next_poll_catches_up(collector: FlowCollector) -> None:
+    rec = Recorder(collector)
+    srv, cl, conn = pair()
+    port = srv.getsockname()[1]
+    real = collector._fold
+    assert real is not None
+
+    class Failing:
+        def run_iter(self) -> bytes:
+            raise OSError(12, "Cannot allocate memory")
+
+    try:
+        cl.sendall(b"f" * 4321)
+        drain(conn, 4321)
+        collector._fold = Failing()  # type: ignore[assignment]
+        rec.poll()  # no exception: counted, read without the pending bytes
+        assert collector.stats().fold_failures == 1
+        collector._fold = real
+        rec.poll()
+        (client,) = [f for f in flows_on(rec, os.getpid(), port) if f.rport == port]
+        assert client.tx_bytes == 4321
+    finally:
+        collector._fold = real
+        for s in (cl, conn, srv):
+            s.close()

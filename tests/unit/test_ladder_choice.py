@@ -134,3 +134,50 @@ def test_refusing_a_companion_excludes_the_whole_rung() -> None:
     [c] = choose([GROUPED], verdict=fake(avail), missing=no_missing, excluded=frozenset({"f_udp"}))
     assert c.rung is not None
     assert c.rung.mechanism is Mechanism.TP_BTF
+
+
+def test_refused_extras_are_dropped_before_any_rung(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A load that fails with extras is retried on the same rungs without
+    them; only a failure without extras moves a hook down the ladder."""
+    from bpfscope import ladder
+    from bpfscope import libbpf as bpf
+    from bpfscope.ladder import Extras, load_tool
+
+    loads: list[tuple[str, frozenset[str], dict[str, object]]] = []
+
+    class FakeObj:
+        def __init__(self, rung_program: str, also: frozenset[str], rodata: dict[str, object]):
+            self.entry = (rung_program, also, rodata)
+
+        def load(self) -> None:
+            loads.append(self.entry)
+            if self.entry[1]:  # the kernel refuses the extra program
+                raise bpf.BpfError("load", 1, libbpf_log=["prog 'x_iter': failed to load: -1"])
+
+        def program(self, name: str) -> object:
+            return name
+
+        def close(self) -> None:
+            pass
+
+    def fake_open(tool, choices, rodata, max_entries, btf_path, also_load=frozenset()):  # type: ignore[no-untyped-def]
+        (c,) = choices
+        return FakeObj(c.rung.program, also_load, dict(rodata))
+
+    monkeypatch.setattr(ladder, "_open_configured", fake_open)
+    monkeypatch.setattr(ladder, "_attach", lambda prog, rung: None)
+    real_choose = ladder.choose
+    monkeypatch.setattr(
+        ladder, "choose", lambda *a, **kw: real_choose(*a, **kw, missing=no_missing)
+    )
+    monkeypatch.setattr(ladder.system, "btf_path", lambda custom=None: None)
+    monkeypatch.setattr(ladder.system, "ensure_tracefs", lambda: None)
+    extra = Extras(rodata={"turbo": 1}, programs=frozenset({"x_iter"}), description="turbo")
+    avail = {Mechanism.TP_BTF, Mechanism.RAW_TP}
+    tool = load_tool("t", [SEND], verdict=fake(avail), extras=lambda _: extra)
+    assert loads == [
+        ("p_tp_btf", frozenset({"x_iter"}), {"turbo": 1}),
+        ("p_tp_btf", frozenset(), {}),
+    ]
+    assert tool.extras == Extras()
+    assert tool.rungs() == {"send": "tp_btf"}

@@ -282,6 +282,24 @@ static __always_inline struct flow_value *flow_get(const struct flow_key *k, con
 	return v;
 }
 
+/* Tuple fields between a flow_key, an sk_owner and a flow_sk_acct. */
+#define COPY_TUPLE(dst, src)                                                    \
+	do {                                                                    \
+		__builtin_memcpy((dst)->laddr, (src)->laddr, 16);               \
+		__builtin_memcpy((dst)->raddr, (src)->raddr, 16);               \
+		(dst)->lport = (src)->lport;                                    \
+		(dst)->rport = (src)->rport;                                    \
+		(dst)->netns = (src)->netns;                                    \
+		(dst)->family = (src)->family;                                  \
+	} while (0)
+
+/* A socket's complete tuple, for events after the kernel cleared its port. */
+static __always_inline void remember_tuple(struct sk_owner *o, const struct flow_key *k)
+{
+	COPY_TUPLE(o, k);
+	o->has_tuple = 1;
+}
+
 /*
  * Record (or refresh) the owner of a TCP socket seen in process context,
  * and remember its tuple once complete. A socket already in CLOSE (data
@@ -295,13 +313,12 @@ static __always_inline void own_socket(struct sock *sk, struct flow_key *k, __u3
 	struct sk_owner fresh = {};
 
 	if (o && o->has_tuple && k->lport == 0) {
-		__builtin_memcpy(k->laddr, o->laddr, 16);
-		__builtin_memcpy(k->raddr, o->raddr, 16);
-		k->lport = o->lport;
-		k->rport = o->rport;
+		COPY_TUPLE(k, o);
 		return;
 	}
 	if (o && !o->closed) {
+		if (!o->has_tuple && k->lport && k->rport)
+			remember_tuple(o, k);
 		if (o->tgid != tgid || o->cgroup_id != cgroup_id) {
 			if (o->tgid == 0 && o->direction == FLOW_DIR_PASSIVE) {
 				/* accepted from a listener that predates us: now
@@ -326,6 +343,8 @@ static __always_inline void own_socket(struct sock *sk, struct flow_key *k, __u3
 	fresh.tgid = tgid;
 	fresh.cgroup_id = cgroup_id;
 	bpf_get_current_comm(fresh.comm, sizeof(fresh.comm));
+	if (k->lport && k->rport)
+		remember_tuple(&fresh, k);
 	/* new socket, or a freed one's address reused: start over */
 	if (bpf_map_update_elem(&flow_socks, &skp, &fresh, BPF_ANY))
 		stat_inc(FLOW_STAT_SK_UPDATE_FAILED);
@@ -388,14 +407,11 @@ static __always_inline void sk_acct_fold(struct sock *sk, struct flow_sk_acct *a
 
 	if (!a->tgid || a->skip || !(a->pending[DIR_TX] | a->pending[DIR_RX]))
 		return;
-	o = bpf_map_lookup_elem(&flow_socks, &skp);
-	if (o && o->has_tuple) {
-		__builtin_memcpy(k.laddr, o->laddr, 16);
-		__builtin_memcpy(k.raddr, o->raddr, 16);
-		k.lport = o->lport;
-		k.rport = o->rport;
-		k.netns = o->netns;
-		k.family = o->family;
+	o = a->has_tuple ? NULL : bpf_map_lookup_elem(&flow_socks, &skp);
+	if (a->has_tuple) {
+		COPY_TUPLE(&k, a);
+	} else if (o && o->has_tuple) {
+		COPY_TUPLE(&k, o);
 	} else if (!sk_tuple(sk, &k, true)) {
 		return;
 	}
@@ -451,6 +467,10 @@ static __always_inline void sk_acct_own(struct sock *sk, struct flow_sk_acct *a,
 	k.tgid = tgid;
 	k.cgroup_id = cgroup_id;
 	own_socket(sk, &k, tgid, cgroup_id);
+	if (k.lport && k.rport) {
+		COPY_TUPLE(a, &k);
+		a->has_tuple = 1;
+	}
 	a->skip = filtered_owner(tgid, cgroup_id) || filtered_tuple(&k);
 	a->cgroup_id = cgroup_id;
 	bpf_get_current_comm(a->comm, sizeof(a->comm));
@@ -878,24 +898,12 @@ static __always_inline bool owned_key(struct sock *sk, struct sk_owner *o, struc
 				      bool direct)
 {
 	if (o->has_tuple) {
-		__builtin_memcpy(k->laddr, o->laddr, 16);
-		__builtin_memcpy(k->raddr, o->raddr, 16);
-		k->lport = o->lport;
-		k->rport = o->rport;
-		k->netns = o->netns;
-		k->family = o->family;
+		COPY_TUPLE(k, o);
 	} else {
 		if (!sk_tuple(sk, k, direct))
 			return false;
-		if (k->lport && k->rport) {
-			__builtin_memcpy(o->laddr, k->laddr, 16);
-			__builtin_memcpy(o->raddr, k->raddr, 16);
-			o->lport = k->lport;
-			o->rport = k->rport;
-			o->netns = k->netns;
-			o->family = k->family;
-			o->has_tuple = 1;
-		}
+		if (k->lport && k->rport)
+			remember_tuple(o, k);
 	}
 	k->proto = IPPROTO_TCP;
 	k->tgid = o->tgid;

@@ -107,8 +107,17 @@ struct flow_sk_acct {
 	__u64 cgroup_id; /* owner of the pending traffic */
 	__u32 tgid;      /* 0: no owner yet */
 	__u8 skip;       /* owner or tuple filtered out: count nothing */
-	__u8 pad[3];
+	__u8 has_tuple;  /* the tuple below is complete: folds key on it */
+	__u8 family;
+	__u8 pad;
 	char comm[FLOWS_COMM_LEN];
+	/* the socket's tuple when its owner was recorded: at CLOSE (a reset) the
+	 * kernel has cleared the local port before the last fold */
+	__u8 laddr[16];
+	__u8 raddr[16];
+	__u32 netns;
+	__u16 lport;
+	__u16 rport;
 };
 
 #define FLOW_ACCT_CALLS_SHIFT 40 /* bytes: 40 bits (1 TiB), calls: 24 bits (16M) */

@@ -420,6 +420,7 @@ class CollectorStats:
     # drain (BTF rungs); "table": every event updates the flow table
     tcp_accounting: str = "table"
     fold_seconds: float = 0.0
+    fold_failures: int = 0  # polls whose fold failed: read without the pending traffic
     polls: int = 0
 
     @property
