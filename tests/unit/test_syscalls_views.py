@@ -620,6 +620,21 @@ def test_collector_key_recreated_counts_from_zero() -> None:
         assert [s.count for s in c.poll().stats] == [7]
 
 
+def test_errors_added_after_a_read_are_counted_at_the_next_poll() -> None:
+    """The kernel adds to a row's count, then to its errors: a read between
+    the two sees the call and not yet its error. The next poll's delta is
+    (0, 1): an error with no new call, counted, not skipped."""
+    read = syscall_nr("read")
+    tool = _maps(_rows(5, read, _counts(3, 2, b"a")), {})  # 3rd call's error not added yet
+    with SyscallCollector(loader=lambda: tool, names=FakeNames({5})) as c:
+        first = c.poll()
+        tool.maps["syscalls_counts"].entries.update(_rows(5, read, _counts(3, 3, b"a")))
+        second = c.poll()
+        assert [(s.count, s.errors) for s in first.stats] == [(3, 2)]
+        assert [(s.count, s.errors) for s in second.stats] == [(0, 1)]
+        assert sum(s.errors for s in first.stats + second.stats) == 3
+
+
 def _maps(stats: dict[bytes, bytes], errnos: dict[bytes, bytes]) -> FakeTool:
     return FakeTool(
         {

@@ -476,7 +476,7 @@ class SyscallCollector:
             tgid, nr = _U32X2.unpack_from(key)
             raws.setdefault(tgid, []).append((nr, raw))
             d = _delta(cur, self._prev.get(key))
-            if d[0] == 0:
+            if not any(d):  # a read between the kernel's count and errors adds: (0, 1, ...)
                 continue
             prev = merged.get((tgid, nr))
             merged[tgid, nr] = d if prev is None else tuple(map(operator.add, prev, d))
