@@ -21,13 +21,13 @@ from bpfscope.objects import object_bytes
 from bpfscope.syscalls import syscall_nr
 from bpfscope.syscalls.collector import Snapshot, SyscallCollector, SyscallStat, bucket_of
 from bpfscope.syscalls.tool import (
-    DEFAULT_MAX_ENTRIES,
     REFERENCES,
     CountsValue,
     ErrnoKey,
     StatsKey,
     StatsValue,
     SyscallFilter,
+    default_max_entries,
     load,
     load_reference,
     stats_map,
@@ -341,11 +341,10 @@ def test_maps_are_not_preallocated_and_only_the_modes_map_is_sized(latency: bool
             name: bpf.map_details_from_fd(tool.obj.map(name).fd)
             for name in ("syscalls_counts", "syscalls_stats", "syscalls_errnos")
         }
-    mode = "latency" if latency else "counts"
     ours, other = ("syscalls_stats", "syscalls_counts")[:: 1 if latency else -1]
-    assert info[ours].max_entries == DEFAULT_MAX_ENTRIES[mode]
+    assert info[ours].max_entries == default_max_entries(latency=latency)
     assert info[other].max_entries == 1
-    assert info["syscalls_errnos"].max_entries == DEFAULT_MAX_ENTRIES[mode] // 4
+    assert info["syscalls_errnos"].max_entries == default_max_entries(latency=latency) // 4
     assert info["syscalls_counts"].value_size == 32
     assert info["syscalls_stats"].value_size == 360
     assert all(i.map_flags & BPF_F_NO_PREALLOC for i in info.values())

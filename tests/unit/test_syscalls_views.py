@@ -19,6 +19,7 @@ from bpfscope.errors import UserError
 from bpfscope.syscalls import UnknownSyscall, syscall_nr
 from bpfscope.syscalls.cli import parse_cgroup, parse_syscalls, validate_pid
 from bpfscope.syscalls.collector import (
+    IDLE_POLLS,
     Drops,
     ErrnoStat,
     ProcessNames,
@@ -51,6 +52,8 @@ from bpfscope.syscalls.tool import (
     CountsValue,
     StatsValue,
     SyscallFilter,
+    default_max_entries,
+    idle_bytes,
     map_sizes,
     syscall_mask,
 )
@@ -470,6 +473,9 @@ class FakeMap:
     def lookup_batch(self, chunk: int = 4096) -> list[tuple[bytes, bytes]]:
         return list(self.entries.items())
 
+    def lookup(self, key: Any) -> bytes | None:
+        return self.entries.get(bytes(key))
+
     def delete(self, key: Any) -> bool:
         self.deleted.append(bytes(key))
         return self.entries.pop(bytes(key), None) is not None
@@ -635,6 +641,60 @@ def test_errors_added_after_a_read_are_counted_at_the_next_poll() -> None:
         assert sum(s.errors for s in first.stats + second.stats) == 3
 
 
+def test_idle_rows_of_a_live_process_are_deleted_after_idle_polls() -> None:
+    """A row read unchanged at IDLE_POLLS polls in a row is deleted (stats
+    and errno rows alike), not before; a row that changed is kept; a row
+    that moves between the read and the delete is kept; a row recreated
+    after its deletion counts from zero."""
+    read, close, openat = syscall_nr("read"), syscall_nr("close"), syscall_nr("openat")
+    stats = {
+        **_rows(5, read, _counts(10, 0, b"a"), _counts(3, 0, b"a")),
+        **_rows(5, close, _counts(4, 1, b"a")),
+        **_rows(5, openat, _counts(6, 2, b"a")),
+    }
+    errnos = {_ekey(5, close, 9): struct.pack("=Q", 1), _ekey(5, openat, 2): struct.pack("=Q", 2)}
+    errno_keys = sorted(errnos)
+    tool = _maps(stats, errnos)
+    counts, errs = tool.maps["syscalls_counts"], tool.maps["syscalls_errnos"]
+    moved = _key(5, openat)
+
+    class MovesOnReRead(FakeMap):
+        """openat's row moves after the batch read, before the re-read."""
+
+        def lookup(self, key: Any) -> bytes | None:
+            if bytes(key) == moved:
+                self.entries[moved] = _counts(7, 2, b"a")
+            return super().lookup(key)
+
+    with SyscallCollector(loader=lambda: tool, names=FakeNames({5})) as c:
+        c.poll()  # first read
+        for i in range(1, IDLE_POLLS):
+            # read on CPU 0 keeps running; the rest is idle
+            counts.entries[_key(5, read, 0)] = _counts(10 + i, 0, b"a")
+            assert [(s.syscall, s.count) for s in c.poll().stats] == [("read", 1)]
+            assert counts.deleted == []
+            assert errs.deleted == []
+        tool.maps["syscalls_counts"] = counts = MovesOnReRead(counts.entries)
+        counts.entries[_key(5, read, 0)] = _counts(10 + IDLE_POLLS, 0, b"a")
+        c.poll()  # the IDLE_POLLS-th unchanged read of the idle rows
+        assert sorted(counts.deleted) == sorted([_key(5, read, 1), _key(5, close)])
+        assert sorted(errs.deleted) == errno_keys
+        assert set(counts.entries) == {_key(5, read, 0), moved}  # busy, and moved: kept
+        assert [(s.syscall, s.count) for s in c.poll().stats] == [("openat", 1)]
+        # The process calls close again on CPU 0 and read on CPU 1: new rows,
+        # counted from zero (not against the deleted rows' 4 and 3).
+        counts.entries.update(_rows(5, close, _counts(5, 0, b"a")))
+        counts.entries[_key(5, read, 1)] = _counts(4, 0, b"a")
+        errs.entries[_ekey(5, close, 9)] = struct.pack("=Q", 2)
+        snap = c.poll()
+        assert sorted((s.syscall, s.count, s.errors) for s in snap.stats) == [
+            ("close", 5, 0),
+            ("read", 4, 0),
+        ]
+        assert [(e.syscall, e.count) for e in snap.errnos] == [("close", 2)]
+        assert c.totals.count == {"read": 10 + 3 + IDLE_POLLS + 4, "close": 9, "openat": 7}
+
+
 def _maps(stats: dict[bytes, bytes], errnos: dict[bytes, bytes]) -> FakeTool:
     return FakeTool(
         {
@@ -767,23 +827,45 @@ def test_map_sizes_per_mode() -> None:
     """The mode's map takes max_entries, the other mode's map one entry;
     the errno map a quarter (at least 1024)."""
     assert DEFAULT_MAX_ENTRIES == {"counts": 65536, "latency": 16384}
-    assert map_sizes(latency=False) == {
+    assert map_sizes(latency=False, ncpu=2) == {
         "syscalls_counts": 65536,
         "syscalls_stats": 1,
         "syscalls_errnos": 16384,
     }
-    assert map_sizes(latency=True) == {
+    assert map_sizes(latency=True, ncpu=2) == {
         "syscalls_stats": 16384,
         "syscalls_counts": 1,
         "syscalls_errnos": 4096,
     }
     help_text = " ".join(CliRunner().invoke(cli, ["syscalls", "--help"]).output.split())
-    assert "(default 65536; -L: 16384)" in help_text
-    assert map_sizes(latency=False, max_entries=64) == {
+    assert "(default 65536, or 2048 per possible CPU if more, at most 1048576;" in help_text
+    assert "-L: 16384, or 512 per CPU, at most 262144)" in help_text
+    assert "1.25 MiB at 65536 with the errno map, 20 MiB at most" in help_text
+    assert "(-L: 320 KiB to 5 MiB)" in help_text
+    assert map_sizes(latency=False, max_entries=64, ncpu=64) == {
         "syscalls_counts": 64,
         "syscalls_stats": 1,
         "syscalls_errnos": 1024,
     }
+
+
+def test_default_sizes_grow_with_possible_cpus_within_a_cap() -> None:
+    """2 CPUs: the fixed defaults; 64 CPUs: 2048 (-L: 512) rows a CPU; never
+    above 1 << 20 (-L: 1 << 18). The bucket arrays, allocated at load, are
+    what the help says."""
+    assert default_max_entries(latency=False, ncpu=2) == 65536
+    assert default_max_entries(latency=True, ncpu=2) == 16384
+    assert default_max_entries(latency=False, ncpu=64) == 131072
+    assert default_max_entries(latency=True, ncpu=64) == 32768
+    assert default_max_entries(latency=False, ncpu=4096) == 1 << 20
+    assert default_max_entries(latency=True, ncpu=4096) == 1 << 18
+    assert map_sizes(latency=False, ncpu=64)["syscalls_errnos"] == 32768
+    mib = 1 << 20
+    assert idle_bytes(map_sizes(latency=False, ncpu=2)) // 1024 == 1280  # 1.25 MiB
+    assert idle_bytes(map_sizes(latency=False, ncpu=4096)) // mib == 20
+    assert idle_bytes(map_sizes(latency=True, ncpu=2)) // 1024 == 320
+    assert idle_bytes(map_sizes(latency=True, ncpu=4096)) // mib == 5
+    assert default_max_entries(latency=False) >= 65536  # this host's CPUs
 
 
 def test_process_names_cache_and_fallback(tmp_path: Path) -> None:

@@ -161,9 +161,12 @@ def _sleep_until(deadline: float, stopped: list[bool]) -> None:
 @click.option(
     "--max-entries",
     type=click.IntRange(min=64),
-    help="Most (process, syscall, CPU) rows held at once (default 65536; -L: 16384); calls "
-    "beyond are counted as lost. Not preallocated: a row costs ~100 B (-L: ~430 B) only "
-    "while its process lives. The errno map gets a quarter.",
+    help="Most (process, syscall, CPU) rows held at once (default 65536, or 2048 per possible "
+    "CPU if more, at most 1048576; -L: 16384, or 512 per CPU, at most 262144); calls beyond "
+    "are counted as lost. The errno map gets a quarter. Rows are not preallocated: ~100 B "
+    "(-L: ~430 B) each while held (idle rows are deleted after a few polls). The buckets "
+    "are, 16 B per max entry: idle, 1.25 MiB at 65536 with the errno map, 20 MiB at most "
+    "(-L: 320 KiB to 5 MiB).",
 )
 @click.option("--bench", is_flag=True, help="Measure the tracer's overhead per syscall and exit.")
 @click.option(

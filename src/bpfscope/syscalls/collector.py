@@ -15,7 +15,10 @@ By default only calls and errors are counted (sys_exit alone); with
 (``total_ns``, ``hist``) are filled in.
 
 Kernel rows of processes that have exited (on every CPU) are deleted after
-their last read, so the maps only hold live processes.
+their last read, so the maps only hold live processes; rows of live
+processes unchanged for :data:`IDLE_POLLS` polls in a row are deleted too
+(re-read first: only if still unchanged), so a long-lived process holds rows
+for what it does now, not for every (syscall, CPU) it ever used.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from ..features import Mechanism
 from ..ladder import Choice
@@ -46,6 +49,7 @@ from .tool import (
 )
 
 __all__ = [
+    "IDLE_POLLS",
     "Drops",
     "ErrnoStat",
     "ProcessNames",
@@ -82,6 +86,10 @@ _INVALID_NR = 0xFFFFFFFF
 # syscalls_errno_key; the CPU comes last in both.
 _U32X2 = struct.Struct("=II")
 _U32X3 = struct.Struct("=III")
+
+# Polls in a row a row must be read unchanged before it is deleted (at 1 s
+# polls: idle 5 s). Its next call recreates it, counted from zero.
+IDLE_POLLS: Final = 5
 
 
 def bucket_of(latency_ns: int) -> int:
@@ -399,6 +407,7 @@ class SyscallCollector:
         self._tool: _ToolLike | None = None
         self._prev: dict[bytes, tuple[int, ...]] = {}
         self._prev_err: dict[bytes, int] = {}
+        self._idle: dict[bytes, int] = {}  # key -> polls in a row read unchanged (both maps)
         self._late: set[int] = set()  # gone during the last read: reported at this poll
         self._last = 0.0
         self.totals = SyscallTotals()
@@ -543,6 +552,10 @@ class SyscallCollector:
             del seen_err[key]
         for tgid in dead:
             self.names.forget(tgid)
+        idle: dict[bytes, int] = {}
+        self._expire_idle(calls_map, dict(stats_raw), seen, self._prev, late, idle)
+        self._expire_idle(errnos_map, dict(errnos_raw), seen_err, self._prev_err, late, idle)
+        self._idle = idle
         self._late = late
         self._prev, self._prev_err = seen, seen_err
 
@@ -558,6 +571,34 @@ class SyscallCollector:
         )
         self.totals.add(snap)
         return snap
+
+    def _expire_idle(
+        self,
+        m: Any,
+        raw_of: dict[bytes, bytes],
+        seen: dict[bytes, Any],
+        prev: dict[bytes, Any],
+        late: set[int],
+        idle: dict[bytes, int],
+    ) -> None:
+        """Delete the rows of ``m`` read unchanged at :data:`IDLE_POLLS` polls
+        in a row (counting them in ``idle``). A row is re-read first and
+        deleted only if still as this poll read it (else it moved meanwhile:
+        kept, its change counted next poll); its previous value is dropped
+        from ``seen`` so that a row the process recreates counts from zero."""
+        for key, cur in list(seen.items()):
+            if key not in prev or prev[key] != cur or _U32X2.unpack_from(key)[0] in late:
+                continue
+            n = self._idle.get(key, 0) + 1
+            if n < IDLE_POLLS:
+                idle[key] = n
+                continue
+            current = m.lookup(key)
+            if current is not None and current != raw_of[key]:
+                continue
+            if current is not None:
+                m.delete(key)
+            del seen[key]
 
 
 def aggregate(stats: Iterable[SyscallStat], by: str) -> list[SyscallStat]:

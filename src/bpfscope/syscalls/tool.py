@@ -18,14 +18,18 @@ from typing import Final
 
 from ..features import Mechanism
 from ..ladder import AttachedTool, Hook, Rung, load_tool
+from ..libbpf import num_possible_cpus
 from . import syscall_nr
 
 __all__ = [
+    "BUCKET_BYTES",
     "COMM_LEN",
     "DEFAULT_MAX_ENTRIES",
     "DESCRIPTION",
+    "ENTRIES_PER_CPU",
     "HIST_SLOTS",
     "MASK_BITS",
+    "MAX_DEFAULT_ENTRIES",
     "NAME",
     "REFERENCES",
     "TOOL",
@@ -37,7 +41,9 @@ __all__ = [
     "SyscallFilter",
     "clock_hooks",
     "count_hooks",
+    "default_max_entries",
     "hooks",
+    "idle_bytes",
     "load",
     "load_reference",
     "map_sizes",
@@ -60,12 +66,20 @@ DROP_SLOTS: Final = {"inflight_nomem": 0, "stats_full": 1, "errnos_full": 2}
 
 
 # Entries of the (process, syscall, CPU) map per mode: a process holds one
-# entry per syscall and CPU it made that syscall on. No map is
+# entry per syscall and CPU it made that syscall on (the collector deletes
+# entries idle for a few polls, and those of exited processes). No map is
 # preallocated: an entry costs ~100 B (counts mode: 32 B value; -L: 360 B
-# value, ~430 B) only while its process lives. Short processes each add an
-# entry per syscall they make (about 20 for /bin/true) until the poll after
-# they exit: 65536 held 1,000 spawns in 1.5 s (peak ~19,000).
+# value, ~430 B) only while it is held; what is allocated from the start is
+# the hash's bucket array, 16 B per max entry (rounded up to a power of
+# two). Short processes each add an entry per syscall they make (about 20
+# for /bin/true) until the poll after they exit: 65536 held 1,000 spawns in
+# 1.5 s (peak ~19,000). The defaults grow with the possible CPUs (a
+# multi-threaded process spreads its rows over the CPUs it runs on) from
+# DEFAULT_MAX_ENTRIES by ENTRIES_PER_CPU a CPU, up to MAX_DEFAULT_ENTRIES.
 DEFAULT_MAX_ENTRIES: Final = {"counts": 65536, "latency": 16384}
+ENTRIES_PER_CPU: Final = {"counts": 2048, "latency": 512}
+MAX_DEFAULT_ENTRIES: Final = {"counts": 1 << 20, "latency": 1 << 18}
+BUCKET_BYTES: Final = 16  # struct bucket of a kernel hash map
 
 
 class StatsKey(ctypes.Structure):
@@ -221,16 +235,37 @@ def stats_map(latency: bool) -> str:
     return "syscalls_stats" if latency else "syscalls_counts"
 
 
-def map_sizes(*, latency: bool, max_entries: int | None = None) -> dict[str, int]:
+def default_max_entries(*, latency: bool, ncpu: int | None = None) -> int:
+    """The mode's default map size for ``ncpu`` possible CPUs (default: this
+    host's): :data:`DEFAULT_MAX_ENTRIES`, or :data:`ENTRIES_PER_CPU` a CPU
+    if more, at most :data:`MAX_DEFAULT_ENTRIES`."""
+    mode = "latency" if latency else "counts"
+    if ncpu is None:
+        ncpu = num_possible_cpus()
+    scaled = max(DEFAULT_MAX_ENTRIES[mode], ENTRIES_PER_CPU[mode] * ncpu)
+    return min(scaled, MAX_DEFAULT_ENTRIES[mode])
+
+
+def map_sizes(
+    *, latency: bool, max_entries: int | None = None, ncpu: int | None = None
+) -> dict[str, int]:
     """max_entries of each map at load: the mode's map ``max_entries``
-    (default per mode), the errno map a quarter of it (at least 1024), the
-    other mode's map a single entry (it is never written)."""
-    n = max_entries or DEFAULT_MAX_ENTRIES["latency" if latency else "counts"]
+    (default :func:`default_max_entries` for ``ncpu``), the errno map a
+    quarter of it (at least 1024), the other mode's map a single entry (it
+    is never written)."""
+    n = max_entries or default_max_entries(latency=latency, ncpu=ncpu)
     return {
         stats_map(latency): n,
         stats_map(not latency): 1,
         "syscalls_errnos": max(1024, n // 4),
     }
+
+
+def idle_bytes(sizes: dict[str, int]) -> int:
+    """Kernel memory the maps of ``sizes`` hold from the start, however few
+    rows they have: their bucket arrays (16 B per max entry, rounded up to a
+    power of two)."""
+    return sum(BUCKET_BYTES * (1 << (n - 1).bit_length()) for n in sizes.values())
 
 
 def load(
@@ -247,7 +282,8 @@ def load(
     By default counts and errors only, on sys_exit; ``latency=True`` also
     times every call (sys_enter and sys_exit, two clock reads per call).
     ``max_entries``: of the mode's (process, syscall) map (default
-    :data:`DEFAULT_MAX_ENTRIES`); the errno map gets a quarter.
+    :func:`default_max_entries`: grows with the possible CPUs); the errno
+    map gets a quarter.
     """
     return load_tool(
         TOOL,
