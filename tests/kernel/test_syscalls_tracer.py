@@ -463,3 +463,64 @@ def test_benchmark_references_load_on_every_rung(
     with load_reference(reference, force=Mechanism(mechanism)) as tool:
         chosen = [c.rung.mechanism for c in tool.choices if c.rung]
         assert chosen == [Mechanism(mechanism)] * hooks
+
+
+# A live child: a burst of getppid, a pause while the collector polls, another burst.
+IDLE_CHILD = textwrap.dedent(
+    f"""
+    import ctypes, sys
+    libc = ctypes.CDLL(None, use_errno=True)
+    print("ready", flush=True)
+    for burst in (300, 7):
+        sys.stdin.readline()
+        for _ in range(burst):
+            libc.syscall({syscall_nr("getppid")})
+        print("done", flush=True)
+    sys.stdin.readline()
+    """
+)
+
+
+def test_idle_rows_of_a_live_process_are_deleted_and_recreated_from_zero() -> None:
+    from bpfscope.syscalls.collector import IDLE_POLLS
+
+    require("tp_btf")
+    child = subprocess.Popen(
+        [sys.executable, "-c", IDLE_CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert child.stdin
+    assert child.stdout
+    nr = syscall_nr("getppid")
+
+    def rows() -> int:
+        m = collector.tool.obj.map("syscalls_counts")
+        return sum(
+            1
+            for k, _ in m.lookup_batch()
+            if int.from_bytes(k[:4], "little") == child.pid
+            and int.from_bytes(k[4:8], "little") == nr
+        )
+
+    def burst() -> Snapshot:
+        assert child.stdin
+        assert child.stdout
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "done"
+        return collector.poll()
+
+    try:
+        with SyscallCollector(SyscallFilter(tgid=child.pid)) as collector:
+            assert child.stdout.readline().strip() == "ready"
+            collector.poll()
+            assert _stat(burst(), child.pid, "getppid").count == 300
+            assert rows() >= 1
+            for _ in range(IDLE_POLLS + 1):  # the child is alive and idle
+                collector.poll()
+            assert rows() == 0
+            # its next calls recreate the row, counted from zero
+            assert _stat(burst(), child.pid, "getppid").count == 7
+    finally:
+        child.stdin.write("bye\n")
+        child.stdin.flush()
+        child.wait(timeout=10)
