@@ -8,6 +8,7 @@ run in the kernel; the others (comm, CIDR, container, protocol) here.
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 import sys
@@ -15,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import click
 
@@ -98,7 +99,19 @@ def build_options(
     return Options(kernel, view)
 
 
+_FILTER_PARAMS: Final = ("pid", "comm", "port", "cidr", "container", "cgroup", "ipv4", "ipv6")
+
+
 def _filters(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The filter options shared by top, flows and conns, handed to the
+    command validated, as ``opts`` (:class:`Options`)."""
+
+    @functools.wraps(f)
+    def with_options(*args: Any, **kwargs: Any) -> Any:
+        filters = {name: kwargs.pop(name) for name in _FILTER_PARAMS}
+        opts = build_options(**filters, tcp=kwargs.pop("tcp"), udp=kwargs.pop("udp"))
+        return f(*args, opts=opts, **kwargs)
+
     options = [
         click.option("-p", "--pid", type=int, help="Only this process (in the kernel)."),
         click.option("--comm", help="Only processes with this command name."),
@@ -128,8 +141,8 @@ def _filters(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--stats", "show_stats", is_flag=True, help="Print drops, evictions, rungs."),
     ]
     for opt in reversed(options):
-        f = opt(f)
-    return f
+        with_options = opt(with_options)
+    return with_options
 
 
 def _collector(
@@ -222,16 +235,7 @@ def _peer_namer(no_dns: bool) -> tuple[IpProfiler, Callable[[str | None], str]]:
 @click.pass_context
 def top(
     ctx: click.Context,
-    pid: int | None,
-    comm: str | None,
-    port: int | None,
-    cidr: str | None,
-    container: str | None,
-    cgroup: str | None,
-    ipv4: bool,
-    ipv6: bool,
-    tcp: bool,
-    udp: bool,
+    opts: Options,
     max_entries: int,
     attach: str | None,
     show_stats: bool,
@@ -243,18 +247,6 @@ def top(
     no_dns: bool,
 ) -> None:
     """Live per-flow traffic: who talks to whom, how much, and how it goes."""
-    opts = build_options(
-        pid=pid,
-        comm=comm,
-        port=port,
-        cidr=cidr,
-        container=container,
-        cgroup=cgroup,
-        ipv4=ipv4,
-        ipv6=ipv6,
-        tcp=tcp,
-        udp=udp,
-    )
     live = sys.stdout.isatty() and not as_json
     if limit is None and live:
         limit = 40
@@ -335,16 +327,7 @@ def top(
 @click.pass_context
 def flows(
     ctx: click.Context,
-    pid: int | None,
-    comm: str | None,
-    port: int | None,
-    cidr: str | None,
-    container: str | None,
-    cgroup: str | None,
-    ipv4: bool,
-    ipv6: bool,
-    tcp: bool,
-    udp: bool,
+    opts: Options,
     max_entries: int,
     attach: str | None,
     show_stats: bool,
@@ -363,18 +346,6 @@ def flows(
         require_privileges()
         bench_main(seconds=bench_seconds, as_json=as_json)
         return
-    opts = build_options(
-        pid=pid,
-        comm=comm,
-        port=port,
-        cidr=cidr,
-        container=container,
-        cgroup=cgroup,
-        ipv4=ipv4,
-        ipv6=ipv6,
-        tcp=tcp,
-        udp=udp,
-    )
     collector = _collector(ctx, opts, max_entries, attach)
     profiler, peer = _peer_namer(no_dns)
     with collector, _stop_on_signals() as stopped:
@@ -411,16 +382,7 @@ def flows(
 @click.pass_context
 def conns(
     ctx: click.Context,
-    pid: int | None,
-    comm: str | None,
-    port: int | None,
-    cidr: str | None,
-    container: str | None,
-    cgroup: str | None,
-    ipv4: bool,
-    ipv6: bool,
-    tcp: bool,
-    udp: bool,
+    opts: Options,
     max_entries: int,
     attach: str | None,
     show_stats: bool,
@@ -430,18 +392,8 @@ def conns(
 ) -> None:
     """TCP lifecycle stream: opens (connect/accept), closes with duration and
     bytes, retransmits and resets."""
-    if udp:
+    if opts.view.proto == "udp":
         raise UserError("conns follows TCP connections; --udp has nothing to show", EXIT_USAGE)
-    opts = build_options(
-        pid=pid,
-        comm=comm,
-        port=port,
-        cidr=cidr,
-        container=container,
-        cgroup=cgroup,
-        ipv4=ipv4,
-        ipv6=ipv6,
-    )
     match = opts.view.predicate()
     collector = _collector(ctx, opts, max_entries, attach)
     seen = 0
