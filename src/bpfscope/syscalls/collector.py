@@ -364,6 +364,24 @@ class _ToolLike(Protocol):
     def close(self) -> None: ...
 
 
+def _settle(
+    m: Any, seen: dict[bytes, Any], prev: dict[bytes, Any], late: set[int], dead: set[int]
+) -> None:
+    """Rows of processes left for the next poll keep their previous value
+    (counted again then); rows of dead processes, read for the last time,
+    leave the map."""
+    for key in list(seen):
+        tgid = _U32X2.unpack_from(key)[0]
+        if tgid in late:
+            if key in prev:
+                seen[key] = prev[key]
+            else:
+                del seen[key]
+        elif tgid in dead:
+            m.delete(key)
+            del seen[key]
+
+
 def _delta(cur: tuple[int, ...], prev: tuple[int, ...] | None) -> tuple[int, ...]:
     if prev is None or any(c < p for c, p in zip(cur, prev, strict=True)):
         return cur  # new key, or the key was recreated (pid reuse)
@@ -534,27 +552,15 @@ class SyscallCollector:
             if tgid not in late
         ]
 
-        for key in [k for k in seen if _U32X2.unpack_from(k)[0] in late]:
-            if key in self._prev:  # counted again next poll
-                seen[key] = self._prev[key]
-            else:
-                del seen[key]
-        for key in [k for k in seen_err if _U32X2.unpack_from(k)[0] in late]:
-            if key in self._prev_err:
-                seen_err[key] = self._prev_err[key]
-            else:
-                del seen_err[key]
-        for key in [k for k in seen if _U32X2.unpack_from(k)[0] in dead]:
-            calls_map.delete(key)
-            del seen[key]
-        for key in [k for k in seen_err if _U32X2.unpack_from(k)[0] in dead]:
-            errnos_map.delete(key)
-            del seen_err[key]
+        idle: dict[bytes, int] = {}
+        for m, raw_rows, now_seen, before in (
+            (calls_map, stats_raw, seen, self._prev),
+            (errnos_map, errnos_raw, seen_err, self._prev_err),
+        ):
+            _settle(m, now_seen, before, late, dead)
+            self._expire_idle(m, dict(raw_rows), now_seen, before, late, idle)
         for tgid in dead:
             self.names.forget(tgid)
-        idle: dict[bytes, int] = {}
-        self._expire_idle(calls_map, dict(stats_raw), seen, self._prev, late, idle)
-        self._expire_idle(errnos_map, dict(errnos_raw), seen_err, self._prev_err, late, idle)
         self._idle = idle
         self._late = late
         self._prev, self._prev_err = seen, seen_err
