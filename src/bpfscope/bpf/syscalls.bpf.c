@@ -391,90 +391,50 @@ int sys_exit_tp(struct trace_event_raw_sys_exit *ctx)
 }
 
 /*
- * Empty programs on the same hooks: the overhead benchmark's reference for
- * "what attaching anything here costs". Never loaded by the tracer.
+ * Benchmark references, one program per hook and rung, never loaded by the
+ * tracer: nop_* are empty ("what attaching anything here costs"); clock_*
+ * only read the clock, which any tracer timing every call must do at entry
+ * and at exit (the clock floor).
  */
-SEC("tp_btf/sys_enter")
-int BPF_PROG(nop_enter_btf)
-{
-	return 0;
-}
+#define REFERENCE_PROGRAMS(kind, body)                                         \
+	SEC("tp_btf/sys_enter")                                                \
+	int BPF_PROG(kind##_enter_btf)                                         \
+	{                                                                       \
+		body;                                                           \
+		return 0;                                                       \
+	}                                                                       \
+	SEC("tp_btf/sys_exit")                                                 \
+	int BPF_PROG(kind##_exit_btf)                                          \
+	{                                                                       \
+		body;                                                           \
+		return 0;                                                       \
+	}                                                                       \
+	SEC("raw_tp/sys_enter")                                                \
+	int kind##_enter_raw(void *ctx)                                        \
+	{                                                                       \
+		body;                                                           \
+		return 0;                                                       \
+	}                                                                       \
+	SEC("raw_tp/sys_exit")                                                 \
+	int kind##_exit_raw(void *ctx)                                         \
+	{                                                                       \
+		body;                                                           \
+		return 0;                                                       \
+	}                                                                       \
+	SEC("tracepoint/raw_syscalls/sys_enter")                               \
+	int kind##_enter_tp(void *ctx)                                         \
+	{                                                                       \
+		body;                                                           \
+		return 0;                                                       \
+	}                                                                       \
+	SEC("tracepoint/raw_syscalls/sys_exit")                                \
+	int kind##_exit_tp(void *ctx)                                          \
+	{                                                                       \
+		body;                                                           \
+		return 0;                                                       \
+	}
 
-SEC("tp_btf/sys_exit")
-int BPF_PROG(nop_exit_btf)
-{
-	return 0;
-}
-
-SEC("raw_tp/sys_enter")
-int nop_enter_raw(void *ctx)
-{
-	return 0;
-}
-
-SEC("raw_tp/sys_exit")
-int nop_exit_raw(void *ctx)
-{
-	return 0;
-}
-
-SEC("tracepoint/raw_syscalls/sys_enter")
-int nop_enter_tp(void *ctx)
-{
-	return 0;
-}
-
-SEC("tracepoint/raw_syscalls/sys_exit")
-int nop_exit_tp(void *ctx)
-{
-	return 0;
-}
-
-/*
- * The clock floor: programs on the same hooks that only read the clock,
- * which any tracer timing every call must do at entry and at exit. The
- * overhead benchmark's second reference; never loaded by the tracer.
- */
-SEC("tp_btf/sys_enter")
-int BPF_PROG(clock_enter_btf)
-{
-	bpf_ktime_get_ns();
-	return 0;
-}
-
-SEC("tp_btf/sys_exit")
-int BPF_PROG(clock_exit_btf)
-{
-	bpf_ktime_get_ns();
-	return 0;
-}
-
-SEC("raw_tp/sys_enter")
-int clock_enter_raw(void *ctx)
-{
-	bpf_ktime_get_ns();
-	return 0;
-}
-
-SEC("raw_tp/sys_exit")
-int clock_exit_raw(void *ctx)
-{
-	bpf_ktime_get_ns();
-	return 0;
-}
-
-SEC("tracepoint/raw_syscalls/sys_enter")
-int clock_enter_tp(void *ctx)
-{
-	bpf_ktime_get_ns();
-	return 0;
-}
-
-SEC("tracepoint/raw_syscalls/sys_exit")
-int clock_exit_tp(void *ctx)
-{
-	bpf_ktime_get_ns();
-	return 0;
-}
+REFERENCE_PROGRAMS(nop, (void)0)
+REFERENCE_PROGRAMS(clock, bpf_ktime_get_ns())
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
