@@ -21,6 +21,7 @@ from . import libbpf as bpf
 from .flows.collector import events_of, flows_of
 from .flows.records import ConnEvent, FlowRecord
 from .ipprofile import IpProfiler
+from .ladder import chosen_parts
 from .metrics import FlowMetrics
 from .store import FlowSample, Store
 
@@ -275,26 +276,25 @@ class Agent:
     @staticmethod
     def _programs_of(collector: str, attached: Any) -> list[dict[str, Any]]:
         out = []
-        for choice in attached.choices:
-            for part in choice.rung.parts() if choice.rung else ():
-                prog = attached.obj.program(part.program)
-                try:
-                    info = prog.info()
-                except bpf.BpfError:
-                    continue
-                out.append(
-                    {
-                        "collector": collector,
-                        "hook": choice.hook.name,
-                        "rung": str(part.mechanism),
-                        "target": part.target,
-                        "program": part.program,
-                        "id": info.id,
-                        "run_cnt": info.run_cnt,
-                        "run_time_ns": info.run_time_ns,
-                        "avg_ns": info.run_time_ns / info.run_cnt if info.run_cnt else None,
-                    }
-                )
+        for choice, part in chosen_parts(attached.choices):
+            prog = attached.obj.program(part.program)
+            try:
+                info = prog.info()
+            except bpf.BpfError:
+                continue
+            out.append(
+                {
+                    "collector": collector,
+                    "hook": choice.hook.name,
+                    "rung": str(part.mechanism),
+                    "target": part.target,
+                    "program": part.program,
+                    "id": info.id,
+                    "run_cnt": info.run_cnt,
+                    "run_time_ns": info.run_time_ns,
+                    "avg_ns": info.run_time_ns / info.run_cnt if info.run_cnt else None,
+                }
+            )
         return out
 
     def health(self) -> dict[str, Any]:

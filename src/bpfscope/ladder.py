@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +32,7 @@ __all__ = [
     "LadderError",
     "Rung",
     "choose",
+    "chosen_parts",
     "load_tool",
     "target_missing",
 ]
@@ -196,6 +197,13 @@ def choose(
     return choices
 
 
+def chosen_parts(choices: Iterable[Choice]) -> Iterator[tuple[Choice, Rung]]:
+    """Every program the chosen rungs load (companions included), with its choice."""
+    for c in choices:
+        for part in c.rung.parts() if c.rung else ():
+            yield c, part
+
+
 @dataclass(frozen=True)
 class Extras:
     """What a tool adds once its rungs are known: settings that depend on
@@ -237,9 +245,7 @@ class AttachedTool:
         it). Events this tool never saw; 0 where the kernel does not say."""
         return sum(
             self.obj.program(part.program).info().recursion_misses
-            for c in self.choices
-            if c.rung
-            for part in c.rung.parts()
+            for _, part in chosen_parts(self.choices)
         )
 
     def rungs_summary(self) -> str:
@@ -294,7 +300,7 @@ def _open_configured(
 ) -> bpf.BpfObject:
     obj = bpf.BpfObject.open_bytes(object_bytes(tool), name=tool, btf_path=btf_path)
     try:
-        wanted = {part.program: part for c in choices if c.rung for part in c.rung.parts()}
+        wanted = {part.program: part for _, part in chosen_parts(choices)}
         for name, prog in obj.programs.items():
             prog.autoload = name in wanted or name in also_load
             rung = wanted.get(name)
@@ -361,9 +367,8 @@ def load_tool(
                 continue
             raise
         try:
-            for c in choices:
-                for part in c.rung.parts() if c.rung else ():
-                    _attach(obj.program(part.program), part)
+            for _, part in chosen_parts(choices):
+                _attach(obj.program(part.program), part)
         except BaseException:
             obj.close()
             raise
