@@ -74,17 +74,19 @@ def parse_cgroup(value: str, mount: str | None = None) -> int:
 
 @contextmanager
 def _sigint_stops() -> Iterator[list[bool]]:
-    """Ctrl-C ends tracing (and prints the last interval) instead of aborting."""
+    """Ctrl-C (or SIGTERM) ends tracing and prints the last interval, up to
+    the stop, instead of aborting."""
     stopped = [False]
 
     def handler(signum: int, frame: Any) -> None:
         stopped[0] = True
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield stopped
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _sleep_until(deadline: float, stopped: list[bool]) -> None:
