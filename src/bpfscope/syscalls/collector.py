@@ -51,6 +51,7 @@ from .tool import (
 
 __all__ = [
     "IDLE_POLLS",
+    "CollectorStats",
     "Drops",
     "ErrnoStat",
     "ProcessNames",
@@ -298,6 +299,25 @@ class Snapshot:
         return out
 
 
+@dataclass(frozen=True)
+class CollectorStats:
+    """The syscall collector's own figures as of its last poll."""
+
+    rungs: dict[str, str | None]
+    mechanism: str
+    polls: int
+    drops: Drops
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rungs": dict(self.rungs),
+            "mechanism": self.mechanism,
+            "polls": self.polls,
+            "events_dropped": self.drops.total,
+            "drops": self.drops.to_json(),
+        }
+
+
 @dataclass
 class SyscallTotals:
     """Cumulative per-syscall counters since start (no pid dimension);
@@ -430,6 +450,8 @@ class SyscallCollector:
         self._prev_err: dict[bytes, int] = {}
         self._idle: dict[bytes, int] = {}  # key -> polls in a row read unchanged (both maps)
         self._last = 0.0
+        self._polls = 0
+        self._drops = Drops()
         self.totals = SyscallTotals()
 
     # -- lifecycle ---------------------------------------------------------
@@ -588,7 +610,13 @@ class SyscallCollector:
             latency=self.latency,
         )
         self.totals.add(snap)
+        self._polls += 1
+        self._drops = snap.drops
         return snap
+
+    def stats(self) -> CollectorStats:
+        """Rungs, and the drops the last poll read (no kernel call)."""
+        return CollectorStats(self.tool.rungs(), self.mechanism, self._polls, self._drops)
 
     def _expire_idle(
         self,
