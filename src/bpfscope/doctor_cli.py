@@ -12,8 +12,9 @@ from rich.table import Table
 
 from . import ladder
 from .doctor import DoctorReport, run_doctor
-from .errors import EXIT_FAILURE, EXIT_PRIVILEGES, EXIT_UNSUPPORTED, require_privileges
+from .errors import EXIT_FAILURE, EXIT_PRIVILEGES, EXIT_UNSUPPORTED
 from .features import Mechanism, Status
+from .system import require_privileges
 from .tools import registered_tools
 
 __all__ = ["doctor"]

@@ -24,7 +24,7 @@ from typing import Any, Final
 from . import libbpf as bpf
 from . import system, targets
 from .objects import object_bytes
-from .syscalls import syscall_nr
+from .sysnames import syscall_nr
 
 __all__ = [
     "PROGRAM_MECHANISMS",

@@ -20,6 +20,7 @@ from typing import Any
 
 from . import features, system, targets
 from . import libbpf as bpf
+from .errors import EXIT_UNSUPPORTED, BpfscopeError
 from .features import Mechanism, Verdict
 from .objects import object_bytes
 
@@ -107,8 +108,10 @@ class Choice:
         }
 
 
-class LadderError(RuntimeError):
+class LadderError(BpfscopeError, RuntimeError):
     """No usable rung for a required hook, or a forced rung is unavailable."""
+
+    exit_code = EXIT_UNSUPPORTED
 
 
 def target_missing(rung: Rung) -> str | None:

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from .errors import EXIT_FAILURE, EXIT_PRIVILEGES, EXIT_UNSUPPORTED, BpfscopeError
+
 __all__ = [
     "BPF_ANY",
     "BPF_EXIST",
@@ -156,7 +158,7 @@ def _errno_name(code: int) -> str:
     return errno_mod.errorcode.get(code, f"errno {code}")
 
 
-class BpfError(OSError):
+class BpfError(BpfscopeError, OSError):
     """A libbpf or bpf() failure with errno, libbpf's message and a hint.
 
     ``libbpf_log`` holds the last lines libbpf printed while the failing call
@@ -174,6 +176,7 @@ class BpfError(OSError):
         self.what = what
         self.hint = hint if hint is not None else _ERRNO_HINTS.get(err)
         self.libbpf_log = libbpf_log or []
+        self.exit_code = EXIT_PRIVILEGES if err == errno_mod.EPERM else EXIT_FAILURE
         super().__init__(err, self._message(err))
 
     def _message(self, err: int) -> str:
@@ -185,9 +188,18 @@ class BpfError(OSError):
     def __str__(self) -> str:
         return str(self.args[1])
 
+    def user_message(self) -> str:
+        text = str(self)
+        if self.libbpf_log:
+            tail = "\n  ".join(self.libbpf_log[-8:])
+            text += f"\nlibbpf said:\n  {tail}"
+        return text
 
-class LibbpfUnavailable(RuntimeError):
+
+class LibbpfUnavailable(BpfscopeError, RuntimeError):
     """libbpf.so.1 is missing or too old; says which package provides it."""
+
+    exit_code = EXIT_UNSUPPORTED
 
 
 # --------------------------------------------------------------------------

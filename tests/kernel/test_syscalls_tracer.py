@@ -18,7 +18,6 @@ import pytest
 from bpfscope import libbpf as bpf
 from bpfscope.features import Mechanism
 from bpfscope.objects import object_bytes
-from bpfscope.syscalls import syscall_nr
 from bpfscope.syscalls.collector import Snapshot, SyscallCollector, SyscallStat, bucket_of
 from bpfscope.syscalls.tool import (
     REFERENCES,
@@ -32,6 +31,7 @@ from bpfscope.syscalls.tool import (
     load_reference,
     stats_map,
 )
+from bpfscope.sysnames import syscall_nr
 from kernel_require import require
 
 pytestmark = pytest.mark.kernel

@@ -15,9 +15,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bpfscope.cli import cli
+from bpfscope.clikit import parse_cgroup, validate_pid
 from bpfscope.errors import UserError
-from bpfscope.syscalls import UnknownSyscall, syscall_nr
-from bpfscope.syscalls.cli import parse_cgroup, parse_syscalls, validate_pid
+from bpfscope.syscalls.cli import parse_syscalls
 from bpfscope.syscalls.collector import (
     IDLE_POLLS,
     Drops,
@@ -37,7 +37,6 @@ from bpfscope.syscalls.collector import (
     sum_percpu,
     top,
 )
-from bpfscope.syscalls.errnos import errno_name, errno_number
 from bpfscope.syscalls.render import (
     ViewOptions,
     format_ns,
@@ -57,6 +56,8 @@ from bpfscope.syscalls.tool import (
     map_sizes,
     syscall_mask,
 )
+from bpfscope.sysnames import UnknownSyscall, syscall_nr
+from bpfscope.sysnames.errnos import errno_name, errno_number
 
 # -- histogram bucketing ------------------------------------------------------
 

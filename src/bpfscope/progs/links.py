@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from .. import cgroups, system
 from .decode import decode
 from .names import KernelNames, kernel_names
 from .types import Int, Struct
@@ -211,19 +210,8 @@ def _ifname(ifindex: Any) -> str:
 @functools.cache
 def _cgroup_paths() -> dict[int, str]:
     """cgroup id (inode number in cgroup2) -> path under the cgroup2 mount."""
-    from .. import system
-
     root = system.cgroup2_mount()
-    if root is None:
-        return {}
-    root_path = Path(str(root))
-    out: dict[int, str] = {}
-    for dirpath, _dirs, _files in os.walk(root_path):
-        try:
-            out[os.stat(dirpath).st_ino] = "/" + os.path.relpath(dirpath, root_path).strip(".")
-        except OSError:
-            continue
-    return out
+    return cgroups.paths_by_id(root) if root is not None else {}
 
 
 def cgroup_path(cgroup_id: int) -> str:

@@ -330,7 +330,7 @@ def _save(cost: StatsCost) -> None:
 
 
 def _getpid_loop() -> Callable[[int], None]:
-    from ..syscalls import syscall_nr
+    from ..sysnames import syscall_nr
 
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     fn = libc.syscall

@@ -42,7 +42,7 @@ from typing import Any, Final
 from .. import system
 from ..errors import EXIT_UNSUPPORTED, UserError
 from ..features import Mechanism
-from . import syscall_nr
+from ..sysnames import syscall_nr
 
 __all__ = [
     "BPFTRACE_SCRIPT",

@@ -35,8 +35,8 @@ from typing import Any, Final, Protocol
 
 from ..features import Mechanism
 from ..ladder import Choice
-from . import syscall_names, syscall_nr
-from .errnos import errno_name
+from ..sysnames import syscall_names, syscall_nr
+from ..sysnames.errnos import errno_name
 from .tool import (
     COMM_LEN,
     DROP_SLOTS,

@@ -19,7 +19,7 @@ from typing import Final
 from ..features import Mechanism
 from ..ladder import AttachedTool, Hook, Rung, load_tool
 from ..libbpf import num_possible_cpus
-from . import syscall_nr
+from ..sysnames import syscall_nr
 
 __all__ = [
     "BUCKET_BYTES",
