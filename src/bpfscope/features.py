@@ -53,6 +53,7 @@ class Mechanism(StrEnum):
     RINGBUF = "ringbuf"
     BATCH_OPS = "batch_ops"
     BPF_STATS = "bpf_stats"
+    MAP_ITER = "map_iter"
 
 
 # Mechanisms that attach programs to hooks (the rest are map/kernel features).
@@ -91,6 +92,7 @@ NEEDS: Final[dict[Mechanism, str]] = {
     Mechanism.RINGBUF: "Linux 5.8+",
     Mechanism.BATCH_OPS: "Linux 5.6+",
     Mechanism.BPF_STATS: "Linux 5.8+ (BPF_ENABLE_STATS)",
+    Mechanism.MAP_ITER: "Linux 5.9+ (iterators over map elements; some builds refuse them)",
 }
 
 
@@ -180,6 +182,7 @@ _PROGRAM_OF: Final[dict[Mechanism, str]] = {
 
 # Index of each mechanism in probe_hits[] (matches enum probe_mechanism).
 _HIT_INDEX: Final[dict[Mechanism, int]] = {m: i for i, m in enumerate(PROGRAM_MECHANISMS)}
+_MAP_ITER_HIT_INDEX: Final = len(PROGRAM_MECHANISMS)  # PROBE_MAP_ITER
 
 
 def _kprobe_unavailable_reason() -> str | None:
@@ -207,6 +210,11 @@ def _explain_load_failure(m: Mechanism, exc: bpf.BpfError) -> str:
             f"({errno.errorcode.get(err, err)} with full privileges): BPF "
             "trampolines are unavailable here (no CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS, "
             "lockdown, or a hypervisor that forbids text patching)"
+        )
+    if m is Mechanism.MAP_ITER and err == errno.EPERM:
+        return (
+            "the kernel refused to load an iterator over map elements (EPERM with "
+            "full privileges; this build allows other iterators such as iter/tcp)"
         )
     if err == errno.ESRCH or err == errno.ENOENT:
         return "the hook's BTF type or kernel function was not found"
@@ -351,13 +359,40 @@ def _probe_bpf_stats() -> Verdict:
     return _verdict(m, Status.AVAILABLE, "BPF_ENABLE_STATS returned a stats fd")
 
 
+def _probe_map_iter() -> Verdict:
+    m = Mechanism.MAP_ITER
+    with (
+        bpf.quiet_libbpf(),
+        bpf.BpfObject.open_bytes(object_bytes("probe"), name="bpfscope_probe") as obj,
+    ):
+        for name, prog in obj.programs.items():
+            prog.autoload = name == "probe_map_iter"
+        try:
+            obj.load()
+        except bpf.BpfError as exc:
+            return _verdict(m, Status.UNSUPPORTED, _explain_load_failure(m, exc), exc.errno)
+        try:
+            link = obj.program("probe_map_iter").attach_map_iter(obj.map("probe_sk_storage"))
+        except bpf.BpfError as exc:
+            return _verdict(m, Status.UNSUPPORTED, _explain_attach_failure(m, exc), exc.errno)
+        try:
+            link.run_iter()
+        finally:
+            link.destroy()
+        idx = _MAP_ITER_HIT_INDEX * 8
+        hits = int.from_bytes(obj.bss["probe_hits"][idx : idx + 8], "little")
+    if hits >= 1:
+        return _verdict(m, Status.AVAILABLE, "an iterator over a socket-storage map ran")
+    return _verdict(m, Status.INCONCLUSIVE, "the map iterator attached but never ran")
+
+
 def _probe_uncached(m: Mechanism) -> Verdict:
     missing = system.missing_caps(names=("CAP_BPF", "CAP_PERFMON"))
     if missing:
         return _verdict(
             m, Status.INCONCLUSIVE, f"cannot probe without {', '.join(missing)} (run as root)"
         )
-    if m in _PROGRAM_OF and not system.VMLINUX_BTF.is_file():
+    if (m in _PROGRAM_OF or m is Mechanism.MAP_ITER) and not system.VMLINUX_BTF.is_file():
         return _verdict(
             m,
             Status.INCONCLUSIVE,
@@ -375,6 +410,8 @@ def _probe_uncached(m: Mechanism) -> Verdict:
             return _probe_batch_ops()
         if m is Mechanism.BPF_STATS:
             return _probe_bpf_stats()
+        if m is Mechanism.MAP_ITER:
+            return _probe_map_iter()
     except bpf.BpfError as exc:
         return _verdict(m, Status.INCONCLUSIVE, str(exc), exc.errno)
     raise ValueError(f"unknown mechanism {m}")
