@@ -122,7 +122,7 @@ def _check(btf: str | None, force: Mechanism | None, console: Console) -> list[d
                     ),
                 )
             else:
-                with ladder.load_tool(
+                with ladder.load_object(
                     spec.object, spec.hooks(), btf_path=btf, extras=spec.extras
                 ) as tool:
                     detail = "loaded and attached"

@@ -25,7 +25,7 @@ from .features import Mechanism, Verdict
 from .objects import object_bytes
 
 __all__ = [
-    "AttachedTool",
+    "AttachedObject",
     "Choice",
     "Extras",
     "ExtrasFor",
@@ -34,7 +34,7 @@ __all__ = [
     "Rung",
     "choose",
     "chosen_parts",
-    "load_tool",
+    "load_object",
     "target_missing",
 ]
 
@@ -222,7 +222,7 @@ ExtrasFor = Callable[[Sequence["Choice"]], Extras]
 
 
 @dataclass
-class AttachedTool:
+class AttachedObject:
     """A loaded, attached tool: its object and the rung of every hook."""
 
     tool: str
@@ -259,7 +259,7 @@ class AttachedTool:
     def close(self) -> None:
         self.obj.close()
 
-    def __enter__(self) -> AttachedTool:
+    def __enter__(self) -> AttachedObject:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -319,7 +319,7 @@ def _open_configured(
     return obj
 
 
-def load_tool(
+def load_object(
     tool: str,
     hooks: Sequence[Hook],
     *,
@@ -329,7 +329,7 @@ def load_tool(
     btf_path: str | os.PathLike[str] | None = None,
     verdict: Callable[[Mechanism], Verdict] = features.probe,
     extras: ExtrasFor | None = None,
-) -> AttachedTool:
+) -> AttachedObject:
     """Choose rungs, load the tool's object with only those programs, attach.
 
     ``extras`` adds rung-dependent settings and programs (see :class:`Extras`).
@@ -379,4 +379,4 @@ def load_tool(
             log.debug(
                 "%s: hook %s on %s", tool, c.hook.name, c.rung.describe() if c.rung else "off"
             )
-        return AttachedTool(tool, obj, choices, extra)
+        return AttachedObject(tool, obj, choices, extra)

@@ -17,7 +17,7 @@ from flows_support import Recorder
 
 from bpfscope import features
 from bpfscope.features import Mechanism
-from bpfscope.flows import FlowCollector, FlowRecord, KernelFilter, tool
+from bpfscope.flows import FlowCollector, FlowRecord, KernelFilter, programs
 from bpfscope.ladder import target_missing
 from kernel_require import require
 
@@ -68,7 +68,7 @@ def test_mode_follows_the_rungs() -> None:
         assert f"tcp accounting per {expected}" in c.stats().summary()
     # a rung without BTF-typed sockets: every event updates the table
     for mech in (Mechanism.RAW_TP, Mechanism.TRACEPOINT, Mechanism.KPROBE):
-        send = next(r for r in tool.traffic_hooks()[0].rungs if r.mechanism is mech)
+        send = next(r for r in programs.traffic_hooks()[0].rungs if r.mechanism is mech)
         if features.probe(mech).available and target_missing(send) is None:
             break
     else:

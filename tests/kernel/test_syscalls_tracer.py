@@ -19,7 +19,7 @@ from bpfscope import libbpf as bpf
 from bpfscope.features import Mechanism
 from bpfscope.objects import object_bytes
 from bpfscope.syscalls.collector import Snapshot, SyscallCollector, SyscallStat, bucket_of
-from bpfscope.syscalls.tool import (
+from bpfscope.syscalls.programs import (
     REFERENCES,
     CountsValue,
     ErrnoKey,
@@ -308,7 +308,7 @@ def test_threads_on_two_cpus_are_one_row(latency: bool) -> None:
 
 
 def test_struct_layouts_match_btf() -> None:
-    from bpfscope.syscalls.tool import Inflight
+    from bpfscope.syscalls.programs import Inflight
 
     with bpf.BpfObject.open_bytes(object_bytes("syscalls"), name="syscalls") as obj:
         btf = obj.btf()

@@ -141,7 +141,7 @@ def test_refused_extras_are_dropped_before_any_rung(monkeypatch: pytest.MonkeyPa
     them; only a failure without extras moves a hook down the ladder."""
     from bpfscope import ladder
     from bpfscope import libbpf as bpf
-    from bpfscope.ladder import Extras, load_tool
+    from bpfscope.ladder import Extras, load_object
 
     loads: list[tuple[str, frozenset[str], dict[str, object]]] = []
 
@@ -174,7 +174,7 @@ def test_refused_extras_are_dropped_before_any_rung(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(ladder.system, "ensure_tracefs", lambda: None)
     extra = Extras(rodata={"turbo": 1}, programs=frozenset({"x_iter"}), description="turbo")
     avail = {Mechanism.TP_BTF, Mechanism.RAW_TP}
-    tool = load_tool("t", [SEND], verdict=fake(avail), extras=lambda _: extra)
+    tool = load_object("t", [SEND], verdict=fake(avail), extras=lambda _: extra)
     assert loads == [
         ("p_tp_btf", frozenset({"x_iter"}), {"turbo": 1}),
         ("p_tp_btf", frozenset(), {}),

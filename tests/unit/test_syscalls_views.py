@@ -37,15 +37,7 @@ from bpfscope.syscalls.collector import (
     sum_percpu,
     top,
 )
-from bpfscope.syscalls.render import (
-    ViewOptions,
-    format_ns,
-    histogram_lines,
-    json_snapshot,
-    plain_snapshot,
-    rich_snapshot,
-)
-from bpfscope.syscalls.tool import (
+from bpfscope.syscalls.programs import (
     DEFAULT_MAX_ENTRIES,
     HIST_SLOTS,
     CountsValue,
@@ -55,6 +47,14 @@ from bpfscope.syscalls.tool import (
     idle_bytes,
     map_sizes,
     syscall_mask,
+)
+from bpfscope.syscalls.render import (
+    ViewOptions,
+    format_ns,
+    histogram_lines,
+    json_snapshot,
+    plain_snapshot,
+    rich_snapshot,
 )
 from bpfscope.sysnames import UnknownSyscall, syscall_nr
 from bpfscope.sysnames.errnos import errno_name, errno_number

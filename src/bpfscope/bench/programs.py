@@ -37,7 +37,7 @@ __all__ = [
 
 log = logging.getLogger("bpfscope.bench")
 
-TOOL: Final = "bench"
+OBJECT: Final = "bench"
 MAX_COPIES: Final = 8  # BENCH_MAX_COPIES in bench.h
 WORKS: Final = ("empty", "count", "hash")
 MECHANISMS: Final = (
@@ -165,7 +165,7 @@ class BenchObject:
     def _load(self, btf_path: str | None) -> libbpf.BpfObject:
         while True:
             names = self._names()
-            obj = libbpf.BpfObject.open_bytes(object_bytes(TOOL), name=TOOL, btf_path=btf_path)
+            obj = libbpf.BpfObject.open_bytes(object_bytes(OBJECT), name=OBJECT, btf_path=btf_path)
             try:
                 for name, prog in obj.programs.items():
                     prog.autoload = name in names

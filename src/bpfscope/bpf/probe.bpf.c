@@ -113,4 +113,12 @@ int probe_map_iter(struct bpf_iter__bpf_sk_storage_map *ctx)
 	return 0;
 }
 
+/* Empty program on a cheap syscall: `progs --stats-cost` times getpid with
+ * and without kernel.bpf_stats to learn what statistics add per run. */
+SEC("tracepoint/syscalls/sys_enter_getpid")
+int stats_cost_getpid(void *ctx)
+{
+	return 0;
+}
+
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

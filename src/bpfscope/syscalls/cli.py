@@ -205,7 +205,7 @@ def syscalls(
         return
 
     from .collector import SyscallCollector
-    from .tool import SyscallFilter
+    from .programs import SyscallFilter
 
     if sort == "time" and not latency:
         raise UserError(

@@ -37,7 +37,7 @@ from ..features import Mechanism
 from ..ladder import Choice
 from ..sysnames import syscall_names, syscall_nr
 from ..sysnames.errnos import errno_name
-from .tool import (
+from .programs import (
     COMM_LEN,
     DROP_SLOTS,
     HIST_SLOTS,

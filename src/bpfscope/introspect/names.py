@@ -19,7 +19,7 @@ __all__ = [
     "kernel_names",
 ]
 
-log = logging.getLogger("bpfscope.progs")
+log = logging.getLogger("bpfscope.introspect")
 
 # which kernel enum, and the prefix its enumerators share
 ENUMS: Final[dict[str, tuple[str, str]]] = {

@@ -31,7 +31,7 @@ __all__ = [
     "summarize",
 ]
 
-log = logging.getLogger("bpfscope.progs")
+log = logging.getLogger("bpfscope.introspect")
 
 STRING_BUF: int = 4096
 

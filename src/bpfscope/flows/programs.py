@@ -26,8 +26,8 @@ __all__ = [
     "EXTRAS",
     "FOLD_PROGRAM",
     "NAME",
+    "OBJECT",
     "SK_ACCT_MAP",
-    "TOOL",
     "hooks",
     "lifecycle_hooks",
     "nop_hooks",
@@ -35,7 +35,7 @@ __all__ = [
     "traffic_hooks",
 ]
 
-TOOL: Final = "flows"
+OBJECT: Final = "flows"
 NAME: Final = "flows"
 DESCRIPTION: Final = "per-flow TCP/UDP traffic, connection lifecycle, retransmits, resets"
 CORE: Final = True

@@ -35,10 +35,11 @@ __all__ = [
     "collect_links",
     "collect_maps",
     "collect_progs",
+    "privileged",
     "require_introspection_privileges",
 ]
 
-log = logging.getLogger("bpfscope.progs")
+log = logging.getLogger("bpfscope.introspect")
 
 T = TypeVar("T")
 
@@ -54,7 +55,7 @@ def require_introspection_privileges() -> None:
         )
 
 
-def _privileged(what: str, fn: Callable[[], T]) -> T:
+def privileged(what: str, fn: Callable[[], T]) -> T:
     try:
         return fn()
     except bpf.BpfError as exc:
@@ -178,7 +179,7 @@ class LinkRecord:
 
 def _ids(kind: str) -> list[int]:
     fn = {"prog": bpf.prog_ids, "map": bpf.map_ids, "link": bpf.link_ids}[kind]
-    return _privileged(f"list BPF {kind}s", lambda: list(fn()))
+    return privileged(f"list BPF {kind}s", lambda: list(fn()))
 
 
 def _memlock(fd: int) -> int | None:
