@@ -23,7 +23,7 @@ from . import libbpf as bpf
 from .flows.collector import Record, events_of, flows_of
 from .flows.records import FlowRecord
 from .ipprofile import IpProfiler
-from .ladder import AttachedTool, Choice, chosen_parts
+from .ladder import AttachedObject, Choice, chosen_parts
 from .metrics import FlowMetrics
 from .pipeline import Collector, Sink
 from .sinks import EventBuffer, EventEntry, HistorySink, PollChanges, Published, flow_sample
@@ -287,7 +287,7 @@ class Agent:
 
     def _attached_tools(self) -> list[tuple[str, _Attached]]:
         tools: list[tuple[str, _Attached]] = []
-        attached: AttachedTool | None = getattr(self.flows, "attached", None)
+        attached: AttachedObject | None = getattr(self.flows, "attached", None)
         if attached is not None:
             tools.append(("flows", attached))
         if self.syscalls is not None and self.sys_state.alive:

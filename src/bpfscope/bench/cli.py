@@ -11,8 +11,9 @@ from typing import Any
 
 import click
 
-from ..errors import EXIT_UNSUPPORTED, EXIT_USAGE, UserError, require_privileges
+from ..errors import EXIT_UNSUPPORTED, EXIT_USAGE, UserError
 from ..features import Mechanism
+from ..system import require_privileges
 from .programs import MECHANISMS, WORKS
 
 __all__ = ["bench", "syscalls_cmd"]

@@ -40,8 +40,8 @@ from typing import Any, Final
 from .. import libbpf as bpf
 from ..errors import EXIT_UNSUPPORTED, UserError
 from ..features import Mechanism
-from ..ladder import choose, load_tool
-from . import tool
+from ..ladder import choose, load_object
+from . import programs
 from .collector import FlowCollector
 from .records import FlowKeyC, FlowValueC
 
@@ -139,14 +139,14 @@ def _bpfscope() -> Iterator[None]:
 
 def traffic_mechanism() -> Mechanism | None:
     """The rung bpfscope's traffic hooks stand on here."""
-    return {c.hook.name: c.mechanism for c in choose(tool.traffic_hooks())}.get("send")
+    return {c.hook.name: c.mechanism for c in choose(programs.traffic_hooks())}.get("send")
 
 
 @contextmanager
 def _empty() -> Iterator[None]:
     """Empty programs on the same traffic hooks and rung as bpfscope: the
     floor that any tool on these hooks pays."""
-    with load_tool(tool.TOOL, tool.nop_hooks(), force=traffic_mechanism()):
+    with load_object(programs.OBJECT, programs.nop_hooks(), force=traffic_mechanism()):
         yield
 
 
@@ -377,7 +377,7 @@ def run(seconds: float = 3.0, rounds: int = 3, pin: bool = True) -> BenchResult:
         f"workload pinned to CPU {cpu}" if cpu is not None else "workload not pinned",
     ]
     configs: tuple[str, ...] = CONFIGS
-    if traffic_mechanism() not in tool.TRACEPOINT_RUNGS:
+    if traffic_mechanism() not in programs.TRACEPOINT_RUNGS:
         configs = tuple(c for c in configs if c != "empty")
         notes.append("traffic stands on a function rung here: no empty-program floor")
     if shutil.which("bpftrace") is None:

@@ -27,8 +27,8 @@ from typing import Any, Final, Protocol
 
 from .. import libbpf as bpf
 from ..features import Mechanism
-from ..ladder import AttachedTool, Choice, Hook, choose, load_tool
-from . import tool
+from ..ladder import AttachedObject, Choice, Hook, choose, load_object
+from . import programs
 from .attribution import Attribution
 from .records import (
     AF_INET,
@@ -120,7 +120,7 @@ class FlowCollector:
         btf_path: str | None = None,
         drain: str = "batch",
         events_size: int | None = None,
-        loader: Callable[[], AttachedTool] | None = None,
+        loader: Callable[[], AttachedObject] | None = None,
         ring: Callable[[Any, Callable[[bytes], None]], _Ring] | None = None,
     ) -> None:
         """``loader`` (the attached tool) and ``ring`` (the event ring buffer
@@ -141,7 +141,7 @@ class FlowCollector:
         self.events_size = events_size
         self._loader = loader or self._load
         self._open_ring = ring or bpf.RingBuffer
-        self._tool: AttachedTool | None = None
+        self._tool: AttachedObject | None = None
         self._fold: bpf.Link | None = None  # iterator folding per-socket TCP counts
         self._ring: _Ring | None = None
         self._flows: dict[bytes, _Tracked] = {}
@@ -158,24 +158,24 @@ class FlowCollector:
     def hooks(self) -> list[Hook]:
         """The hooks to load: route-lookup hooks only where sends stand on a
         tracepoint rung (the function rungs see UDP destinations themselves)."""
-        base = tool.traffic_hooks() + tool.lifecycle_hooks()
+        base = programs.traffic_hooks() + programs.lifecycle_hooks()
         chosen = {c.hook.name: c.mechanism for c in choose(base, force=self.force)}
-        if chosen.get("send") in tool.TRACEPOINT_RUNGS:
-            return base + tool.dest_hooks()
+        if chosen.get("send") in programs.TRACEPOINT_RUNGS:
+            return base + programs.dest_hooks()
         return base
 
-    def _load(self) -> AttachedTool:
+    def _load(self) -> AttachedObject:
         sizes = {FLOW_MAP: self.max_entries}
         if self.events_size is not None:
             sizes["flow_events"] = self.events_size  # ring buffer bytes: power of 2 pages
-        return load_tool(
-            tool.TOOL,
+        return load_object(
+            programs.OBJECT,
             self.hooks(),
             rodata=self.kernel_filter.rodata(),
             max_entries=sizes,
             force=self.force,
             btf_path=self.btf_path,
-            extras=tool.socket_accounting,
+            extras=programs.socket_accounting,
         )
 
     def start(self) -> FlowCollector:
@@ -184,9 +184,9 @@ class FlowCollector:
         self._tool = self._loader()
         try:
             obj = self._tool.obj
-            if tool.FOLD_PROGRAM in self._tool.extras.programs:
-                prog = obj.program(tool.FOLD_PROGRAM)
-                self._fold = prog.attach_map_iter(obj.map(tool.SK_ACCT_MAP))
+            if programs.FOLD_PROGRAM in self._tool.extras.programs:
+                prog = obj.program(programs.FOLD_PROGRAM)
+                self._fold = prog.attach_map_iter(obj.map(programs.SK_ACCT_MAP))
                 self._stats.tcp_accounting = "socket"
             self._ring = self._open_ring(obj.map("flow_events"), self._on_event)
         except BaseException:
@@ -214,7 +214,7 @@ class FlowCollector:
         self.close()
 
     @property
-    def attached(self) -> AttachedTool:
+    def attached(self) -> AttachedObject:
         if self._tool is None:
             raise RuntimeError("collector is not started")
         return self._tool

@@ -42,7 +42,7 @@ from typing import Any, Final
 from .. import system
 from ..errors import EXIT_UNSUPPORTED, UserError
 from ..features import Mechanism
-from . import syscall_nr
+from ..sysnames import syscall_nr
 
 __all__ = [
     "BPFTRACE_SCRIPT",
@@ -302,7 +302,7 @@ def run_bench(
 ) -> BenchResult:
     """Run the comparison and print it (text or JSON); returns the result."""
     from .collector import SyscallCollector
-    from .tool import SyscallFilter, load_reference
+    from .programs import SyscallFilter, load_reference
 
     if progress is None and sys.stderr.isatty():
 
