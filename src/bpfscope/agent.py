@@ -28,9 +28,9 @@ from .metrics import FlowMetrics
 from .pipeline import Collector, Sink
 from .sinks import EventBuffer, EventEntry, HistorySink, PollChanges, Published, flow_sample
 from .store import Store
-from .syscalls.collector import Snapshot, SyscallCollector, SyscallTotals
+from .syscalls.collector import Snapshot, SyscallTotals
 
-__all__ = ["Agent", "CollectorState", "EventEntry", "FlowSource", "flow_sample"]
+__all__ = ["Agent", "CollectorState", "EventEntry", "FlowSource", "SyscallSource", "flow_sample"]
 
 log = logging.getLogger("bpfscope.agent")
 
@@ -45,6 +45,17 @@ class FlowSource(Collector[list[Record]], Protocol):
 class _Attached(Protocol):
     obj: Any
     choices: list[Choice]
+
+
+class SyscallSource(Collector[Snapshot], Protocol):
+    """The syscall collector as the agent uses it: a collector of
+    per-interval snapshots that also keeps cumulative totals."""
+
+    latency: bool
+    totals: SyscallTotals
+
+    @property
+    def tool(self) -> _Attached: ...
 
 
 @dataclass
@@ -74,7 +85,7 @@ class Agent:
     max_events: int = 10_000
     bpf_stats: bool = False
     sinks: Sequence[Sink[PollChanges]] = ()  # more sinks (exporters), after the agent's own
-    syscalls: SyscallCollector | None = None  # --syscalls, --syscall-latency
+    syscalls: SyscallSource | None = None  # --syscalls, --syscall-latency
     # Closed flows stay in the current view this long, so a short
     # connection is visible to a client that polls less often than the
     # collector deletes closed flows (history and events keep them anyway).

@@ -145,3 +145,32 @@ def test_a_dead_flow_collector_is_shown_down_in_the_metrics() -> None:
             time.sleep(0.02)
         assert not a.state.alive
         assert up() == 0
+
+
+def test_the_seams_module_imports_no_feature_package() -> None:
+    """pipeline.py names the seams only: the standard library, nothing of bpfscope."""
+    import ast
+
+    import bpfscope.pipeline
+
+    tree = ast.parse(Path(bpfscope.pipeline.__file__).read_text())
+    imported = {
+        node.module if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    }
+    levels = {node.level for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert imported == {"__future__", "typing"}
+    assert levels == {0}  # no relative import
+
+
+def test_both_collectors_satisfy_the_collector_protocol() -> None:
+    """Checked by mypy too (the agent types its collectors with it); here the
+    methods exist on both classes."""
+    from bpfscope.flows.collector import FlowCollector
+    from bpfscope.syscalls.collector import SyscallCollector
+
+    for cls in (FlowCollector, SyscallCollector):
+        for name in ("start", "poll", "stats", "close"):
+            assert callable(getattr(cls, name)), (cls, name)
