@@ -11,7 +11,6 @@ the kernel or the database.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import threading
 import time
@@ -135,8 +134,7 @@ class Agent:
             self.sys_state.alive = True
         if self.kube is not None:
             self.kube.start()
-        if self.store is not None:  # health has its figures before the first poll
-            self._published = Published(store_stats=self.store.stats())
+        self._published = self._read_own()  # health has its figures before the first poll
         self._thread = threading.Thread(target=self._loop, name="bpfscope-agent", daemon=True)
         self._thread.start()
         return self
@@ -204,13 +202,7 @@ class Agent:
         self.state.last_poll = now
         self.state.poll_seconds = time.monotonic() - t0
         snap = self._poll_syscalls() if self.syscalls is not None and self.sys_state.alive else None
-        # The agent's own state, read once here: scrapes and health probes
-        # then cost no kernel call and no query.
-        published = Published(
-            programs=self._read_programs(),
-            flow_stats=self.flows.stats().to_json(),
-            syscall_stats=self.syscalls.stats().to_json() if self.syscalls is not None else None,
-        )
+        published = self._read_own()
         changes = PollChanges(
             time=now,
             flows=changed,
@@ -222,11 +214,18 @@ class Agent:
         )
         for sink in self._sinks:
             sink.consume(changes)
-        if self.store is not None:
-            store_stats = self.store.stats()
-            published = dataclasses.replace(published, store_stats=store_stats)
         with self._lock:
             self._published = published
+
+    def _read_own(self) -> Published:
+        """The agent's own state, read once per poll: scrapes and health
+        probes then cost no kernel call and no query."""
+        return Published(
+            programs=self._read_programs(),
+            flow_stats=self.flows.stats().to_json(),
+            syscall_stats=self.syscalls.stats().to_json() if self.syscalls is not None else None,
+            store_stats=self.store.stats() if self.store is not None else None,
+        )
 
     def _hand_over_failure(self) -> None:
         """Tell the sinks, once, that the collectors stopped (nothing changed
