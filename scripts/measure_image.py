@@ -5,7 +5,8 @@
 
 Runs IMAGE with the given options (add the compose file's security options)
 on the host's network, listening on a loopback port; makes 1,000 TCP
-connections on loopback (1,000 flows); prints one JSON object. Run it under
+connections on loopback (2,000 flows: both ends are on this host); prints
+one JSON object with the number of flows the agent held. Run it under
 /tmp/bpfscope-kernel.lock on a shared machine: it loads BPF programs.
 """
 
