@@ -39,7 +39,7 @@ def _docker(*args: str) -> str:
     return subprocess.run([DOCKER, *args], check=True, capture_output=True, text=True).stdout
 
 
-def _memory(pid: int, name: str) -> dict[str, float]:
+def _memory(pid: int, name: str) -> dict[str, float | str]:
     with open(f"/proc/{pid}/status") as f:
         status = dict(line.split(":", 1) for line in f.read().splitlines())
     rss_kib = int(status["VmRSS"].split()[0])
