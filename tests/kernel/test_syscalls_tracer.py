@@ -16,12 +16,13 @@ from pathlib import Path
 import pytest
 
 from bpfscope import libbpf as bpf
+from bpfscope.bench.references import SYSCALLS as REFERENCES
+from bpfscope.bench.references import load_reference
 from bpfscope.features import Mechanism
 from bpfscope.objects import object_bytes
 from bpfscope.syscalls import syscall_nr
 from bpfscope.syscalls.collector import Snapshot, SyscallCollector, SyscallStat, bucket_of
 from bpfscope.syscalls.tool import (
-    REFERENCES,
     CountsValue,
     ErrnoKey,
     StatsKey,
@@ -29,7 +30,6 @@ from bpfscope.syscalls.tool import (
     SyscallFilter,
     default_max_entries,
     load,
-    load_reference,
     stats_map,
 )
 from kernel_require import require

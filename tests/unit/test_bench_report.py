@@ -84,7 +84,25 @@ def test_bar_fails_honestly() -> None:
     b = report.bar(res, N)
     assert b is not None
     assert b["count_within_limit"] is False
-    assert "FAIL" in "\n".join(report.bar_lines(result))
+    assert b["verdicts"]["count_over_empty"]["verdict"] == "misses"
+    assert "count / empty per repetition 1.20 [1.20-1.20" in "\n".join(report.bar_lines(result))
+    assert ": MISSES the bar <= 1.15" in "\n".join(report.bar_lines(result))
+
+
+def test_bar_is_inconclusive_when_repetitions_straddle_it() -> None:
+    """Medians alone say PASS (+80 vs +75 ns); one repetition of three adds
+    more than 1.15x the empty program's cost, so no verdict."""
+    result = _result()
+    res = result.syscalls[0]
+    count = res.rows[5]
+    # third repetition (x1.2): empty adds 90 ns, count now 110 ns (x1.22)
+    count.samples[2] = Sample(real=0.222, user=0.04, sys=0.174, clock=0.104 * 1.2 + 110e-9 * N)
+    b = report.bar(res, N)
+    assert b is not None
+    assert b["count_over_empty"] == pytest.approx(80 / 75)
+    assert b["count_within_limit"] is None
+    assert b["verdicts"]["count_over_empty"]["verdict"] == "inconclusive"
+    assert "INCONCLUSIVE for the bar <= 1.15" in "\n".join(report.bar_lines(result))
 
 
 def test_study_comparison_verdicts() -> None:

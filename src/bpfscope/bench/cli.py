@@ -17,6 +17,10 @@ from .programs import MECHANISMS, WORKS
 
 __all__ = ["bench", "syscalls_cmd"]
 
+# The commands: syscalls (every mechanism, body and program count per
+# syscall), tracer (what `bpfscope syscalls` costs; alias `syscalls --bench`),
+# flows (what the flow monitor costs; alias `flows --bench`).
+
 
 @click.group()
 def bench() -> None:
@@ -225,6 +229,49 @@ def syscalls_cmd(
         )
 
 
+@bench.command("tracer")
+@click.option(
+    "--calls",
+    type=click.IntRange(min=10_000),
+    default=None,
+    help="getpid() calls per run  [default: 2000000]",
+)
+@click.option(
+    "--rounds", type=click.IntRange(min=1), default=None, help="Runs per mode  [default: 15]"
+)
+@click.option("--bpftrace/--no-bpftrace", default=True, show_default=True, help="bpftrace peer.")
+@click.option(
+    "-a",
+    "--attach",
+    type=click.Choice(["tp_btf", "raw_tp", "tracepoint"]),
+    default=None,
+    help="Force the rung every mode loads on.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable result.")
+@click.pass_context
+def bench_tracer(
+    ctx: click.Context,
+    calls: int | None,
+    rounds: int | None,
+    bpftrace: bool,
+    attach: str | None,
+    as_json: bool,
+) -> None:
+    """What `bpfscope syscalls` costs per call, against empty programs, the
+    clock floor and bpftrace (same as `bpfscope syscalls --bench`)."""
+    from .tracer import DEFAULT_CALLS, DEFAULT_ROUNDS, run_bench
+
+    require_privileges()
+    run_bench(
+        calls=calls if calls is not None else DEFAULT_CALLS,
+        rounds=rounds if rounds is not None else DEFAULT_ROUNDS,
+        bpftrace=bpftrace,
+        force=Mechanism(attach) if attach else None,
+        btf_path=(ctx.obj or {}).get("btf"),
+        as_json=as_json,
+    )
+
+
 @bench.command("flows")
 @click.option(
     "--seconds", type=click.FloatRange(0.5), default=3.0, show_default=True, help="Per run."
@@ -241,6 +288,6 @@ def bench_flows(seconds: float, rounds: int, pin: bool, as_json: bool) -> None:
     """Flow monitor overhead: loopback request/response and stream, without
     monitoring, with bpfscope and with bpftrace; batch vs per-key drain."""
     require_privileges()
-    from ..flows.bench import main as flows_bench
+    from .flows import main as flows_bench
 
     flows_bench(seconds=seconds, rounds=rounds, as_json=as_json, pin=pin)

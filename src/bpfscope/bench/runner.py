@@ -29,6 +29,7 @@ from ..errors import EXIT_USAGE, UserError
 from ..features import Mechanism
 from ..syscalls import syscall_nr
 from . import driver, peer, programs
+from .pinning import rotated
 from .programs import MAX_COPIES, MECHANISMS, WORKS, BenchObject, Hookable
 from .stats import Sample, Spread, spread
 
@@ -423,18 +424,11 @@ def _measure(sess: _Session, config: Config, exe: Path, opts: Options, calls: in
     return sample
 
 
-def _rotated(configs: list[Config], rep: int) -> list[Config]:
-    if not configs:
-        return configs
-    shift = rep % len(configs)
-    return configs[shift:] + configs[:shift]
-
-
 def schedule(sessions: Sequence[Any], reps: int, warmup: bool) -> Iterator[tuple[int, int, Config]]:
     """(rep, session index, config) in run order; rep -1 is the warm-up."""
     for rep in range(-1 if warmup else 0, reps):
         for i, sess in enumerate(sessions):
-            for c in _rotated(list(sess.configs), max(rep, 0)):
+            for c in rotated(sess.configs, max(rep, 0)):
                 yield rep, i, c
 
 
