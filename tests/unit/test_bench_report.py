@@ -141,9 +141,13 @@ def test_plot_one_panel_per_syscall(tmp_path: Path) -> None:
     second.rows = [_row(r.config, 0.1, 0.04, 0.06) for r in result.syscalls[0].rows]
     result.syscalls.append(second)
     out = plot(result, str(tmp_path / "fig.svg"))
-    svg = out.read_text()
-    assert "getpid (raw" in svg
-    assert "getppid (raw" in svg
+    summary = out.read_text()
+    assert "what tracing one syscall adds" in summary
+    assert "kernel test" in summary  # kernel, machine and protocol in the title
+    assert "1,000,000 calls x 3 repetitions" in summary
+    detail = (tmp_path / "fig-detail.svg").read_text()
+    assert "getpid (raw" in detail
+    assert "getppid (raw" in detail
 
 
 def test_plan_and_interleaving() -> None:

@@ -13,6 +13,7 @@ import click
 
 from ..errors import EXIT_UNSUPPORTED, EXIT_USAGE, UserError, require_privileges
 from ..features import Mechanism
+from .pinning import bench_cpu
 from .programs import MECHANISMS, WORKS
 
 __all__ = ["bench", "syscalls_cmd"]
@@ -126,6 +127,12 @@ def _rich_report(result: Any) -> None:
 @click.option("--probes", default=None, help="Program counts K for the sweep, e.g. 1,2,4,8.")
 @click.option("--bpftrace/--no-bpftrace", default=True, show_default=True, help="bpftrace peer.")
 @click.option("--bpf-stats", is_flag=True, help="Also measure with kernel BPF run-time stats on.")
+@click.option(
+    "--pin/--no-pin",
+    default=True,
+    show_default=True,
+    help="Pin the driver to one CPU (the last allowed): steadier rounds on VMs.",
+)
 @click.option("--quick", "preset", flag_value="quick", help="CI protocol (< 30 s).")
 @click.option("--paper", "preset", flag_value="paper", help="The study's protocol: 50M x 10.")
 @click.option(
@@ -160,6 +167,7 @@ def syscalls_cmd(
     probes: str | None,
     bpftrace: bool,
     bpf_stats: bool,
+    pin: bool,
     preset: str | None,
     json_out: str | None,
     csv_out: str | None,
@@ -189,6 +197,7 @@ def syscalls_cmd(
         bpf_stats=bpf_stats,
         preset=preset,
         btf_path=(ctx.obj or {}).get("btf"),
+        cpu=bench_cpu() if pin else None,
     )
     runner.validate(opts)
     if json_out == "-" and csv_out == "-":
