@@ -20,7 +20,8 @@ __all__ = ["bench", "syscalls_cmd"]
 
 # The commands: syscalls (every mechanism, body and program count per
 # syscall), tracer (what `bpfscope syscalls` costs; alias `syscalls --bench`),
-# flows (what the flow monitor costs; alias `flows --bench`).
+# flows (what the flow monitor costs; alias `flows --bench`), agent (load
+# benchmark of `bpfscope serve`).
 
 
 @click.group()
@@ -300,3 +301,31 @@ def bench_flows(seconds: float, rounds: int, pin: bool, as_json: bool) -> None:
     from .flows import main as flows_bench
 
     flows_bench(seconds=seconds, rounds=rounds, as_json=as_json, pin=pin)
+
+
+@bench.command("agent")
+@click.option("--flows", type=click.IntRange(1), default=100_000, show_default=True)
+@click.option("--requests", type=click.IntRange(1), default=200, show_default=True)
+@click.option("--clients", type=click.IntRange(1), default=50, show_default=True)
+@click.option("--seconds", type=click.FloatRange(1.0), default=30.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable result.")
+@click.pass_context
+def bench_agent(
+    ctx: click.Context, flows: int, requests: int, clients: int, seconds: float, as_json: bool
+) -> None:
+    """Load benchmark of `bpfscope serve`: N real loopback UDP flows, API
+    latency, /metrics scrape time, C concurrent clients for T seconds.
+    Exit status 1 when a bar is not met."""
+    from .agent import bars_met, run
+
+    require_privileges()
+    result = run(flows=flows, requests=requests, clients=clients, seconds=seconds)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        for k, v in result.items():
+            click.echo(f"{k:32} {v}")
+    ok = bars_met(result)
+    click.echo(f"bars: {'met' if ok else 'NOT met'}", err=True)
+    if not ok:
+        ctx.exit(1)
