@@ -12,7 +12,7 @@ from bpfscope import libbpf
 from bpfscope.bench import driver, programs
 from bpfscope.bench.programs import BenchObject
 from bpfscope.features import Mechanism, Status, probe
-from bpfscope.syscalls import syscall_nr
+from bpfscope.sysnames import syscall_nr
 from kernel_require import require
 
 pytestmark = pytest.mark.kernel

@@ -133,7 +133,7 @@ def test_runtime_runs_the_agent_by_default(
     assert "/api/v1/health" in health
     assert f"127.0.0.1:{expose}" in health
 
-    from bpfscope.server_cli import serve
+    from bpfscope.serve_cli import serve
 
     ctx = serve.make_context("serve", cmd_args[1:])
     assert ctx.params["listen"] == "0.0.0.0:9464"

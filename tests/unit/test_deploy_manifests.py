@@ -217,7 +217,7 @@ def test_service_and_servicemonitor_reach_the_agent(
 def test_agent_arguments_are_accepted_by_serve(
     container: dict[str, Any], compose: dict[str, Any]
 ) -> None:
-    from bpfscope.server_cli import serve
+    from bpfscope.serve_cli import serve
 
     for args in (container["args"], compose["services"]["bpfscope"]["command"]):
         assert args[0] == "serve"

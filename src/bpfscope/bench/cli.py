@@ -11,8 +11,9 @@ from typing import Any
 
 import click
 
-from ..errors import EXIT_UNSUPPORTED, EXIT_USAGE, UserError, require_privileges
+from ..errors import EXIT_UNSUPPORTED, EXIT_USAGE, UserError
 from ..features import Mechanism
+from ..system import require_privileges
 from .pinning import bench_cpu
 from .programs import MECHANISMS, WORKS
 

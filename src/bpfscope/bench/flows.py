@@ -40,7 +40,7 @@ from typing import Any, Final
 from .. import libbpf as bpf
 from ..errors import EXIT_UNSUPPORTED, UserError
 from ..features import Mechanism
-from ..flows import tool
+from ..flows import programs
 from ..flows.collector import FlowCollector
 from ..flows.records import FlowKeyC, FlowValueC
 from ..ladder import choose
@@ -125,7 +125,7 @@ def _bpfscope() -> Iterator[None]:
 
 def traffic_mechanism() -> Mechanism | None:
     """The rung bpfscope's traffic hooks stand on here."""
-    return {c.hook.name: c.mechanism for c in choose(tool.traffic_hooks())}.get("send")
+    return {c.hook.name: c.mechanism for c in choose(programs.traffic_hooks())}.get("send")
 
 
 def _empty() -> Any:
@@ -353,7 +353,7 @@ def run(seconds: float = 3.0, rounds: int = 3, pin: bool = True) -> BenchResult:
         f"workload pinned to CPU {cpu}" if cpu is not None else "workload not pinned",
     ]
     configs: tuple[str, ...] = CONFIGS
-    if traffic_mechanism() not in tool.TRACEPOINT_RUNGS:
+    if traffic_mechanism() not in programs.TRACEPOINT_RUNGS:
         configs = tuple(c for c in configs if c != "empty")
         notes.append("traffic stands on a function rung here: no empty-program floor")
     if shutil.which("bpftrace") is None:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Final
 
 from ..features import Mechanism
-from ..ladder import AttachedTool, Hook, Rung, load_tool
+from ..ladder import AttachedObject, Hook, Rung, load_object
 
 __all__ = [
     "FLOWS",
@@ -91,13 +91,13 @@ FLOWS: Final[dict[str, tuple[str, Callable[[], list[Hook]]]]] = {
 
 def load_reference(
     name: str, *, force: Mechanism | None = None, btf_path: str | None = None
-) -> AttachedTool:
+) -> AttachedObject:
     """Load one of the syscall tracer's references (:data:`SYSCALLS`)."""
-    return load_tool(SYSCALLS_OBJECT, SYSCALLS[name][1](), force=force, btf_path=btf_path)
+    return load_object(SYSCALLS_OBJECT, SYSCALLS[name][1](), force=force, btf_path=btf_path)
 
 
 def load_flows_reference(
     name: str, *, force: Mechanism | None = None, btf_path: str | None = None
-) -> AttachedTool:
+) -> AttachedObject:
     """Load one of the flow monitor's references (:data:`FLOWS`)."""
-    return load_tool(FLOWS_OBJECT, FLOWS[name][1](), force=force, btf_path=btf_path)
+    return load_object(FLOWS_OBJECT, FLOWS[name][1](), force=force, btf_path=btf_path)

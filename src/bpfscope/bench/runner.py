@@ -27,7 +27,7 @@ from typing import Any, Final
 from .. import features, libbpf
 from ..errors import EXIT_USAGE, UserError
 from ..features import Mechanism
-from ..syscalls import syscall_nr
+from ..sysnames import syscall_nr
 from . import driver, peer, programs
 from .pinning import rotated
 from .programs import MAX_COPIES, MECHANISMS, WORKS, BenchObject, Hookable

@@ -39,7 +39,7 @@ from typing import Any, Final
 
 from .. import system
 from ..features import Mechanism
-from ..syscalls import syscall_nr
+from ..sysnames import syscall_nr
 from . import driver, peer, references
 from .pinning import bench_cpu, interleave
 from .verdict import Verdict, added_ratios, judge
@@ -228,7 +228,7 @@ def run_bench(
 ) -> BenchResult:
     """Run the comparison and print it (text or JSON); returns the result."""
     from ..syscalls.collector import SyscallCollector
-    from ..syscalls.tool import SyscallFilter
+    from ..syscalls.programs import SyscallFilter
 
     if progress is None and sys.stderr.isatty():
 

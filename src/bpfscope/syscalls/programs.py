@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from ..features import Mechanism
-from ..ladder import AttachedTool, Hook, Rung, load_tool
+from ..ladder import AttachedObject, Hook, Rung, load_object
 from ..libbpf import num_possible_cpus
-from . import syscall_nr
+from ..sysnames import syscall_nr
 
 __all__ = [
     "BUCKET_BYTES",
@@ -31,7 +31,7 @@ __all__ = [
     "MASK_BITS",
     "MAX_DEFAULT_ENTRIES",
     "NAME",
-    "TOOL",
+    "OBJECT",
     "CountsValue",
     "ErrnoKey",
     "Inflight",
@@ -48,7 +48,7 @@ __all__ = [
     "syscall_mask",
 ]
 
-TOOL: Final = "syscalls"
+OBJECT: Final = "syscalls"
 NAME: Final = "syscalls"
 DESCRIPTION: Final = "per-process syscall counts and errors (sys_exit); latency: -L (+sys_enter)"
 CORE: Final = False
@@ -255,7 +255,7 @@ def load(
     max_entries: int | None = None,
     force: Mechanism | None = None,
     btf_path: str | None = None,
-) -> AttachedTool:
+) -> AttachedObject:
     """Load and attach the tracer; the caller closes it (context manager).
 
     By default counts and errors only, on sys_exit; ``latency=True`` also
@@ -264,8 +264,8 @@ def load(
     :func:`default_max_entries`: grows with the possible CPUs); the errno
     map gets a quarter.
     """
-    return load_tool(
-        TOOL,
+    return load_object(
+        OBJECT,
         hooks() if latency else count_hooks(),
         rodata=_rodata(flt or SyscallFilter(), track_errnos),
         max_entries=map_sizes(latency=latency, max_entries=max_entries),

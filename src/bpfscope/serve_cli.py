@@ -9,8 +9,9 @@ from typing import Any
 
 import click
 
-from .errors import EXIT_USAGE, UserError, require_privileges
+from .errors import EXIT_USAGE, UserError
 from .syscalls import COST_NS
+from .system import require_privileges
 from .units import parse_duration, parse_listen, parse_size
 
 __all__ = ["serve"]
