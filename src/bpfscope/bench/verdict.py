@@ -8,7 +8,8 @@ interval for that median (order statistics of the per-round ratios, from the
 binomial distribution): "meets" when the whole interval is on the good side
 of the bar, "misses" when the whole interval is on the bad side, and
 "inconclusive" otherwise, that is, when the noise between rounds is larger
-than the distance between the effect and the bar. Deterministic (no
+than the distance between the effect and the bar, and always with fewer
+than :data:`MIN_ROUNDS` rounds. Deterministic (no
 resampling): the same rounds always give the same verdict.
 """
 
@@ -22,6 +23,7 @@ from typing import Any, Final, Literal
 
 __all__ = [
     "CONFIDENCE",
+    "MIN_ROUNDS",
     "Outcome",
     "Verdict",
     "added_ratios",
@@ -31,6 +33,9 @@ __all__ = [
 ]
 
 CONFIDENCE: Final = 0.95
+# Fewer rounds say nothing about the noise (one round is a zero-width
+# interval): always inconclusive.
+MIN_ROUNDS: Final = 3
 
 Outcome = Literal["meets", "misses", "inconclusive"]
 # "below": a ratio at or under the bar is good (a cost); "above": at or over
@@ -136,7 +141,9 @@ def judge(ratios: Sequence[float], bar: float | None = None, good: Good = "below
     low, high, coverage = median_interval(ratios)
     med = statistics.median(sorted(ratios))
     outcome: Outcome | None = None
-    if bar is not None:
+    if bar is not None and len(ratios) < MIN_ROUNDS:
+        outcome = "inconclusive"
+    elif bar is not None:
         if good == "below":
             outcome = "meets" if high <= bar else "misses" if low > bar else "inconclusive"
         else:
