@@ -30,7 +30,6 @@ __all__ = [
     "SK_ACCT_MAP",
     "hooks",
     "lifecycle_hooks",
-    "nop_hooks",
     "socket_accounting",
     "traffic_hooks",
 ]
@@ -107,21 +106,6 @@ def traffic_hooks() -> list[Hook]:
             ),
         )
         for name, tp, fexit, kprobe in _TRAFFIC
-    ]
-
-
-def nop_hooks() -> list[Hook]:
-    """Empty programs on the traffic tracepoints (benchmark floor)."""
-    return [
-        Hook(
-            name,
-            (
-                Rung(Mechanism.TP_BTF, f"nop_{name}_tp_btf", tp),
-                Rung(Mechanism.RAW_TP, f"nop_{name}_raw_tp", tp),
-                Rung(Mechanism.TRACEPOINT, f"nop_{name}_tracepoint", f"sock:{tp}"),
-            ),
-        )
-        for name, tp, _, _ in _TRAFFIC
     ]
 
 

@@ -136,7 +136,11 @@ def _sleep_until(deadline: float, stopped: list[bool]) -> None:
     "are, 16 B per max entry: idle, 1.25 MiB at 65536 with the errno map, 20 MiB at most "
     "(-L: 320 KiB to 5 MiB).",
 )
-@click.option("--bench", is_flag=True, help="Measure the tracer's overhead per syscall and exit.")
+@click.option(
+    "--bench",
+    is_flag=True,
+    help="Measure the tracer's overhead per syscall and exit (= bpfscope bench tracer).",
+)
 @click.option(
     "--bench-calls",
     type=click.IntRange(min=10_000),
@@ -147,9 +151,9 @@ def _sleep_until(deadline: float, stopped: list[bool]) -> None:
 @click.option(
     "--bench-rounds",
     type=click.IntRange(min=1),
-    default=3,
+    default=15,
     show_default=True,
-    help="Runs per mode.",
+    help="Runs per mode (the verdicts need about 9 or more to be stable).",
 )
 @click.option("--no-bpftrace", is_flag=True, help="Benchmark without the bpftrace comparison.")
 @click.pass_context
@@ -193,7 +197,7 @@ def syscalls(
     btf = (ctx.obj or {}).get("btf")
     force = Mechanism(attach) if attach else None
     if bench:
-        from .bench import run_bench
+        from ..bench.tracer import run_bench
 
         require_privileges()
         run_bench(
