@@ -1164,7 +1164,35 @@ int state_tracepoint(struct trace_event_raw_inet_sock_set_state *ctx)
 	return on_state((struct sock *)ctx->skaddr, ctx->oldstate, ctx->newstate, false);
 }
 
-#define TCP_EVENT_RUNGS(hook, tp, tp_struct, type)                              \
+/*
+ * tcp:tcp_retransmit_skb used the shared tcp_event_sk_skb layout (6.12 and
+ * before); newer kernels (6.18 here) give it its own struct with the same
+ * leading fields. Local flavours of both: the one this kernel has is chosen
+ * at load time, so the tracepoint rung relocates on either.
+ */
+struct trace_event_raw_tcp_retransmit_skb___own {
+	const void *skaddr;
+} __attribute__((preserve_access_index));
+struct trace_event_raw_tcp_event_sk_skb___shared {
+	const void *skaddr;
+} __attribute__((preserve_access_index));
+
+static __always_inline const void *retransmit_tp_sk(void *ctx)
+{
+	const void *sk = NULL;
+
+	/* probe reads: clang merges two direct loads into one from ctx+offset,
+	 * which the verifier refuses (modified ctx pointer) */
+	if (bpf_core_type_exists(struct trace_event_raw_tcp_retransmit_skb___own))
+		bpf_core_read(&sk, sizeof(sk),
+			      &((struct trace_event_raw_tcp_retransmit_skb___own *)ctx)->skaddr);
+	else
+		bpf_core_read(&sk, sizeof(sk),
+			      &((struct trace_event_raw_tcp_event_sk_skb___shared *)ctx)->skaddr);
+	return sk;
+}
+
+#define TCP_EVENT_RUNGS(hook, tp, tp_struct, tp_sk, type)                       \
 	SEC("tp_btf/" #tp)                                                     \
 	int BPF_PROG(hook##_tp_btf, struct sock *sk)                           \
 	{                                                                       \
@@ -1176,16 +1204,16 @@ int state_tracepoint(struct trace_event_raw_inet_sock_set_state *ctx)
 		return on_tcp_event(sk, type, false);                           \
 	}                                                                       \
 	SEC("tracepoint/tcp/" #tp)                                             \
-	int hook##_tracepoint(struct tp_struct *ctx)                           \
+	int hook##_tracepoint(tp_struct *ctx)                                  \
 	{                                                                       \
-		return on_tcp_event((struct sock *)ctx->skaddr, type, false);   \
+		return on_tcp_event((struct sock *)(tp_sk), type, false);       \
 	}
 
-TCP_EVENT_RUNGS(retransmit, tcp_retransmit_skb, trace_event_raw_tcp_retransmit_skb,
-		FLOW_EV_RETRANS)
-TCP_EVENT_RUNGS(send_reset, tcp_send_reset, trace_event_raw_tcp_send_reset, FLOW_EV_RESET_SENT)
-TCP_EVENT_RUNGS(receive_reset, tcp_receive_reset, trace_event_raw_tcp_event_sk,
-		FLOW_EV_RESET_RECV)
+TCP_EVENT_RUNGS(retransmit, tcp_retransmit_skb, void, retransmit_tp_sk(ctx), FLOW_EV_RETRANS)
+TCP_EVENT_RUNGS(send_reset, tcp_send_reset, struct trace_event_raw_tcp_send_reset, ctx->skaddr,
+		FLOW_EV_RESET_SENT)
+TCP_EVENT_RUNGS(receive_reset, tcp_receive_reset, struct trace_event_raw_tcp_event_sk,
+		ctx->skaddr, FLOW_EV_RESET_RECV)
 
 /*
  * Empty programs on the traffic tracepoints: the benchmark's floor, what
