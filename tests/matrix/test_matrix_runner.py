@@ -159,5 +159,6 @@ def test_unknown_kernel_is_one_line_exit_2() -> None:
     )
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
-        "matrix: unknown kernel no-such-kernel; known: debian12-6.1, debian11-5.10"
+        "matrix: unknown kernel no-such-kernel; known: debian12-6.1, debian11-5.10, "
+        "debian13-6.12, debian12-6.1-arm64, debian13-6.12-arm64"
     ]
