@@ -79,5 +79,10 @@ vmlinux:
 matrix:
 	matrix/run $(MATRIX_ARGS)
 
+ifeq ($(origin ARCH),command line)
 clean-bpf:
 	rm -f $(OBJ_DIR)/*.bpf.o
+else
+clean-bpf:
+	rm -f $(foreach a,$(ARCHS),src/bpfscope/objects/$(a)/*.bpf.o)
+endif
