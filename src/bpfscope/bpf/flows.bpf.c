@@ -1165,32 +1165,17 @@ int state_tracepoint(struct trace_event_raw_inet_sock_set_state *ctx)
 }
 
 /*
- * tcp:tcp_retransmit_skb used the shared tcp_event_sk_skb layout (6.12 and
- * before); newer kernels (6.18 here) give it its own struct with the same
- * leading fields. Local flavours of both: the one this kernel has is chosen
- * at load time, so the tracepoint rung relocates on either.
+ * tcp:tcp_retransmit_skb's record was the shared tcp_event_sk_skb class up
+ * to 6.12 and is its own struct in newer kernels (6.18 here); its leading
+ * fields did not move. A plain local layout, no CO-RE: a relocation against
+ * either struct name fails on the kernels that lack it, and without
+ * CAP_SYS_ADMIN libbpf 1.1 cannot even search for it (module BTF).
  */
-struct trace_event_raw_tcp_retransmit_skb___own {
+struct tcp_retransmit_record {
+	struct trace_entry ent;
+	const void *skbaddr;
 	const void *skaddr;
-} __attribute__((preserve_access_index));
-struct trace_event_raw_tcp_event_sk_skb___shared {
-	const void *skaddr;
-} __attribute__((preserve_access_index));
-
-static __always_inline const void *retransmit_tp_sk(void *ctx)
-{
-	const void *sk = NULL;
-
-	/* probe reads: clang merges two direct loads into one from ctx+offset,
-	 * which the verifier refuses (modified ctx pointer) */
-	if (bpf_core_type_exists(struct trace_event_raw_tcp_retransmit_skb___own))
-		bpf_core_read(&sk, sizeof(sk),
-			      &((struct trace_event_raw_tcp_retransmit_skb___own *)ctx)->skaddr);
-	else
-		bpf_core_read(&sk, sizeof(sk),
-			      &((struct trace_event_raw_tcp_event_sk_skb___shared *)ctx)->skaddr);
-	return sk;
-}
+};
 
 #define TCP_EVENT_RUNGS(hook, tp, tp_struct, tp_sk, type)                       \
 	SEC("tp_btf/" #tp)                                                     \
@@ -1209,7 +1194,8 @@ static __always_inline const void *retransmit_tp_sk(void *ctx)
 		return on_tcp_event((struct sock *)(tp_sk), type, false);       \
 	}
 
-TCP_EVENT_RUNGS(retransmit, tcp_retransmit_skb, void, retransmit_tp_sk(ctx), FLOW_EV_RETRANS)
+TCP_EVENT_RUNGS(retransmit, tcp_retransmit_skb, struct tcp_retransmit_record, ctx->skaddr,
+		FLOW_EV_RETRANS)
 TCP_EVENT_RUNGS(send_reset, tcp_send_reset, struct trace_event_raw_tcp_send_reset, ctx->skaddr,
 		FLOW_EV_RESET_SENT)
 TCP_EVENT_RUNGS(receive_reset, tcp_receive_reset, struct trace_event_raw_tcp_event_sk,
