@@ -24,7 +24,9 @@ VMLINUX_DIR := $(BPF_DIR)/vmlinux/$(ARCH)
 OBJ_DIR ?= src/bpfscope/objects/$(ARCH)
 SRCS := $(wildcard $(BPF_DIR)/*.bpf.c)
 OBJS := $(patsubst $(BPF_DIR)/%.bpf.c,$(OBJ_DIR)/%.bpf.o,$(SRCS))
-HDRS := $(wildcard $(BPF_DIR)/*.h) $(VMLINUX_DIR)/vmlinux.h
+# compat.h: types an older arch vmlinux.h lacks (force-included where it exists)
+VMLINUX_COMPAT := $(wildcard $(VMLINUX_DIR)/compat.h)
+HDRS := $(wildcard $(BPF_DIR)/*.h) $(VMLINUX_DIR)/vmlinux.h $(VMLINUX_COMPAT)
 
 TARGET_ARCH_x86_64 := x86
 TARGET_ARCH_aarch64 := arm64
@@ -33,7 +35,8 @@ BPF_TARGET_ARCH := $(TARGET_ARCH_$(ARCH))
 # -ffile-prefix-map keeps build paths out of the object so that a rebuild in
 # any checkout is byte-identical (the stale-object check depends on it).
 BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_$(BPF_TARGET_ARCH) \
-	-I$(VMLINUX_DIR) -I$(BPF_DIR) -ffile-prefix-map=$(CURDIR)=. \
+	-I$(VMLINUX_DIR) -I$(BPF_DIR) $(if $(VMLINUX_COMPAT),-include $(VMLINUX_COMPAT)) \
+	-ffile-prefix-map=$(CURDIR)=. \
 	-Wall -Werror -Wno-unused-function
 
 MATRIX_ARGS ?=

@@ -1164,20 +1164,7 @@ int state_tracepoint(struct trace_event_raw_inet_sock_set_state *ctx)
 	return on_state((struct sock *)ctx->skaddr, ctx->oldstate, ctx->newstate, false);
 }
 
-/*
- * tcp:tcp_retransmit_skb's record was the shared tcp_event_sk_skb class up
- * to 6.12 and is its own struct in newer kernels (6.18 here); its leading
- * fields did not move. A plain local layout, no CO-RE: a relocation against
- * either struct name fails on the kernels that lack it, and without
- * CAP_SYS_ADMIN libbpf 1.1 cannot even search for it (module BTF).
- */
-struct tcp_retransmit_record {
-	struct trace_entry ent;
-	const void *skbaddr;
-	const void *skaddr;
-};
-
-#define TCP_EVENT_RUNGS(hook, tp, tp_struct, tp_sk, type)                       \
+#define TCP_EVENT_RUNGS(hook, tp, tp_struct, type)                              \
 	SEC("tp_btf/" #tp)                                                     \
 	int BPF_PROG(hook##_tp_btf, struct sock *sk)                           \
 	{                                                                       \
@@ -1189,17 +1176,16 @@ struct tcp_retransmit_record {
 		return on_tcp_event(sk, type, false);                           \
 	}                                                                       \
 	SEC("tracepoint/tcp/" #tp)                                             \
-	int hook##_tracepoint(tp_struct *ctx)                                  \
+	int hook##_tracepoint(struct tp_struct *ctx)                           \
 	{                                                                       \
-		return on_tcp_event((struct sock *)(tp_sk), type, false);       \
+		return on_tcp_event((struct sock *)ctx->skaddr, type, false);   \
 	}
 
-TCP_EVENT_RUNGS(retransmit, tcp_retransmit_skb, struct tcp_retransmit_record, ctx->skaddr,
+TCP_EVENT_RUNGS(retransmit, tcp_retransmit_skb, trace_event_raw_tcp_retransmit_skb,
 		FLOW_EV_RETRANS)
-TCP_EVENT_RUNGS(send_reset, tcp_send_reset, struct trace_event_raw_tcp_send_reset, ctx->skaddr,
-		FLOW_EV_RESET_SENT)
-TCP_EVENT_RUNGS(receive_reset, tcp_receive_reset, struct trace_event_raw_tcp_event_sk,
-		ctx->skaddr, FLOW_EV_RESET_RECV)
+TCP_EVENT_RUNGS(send_reset, tcp_send_reset, trace_event_raw_tcp_send_reset, FLOW_EV_RESET_SENT)
+TCP_EVENT_RUNGS(receive_reset, tcp_receive_reset, trace_event_raw_tcp_event_sk,
+		FLOW_EV_RESET_RECV)
 
 /*
  * Empty programs on the traffic tracepoints: the benchmark's floor, what
