@@ -83,8 +83,8 @@ NEEDS: Final[dict[Mechanism, str]] = {
     Mechanism.TRACEPOINT: "Linux 4.7+ with CONFIG_BPF_EVENTS and tracefs mounted",
     Mechanism.RAW_TP: "Linux 4.17+ with CONFIG_BPF_EVENTS",
     Mechanism.TP_BTF: "Linux 5.5+ with CONFIG_DEBUG_INFO_BTF",
-    Mechanism.FENTRY: "Linux 5.5+ (x86_64) / 6.0+ (arm64) with BPF trampolines and BTF",
-    Mechanism.FEXIT: "Linux 5.5+ (x86_64) / 6.0+ (arm64) with BPF trampolines and BTF",
+    Mechanism.FENTRY: "Linux 5.5+ (x86_64) / 6.4+ (arm64) with BPF trampolines and BTF",
+    Mechanism.FEXIT: "Linux 5.5+ (x86_64) / 6.4+ (arm64) with BPF trampolines and BTF",
     Mechanism.KPROBE: "CONFIG_KPROBES=y and CONFIG_KPROBE_EVENTS=y",
     Mechanism.KRETPROBE: "CONFIG_KPROBES=y and CONFIG_KPROBE_EVENTS=y",
     Mechanism.UPROBE: "CONFIG_UPROBES=y and CONFIG_UPROBE_EVENTS=y",
@@ -229,6 +229,12 @@ def _explain_attach_failure(m: Mechanism, exc: bpf.BpfError) -> str:
             return reason
     if m is Mechanism.TRACEPOINT and system.tracefs_path() is None:
         return "tracefs is not mounted, so tracepoint ids cannot be resolved"
+    if m in (Mechanism.FENTRY, Mechanism.FEXIT) and exc.errno == bpf.ENOTSUPP:
+        # Seen on Debian 12's arm64 6.1: the program loads, the attach refuses.
+        why = "this kernel cannot attach BPF trampolines to kernel functions (ENOTSUPP)"
+        if system.arch() == "aarch64":
+            why += "; on arm64 that needs Linux 6.4+ (ftrace direct calls)"
+        return why
     return f"attach failed: {exc}"
 
 
