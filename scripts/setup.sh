@@ -17,12 +17,15 @@ STAMP="$VENV/.setup-stamp"
 #  libcap2-bin      capsh for least-privilege runs
 #  linux-libc-dev-arm64-cross     arm64 syscall numbers for the table check
 #  qemu-system-x86 busybox-static the kernel matrix (matrix/run): other kernels in qemu
+#  chromium chromium-driver        the web view's browser tests (Selenium)
+#  prometheus                     evaluates the Grafana dashboards' queries in tests
 PACKAGES=(
   python3 python3-venv python3-dev
   libbpf1 libbpf-dev clang llvm make bpftool gcc libc6-dev linux-libc-dev
   bpftrace iproute2 nftables util-linux libcap2-bin procps
   linux-libc-dev-arm64-cross
   qemu-system-x86 busybox-static
+  chromium chromium-driver prometheus
 )
 
 missing=()

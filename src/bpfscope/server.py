@@ -29,6 +29,7 @@ from .agent import Agent
 from .flowquery import BadQuery, FlowFilter, addr_in, page, parse_cidr, sort_flows
 from .metrics import SyscallMetrics
 from .store import HistoryQuery
+from .web import mount_web
 
 __all__ = ["MAX_PAGE", "create_app"]
 
@@ -325,4 +326,7 @@ def create_app(
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    # The web view at / reads the API above from the browser; its static
+    # files carry no data, so they need no token (the API calls do).
+    mount_web(app)
     return app
