@@ -67,7 +67,7 @@ export class HistoryPane {
     clear(s);
     const width = Math.max(720, s.parentElement.clientWidth - 20);
     const height = 360;
-    const m = { l: 80, r: 20, t: 20, b: 40 };
+    const m = { l: 80, r: 40, t: 20, b: 40 };
     s.setAttribute("width", width);
     s.setAttribute("height", height);
     s.setAttribute("viewBox", `0 0 ${width} ${height}`);
