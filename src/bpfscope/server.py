@@ -190,6 +190,12 @@ def create_app(
             out.append(_event_json(entry.seq, e, agent))
         return {"last_seq": agent.last_seq, "items": out[-limit:]}
 
+    # Set when the server begins to shut down (server_cli): open event
+    # streams (every open web view holds one) end, so shutdown never waits
+    # for a browser tab to go away.
+    stopping = threading.Event()
+    app.state.stopping = stopping
+
     @app.get(
         "/api/v1/connections/stream",
         summary="Live lifecycle events (Server-Sent Events)",
@@ -205,7 +211,7 @@ def create_app(
         async def events() -> AsyncIterator[str]:
             seq, sent = start, 0
             yield f": bpfscope event stream from seq {seq}\n\n"
-            while not await request.is_disconnected():
+            while not (await request.is_disconnected() or stopping.is_set()):
                 for entry in agent.events_since(seq):
                     seq = entry.seq
                     payload = json.dumps(_event_json(entry.seq, entry.event, agent))

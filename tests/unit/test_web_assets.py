@@ -4,7 +4,9 @@ itself (its API calls need it). test_build_artifacts checks the wheel ships them
 
 from __future__ import annotations
 
+import contextlib
 import re
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,3 +84,25 @@ def test_no_inline_script_or_style_and_nothing_from_outside() -> None:
 )
 def test_only_plain_asset_names_are_served(client: httpx.Client, path: str) -> None:
     assert client.get(path).status_code == 404
+
+
+def test_open_event_stream_does_not_hold_up_shutdown() -> None:
+    # Every open page holds an event stream; uvicorn waits for open responses
+    # on shutdown, so `serve` sets app.state.stopping first (server_cli).
+    agent = Agent(flows=FakeFlows([make_flow(1)]), interval=0.05)
+    app = create_app(agent)
+    lines: list[str] = []
+    with agent, serve_in_thread(app) as url:
+
+        def read() -> None:
+            stream = httpx.stream("GET", url + "/api/v1/connections/stream", timeout=30)
+            with contextlib.suppress(httpx.HTTPError), stream as r:
+                lines.extend(r.iter_lines())
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        time.sleep(0.5)
+        app.state.stopping.set()
+        reader.join(timeout=5)
+        assert not reader.is_alive(), "the stream did not end"
+    assert lines[0].startswith(": bpfscope event stream")
