@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -64,7 +65,9 @@ def browser() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("web")
-    with agent(tmp, "--syscalls", "--bpf-stats") as (url, _proc):
+    names = tmp / "ip-map"
+    names.write_text("127.0.0.0/8 this-host\n")  # a profiled name for the map and table
+    with agent(tmp, "--syscalls", "--bpf-stats", "--ip-map", str(names)) as (url, _proc):
         yield url
 
 
@@ -221,7 +224,7 @@ def test_panes_show_a_real_connection(live: str, browser: Any) -> None:
     shot(d, "history")
 
     # Kernel: health, bpfscope's programs with run counts, syscalls.
-    d.set_window_size(1400, 1250)  # the syscalls chart sits below the programs
+    d.set_window_size(1400, 1400)  # the syscalls chart sits below the programs
     tab(d, "kernel")
     until(lambda: "healthy" in d.find_element(By.ID, "health-ok").text, what="health")
     until(lambda: d.find_elements(By.CSS_SELECTOR, "#programs-table tbody tr"), what="programs")
@@ -234,7 +237,7 @@ def test_panes_show_a_real_connection(live: str, browser: Any) -> None:
 def test_token_prompt_hides_all_data(tmp_path: Path, browser: Any) -> None:
     token = tmp_path / "token"
     token.write_text("s3cret-token\n")
-    with agent(tmp_path, "--token-file", str(token)) as (url, _proc):
+    with agent(tmp_path, "--token-file", str(token)) as (url, proc):
         d = browser
         d.get(url + "/")
         until(lambda: d.find_element(By.ID, "token-form").is_displayed(), what="the prompt")
@@ -255,4 +258,13 @@ def test_token_prompt_hides_all_data(tmp_path: Path, browser: Any) -> None:
         d.find_element(By.ID, "token-submit").click()
         until(lambda: flow_rows(d), what="flows once the token is given")
         assert not d.find_element(By.ID, "token-form").is_displayed()
+        until(lambda: "live" in d.find_element(By.ID, "conns-status").text, what="the stream")
+        time.sleep(1)  # its request is open by now
+
+        # The open page holds an event stream; SIGTERM must not wait for it.
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+        assert time.monotonic() - started < 5
+        assert "Traceback" not in str(proc.stderr.read() if proc.stderr else "")
         d.execute_script("sessionStorage.clear()")

@@ -24,8 +24,8 @@ function niceTicks(max, n) {
   const raw = max / n;
   const mag = 10 ** Math.floor(Math.log10(raw || 1));
   const step = [1, 2, 5, 10].map((m) => m * mag).find((s) => s >= raw) || raw;
-  const out = [];
-  for (let v = 0; v <= max + 1e-9; v += step) out.push(v);
+  const out = [0];
+  while (out[out.length - 1] < max) out.push(out[out.length - 1] + step); // top tick >= max
   return out;
 }
 
