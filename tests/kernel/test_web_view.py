@@ -258,7 +258,8 @@ def test_token_prompt_hides_all_data(tmp_path: Path, browser: Any) -> None:
         d.find_element(By.ID, "token-submit").click()
         until(lambda: flow_rows(d), what="flows once the token is given")
         assert not d.find_element(By.ID, "token-form").is_displayed()
-        until(lambda: "live" in d.find_element(By.ID, "conns-status").text, what="the stream")
+        status = d.find_element(By.ID, "conns-status")  # hidden pane: .text is empty
+        until(lambda: "live" in str(status.get_attribute("textContent")), what="the stream")
         time.sleep(1)  # its request is open by now
 
         # The open page holds an event stream; SIGTERM must not wait for it.
