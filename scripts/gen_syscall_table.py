@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generate src/bpfscope/syscalls/table.py from the kernel's UAPI headers.
+"""Generate src/bpfscope/sysnames/table.py from the kernel's UAPI headers.
 
 Syscall numbers are taken from <asm/unistd.h> as the C preprocessor sees it
 for each architecture (Debian: linux-libc-dev for x86_64,
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "src" / "bpfscope" / "syscalls" / "table.py"
+OUT = ROOT / "src" / "bpfscope" / "sysnames" / "table.py"
 
 INCLUDE_DIRS = {
     "x86_64": ["/usr/include/x86_64-linux-gnu", "/usr/include"],

@@ -19,6 +19,9 @@ STAMP="$VENV/.setup-stamp"
 #  qemu-system-x86 busybox-static the kernel matrix (matrix/run): other kernels in qemu
 #  chromium chromium-driver        the web view's browser tests (Selenium)
 #  prometheus                     evaluates the Grafana dashboards' queries in tests
+# The container image test (tests/kernel/test_container_image.py) installs
+# what only it needs, docker.io, debootstrap and prometheus, through
+# scripts/container-engine when it runs as root, not here for everyone.
 PACKAGES=(
   python3 python3-venv python3-dev
   libbpf1 libbpf-dev clang llvm make bpftool gcc libc6-dev linux-libc-dev

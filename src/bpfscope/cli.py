@@ -25,14 +25,14 @@ SUBCOMMANDS: Final[dict[str, str]] = {
     "doctor": "bpfscope.doctor_cli:doctor",
     "bench": "bpfscope.bench.cli:bench",
     "syscalls": "bpfscope.syscalls.cli:syscalls",
-    "progs": "bpfscope.progs.cli:progs",
-    "maps": "bpfscope.progs.cli:maps",
-    "links": "bpfscope.progs.cli:links",
+    "progs": "bpfscope.introspect.cli:progs",
+    "maps": "bpfscope.introspect.cli:maps",
+    "links": "bpfscope.introspect.cli:links",
     "top": "bpfscope.flows.cli:top",
     "flows": "bpfscope.flows.cli:flows",
     "conns": "bpfscope.flows.cli:conns",
-    "serve": "bpfscope.server_cli:serve",
-    "history": "bpfscope.store_cli:history",
+    "serve": "bpfscope.serve_cli:serve",
+    "history": "bpfscope.history_cli:history",
 }
 
 
@@ -49,12 +49,7 @@ class LazyGroup(click.Group):
         if target is None:
             return None
         module_name, _, attr = target.partition(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name and module_name.startswith(exc.name):
-                return None  # that tool is not part of this build yet
-            raise
+        module = importlib.import_module(module_name)
         command: click.Command = getattr(module, attr)
         return command
 

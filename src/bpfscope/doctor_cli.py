@@ -10,10 +10,11 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from . import ladder
+from . import ladder, selftest
 from .doctor import DoctorReport, run_doctor
-from .errors import EXIT_FAILURE, EXIT_PRIVILEGES, EXIT_UNSUPPORTED, require_privileges
+from .errors import EXIT_FAILURE, EXIT_PRIVILEGES, EXIT_UNSUPPORTED
 from .features import Mechanism, Status
+from .system import require_privileges
 from .tools import registered_tools
 
 __all__ = ["doctor"]
@@ -104,7 +105,6 @@ def _render(report: DoctorReport, console: Console) -> None:
 
 def _check(btf: str | None, force: Mechanism | None, console: Console) -> list[dict[str, Any]]:
     """Load and attach every tool with its chosen rungs, then detach."""
-    from . import selftest
 
     results: list[dict[str, Any]] = []
     for spec in registered_tools():
@@ -121,7 +121,7 @@ def _check(btf: str | None, force: Mechanism | None, console: Console) -> list[d
                     ),
                 )
             else:
-                with ladder.load_tool(
+                with ladder.load_object(
                     spec.object, spec.hooks(), btf_path=btf, extras=spec.extras
                 ) as tool:
                     detail = "loaded and attached"

@@ -15,7 +15,7 @@ import errno
 import os
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -24,7 +24,7 @@ from typing import Any, Final
 from . import libbpf as bpf
 from . import system, targets
 from .objects import object_bytes
-from .syscalls import syscall_nr
+from .sysnames import syscall_nr
 
 __all__ = [
     "PROGRAM_MECHANISMS",
@@ -36,6 +36,7 @@ __all__ = [
     "libc_path",
     "probe",
     "probe_all",
+    "probe_target",
 ]
 
 
@@ -53,6 +54,7 @@ class Mechanism(StrEnum):
     RINGBUF = "ringbuf"
     BATCH_OPS = "batch_ops"
     BPF_STATS = "bpf_stats"
+    MAP_ITER = "map_iter"
 
 
 # Mechanisms that attach programs to hooks (the rest are map/kernel features).
@@ -91,6 +93,7 @@ NEEDS: Final[dict[Mechanism, str]] = {
     Mechanism.RINGBUF: "Linux 5.8+",
     Mechanism.BATCH_OPS: "Linux 5.6+",
     Mechanism.BPF_STATS: "Linux 5.8+ (BPF_ENABLE_STATS)",
+    Mechanism.MAP_ITER: "Linux 5.9+ (iterators over map elements; some builds refuse them)",
 }
 
 
@@ -180,6 +183,7 @@ _PROGRAM_OF: Final[dict[Mechanism, str]] = {
 
 # Index of each mechanism in probe_hits[] (matches enum probe_mechanism).
 _HIT_INDEX: Final[dict[Mechanism, int]] = {m: i for i, m in enumerate(PROGRAM_MECHANISMS)}
+_MAP_ITER_HIT_INDEX: Final = len(PROGRAM_MECHANISMS)  # PROBE_MAP_ITER
 
 
 def _kprobe_unavailable_reason() -> str | None:
@@ -208,6 +212,11 @@ def _explain_load_failure(m: Mechanism, exc: bpf.BpfError) -> str:
             "trampolines are unavailable here (no CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS, "
             "lockdown, or a hypervisor that forbids text patching)"
         )
+    if m is Mechanism.MAP_ITER and err == errno.EPERM:
+        return (
+            "the kernel refused to load an iterator over map elements (EPERM with "
+            "full privileges; this build allows other iterators such as iter/tcp)"
+        )
     if err == errno.ESRCH or err == errno.ENOENT:
         return "the hook's BTF type or kernel function was not found"
     return f"load failed: {exc}"
@@ -224,46 +233,39 @@ def _explain_attach_failure(m: Mechanism, exc: bpf.BpfError) -> str:
 
 
 @contextmanager
-def _temp_cgroup() -> Iterator[int]:
+def _temp_cgroup() -> Iterator[str]:
     root = system.cgroup2_mount()
     if root is None:
         raise FileNotFoundError("no cgroup v2 mount")
     path = Path(root, f"bpfscope-probe-{os.getpid()}")
     path.mkdir(exist_ok=True)
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        yield fd
+        yield str(path)
     finally:
-        os.close(fd)
         path.rmdir()
 
 
-def _attach(m: Mechanism, prog: bpf.Program, stack: list[Any]) -> bpf.Link:
-    if m in (Mechanism.TRACEPOINT,):
-        return prog.attach_tracepoint("syscalls", "sys_enter_getpid")
+def probe_target(m: Mechanism) -> str:
+    """Where the probe program of a syscall or libc hook attaches, spelled
+    as ``Program.attach_to`` takes it (the cgroup probe makes its own)."""
+    if m is Mechanism.TRACEPOINT:
+        return "syscalls:sys_enter_getpid"
     if m is Mechanism.RAW_TP:
-        return prog.attach_raw_tracepoint("sys_enter")
+        return "sys_enter"
     if m in (Mechanism.TP_BTF, Mechanism.FENTRY, Mechanism.FEXIT):
-        return prog.attach_trace()
+        return ""  # fixed before load
     if m in (Mechanism.KPROBE, Mechanism.KRETPROBE):
-        func = system.syscall_function_prefix() + "getpid"
-        return prog.attach_kprobe(func, retprobe=m is Mechanism.KRETPROBE)
+        return system.syscall_function_prefix() + "getpid"
     if m in (Mechanism.UPROBE, Mechanism.URETPROBE):
         libc = libc_path()
         if libc is None:
             raise FileNotFoundError("cannot find this process's libc in /proc/self/maps")
-        return prog.attach_uprobe(libc, "getpid", retprobe=m is Mechanism.URETPROBE)
-    if m is Mechanism.CGROUP_SKB:
-        cm = _temp_cgroup()
-        fd = cm.__enter__()
-        stack.append(cm)
-        return prog.attach_cgroup(fd)
-    raise ValueError(f"{m} is not a program mechanism")
+        return f"{libc}:getpid"
+    raise ValueError(f"{m} has no syscall or libc probe target")
 
 
 def _probe_program(m: Mechanism) -> Verdict:
     prog_name = _PROGRAM_OF[m]
-    stack: list[Any] = []
     with (
         bpf.quiet_libbpf(),
         bpf.BpfObject.open_bytes(object_bytes("probe"), name="bpfscope_probe") as obj,
@@ -285,9 +287,13 @@ def _probe_program(m: Mechanism) -> Verdict:
             obj.load()
         except bpf.BpfError as exc:
             return _verdict(m, Status.UNSUPPORTED, _explain_load_failure(m, exc), exc.errno)
-        try:
+        with ExitStack() as stack:
             try:
-                link = _attach(m, obj.program(prog_name), stack)
+                if m is Mechanism.CGROUP_SKB:
+                    target = stack.enter_context(_temp_cgroup())
+                else:
+                    target = probe_target(m)
+                link = obj.program(prog_name).attach_to(m, target)
             except bpf.BpfError as exc:
                 return _verdict(m, Status.UNSUPPORTED, _explain_attach_failure(m, exc), exc.errno)
             except OSError as exc:  # e.g. no right to make the scratch cgroup
@@ -302,9 +308,6 @@ def _probe_program(m: Mechanism) -> Verdict:
                 _raw_getpid(3)
             hits_raw = obj.bss["probe_hits"]
             link.destroy()
-        finally:
-            for cm in reversed(stack):
-                cm.__exit__(None, None, None)
         idx = _HIT_INDEX[m] * 8
         hits = int.from_bytes(hits_raw[idx : idx + 8], "little")
         if hits >= 3:
@@ -351,13 +354,40 @@ def _probe_bpf_stats() -> Verdict:
     return _verdict(m, Status.AVAILABLE, "BPF_ENABLE_STATS returned a stats fd")
 
 
+def _probe_map_iter() -> Verdict:
+    m = Mechanism.MAP_ITER
+    with (
+        bpf.quiet_libbpf(),
+        bpf.BpfObject.open_bytes(object_bytes("probe"), name="bpfscope_probe") as obj,
+    ):
+        for name, prog in obj.programs.items():
+            prog.autoload = name == "probe_map_iter"
+        try:
+            obj.load()
+        except bpf.BpfError as exc:
+            return _verdict(m, Status.UNSUPPORTED, _explain_load_failure(m, exc), exc.errno)
+        try:
+            link = obj.program("probe_map_iter").attach_map_iter(obj.map("probe_sk_storage"))
+        except bpf.BpfError as exc:
+            return _verdict(m, Status.UNSUPPORTED, _explain_attach_failure(m, exc), exc.errno)
+        try:
+            link.run_iter()
+        finally:
+            link.destroy()
+        idx = _MAP_ITER_HIT_INDEX * 8
+        hits = int.from_bytes(obj.bss["probe_hits"][idx : idx + 8], "little")
+    if hits >= 1:
+        return _verdict(m, Status.AVAILABLE, "an iterator over a socket-storage map ran")
+    return _verdict(m, Status.INCONCLUSIVE, "the map iterator attached but never ran")
+
+
 def _probe_uncached(m: Mechanism) -> Verdict:
     missing = system.missing_caps(names=("CAP_BPF", "CAP_PERFMON"))
     if missing:
         return _verdict(
             m, Status.INCONCLUSIVE, f"cannot probe without {', '.join(missing)} (run as root)"
         )
-    if m in _PROGRAM_OF and not system.VMLINUX_BTF.is_file():
+    if (m in _PROGRAM_OF or m is Mechanism.MAP_ITER) and not system.VMLINUX_BTF.is_file():
         return _verdict(
             m,
             Status.INCONCLUSIVE,
@@ -375,6 +405,8 @@ def _probe_uncached(m: Mechanism) -> Verdict:
             return _probe_batch_ops()
         if m is Mechanism.BPF_STATS:
             return _probe_bpf_stats()
+        if m is Mechanism.MAP_ITER:
+            return _probe_map_iter()
     except bpf.BpfError as exc:
         return _verdict(m, Status.INCONCLUSIVE, str(exc), exc.errno)
     raise ValueError(f"unknown mechanism {m}")

@@ -20,11 +20,12 @@ from typing import Any
 
 from . import features, system, targets
 from . import libbpf as bpf
+from .errors import EXIT_UNSUPPORTED, BpfscopeError
 from .features import Mechanism, Verdict
 from .objects import object_bytes
 
 __all__ = [
-    "AttachedTool",
+    "AttachedObject",
     "Choice",
     "Extras",
     "ExtrasFor",
@@ -33,7 +34,7 @@ __all__ = [
     "Rung",
     "choose",
     "chosen_parts",
-    "load_tool",
+    "load_object",
     "target_missing",
 ]
 
@@ -107,8 +108,10 @@ class Choice:
         }
 
 
-class LadderError(RuntimeError):
+class LadderError(BpfscopeError, RuntimeError):
     """No usable rung for a required hook, or a forced rung is unavailable."""
+
+    exit_code = EXIT_UNSUPPORTED
 
 
 def target_missing(rung: Rung) -> str | None:
@@ -219,7 +222,7 @@ ExtrasFor = Callable[[Sequence["Choice"]], Extras]
 
 
 @dataclass
-class AttachedTool:
+class AttachedObject:
     """A loaded, attached tool: its object and the rung of every hook."""
 
     tool: str
@@ -256,7 +259,7 @@ class AttachedTool:
     def close(self) -> None:
         self.obj.close()
 
-    def __enter__(self) -> AttachedTool:
+    def __enter__(self) -> AttachedObject:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -264,30 +267,6 @@ class AttachedTool:
 
 
 _FAILED_PROG = re.compile(r"prog '([^']+)': failed to load")
-
-
-def _attach(prog: bpf.Program, rung: Rung) -> None:
-    m = rung.mechanism
-    if m is Mechanism.TRACEPOINT:
-        category, _, name = rung.target.partition(":")
-        prog.attach_tracepoint(category, name)
-    elif m is Mechanism.RAW_TP:
-        prog.attach_raw_tracepoint(rung.target)
-    elif m in (Mechanism.TP_BTF, Mechanism.FENTRY, Mechanism.FEXIT):
-        prog.attach_trace()
-    elif m in (Mechanism.KPROBE, Mechanism.KRETPROBE):
-        prog.attach_kprobe(rung.target, retprobe=m is Mechanism.KRETPROBE)
-    elif m in (Mechanism.UPROBE, Mechanism.URETPROBE):
-        binary, _, function = rung.target.partition(":")
-        prog.attach_uprobe(binary, function or None, retprobe=m is Mechanism.URETPROBE)
-    elif m is Mechanism.CGROUP_SKB:
-        fd = os.open(rung.target, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            prog.attach_cgroup(fd)  # the link keeps its own reference
-        finally:
-            os.close(fd)
-    else:
-        raise LadderError(f"{m} is not an attach mechanism")
 
 
 def _open_configured(
@@ -316,7 +295,7 @@ def _open_configured(
     return obj
 
 
-def load_tool(
+def load_object(
     tool: str,
     hooks: Sequence[Hook],
     *,
@@ -326,7 +305,7 @@ def load_tool(
     btf_path: str | os.PathLike[str] | None = None,
     verdict: Callable[[Mechanism], Verdict] = features.probe,
     extras: ExtrasFor | None = None,
-) -> AttachedTool:
+) -> AttachedObject:
     """Choose rungs, load the tool's object with only those programs, attach.
 
     ``extras`` adds rung-dependent settings and programs (see :class:`Extras`).
@@ -368,7 +347,7 @@ def load_tool(
             raise
         try:
             for _, part in chosen_parts(choices):
-                _attach(obj.program(part.program), part)
+                obj.program(part.program).attach_to(part.mechanism, part.target)
         except BaseException:
             obj.close()
             raise
@@ -376,4 +355,4 @@ def load_tool(
             log.debug(
                 "%s: hook %s on %s", tool, c.hook.name, c.rung.describe() if c.rung else "off"
             )
-        return AttachedTool(tool, obj, choices, extra)
+        return AttachedObject(tool, obj, choices, extra)

@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from . import features, targets
 from . import libbpf as bpf
 from .features import Mechanism
-from .ladder import AttachedTool, Hook, Rung, load_tool
+from .ladder import AttachedObject, Hook, Rung, load_object
 
 __all__ = ["SelftestEvent", "SelftestResult", "hooks", "load", "run"]
 
-TOOL = "selftest"
+OBJECT = "selftest"
 DESCRIPTION = "end-to-end check: load, attach, ring buffer delivery"
 CORE = True
 
@@ -72,9 +72,9 @@ def load(
     tgid: int | None = None,
     force: Mechanism | None = None,
     btf_path: str | None = None,
-) -> AttachedTool:
-    return load_tool(
-        TOOL,
+) -> AttachedObject:
+    return load_object(
+        OBJECT,
         hooks(),
         rodata={
             "target_tgid": os.getpid() if tgid is None else tgid,

@@ -190,7 +190,7 @@ def create_app(
             out.append(_event_json(entry.seq, e, agent))
         return {"last_seq": agent.last_seq, "items": out[-limit:]}
 
-    # Set when the server begins to shut down (server_cli): open event
+    # Set when the server begins to shut down (serve_cli): open event
     # streams (every open web view holds one) end, so shutdown never waits
     # for a browser tab to go away.
     stopping = threading.Event()
@@ -272,8 +272,8 @@ def create_app(
                 {"detail": "the syscall collector is off; start the agent with --syscalls"},
                 status_code=404,
             )
-        from .syscalls import UnknownSyscall, syscall_nr
         from .syscalls.collector import aggregate, aggregate_errnos, grouped_json, top
+        from .sysnames import UnknownSyscall, syscall_nr
 
         latency = bool(agent.syscalls.latency)
         if sort == "time" and not latency:

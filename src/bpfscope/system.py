@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from .errors import EXIT_PRIVILEGES, EXIT_UNSUPPORTED, BpfscopeError, UserError
+
 __all__ = [
     "CAPABILITIES",
     "CORE_CAPS",
@@ -34,6 +36,7 @@ __all__ = [
     "memlock_limit",
     "missing_caps",
     "mounts",
+    "require_privileges",
     "syscall_function_prefix",
     "tracefs_path",
 ]
@@ -215,8 +218,10 @@ def ensure_tracefs() -> tuple[str | None, str]:
     return target, f"was not mounted; mounted at {target}"
 
 
-class BtfMissing(RuntimeError):
+class BtfMissing(BpfscopeError, RuntimeError):
     """No kernel BTF: CO-RE relocations cannot be resolved."""
+
+    exit_code = EXIT_UNSUPPORTED
 
 
 def btf_path(custom: str | os.PathLike[str] | None = None) -> Path:
@@ -233,3 +238,16 @@ def btf_path(custom: str | os.PathLike[str] | None = None) -> Path:
             "for it with --btf FILE (for example from btfhub)."
         )
     return VMLINUX_BTF
+
+
+def require_privileges(extra: tuple[str, ...] = ()) -> None:
+    """Fail early, naming the capabilities that are missing."""
+    names = (*CORE_CAPS, *extra)
+    missing = missing_caps(names=names)
+    if missing:
+        needs = "; ".join(f"{c}: {REQUIRED_CAPS.get(c, '')}" for c in missing)
+        raise UserError(
+            f"bpfscope needs root or these capabilities, which are missing: {needs}. "
+            "Run with sudo, or grant them (e.g. setcap / container capabilities).",
+            EXIT_PRIVILEGES,
+        )

@@ -1,10 +1,9 @@
-"""Registry of bpfscope's BPF tools, for doctor and ``--check``.
+"""Registry of bpfscope's tools (what a user runs), for doctor and ``--check``.
 
-Each tool module exposes ``TOOL`` (its object name), ``DESCRIPTION``,
-``CORE`` (whether doctor's verdict depends on it), ``hooks()`` returning
-its attach ladder and, optionally, ``EXTRAS`` (rung-dependent settings and
-programs, see :class:`bpfscope.ladder.Extras`). Modules are imported
-lazily; a tool whose module is not there yet is simply not listed.
+Each tool's programs module exposes ``OBJECT`` (its BPF object's name),
+``DESCRIPTION``, ``CORE`` (whether doctor's verdict depends on it),
+``hooks()`` returning its attach ladder and, optionally, ``EXTRAS``
+(rung-dependent settings and programs, see :class:`bpfscope.ladder.Extras`).
 """
 
 from __future__ import annotations
@@ -20,8 +19,8 @@ __all__ = ["TOOL_MODULES", "ToolSpec", "registered_tools"]
 
 # Order is the order doctor prints.
 TOOL_MODULES: Final = (
-    "bpfscope.flows.tool",
-    "bpfscope.syscalls.tool",
+    "bpfscope.flows.programs",
+    "bpfscope.syscalls.programs",
     "bpfscope.bench.tool",
     "bpfscope.selftest",
 )
@@ -48,16 +47,11 @@ class ToolSpec:
 def registered_tools() -> list[ToolSpec]:
     out = []
     for path in TOOL_MODULES:
-        try:
-            mod = importlib.import_module(path)
-        except ModuleNotFoundError as exc:
-            if exc.name and path.startswith(exc.name):
-                continue  # tool not built yet
-            raise
+        mod = importlib.import_module(path)
         out.append(
             ToolSpec(
-                name=getattr(mod, "NAME", mod.TOOL),
-                object=mod.TOOL,
+                name=getattr(mod, "NAME", mod.OBJECT),
+                object=mod.OBJECT,
                 description=mod.DESCRIPTION,
                 core=getattr(mod, "CORE", False),
                 module=mod,

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bpfscope.flows import tool as flows_tool
+from bpfscope.flows import programs as flows_programs
 from bpfscope.ladder import choose
 from kernel_require import require
 
@@ -71,7 +71,7 @@ def traffic() -> Iterator[int]:
 def traffic_rung() -> str:
     """The rung the ladder picks for send/recv on this kernel (tp_btf here;
     fexit on 6.1, which has no sock_send_length)."""
-    [send] = [c for c in choose(flows_tool.hooks()) if c.hook.name == "send"]
+    [send] = [c for c in choose(flows_programs.hooks()) if c.hook.name == "send"]
     assert send.rung is not None
     return str(send.rung.mechanism)
 

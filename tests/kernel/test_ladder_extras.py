@@ -1,4 +1,4 @@
-"""load_tool's extras on the real kernel: rung-dependent settings and
+"""load_object's extras on the real kernel: rung-dependent settings and
 programs are loaded with the tool, and a kernel that refuses them gets the
 same rungs without them (never a lost tool)."""
 
@@ -10,8 +10,8 @@ import pytest
 
 from bpfscope import features
 from bpfscope.features import Mechanism
-from bpfscope.flows import tool
-from bpfscope.ladder import Choice, Extras, load_tool
+from bpfscope.flows import programs
+from bpfscope.ladder import Choice, Extras, load_object
 from kernel_require import require
 
 pytestmark = pytest.mark.kernel
@@ -23,22 +23,22 @@ def test_extras_are_loaded_with_the_tool() -> None:
 
     def extras(choices: Sequence[Choice]) -> Extras:
         seen.append(choices)
-        return tool.socket_accounting(choices)
+        return programs.socket_accounting(choices)
 
-    hooks = tool.traffic_hooks() + tool.lifecycle_hooks()
-    with load_tool(tool.TOOL, hooks, extras=extras) as attached:
+    hooks = programs.traffic_hooks() + programs.lifecycle_hooks()
+    with load_object(programs.OBJECT, hooks, extras=extras) as attached:
         assert len(seen) == 1
-        assert attached.extras == tool.socket_accounting(attached.choices)
+        assert attached.extras == programs.socket_accounting(attached.choices)
         if attached.extras.programs:
             assert attached.obj.rodata["sk_acct_enabled"] == b"\x01"
-            assert attached.obj.program(tool.FOLD_PROGRAM).fd > 0
+            assert attached.obj.program(programs.FOLD_PROGRAM).fd > 0
 
 
 def test_refused_extras_fall_back_to_the_same_rungs_without_them() -> None:
     require("tp_btf")
     # an fexit program as the extra: refused where trampolines are (EPERM here)
     extra = Extras(rodata={"sk_acct_enabled": 1}, programs=frozenset({"tcp_send_fexit"}))
-    with load_tool(tool.TOOL, tool.traffic_hooks(), extras=lambda _: extra) as attached:
+    with load_object(programs.OBJECT, programs.traffic_hooks(), extras=lambda _: extra) as attached:
         rungs = attached.rungs()
         if features.probe(Mechanism.FEXIT).available:
             assert attached.extras == extra
@@ -54,8 +54,10 @@ def test_skipped_runs_come_from_the_kernel_per_program() -> None:
     """The kernel's recursion-miss counters of the attached programs: 0 on
     ordinary traffic (these hooks never nest), and readable for every one."""
     require("tp_btf")
-    with load_tool(tool.TOOL, tool.traffic_hooks() + tool.lifecycle_hooks()) as attached:
-        programs = [p.program for c in attached.choices if c.rung for p in c.rung.parts()]
-        assert programs
-        assert all(attached.obj.program(p).info().recursion_misses == 0 for p in programs)
+    with load_object(
+        programs.OBJECT, programs.traffic_hooks() + programs.lifecycle_hooks()
+    ) as attached:
+        names = [p.program for c in attached.choices if c.rung for p in c.rung.parts()]
+        assert names
+        assert all(attached.obj.program(p).info().recursion_misses == 0 for p in names)
         assert attached.skipped_runs() == 0

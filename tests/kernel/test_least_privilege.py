@@ -37,7 +37,7 @@ import pytest
 from agent_helpers import tcp_exchange
 from bpfscope import system
 from bpfscope.features import Mechanism
-from bpfscope.flows import tool as flows_tool
+from bpfscope.flows import programs as flows_programs
 
 pytestmark = pytest.mark.kernel
 
@@ -170,7 +170,7 @@ def _require_tracepoint_rung() -> None:
     from kernel_require import require
 
     require("tracepoint")
-    for hook in flows_tool.hooks():
+    for hook in flows_programs.hooks():
         for rung in hook.rungs:
             if rung.mechanism is Mechanism.TRACEPOINT and (why := target_missing(rung)):
                 pytest.skip(f"the flows tracepoint rung cannot attach here: {why}")
@@ -201,7 +201,7 @@ def test_serve_attaches_and_serves_real_flows_with_only_the_granted_caps(
         flows = health["collectors"]["flows"]
         assert flows["alive"]
         rungs = flows["rungs"]
-        required = [h for h in flows_tool.hooks() if h.required]
+        required = [h for h in flows_programs.hooks() if h.required]
         assert required
         for hook in required:
             assert rungs.get(hook.name), f"hook {hook.name} not attached: {rungs}"

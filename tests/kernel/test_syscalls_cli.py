@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from bpfscope.syscalls import syscall_nr
+from bpfscope.sysnames import syscall_nr
 
 pytestmark = pytest.mark.kernel
 

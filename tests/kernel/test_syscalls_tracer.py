@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 
 from bpfscope import libbpf as bpf
+from bpfscope.bench.references import SYSCALLS as REFERENCES
+from bpfscope.bench.references import load_reference
 from bpfscope.features import Mechanism
 from bpfscope.objects import object_bytes
-from bpfscope.syscalls import syscall_nr
 from bpfscope.syscalls.collector import Snapshot, SyscallCollector, SyscallStat, bucket_of
-from bpfscope.syscalls.tool import (
-    REFERENCES,
+from bpfscope.syscalls.programs import (
     CountsValue,
     ErrnoKey,
     StatsKey,
@@ -29,9 +29,9 @@ from bpfscope.syscalls.tool import (
     SyscallFilter,
     default_max_entries,
     load,
-    load_reference,
     stats_map,
 )
+from bpfscope.sysnames import syscall_nr
 from kernel_require import require
 
 pytestmark = pytest.mark.kernel
@@ -308,7 +308,7 @@ def test_threads_on_two_cpus_are_one_row(latency: bool) -> None:
 
 
 def test_struct_layouts_match_btf() -> None:
-    from bpfscope.syscalls.tool import Inflight
+    from bpfscope.syscalls.programs import Inflight
 
     with bpf.BpfObject.open_bytes(object_bytes("syscalls"), name="syscalls") as obj:
         btf = obj.btf()

@@ -10,7 +10,7 @@ import pytest
 from bpfscope.bench import driver
 from bpfscope.bench.runner import Options, validate
 from bpfscope.errors import UserError
-from bpfscope.syscalls import UnknownSyscall, syscall_nr
+from bpfscope.sysnames import UnknownSyscall, syscall_nr
 
 
 @pytest.fixture(scope="module")

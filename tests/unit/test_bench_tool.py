@@ -30,7 +30,7 @@ def test_every_mechanism_body_and_copy_exists(obj: libbpf.BpfObject) -> None:
 
 
 def test_doctor_hooks_name_real_programs(obj: libbpf.BpfObject) -> None:
-    assert tool.TOOL == "bench"
+    assert tool.OBJECT == "bench"
     assert tool.NAME == "bench syscalls"
     for hook in tool.hooks():
         for rung in hook.rungs:

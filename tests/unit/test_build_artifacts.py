@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bpfscope.syscalls import syscall_name, syscall_names, syscall_nr
+from bpfscope.sysnames import syscall_name, syscall_names, syscall_nr
 
 ROOT = Path(__file__).resolve().parents[2]
 OBJECTS = ROOT / "src" / "bpfscope" / "objects"

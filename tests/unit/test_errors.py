@@ -10,7 +10,7 @@ import pytest
 from bpfscope import cli, errors, system
 from bpfscope import libbpf as bpf
 from bpfscope.ladder import LadderError
-from bpfscope.syscalls import UnknownSyscall, syscall_nr
+from bpfscope.sysnames import UnknownSyscall, syscall_nr
 
 
 def test_bpf_error_names_errno_and_hint() -> None:
@@ -62,7 +62,7 @@ def test_unknown_syscall_offers_close_matches() -> None:
 def test_require_privileges_names_missing_caps(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(system, "effective_caps", lambda: 0)
     with pytest.raises(errors.UserError) as info:
-        errors.require_privileges()
+        system.require_privileges()
     assert info.value.exit_code == errors.EXIT_PRIVILEGES
     assert "CAP_BPF" in str(info.value)
     assert "CAP_PERFMON" in str(info.value)

@@ -14,9 +14,10 @@ import pytest
 from click.testing import CliRunner
 
 from bpfscope import libbpf as bpf
+from bpfscope.bench.references import flows_nop_hooks
 from bpfscope.cli import cli
 from bpfscope.features import Mechanism, Status, Verdict
-from bpfscope.flows import tool
+from bpfscope.flows import programs
 from bpfscope.flows.attribution import Attribution, parse_cgroup_path
 from bpfscope.flows.cli import build_options
 from bpfscope.flows.records import (
@@ -290,7 +291,7 @@ def test_ladder_prefers_fexit_then_tracepoints() -> None:
 
     chosen = {
         c.hook.name: c.mechanism
-        for c in choose(tool.hooks(), verdict=verdict, missing=lambda r: None)
+        for c in choose(programs.hooks(), verdict=verdict, missing=lambda r: None)
     }
     assert chosen["send"] is Mechanism.TP_BTF
     assert chosen["recv"] is Mechanism.TP_BTF
@@ -298,7 +299,7 @@ def test_ladder_prefers_fexit_then_tracepoints() -> None:
     everything = {
         c.hook.name: c.mechanism
         for c in choose(
-            tool.hooks(),
+            programs.hooks(),
             verdict=lambda m: Verdict(m, Status.AVAILABLE, "t"),
             missing=lambda r: None,
         )
@@ -308,7 +309,7 @@ def test_ladder_prefers_fexit_then_tracepoints() -> None:
     only_kprobe = {
         c.hook.name: c.mechanism
         for c in choose(
-            tool.traffic_hooks(),
+            programs.traffic_hooks(),
             verdict=lambda m: Verdict(
                 m, Status.AVAILABLE if m is Mechanism.KPROBE else Status.UNSUPPORTED, "t"
             ),
@@ -321,14 +322,14 @@ def test_ladder_prefers_fexit_then_tracepoints() -> None:
 def test_one_program_per_event_on_every_rung() -> None:
     """Two traffic hooks; a tracepoint rung is one program for every protocol,
     a function rung one program per kernel function, each function once."""
-    traffic = {h.name: h for h in tool.traffic_hooks()}
+    traffic = {h.name: h for h in programs.traffic_hooks()}
     assert set(traffic) == {"send", "recv"}
     for hook in traffic.values():
         assert hook.required
         for rung in hook.rungs:
             targets = [t for _, t in ((rung.program, rung.target), *rung.companions)]
             assert len(targets) == len(set(targets)), rung
-            if rung.mechanism in tool.TRACEPOINT_RUNGS:
+            if rung.mechanism in programs.TRACEPOINT_RUNGS:
                 assert rung.companions == ()
                 assert rung.target.endswith(f"sock_{hook.name}_length")
     send = {r.mechanism: r for r in traffic["send"].rungs}
@@ -346,7 +347,7 @@ def test_function_rung_needs_every_function() -> None:
     """No udpv6_sendmsg (IPv6 absent): the whole fexit rung is unusable, so
     the hook moves to tp_btf, which sees IPv6 too, instead of losing it."""
     chosen = choose(
-        tool.traffic_hooks(),
+        programs.traffic_hooks(),
         verdict=lambda m: Verdict(m, Status.AVAILABLE, "t"),
         missing=lambda r: next(
             ("no udpv6" for p in r.parts() if p.target.startswith("udpv6")), None
@@ -361,19 +362,19 @@ def test_function_rung_needs_every_function() -> None:
 def test_every_rung_program_exists_in_the_object() -> None:
     with bpf.BpfObject.open_file(object_path("flows")) as obj:
         names = set(obj.programs)
-    for hook in tool.hooks():
+    for hook in programs.hooks():
         for rung in hook.rungs:
             for program in rung.programs:
                 assert program in names, rung
     # no program left behind that no rung, the socket accounting or the
     # benchmark's floor uses
-    hooks = tool.hooks() + tool.nop_hooks()
+    hooks = programs.hooks() + flows_nop_hooks()
     used = {p for hook in hooks for rung in hook.rungs for p in rung.programs}
-    assert names == used | {tool.FOLD_PROGRAM}
+    assert names == used | {programs.FOLD_PROGRAM}
 
 
 def _choices(**mechanisms: Mechanism) -> list[Choice]:
-    by_name = {h.name: h for h in tool.hooks()}
+    by_name = {h.name: h for h in programs.hooks()}
     return [
         Choice(by_name[name], next(r for r in by_name[name].rungs if r.mechanism is m), ())
         for name, m in mechanisms.items()
@@ -387,9 +388,15 @@ def test_socket_accounting_needs_btf_sockets_on_every_hook_involved() -> None:
         state=Mechanism.TP_BTF,
         destroy=Mechanism.TP_BTF,
     )
-    on = tool.socket_accounting(btf)
+
+    def yes() -> bool:
+        return True
+
+    on = programs.socket_accounting(btf, map_iter=yes)
     assert on.rodata == {"sk_acct_enabled": 1}
-    assert on.programs == {tool.FOLD_PROGRAM}
+    assert on.programs == {programs.FOLD_PROGRAM}
+    # the fold is a map iterator: a kernel that refuses those keeps the table
+    assert programs.socket_accounting(btf, map_iter=lambda: False) == Extras()
     for hook, m in (
         ("send", Mechanism.RAW_TP),
         ("recv", Mechanism.KPROBE),
@@ -397,9 +404,10 @@ def test_socket_accounting_needs_btf_sockets_on_every_hook_involved() -> None:
         ("destroy", Mechanism.TRACEPOINT),
     ):
         mixed = [c for c in btf if c.hook.name != hook] + _choices(**{hook: m})
-        assert tool.socket_accounting(mixed) == Extras(), hook
+        assert programs.socket_accounting(mixed, map_iter=yes) == Extras(), hook
     # no destroy hook at all (optional): pending bytes would die with the socket
-    assert tool.socket_accounting([c for c in btf if c.hook.name != "destroy"]) == Extras()
+    no_destroy = [c for c in btf if c.hook.name != "destroy"]
+    assert programs.socket_accounting(no_destroy, map_iter=yes) == Extras()
 
 
 def test_value_layout_constant_matches() -> None:

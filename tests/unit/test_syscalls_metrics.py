@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bpfscope.metrics import SyscallMetrics
 from bpfscope.syscalls.collector import SyscallTotals
-from bpfscope.syscalls.tool import HIST_SLOTS
+from bpfscope.syscalls.programs import HIST_SLOTS
 
 
 class Source:
@@ -71,7 +71,7 @@ def test_before_the_first_poll_families_are_empty() -> None:
 def test_serve_help_names_both_syscall_flags_and_their_cost() -> None:
     from click.testing import CliRunner
 
-    from bpfscope.server_cli import serve
+    from bpfscope.serve_cli import serve
     from bpfscope.syscalls import COST_NS
 
     out = " ".join(CliRunner().invoke(serve, ["--help"]).output.split())

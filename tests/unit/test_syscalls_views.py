@@ -15,9 +15,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bpfscope.cli import cli
+from bpfscope.clikit import parse_cgroup, validate_pid
 from bpfscope.errors import UserError
-from bpfscope.syscalls import UnknownSyscall, syscall_nr
-from bpfscope.syscalls.cli import parse_cgroup, parse_syscalls, validate_pid
+from bpfscope.syscalls.cli import parse_syscalls
 from bpfscope.syscalls.collector import (
     IDLE_POLLS,
     Drops,
@@ -37,16 +37,7 @@ from bpfscope.syscalls.collector import (
     sum_percpu,
     top,
 )
-from bpfscope.syscalls.errnos import errno_name, errno_number
-from bpfscope.syscalls.render import (
-    ViewOptions,
-    format_ns,
-    histogram_lines,
-    json_snapshot,
-    plain_snapshot,
-    rich_snapshot,
-)
-from bpfscope.syscalls.tool import (
+from bpfscope.syscalls.programs import (
     DEFAULT_MAX_ENTRIES,
     HIST_SLOTS,
     CountsValue,
@@ -57,6 +48,16 @@ from bpfscope.syscalls.tool import (
     map_sizes,
     syscall_mask,
 )
+from bpfscope.syscalls.render import (
+    ViewOptions,
+    format_ns,
+    histogram_lines,
+    json_snapshot,
+    plain_snapshot,
+    rich_snapshot,
+)
+from bpfscope.sysnames import UnknownSyscall, syscall_nr
+from bpfscope.sysnames.errnos import errno_name, errno_number
 
 # -- histogram bucketing ------------------------------------------------------
 

@@ -88,7 +88,7 @@ def test_only_plain_asset_names_are_served(client: httpx.Client, path: str) -> N
 
 def test_open_event_stream_does_not_hold_up_shutdown() -> None:
     # Every open page holds an event stream; uvicorn waits for open responses
-    # on shutdown, so `serve` sets app.state.stopping first (server_cli).
+    # on shutdown, so `serve` sets app.state.stopping first (serve_cli).
     agent = Agent(flows=FakeFlows([make_flow(1)]), interval=0.05)
     app = create_app(agent)
     lines: list[str] = []

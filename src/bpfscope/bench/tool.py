@@ -12,9 +12,9 @@ from ..features import Mechanism
 from ..ladder import Hook, Rung
 from .programs import program_name
 
-__all__ = ["CORE", "DESCRIPTION", "NAME", "TOOL", "hooks"]
+__all__ = ["CORE", "DESCRIPTION", "NAME", "OBJECT", "hooks"]
 
-TOOL = "bench"
+OBJECT = "bench"
 NAME = "bench syscalls"
 DESCRIPTION = "overhead lab: cost of each attach mechanism per syscall"
 CORE = False

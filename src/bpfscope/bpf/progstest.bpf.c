@@ -1,8 +1,7 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
 /*
- * Test object for the introspection commands (`bpfscope progs|maps|links`)
- * and for measuring what kernel.bpf_stats costs per program run. Not a tool:
- * the kernel tests load it, attach what they need and look for it.
+ * Test object for the introspection commands (`bpfscope progs|maps|links`).
+ * Not a tool: the kernel tests load it, attach what they need and look for it.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -68,7 +67,7 @@ int progstest_egress(struct __sk_buff *skb)
 	return 1; /* let the packet through */
 }
 
-/* Empty program on a cheap syscall: what the stats cost benchmark runs. */
+/* Empty program on a cheap syscall, for the introspection tests. */
 SEC("tracepoint/syscalls/sys_enter_getpid")
 int progstest_getpid(void *ctx)
 {

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Generic, TypeVar
 
-from .. import system
+from .. import cgroups, system
 
 __all__ = ["Attribution", "CgroupInfo", "ProcessInfo", "parse_cgroup_path"]
 
@@ -169,15 +169,6 @@ class Attribution:
             self._cgroups.put(cgroup_id, info)
         return info
 
-    def cgroup_id(self, path: str) -> int:
-        """The id of a cgroup given as a path (absolute, or relative to the root)."""
-        full = Path(path)
-        if not full.is_absolute() or not full.exists():
-            if self.cgroup_root is None:
-                raise FileNotFoundError("no cgroup v2 mount")
-            full = Path(self.cgroup_root, path.lstrip("/"))
-        return os.stat(full).st_ino
-
     def _path_from_pid(self, pid: int, cgroup_id: int) -> str | None:
         text = _read(f"{self.proc}/{pid}/cgroup")
         if not text or self.cgroup_root is None:
@@ -196,21 +187,8 @@ class Attribution:
         if self.cgroup_root is None:
             return None
         if self._walked is None or cgroup_id not in self._walked:
-            self._walked = self._walk()
+            self._walked = cgroups.paths_by_id(self.cgroup_root)
         return self._walked.get(cgroup_id)
-
-    def _walk(self) -> dict[int, str]:
-        assert self.cgroup_root is not None
-        root = self.cgroup_root
-        out: dict[int, str] = {}
-        for dirpath, _dirs, _files in os.walk(root):
-            try:
-                ino = os.stat(dirpath).st_ino
-            except OSError:
-                continue
-            rel = "/" + os.path.relpath(dirpath, root) if dirpath != root else "/"
-            out[ino] = rel
-        return out
 
 
 def _read(path: str) -> str | None:

@@ -10,21 +10,20 @@ from __future__ import annotations
 
 import functools
 import json
-import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
 import click
 
-from ..errors import EXIT_USAGE, UserError, require_privileges
+from ..clikit import parse_cgroup, sleep_until, stop_on_signals, validate_pid
+from ..errors import EXIT_USAGE, UserError
 from ..features import Mechanism
 from ..flowquery import SORT_KEYS, BadQuery, FlowFilter, sort_flows
 from ..ipprofile import IpProfiler
-from ..syscalls.cli import parse_cgroup, validate_pid
+from ..system import require_privileges
 from .collector import DEFAULT_MAX_ENTRIES, FlowCollector, KernelFilter, events_of
 from .records import AF_INET, AF_INET6, CollectorStats, FlowRecord
 from .render import EVENT_HEADER, event_line, flow_table, plain_table
@@ -157,32 +156,6 @@ def _collector(
     )
 
 
-@contextmanager
-def _stop_on_signals() -> Iterator[list[bool]]:
-    """Ctrl-C / SIGTERM end the loop cleanly (everything is detached)."""
-    stopped = [False]
-
-    def handler(signum: int, frame: Any) -> None:
-        stopped[0] = True
-
-    old_int = signal.signal(signal.SIGINT, handler)
-    old_term = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield stopped
-    finally:
-        signal.signal(signal.SIGINT, old_int)
-        signal.signal(signal.SIGTERM, old_term)
-
-
-def _sleep_until(deadline: float, stopped: list[bool], collector: FlowCollector) -> None:
-    """Wait for the next interval, keeping the ring buffer drained."""
-    while not stopped[0]:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return
-        collector.wait_events(min(left, 0.2))
-
-
 def _view(
     records: list[FlowRecord], opts: Options, sort: str, limit: int | None
 ) -> list[FlowRecord]:
@@ -252,7 +225,7 @@ def top(
         limit = 40
     collector = _collector(ctx, opts, max_entries, attach)
     profiler, peer = _peer_namer(no_dns)
-    with collector, _stop_on_signals() as stopped:
+    with collector, stop_on_signals() as stopped:
         collector.poll()
         refreshes = 0
         if live:
@@ -273,7 +246,9 @@ def top(
 
             with Live(frame(), auto_refresh=False, transient=False) as screen:
                 while not stopped[0]:
-                    _sleep_until(time.monotonic() + interval, stopped, collector)
+                    sleep_until(
+                        time.monotonic() + interval, stopped, collector.wait_events, step=0.2
+                    )
                     collector.poll()
                     screen.update(frame(), refresh=True)
                     refreshes += 1
@@ -281,7 +256,7 @@ def top(
                         break
             return
         while not stopped[0]:
-            _sleep_until(time.monotonic() + interval, stopped, collector)
+            sleep_until(time.monotonic() + interval, stopped, collector.wait_events, step=0.2)
             collector.poll()
             rows = _view(collector.snapshot(), opts, sort, limit)
             now = time.time()
@@ -322,7 +297,11 @@ def top(
 @click.option("--limit", type=click.IntRange(0), default=None, help="At most N flows.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per flow (NDJSON).")
 @_NO_DNS
-@click.option("--bench", is_flag=True, help="Run the flow monitor's overhead benchmark instead.")
+@click.option(
+    "--bench",
+    is_flag=True,
+    help="Run the flow monitor's overhead benchmark instead (= bpfscope bench flows).",
+)
 @click.option("--bench-seconds", type=click.FloatRange(0.5), default=3.0, show_default=True)
 @click.pass_context
 def flows(
@@ -341,15 +320,15 @@ def flows(
 ) -> None:
     """One snapshot of the flows seen during --duration."""
     if bench:
-        from .bench import main as bench_main
+        from ..bench.flows import main as bench_main
 
         require_privileges()
         bench_main(seconds=bench_seconds, as_json=as_json)
         return
     collector = _collector(ctx, opts, max_entries, attach)
     profiler, peer = _peer_namer(no_dns)
-    with collector, _stop_on_signals() as stopped:
-        _sleep_until(time.monotonic() + duration, stopped, collector)
+    with collector, stop_on_signals() as stopped:
+        sleep_until(time.monotonic() + duration, stopped, collector.wait_events, step=0.2)
         collector.poll()
         rows = _view(collector.snapshot(), opts, sort, limit)
         stats = collector.stats()
@@ -398,7 +377,7 @@ def conns(
     collector = _collector(ctx, opts, max_entries, attach)
     seen = 0
     end = time.monotonic() + duration if duration else None
-    with collector, _stop_on_signals() as stopped:
+    with collector, stop_on_signals() as stopped:
         if not as_json:
             click.echo(EVENT_HEADER)
         while not stopped[0]:

@@ -27,8 +27,8 @@ from typing import Final
 
 from .. import libbpf as bpf
 from ..features import Mechanism
-from ..ladder import AttachedTool, Choice, Hook, choose, load_tool
-from . import tool
+from ..ladder import AttachedObject, Choice, Hook, choose, load_object
+from . import programs
 from .attribution import Attribution
 from .records import (
     AF_INET,
@@ -126,7 +126,7 @@ class FlowCollector:
         self.btf_path = btf_path
         self.drain = drain
         self.events_size = events_size
-        self._tool: AttachedTool | None = None
+        self._tool: AttachedObject | None = None
         self._fold: bpf.Link | None = None  # iterator folding per-socket TCP counts
         self._ring: bpf.RingBuffer | None = None
         self._flows: dict[bytes, _Tracked] = {}
@@ -143,10 +143,10 @@ class FlowCollector:
     def hooks(self) -> list[Hook]:
         """The hooks to load: route-lookup hooks only where sends stand on a
         tracepoint rung (the function rungs see UDP destinations themselves)."""
-        base = tool.traffic_hooks() + tool.lifecycle_hooks()
+        base = programs.traffic_hooks() + programs.lifecycle_hooks()
         chosen = {c.hook.name: c.mechanism for c in choose(base, force=self.force)}
-        if chosen.get("send") in tool.TRACEPOINT_RUNGS:
-            return base + tool.dest_hooks()
+        if chosen.get("send") in programs.TRACEPOINT_RUNGS:
+            return base + programs.dest_hooks()
         return base
 
     def start(self) -> FlowCollector:
@@ -155,20 +155,20 @@ class FlowCollector:
         sizes = {FLOW_MAP: self.max_entries}
         if self.events_size is not None:
             sizes["flow_events"] = self.events_size  # ring buffer bytes: power of 2 pages
-        self._tool = load_tool(
-            tool.TOOL,
+        self._tool = load_object(
+            programs.OBJECT,
             self.hooks(),
             rodata=self.kernel_filter.rodata(),
             max_entries=sizes,
             force=self.force,
             btf_path=self.btf_path,
-            extras=tool.socket_accounting,
+            extras=programs.socket_accounting,
         )
         try:
             obj = self._tool.obj
-            if tool.FOLD_PROGRAM in self._tool.extras.programs:
-                prog = obj.program(tool.FOLD_PROGRAM)
-                self._fold = prog.attach_map_iter(obj.map(tool.SK_ACCT_MAP))
+            if programs.FOLD_PROGRAM in self._tool.extras.programs:
+                prog = obj.program(programs.FOLD_PROGRAM)
+                self._fold = prog.attach_map_iter(obj.map(programs.SK_ACCT_MAP))
                 self._stats.tcp_accounting = "socket"
             self._ring = bpf.RingBuffer(obj.map("flow_events"), self._on_event)
         except BaseException:
@@ -196,7 +196,7 @@ class FlowCollector:
         self.close()
 
     @property
-    def attached(self) -> AttachedTool:
+    def attached(self) -> AttachedObject:
         if self._tool is None:
             raise RuntimeError("collector is not started")
         return self._tool

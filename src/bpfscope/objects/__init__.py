@@ -9,13 +9,16 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+from ..errors import EXIT_UNSUPPORTED, BpfscopeError
 from ..system import arch
 
 __all__ = ["ObjectMissing", "available_objects", "object_bytes", "object_path"]
 
 
-class ObjectMissing(FileNotFoundError):
+class ObjectMissing(BpfscopeError, FileNotFoundError):
     """No compiled object for this tool on this architecture."""
+
+    exit_code = EXIT_UNSUPPORTED
 
 
 def _root() -> Path:

@@ -1,62 +1,17 @@
-"""Syscall names and numbers for the running architecture.
+"""The syscall tracer: per-process counts, errors and latency.
 
-The numbers come from the generated ``table`` module (kernel UAPI headers);
-the tracer itself lives beside this module.
+Syscall names and numbers live in :mod:`bpfscope.sysnames` (a foundation
+module the probes and the lab share); this package is the tracer.
 """
 
 from __future__ import annotations
 
-import difflib
 from typing import Final
 
-from ..system import arch
-from .table import SYSCALLS
-
-__all__ = ["COST_NS", "UnknownSyscall", "syscall_name", "syscall_names", "syscall_nr"]
+__all__ = ["COST_NS"]
 
 # What each mode adds per syscall, host-wide, in ns: the best runs of
 # `bpfscope syscalls --bench --bench-rounds 7` on the project's 2-CPU VM
 # (docs/syscalls.md has the run). Quoted by --help texts; a guide, not a
 # promise: rerun the bench on your machine.
 COST_NS: Final = {"counts": 36, "latency": 110}
-
-
-class UnknownSyscall(ValueError):
-    """A syscall name this architecture does not have; offers close matches."""
-
-    def __init__(self, name: str, machine: str, matches: list[str]) -> None:
-        self.name = name
-        self.matches = matches
-        hint = f"; did you mean {', '.join(matches)}?" if matches else ""
-        super().__init__(f"unknown syscall {name!r} on {machine}{hint}")
-
-
-def _table(machine: str | None) -> tuple[str, dict[str, int]]:
-    machine = machine or arch()
-    try:
-        return machine, SYSCALLS[machine]
-    except KeyError:
-        raise ValueError(
-            f"no syscall table for architecture {machine} (have: {', '.join(sorted(SYSCALLS))})"
-        ) from None
-
-
-def syscall_nr(name: str, machine: str | None = None) -> int:
-    machine, table = _table(machine)
-    key = name.removeprefix("sys_").removeprefix("__NR_")
-    try:
-        return table[key]
-    except KeyError:
-        raise UnknownSyscall(name, machine, difflib.get_close_matches(key, table, n=4)) from None
-
-
-def syscall_name(nr: int, machine: str | None = None) -> str | None:
-    _, table = _table(machine)
-    for name, value in table.items():
-        if value == nr:
-            return name
-    return None
-
-
-def syscall_names(machine: str | None = None) -> list[str]:
-    return sorted(_table(machine)[1])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sys
 import time
@@ -13,13 +12,15 @@ from typing import Any
 
 import click
 
-from .. import system
-from ..errors import EXIT_USAGE, UserError, require_privileges
+from ..clikit import parse_cgroup, validate_pid
+from ..errors import EXIT_USAGE, UserError
 from ..features import Mechanism
-from . import COST_NS, syscall_nr
+from ..sysnames import syscall_nr
+from ..system import require_privileges
+from . import COST_NS
 from .render import BY_CHOICES, SORT_CHOICES, ViewOptions
 
-__all__ = ["parse_cgroup", "parse_syscalls", "syscalls", "validate_pid"]
+__all__ = ["parse_syscalls", "syscalls"]
 
 ATTACH_CHOICES = (str(Mechanism.TP_BTF), str(Mechanism.RAW_TP), str(Mechanism.TRACEPOINT))
 _LATENCY_X = COST_NS["latency"] / COST_NS["counts"]
@@ -35,41 +36,6 @@ def parse_syscalls(values: Sequence[str]) -> frozenset[int]:
             if name:
                 nrs.add(syscall_nr(name))
     return frozenset(nrs)
-
-
-def validate_pid(pid: int, proc: str = "/proc") -> int:
-    """``pid`` must be a live process (a thread id names its process)."""
-    try:
-        with open(f"{proc}/{pid}/status") as f:
-            status = f.read()
-    except FileNotFoundError:
-        raise UserError(f"no process with pid {pid}", EXIT_USAGE) from None
-    except OSError as exc:
-        raise UserError(f"cannot read process {pid}: {exc.strerror}", EXIT_USAGE) from None
-    for line in status.splitlines():
-        if line.startswith("Tgid:"):
-            tgid = int(line.split()[1])
-            if tgid != pid:
-                raise UserError(
-                    f"{pid} is a thread of process {tgid}; use --pid {tgid}", EXIT_USAGE
-                )
-    return pid
-
-
-def parse_cgroup(value: str, mount: str | None = None) -> int:
-    """A cgroup v2 id, given as the id or as a directory (absolute, or
-    relative to the cgroup2 mount)."""
-    if value.isdigit():
-        return int(value)
-    path = value
-    if not os.path.isabs(path):
-        mount = mount or system.cgroup2_mount()
-        if mount is None:
-            raise UserError("no cgroup v2 mount; give the cgroup's id", EXIT_USAGE)
-        path = os.path.join(mount, path)
-    if not os.path.isdir(path):
-        raise UserError(f"cgroup {value!r}: no such cgroup directory ({path})", EXIT_USAGE)
-    return os.stat(path).st_ino
 
 
 @contextmanager
@@ -168,7 +134,11 @@ def _sleep_until(deadline: float, stopped: list[bool]) -> None:
     "are, 16 B per max entry: idle, 1.25 MiB at 65536 with the errno map, 20 MiB at most "
     "(-L: 320 KiB to 5 MiB).",
 )
-@click.option("--bench", is_flag=True, help="Measure the tracer's overhead per syscall and exit.")
+@click.option(
+    "--bench",
+    is_flag=True,
+    help="Measure the tracer's overhead per syscall and exit (= bpfscope bench tracer).",
+)
 @click.option(
     "--bench-calls",
     type=click.IntRange(min=10_000),
@@ -179,9 +149,9 @@ def _sleep_until(deadline: float, stopped: list[bool]) -> None:
 @click.option(
     "--bench-rounds",
     type=click.IntRange(min=1),
-    default=3,
+    default=15,
     show_default=True,
-    help="Runs per mode.",
+    help="Runs per mode (the verdicts need about 9 or more to be stable).",
 )
 @click.option("--no-bpftrace", is_flag=True, help="Benchmark without the bpftrace comparison.")
 @click.pass_context
@@ -225,7 +195,7 @@ def syscalls(
     btf = (ctx.obj or {}).get("btf")
     force = Mechanism(attach) if attach else None
     if bench:
-        from .bench import run_bench
+        from ..bench.tracer import run_bench
 
         require_privileges()
         run_bench(
@@ -239,7 +209,7 @@ def syscalls(
         return
 
     from .collector import SyscallCollector
-    from .tool import SyscallFilter
+    from .programs import SyscallFilter
 
     if sort == "time" and not latency:
         raise UserError(

@@ -35,9 +35,9 @@ from typing import Any, Final, Protocol
 
 from ..features import Mechanism
 from ..ladder import Choice
-from . import syscall_names, syscall_nr
-from .errnos import errno_name
-from .tool import (
+from ..sysnames import syscall_names, syscall_nr
+from ..sysnames.errnos import errno_name
+from .programs import (
     COMM_LEN,
     DROP_SLOTS,
     HIST_SLOTS,

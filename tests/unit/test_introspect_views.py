@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from bpfscope import libbpf as bpf
-from bpfscope.progs import cli as pcli
-from bpfscope.progs import holders, inventory, stats
-from bpfscope.progs.dump import DumpResult, Entry
-from bpfscope.progs.names import KernelNames
+from bpfscope.introspect import cli as pcli
+from bpfscope.introspect import holders, inventory, stats
+from bpfscope.introspect.dump import DumpResult, Entry
+from bpfscope.introspect.names import KernelNames
 
 NAMES = KernelNames.from_enums(
     {"prog": [("BPF_PROG_TYPE_TRACEPOINT", 5), ("BPF_PROG_TYPE_KPROBE", 2)]}
@@ -235,7 +235,7 @@ def test_eperm_from_kernel_becomes_user_error(monkeypatch: pytest.MonkeyPatch) -
         raise bpf.BpfError("list BPF programs", 1)
 
     with pytest.raises(inventory.UserError) as info:
-        inventory._privileged("list BPF progs", denied)
+        inventory.privileged("list BPF progs", denied)
     assert info.value.exit_code == 3
 
 

@@ -8,11 +8,11 @@ import struct
 import pytest
 
 from bpfscope import objects
-from bpfscope.progs import decode as dec
-from bpfscope.progs.dump import MapDecoder
-from bpfscope.progs.links import arm_for, decode_link, string_fields, summarize
-from bpfscope.progs.names import KernelNames
-from bpfscope.progs.types import (
+from bpfscope.introspect import decode as dec
+from bpfscope.introspect.dump import MapDecoder
+from bpfscope.introspect.links import arm_for, decode_link, string_fields, summarize
+from bpfscope.introspect.names import KernelNames
+from bpfscope.introspect.types import (
     Array,
     Enum,
     Float,
@@ -175,7 +175,7 @@ def test_map_decoder_hex_and_percpu() -> None:
 
 def test_model_of_progstest_value_from_object_btf() -> None:
     from bpfscope import libbpf as bpf
-    from bpfscope.progs.types import from_btf
+    from bpfscope.introspect.types import from_btf
 
     with bpf.BpfObject.open_bytes(objects.object_bytes("progstest"), name="progstest") as obj:
         btf = obj.btf()
@@ -370,7 +370,7 @@ def test_summaries(type_name: str, fields: dict[str, object], expected: str) -> 
 
 def test_real_kernel_link_info_layout_if_available() -> None:
     """The running kernel's struct bpf_link_info has the arms we rely on."""
-    from bpfscope.progs.links import link_info_model
+    from bpfscope.introspect.links import link_info_model
 
     model = link_info_model()
     if model is None:

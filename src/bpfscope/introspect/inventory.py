@@ -26,6 +26,7 @@ from . import holders as holders_mod
 from .holders import Holder, Holders, fdinfo_of
 from .links import LinkDecoded, btf_func_name, decode_link
 from .names import KernelNames, kernel_names
+from .types import from_btf, type_name
 
 __all__ = [
     "LinkRecord",
@@ -35,10 +36,11 @@ __all__ = [
     "collect_links",
     "collect_maps",
     "collect_progs",
+    "privileged",
     "require_introspection_privileges",
 ]
 
-log = logging.getLogger("bpfscope.progs")
+log = logging.getLogger("bpfscope.introspect")
 
 T = TypeVar("T")
 
@@ -54,7 +56,7 @@ def require_introspection_privileges() -> None:
         )
 
 
-def _privileged(what: str, fn: Callable[[], T]) -> T:
+def privileged(what: str, fn: Callable[[], T]) -> T:
     try:
         return fn()
     except bpf.BpfError as exc:
@@ -178,7 +180,7 @@ class LinkRecord:
 
 def _ids(kind: str) -> list[int]:
     fn = {"prog": bpf.prog_ids, "map": bpf.map_ids, "link": bpf.link_ids}[kind]
-    return _privileged(f"list BPF {kind}s", lambda: list(fn()))
+    return privileged(f"list BPF {kind}s", lambda: list(fn()))
 
 
 def _memlock(fd: int) -> int | None:
@@ -246,7 +248,6 @@ def read_prog(prog_id: int, names: KernelNames) -> ProgRecord | None:
 def _type_name_in_btf(btf: bpf.Btf | None, type_id: int) -> str:
     if btf is None or not type_id:
         return ""
-    from .types import from_btf, type_name
 
     try:
         return type_name(from_btf(btf, type_id))

@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any, Final
 
 from .. import libbpf as bpf
+from .. import objects
+from ..sysnames import syscall_nr
 from . import holders as holders_mod
-from .inventory import _privileged, read_prog, require_introspection_privileges
+from .inventory import privileged, read_link, read_prog, require_introspection_privileges
 from .names import KernelNames, kernel_names
 
 __all__ = [
@@ -136,7 +138,7 @@ class StatsSession:
     def start(self) -> StatsSession:
         require_introspection_privileges()
         self._names = self._names or kernel_names()
-        self._handle = _privileged("enable BPF run-time statistics", self._enable)
+        self._handle = privileged("enable BPF run-time statistics", self._enable)
         self._last_mono = time.monotonic()
         self._last_boot = time.clock_gettime_ns(time.CLOCK_BOOTTIME)
         # Baseline: counters now (stats may have been on already elsewhere).
@@ -150,7 +152,7 @@ class StatsSession:
     def _current_ids(self) -> list[int]:
         if self._ids is not None:
             return list(self._ids)
-        return _privileged("list BPF programs", lambda: list(bpf.prog_ids()))
+        return privileged("list BPF programs", lambda: list(bpf.prog_ids()))
 
     def _read(self, *, baseline: bool) -> list[ProgStat]:
         assert self._names is not None
@@ -291,11 +293,10 @@ def on_getpid_path(target: str) -> bool:
 
 def _programs_on_path() -> int:
     """Other tools' programs that also run on every getpid() right now."""
-    from .inventory import read_link
 
     names = kernel_names()
     count = 0
-    for link_id in _privileged("list BPF links", lambda: list(bpf.link_ids())):
+    for link_id in privileged("list BPF links", lambda: list(bpf.link_ids())):
         try:
             link = read_link(link_id, names)
         except bpf.BpfError:
@@ -330,7 +331,6 @@ def _save(cost: StatsCost) -> None:
 
 
 def _getpid_loop() -> Callable[[int], None]:
-    from ..syscalls import syscall_nr
 
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     fn = libc.syscall
@@ -355,7 +355,6 @@ def measure_cost(
     each kind is kept: the difference per call, divided by the number of BPF
     programs on the getpid path, is what statistics add to one program run.
     """
-    from .. import objects
 
     require_introspection_privileges()
     loop = _getpid_loop()
@@ -363,12 +362,12 @@ def measure_cost(
     on: list[float] = []
     counted = 0
     with bpf.BpfObject.open_bytes(
-        objects.object_bytes("progstest"), name="progstest", btf_path=btf_path
+        objects.object_bytes("probe"), name="bpfscope_probe", btf_path=btf_path
     ) as obj:
         for name, prog in obj.programs.items():
-            prog.autoload = name == "progstest_getpid"
+            prog.autoload = name == "stats_cost_getpid"
         obj.load()
-        prog = obj.program("progstest_getpid")
+        prog = obj.program("stats_cost_getpid")
         prog.attach()
         on_path = _programs_on_path()  # ours included
         loop(calls // 10)  # warm up
@@ -376,7 +375,7 @@ def measure_cost(
             t0 = time.thread_time_ns()
             loop(calls)
             off.append((time.thread_time_ns() - t0) / calls)
-            with _privileged("enable BPF run-time statistics", bpf.enable_run_time_stats):
+            with privileged("enable BPF run-time statistics", bpf.enable_run_time_stats):
                 before = prog.info().run_cnt
                 t0 = time.thread_time_ns()
                 loop(calls)

@@ -31,8 +31,8 @@ from bpfscope import libbpf as bpf
 from bpfscope.cli import cli
 from bpfscope.errors import UserError
 from bpfscope.features import Mechanism, probe
-from bpfscope.progs import holders, inventory, stats
-from bpfscope.progs.dump import dump_map
+from bpfscope.introspect import holders, inventory, stats
+from bpfscope.introspect.dump import dump_map
 from kernel_require import require
 
 pytestmark = pytest.mark.kernel

@@ -13,9 +13,10 @@ sends stand on a tracepoint rung, which cannot see a UDP send's destination.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
+from .. import features
 from ..features import Mechanism
 from ..ladder import Choice, Extras, Hook, Rung
 
@@ -25,16 +26,15 @@ __all__ = [
     "EXTRAS",
     "FOLD_PROGRAM",
     "NAME",
+    "OBJECT",
     "SK_ACCT_MAP",
-    "TOOL",
     "hooks",
     "lifecycle_hooks",
-    "nop_hooks",
     "socket_accounting",
     "traffic_hooks",
 ]
 
-TOOL: Final = "flows"
+OBJECT: Final = "flows"
 NAME: Final = "flows"
 DESCRIPTION: Final = "per-flow TCP/UDP traffic, connection lifecycle, retransmits, resets"
 CORE: Final = True
@@ -109,21 +109,6 @@ def traffic_hooks() -> list[Hook]:
     ]
 
 
-def nop_hooks() -> list[Hook]:
-    """Empty programs on the traffic tracepoints (benchmark floor)."""
-    return [
-        Hook(
-            name,
-            (
-                Rung(Mechanism.TP_BTF, f"nop_{name}_tp_btf", tp),
-                Rung(Mechanism.RAW_TP, f"nop_{name}_raw_tp", tp),
-                Rung(Mechanism.TRACEPOINT, f"nop_{name}_tracepoint", f"sock:{tp}"),
-            ),
-        )
-        for name, tp, _, _ in _TRAFFIC
-    ]
-
-
 def lifecycle_hooks() -> list[Hook]:
     out = []
     for name, category, tp in _LIFECYCLE:
@@ -172,18 +157,27 @@ SK_ACCT_MAP: Final = "flow_sk_acct"
 _BTF_RUNGS: Final = frozenset({Mechanism.TP_BTF, Mechanism.FEXIT})
 
 
-def socket_accounting(choices: Sequence[Choice]) -> Extras:
+def _map_iter_available() -> bool:
+    return features.probe(Mechanism.MAP_ITER).available
+
+
+def socket_accounting(
+    choices: Sequence[Choice], map_iter: Callable[[], bool] = _map_iter_available
+) -> Extras:
     """Per-socket TCP accounting where the rungs allow it.
 
     TCP traffic then adds to socket-local storage (no hash of the flow key
     per event) and is folded into the flow table by the collector's
     iterator before every read, and by the kernel at CLOSE and destroy. That
-    needs BTF-typed sockets on every hook involved; otherwise (raw_tp,
-    tracepoint, kprobe rungs) each event updates the flow table directly.
+    needs BTF-typed sockets on every hook involved and a kernel that runs
+    iterators over map elements (the fold); otherwise (raw_tp, tracepoint,
+    kprobe rungs, or map iterators refused) each event updates the flow table
+    directly.
     """
     mech = {c.hook.name: c.mechanism for c in choices}
     if (
-        mech.get("send") in _BTF_RUNGS
+        map_iter()
+        and mech.get("send") in _BTF_RUNGS
         and mech.get("recv") in _BTF_RUNGS
         and mech.get("state") is Mechanism.TP_BTF
         and mech.get("destroy") is Mechanism.TP_BTF

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from ..features import Mechanism
-from ..ladder import AttachedTool, Hook, Rung, load_tool
+from ..ladder import AttachedObject, Hook, Rung, load_object
 from ..libbpf import num_possible_cpus
-from . import syscall_nr
+from ..sysnames import syscall_nr
 
 __all__ = [
     "BUCKET_BYTES",
@@ -31,29 +31,24 @@ __all__ = [
     "MASK_BITS",
     "MAX_DEFAULT_ENTRIES",
     "NAME",
-    "REFERENCES",
-    "TOOL",
+    "OBJECT",
     "CountsValue",
     "ErrnoKey",
     "Inflight",
     "StatsKey",
     "StatsValue",
     "SyscallFilter",
-    "clock_hooks",
     "count_hooks",
     "default_max_entries",
     "hooks",
     "idle_bytes",
     "load",
-    "load_reference",
     "map_sizes",
-    "nop_exit_hooks",
-    "nop_hooks",
     "stats_map",
     "syscall_mask",
 ]
 
-TOOL: Final = "syscalls"
+OBJECT: Final = "syscalls"
 NAME: Final = "syscalls"
 DESCRIPTION: Final = "per-process syscall counts and errors (sys_exit); latency: -L (+sys_enter)"
 CORE: Final = False
@@ -154,22 +149,6 @@ def hooks() -> list[Hook]:
 def count_hooks() -> list[Hook]:
     """Counts mode (the default): sys_exit alone (no latency, no exit/exit_group)."""
     return [_hook("sys_exit", _programs("count", "exit"))]
-
-
-def nop_hooks() -> list[Hook]:
-    """Empty programs on sys_enter and sys_exit (the benchmark's reference)."""
-    return [_hook(f"sys_{h}", _programs("nop", h)) for h in ("enter", "exit")]
-
-
-def nop_exit_hooks() -> list[Hook]:
-    """An empty program on sys_exit alone (the counts mode's own hook)."""
-    return [_hook("sys_exit", _programs("nop", "exit"))]
-
-
-def clock_hooks() -> list[Hook]:
-    """Programs that only call bpf_ktime_get_ns() on sys_enter and sys_exit:
-    the floor of any tracer that times every call."""
-    return [_hook(f"sys_{h}", _programs("clock", h)) for h in ("enter", "exit")]
 
 
 @dataclass(frozen=True)
@@ -276,7 +255,7 @@ def load(
     max_entries: int | None = None,
     force: Mechanism | None = None,
     btf_path: str | None = None,
-) -> AttachedTool:
+) -> AttachedObject:
     """Load and attach the tracer; the caller closes it (context manager).
 
     By default counts and errors only, on sys_exit; ``latency=True`` also
@@ -285,22 +264,11 @@ def load(
     :func:`default_max_entries`: grows with the possible CPUs); the errno
     map gets a quarter.
     """
-    return load_tool(
-        TOOL,
+    return load_object(
+        OBJECT,
         hooks() if latency else count_hooks(),
         rodata=_rodata(flt or SyscallFilter(), track_errnos),
         max_entries=map_sizes(latency=latency, max_entries=max_entries),
         force=force,
         btf_path=btf_path,
     )
-
-
-REFERENCES: Final = {"empty": nop_hooks, "empty_exit": nop_exit_hooks, "clock": clock_hooks}
-
-
-def load_reference(
-    name: str, *, force: Mechanism | None = None, btf_path: str | None = None
-) -> AttachedTool:
-    """Load one of the benchmark's references (:data:`REFERENCES`): empty
-    programs on both hooks, on sys_exit alone, or clock reads only."""
-    return load_tool(TOOL, REFERENCES[name](), force=force, btf_path=btf_path)

@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from .. import cgroups, system
+from .. import libbpf as bpf
 from .decode import decode
 from .names import KernelNames, kernel_names
-from .types import Int, Struct
+from .types import Int, Struct, from_btf
 
 __all__ = [
     "LinkDecoded",
@@ -32,7 +32,7 @@ __all__ = [
     "summarize",
 ]
 
-log = logging.getLogger("bpfscope.progs")
+log = logging.getLogger("bpfscope.introspect")
 
 STRING_BUF: int = 4096
 
@@ -60,8 +60,6 @@ class LinkDecoded:
 @functools.cache
 def link_info_model() -> Struct | None:
     """``struct bpf_link_info`` of the running kernel, or None without BTF."""
-    from .. import libbpf as bpf
-    from .types import from_btf
 
     try:
         btf = bpf.Btf.vmlinux()
@@ -211,19 +209,8 @@ def _ifname(ifindex: Any) -> str:
 @functools.cache
 def _cgroup_paths() -> dict[int, str]:
     """cgroup id (inode number in cgroup2) -> path under the cgroup2 mount."""
-    from .. import system
-
     root = system.cgroup2_mount()
-    if root is None:
-        return {}
-    root_path = Path(str(root))
-    out: dict[int, str] = {}
-    for dirpath, _dirs, _files in os.walk(root_path):
-        try:
-            out[os.stat(dirpath).st_ino] = "/" + os.path.relpath(dirpath, root_path).strip(".")
-        except OSError:
-            continue
-    return out
+    return cgroups.paths_by_id(root) if root is not None else {}
 
 
 def cgroup_path(cgroup_id: int) -> str:
@@ -241,7 +228,6 @@ def cgroup_path(cgroup_id: int) -> str:
 @functools.cache
 def btf_func_name(obj_id: int, type_id: int) -> str:
     """Name of BTF type ``type_id`` in kernel BTF object ``obj_id``."""
-    from .. import libbpf as bpf
 
     if not obj_id or not type_id:
         return ""

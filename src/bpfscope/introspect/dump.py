@@ -16,7 +16,7 @@ from typing import Any, Final
 from .. import libbpf as bpf
 from ..errors import EXIT_USAGE, UserError
 from .decode import decode, hexbytes
-from .inventory import _privileged, require_introspection_privileges
+from .inventory import privileged, require_introspection_privileges
 from .names import KernelNames, kernel_names
 from .types import Type, from_btf, type_name
 
@@ -139,7 +139,7 @@ def dump_map(
     """Entries ``skip`` .. ``skip + limit`` of map ``map_id``."""
     require_introspection_privileges()
     names = names or kernel_names()
-    opened = _privileged(f"open map {map_id}", lambda: bpf.map_from_id(map_id))
+    opened = privileged(f"open map {map_id}", lambda: bpf.map_from_id(map_id))
     if opened is None:
         raise UserError(f"no BPF map with id {map_id} (see `bpfscope maps`)", EXIT_USAGE)
     m, d = opened
