@@ -382,6 +382,13 @@ def _settle(
             del seen[key]
 
 
+def _split(d: tuple[int, ...], latency: bool) -> tuple[int, int, int, tuple[int, ...]]:
+    """count, errors, total_ns, hist of a delta (the last two 0 in counts mode)."""
+    if not latency:
+        d = d + _NOT_TIMED
+    return d[0], d[1], d[2], d[3:]
+
+
 def _delta(cur: tuple[int, ...], prev: tuple[int, ...] | None) -> tuple[int, ...]:
     if prev is None or any(c < p for c, p in zip(cur, prev, strict=True)):
         return cur  # new key, or the key was recreated (pid reuse)
@@ -507,9 +514,7 @@ class SyscallCollector:
                 continue
             prev = merged.get((tgid, nr))
             merged[tgid, nr] = d if prev is None else tuple(map(operator.add, prev, d))
-        rows: list[tuple[int, int, tuple[int, ...]]] = []  # tgid, nr, delta
         for (tgid, nr), d in merged.items():
-            rows.append((tgid, nr, d if self.latency else d + _NOT_TIMED))
             if nr in _exec_nrs() and d[0] > d[1]:
                 # it exec'd since: the name /proc gave before is stale
                 self.names.forget(tgid)
@@ -541,9 +546,32 @@ class SyscallCollector:
                 late.add(tgid)
             else:
                 named[tgid] = name or kernel_name(raws.get(tgid, ()), self.latency) or "?"
+
+        # Idle rows leave the maps before the records are made: what landed
+        # on one since the read above is in the value taken, counted now.
+        idle: dict[bytes, int] = {}
+        _settle(calls_map, seen, self._prev, late, dead)
+        for key, was, taken in self._expire_idle(
+            calls_map, stats_raw, seen, self._prev, late, idle
+        ):
+            d = _delta(sum_percpu(taken, lay.words, lay.stride), was)
+            tgid, nr = _U32X2.unpack_from(key)
+            prev = merged.get((tgid, nr))
+            merged[tgid, nr] = d if prev is None else tuple(map(operator.add, prev, d))
+        _settle(errnos_map, seen_err, self._prev_err, late, dead)
+        for key, was, taken in self._expire_idle(
+            errnos_map, errnos_raw, seen_err, self._prev_err, late, idle
+        ):
+            k = _U32X3.unpack_from(key)
+            err_counts[k] = err_counts.get(k, 0) + sum(memoryview(taken).cast("Q")) - was
+        for tgid in {t for t, _ in merged} | {t for t, _, _ in err_counts}:
+            if tgid not in named and tgid not in late:  # counted only in a row taken
+                name = self.names.lookup(tgid)
+                named[tgid] = name or kernel_name(raws.get(tgid, ()), self.latency) or "?"
+
         stats = [
-            SyscallStat(tgid, named[tgid], nr, name_of(nr), d[0], d[1], d[2], d[3:])
-            for tgid, nr, d in rows
+            SyscallStat(tgid, named[tgid], nr, name_of(nr), *_split(d, self.latency))
+            for (tgid, nr), d in merged.items()
             if tgid not in late
         ]
         errs = [
@@ -551,14 +579,6 @@ class SyscallCollector:
             for (tgid, nr, err), n in err_counts.items()
             if tgid not in late
         ]
-
-        idle: dict[bytes, int] = {}
-        for m, raw_rows, now_seen, before in (
-            (calls_map, stats_raw, seen, self._prev),
-            (errnos_map, errnos_raw, seen_err, self._prev_err),
-        ):
-            _settle(m, now_seen, before, late, dead)
-            self._expire_idle(m, dict(raw_rows), now_seen, before, late, idle)
         for tgid in dead:
             self.names.forget(tgid)
         self._idle = idle
@@ -581,17 +601,21 @@ class SyscallCollector:
     def _expire_idle(
         self,
         m: Any,
-        raw_of: dict[bytes, bytes],
+        rows: list[tuple[bytes, bytes]],
         seen: dict[bytes, Any],
         prev: dict[bytes, Any],
         late: set[int],
         idle: dict[bytes, int],
-    ) -> None:
+    ) -> list[tuple[bytes, Any, bytes]]:
         """Delete the rows of ``m`` read unchanged at :data:`IDLE_POLLS` polls
-        in a row (counting them in ``idle``). A row is re-read first and
-        deleted only if still as this poll read it (else it moved meanwhile:
-        kept, its change counted next poll); its previous value is dropped
+        in a row (counting them in ``idle``), each read and deleted in one
+        step where the kernel can (lookup-and-delete; else read, then
+        deleted: an update between the two is lost). Returns (key, value as
+        read, value taken) of the rows that moved since ``rows`` was read,
+        for the caller to count. A deleted row's previous value is dropped
         from ``seen`` so that a row the process recreates counts from zero."""
+        raw_of: dict[bytes, bytes] = {}
+        moved = []
         for key, cur in list(seen.items()):
             if key not in prev or prev[key] != cur or _U32X2.unpack_from(key)[0] in late:
                 continue
@@ -599,12 +623,12 @@ class SyscallCollector:
             if n < IDLE_POLLS:
                 idle[key] = n
                 continue
-            current = m.lookup(key)
-            if current is not None and current != raw_of[key]:
-                continue
-            if current is not None:
-                m.delete(key)
+            raw_of = raw_of or dict(rows)
+            taken = m.take(key)
+            if taken is not None and taken != raw_of[key]:
+                moved.append((key, cur, taken))
             del seen[key]
+        return moved
 
 
 def aggregate(stats: Iterable[SyscallStat], by: str) -> list[SyscallStat]:
