@@ -1,14 +1,18 @@
-"""Rows deleted while they are being updated lose nothing.
+"""Rows deleted while they are being updated: what is left of the race.
 
 Threads update rows as fast as they can, in bursts that move from row to
 row, while the collector polls back to back with the smallest idle timeout:
 rows are deleted all the time, often just as a thread comes back to them.
-An update landing between the read and the delete of a row would be lost;
-read and delete are one step where the kernel has lookup-and-delete, and
-the totals over the run must be exact.
+Read-then-delete loses the updates landing between the two steps: measured
+here, 0.2-0.3 % of all calls and bytes. Lookup-and-delete leaves one window,
+a program that looked the row up just before the delete and adds just after
+(programs update values in place): measured, 0 to 6 calls in ~500,000 and
+0 to 11 bytes in ~7 MB. So the totals may fall short by at most 1 in
+10,000 (well under the read-then-delete loss, well over what was seen), and
+never exceed what was made: nothing is counted twice.
 
-(Where the kernel lacks lookup-and-delete the collectors read, then delete,
-and these tests are expected to fail: they skip there.)
+(Where the kernel lacks lookup-and-delete the collectors read, then delete:
+these tests skip there.)
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from kernel_require import require
 pytestmark = pytest.mark.kernel
 
 RUN_S = 3.0
+MAX_LOSS = 1e-4  # of the total: see the module's docstring
 THREADS = 3
 BURST = 40  # calls on one row before the thread moves to the next
 
@@ -72,7 +77,9 @@ def _race(work: Callable[[int, threading.Event], None], poll: Callable[[], None]
         poll()
 
 
-def test_syscall_rows_deleted_while_counted_lose_no_call(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_syscall_rows_deleted_while_counted_lose_at_most_a_program_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     require("tp_btf")
     if not bpf.have_lookup_and_delete():
         pytest.skip("no BPF_MAP_LOOKUP_AND_DELETE_ELEM for hash maps here (Linux 5.14+)")
@@ -98,15 +105,20 @@ def test_syscall_rows_deleted_while_counted_lose_no_call(monkeypatch: pytest.Mon
         taken_err = _counted(c.tool.obj.map("syscalls_errnos"))
         _race(work, lambda: c.poll())
         expected = {n: sum(t[j] for t in made) for j, n in enumerate(names)}
-        assert c.totals.count == expected
-        assert c.totals.errors == {("dup", "EBADF"): expected["dup"]}
+        got = c.totals.count
+        assert set(got) == set(expected)
+        assert all(got[n] <= expected[n] for n in names), (got, expected)
+        lost = sum(expected.values()) - sum(got.values())
+        assert lost <= MAX_LOSS * sum(expected.values()), (lost, got, expected)
+        errors = c.totals.errors[("dup", "EBADF")]
+        assert expected["dup"] - MAX_LOSS * expected["dup"] <= errors <= expected["dup"]
         assert c.poll().stats == ()  # nothing left
     # the race was run: rows of both maps were deleted many times
     assert taken[0] > 100, taken
     assert taken_err[0] > 10, taken_err
 
 
-def test_flows_deleted_while_sending_lose_no_byte() -> None:
+def test_flows_deleted_while_sending_lose_at_most_a_program_run() -> None:
     require("tp_btf")
     if not bpf.have_lookup_and_delete():
         pytest.skip("no BPF_MAP_LOOKUP_AND_DELETE_ELEM for hash maps here (Linux 5.14+)")
@@ -147,6 +159,6 @@ def test_flows_deleted_while_sending_lose_no_byte() -> None:
             )
 
         _race(work, poll)
-        assert reported[0] == sum(sent)
+        assert sum(sent) - MAX_LOSS * sum(sent) <= reported[0] <= sum(sent), (reported, sent)
         assert c.stats().flows_evicted == 0
     assert taken[0] > 100, taken
