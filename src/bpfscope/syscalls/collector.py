@@ -405,6 +405,13 @@ def _reread(m: Any, rows: list[tuple[bytes, bytes]], gone: set[int]) -> list[tup
     return kept + [(k, v) for k, v in m.lookup_batch() if _U32X2.unpack_from(k)[0] in gone]
 
 
+def _split(d: tuple[int, ...], latency: bool) -> tuple[int, int, int, tuple[int, ...]]:
+    """count, errors, total_ns, hist of a delta (the last two 0 in counts mode)."""
+    if not latency:
+        d = d + _NOT_TIMED
+    return d[0], d[1], d[2], d[3:]
+
+
 def _delta(cur: tuple[int, ...], prev: tuple[int, ...] | None) -> tuple[int, ...]:
     if prev is None or any(c < p for c, p in zip(cur, prev, strict=True)):
         return cur  # new key, or the key was recreated (pid reuse)
@@ -552,9 +559,7 @@ class SyscallCollector:
                 continue
             prev = merged.get((tgid, nr))
             merged[tgid, nr] = d if prev is None else tuple(map(operator.add, prev, d))
-        rows: list[tuple[int, int, tuple[int, ...]]] = []  # tgid, nr, delta
         for (tgid, nr), d in merged.items():
-            rows.append((tgid, nr, d if self.latency else d + _NOT_TIMED))
             if nr in _exec_nrs() and d[0] > d[1] and proc_names.get(tgid) is not None:
                 # it exec'd since: the name /proc gave before is stale
                 self.names.forget(tgid)
@@ -571,6 +576,23 @@ class SyscallCollector:
                 k = _U32X3.unpack_from(key)
                 err_counts[k] = err_counts.get(k, 0) + n
 
+        # Dead processes' rows leave the maps; idle rows too, before the
+        # records are made: what landed on one since the read above is in
+        # the value taken, counted now.
+        idle: dict[bytes, int] = {}
+        _settle(calls_map, seen, dead)
+        for key, was, taken in self._expire_idle(calls_map, stats_raw, seen, self._prev, idle):
+            d = _delta(sum_percpu(taken, lay.words, lay.stride), was)
+            tgid, nr = _U32X2.unpack_from(key)
+            prev = merged.get((tgid, nr))
+            merged[tgid, nr] = d if prev is None else tuple(map(operator.add, prev, d))
+        _settle(errnos_map, seen_err, dead)
+        for key, was, taken in self._expire_idle(
+            errnos_map, errnos_raw, seen_err, self._prev_err, idle
+        ):
+            k = _U32X3.unpack_from(key)
+            err_counts[k] = err_counts.get(k, 0) + sum(memoryview(taken).cast("Q")) - was
+
         # One name per process and poll, the same on its stats and errno
         # rows: /proc while it runs, else what the kernel saw (kernel_name:
         # the program it exec'd, or the command that made most of its calls).
@@ -579,21 +601,14 @@ class SyscallCollector:
             name = proc_names.get(tgid)
             named[tgid] = name or kernel_name(raws.get(tgid, ()), self.latency) or "?"
         stats = [
-            SyscallStat(tgid, named[tgid], nr, name_of(nr), d[0], d[1], d[2], d[3:])
-            for tgid, nr, d in rows
+            SyscallStat(tgid, named[tgid], nr, name_of(nr), *_split(d, self.latency))
+            for (tgid, nr), d in merged.items()
         ]
         errs = [
             ErrnoStat(tgid, named[tgid], nr, name_of(nr), err, errno_name(err), n)
             for (tgid, nr, err), n in err_counts.items()
         ]
 
-        idle: dict[bytes, int] = {}
-        for m, raw_rows, now_seen, before in (
-            (calls_map, stats_raw, seen, self._prev),
-            (errnos_map, errnos_raw, seen_err, self._prev_err),
-        ):
-            _settle(m, now_seen, dead)
-            self._expire_idle(m, dict(raw_rows), now_seen, before, idle)
         for tgid in dead:
             self.names.forget(tgid)
         self._idle = idle
@@ -621,16 +636,20 @@ class SyscallCollector:
     def _expire_idle(
         self,
         m: Any,
-        raw_of: dict[bytes, bytes],
+        rows: list[tuple[bytes, bytes]],
         seen: dict[bytes, Any],
         prev: dict[bytes, Any],
         idle: dict[bytes, int],
-    ) -> None:
+    ) -> list[tuple[bytes, Any, bytes]]:
         """Delete the rows of ``m`` read unchanged at :data:`IDLE_POLLS` polls
-        in a row (counting them in ``idle``). A row is re-read first and
-        deleted only if still as this poll read it (else it moved meanwhile:
-        kept, its change counted next poll); its previous value is dropped
+        in a row (counting them in ``idle``), each read and deleted in one
+        step where the kernel can (lookup-and-delete; else read, then
+        deleted: an update between the two is lost). Returns (key, value as
+        read, value taken) of the rows that moved since ``rows`` was read,
+        for the caller to count. A deleted row's previous value is dropped
         from ``seen`` so that a row the process recreates counts from zero."""
+        raw_of: dict[bytes, bytes] = {}
+        moved = []
         for key, cur in list(seen.items()):
             if key not in prev or prev[key] != cur:
                 continue
@@ -638,12 +657,12 @@ class SyscallCollector:
             if n < IDLE_POLLS:
                 idle[key] = n
                 continue
-            current = m.lookup(key)
-            if current is not None and current != raw_of[key]:
-                continue
-            if current is not None:
-                m.delete(key)
+            raw_of = raw_of or dict(rows)
+            taken = m.take(key)
+            if taken is not None and taken != raw_of[key]:
+                moved.append((key, cur, taken))
             del seen[key]
+        return moved
 
 
 def aggregate(stats: Iterable[SyscallStat], by: str) -> list[SyscallStat]:
