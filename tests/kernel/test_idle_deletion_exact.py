@@ -29,9 +29,9 @@ import pytest
 from bpfscope import libbpf as bpf
 from bpfscope.flows import FlowCollector, FlowRecord, KernelFilter
 from bpfscope.syscalls import collector as syscalls_collector
-from bpfscope.syscalls import syscall_nr
 from bpfscope.syscalls.collector import SyscallCollector
-from bpfscope.syscalls.tool import SyscallFilter
+from bpfscope.syscalls.programs import SyscallFilter
+from bpfscope.sysnames import syscall_nr
 from kernel_require import require
 
 pytestmark = pytest.mark.kernel
