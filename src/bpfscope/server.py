@@ -272,7 +272,7 @@ def create_app(
                 {"detail": "the syscall collector is off; start the agent with --syscalls"},
                 status_code=404,
             )
-        from .syscalls.collector import aggregate, aggregate_errnos, grouped_json, top
+        from .syscalls.aggregate import aggregate, aggregate_errnos, grouped_json, top
         from .sysnames import UnknownSyscall, syscall_nr
 
         latency = bool(agent.syscalls.latency)

@@ -17,25 +17,16 @@ from hypothesis import strategies as st
 from bpfscope.cli import cli
 from bpfscope.clikit import parse_cgroup, validate_pid
 from bpfscope.errors import UserError
+from bpfscope.syscalls.aggregate import aggregate, aggregate_errnos, grouped_json, top
 from bpfscope.syscalls.cli import parse_syscalls
 from bpfscope.syscalls.collector import (
     IDLE_POLLS,
-    Drops,
-    ErrnoStat,
     ProcessNames,
-    Snapshot,
     SyscallCollector,
-    SyscallStat,
-    aggregate,
-    aggregate_errnos,
-    bucket_bounds_ns,
-    bucket_of,
     decode_stats,
-    grouped_json,
     kernel_name,
     name_of,
     sum_percpu,
-    top,
 )
 from bpfscope.syscalls.programs import (
     DEFAULT_MAX_ENTRIES,
@@ -47,6 +38,14 @@ from bpfscope.syscalls.programs import (
     idle_bytes,
     map_sizes,
     syscall_mask,
+)
+from bpfscope.syscalls.records import (
+    Drops,
+    ErrnoStat,
+    Snapshot,
+    SyscallStat,
+    bucket_bounds_ns,
+    bucket_of,
 )
 from bpfscope.syscalls.render import (
     ViewOptions,

@@ -18,20 +18,19 @@ A process that exited since the previous poll is reported in this poll,
 complete (see :meth:`SyscallCollector.poll`), and its kernel rows (on every
 CPU) are deleted after that last read, so the maps only hold live processes; rows of live
 processes unchanged for :data:`IDLE_POLLS` polls in a row are deleted too
-(re-read first: only if still unchanged), so a long-lived process holds rows
+(taken with lookup-and-delete where the kernel can), so a long-lived process holds rows
 for what it does now, not for every (syscall, CPU) it ever used.
 """
 
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import operator
 import os
 import struct
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from ..features import Mechanism
@@ -48,25 +47,23 @@ from .programs import (
     load,
     stats_map,
 )
+from .records import (
+    CollectorStats,
+    Drops,
+    ErrnoStat,
+    Snapshot,
+    SyscallStat,
+    SyscallTotals,
+)
 
 __all__ = [
     "IDLE_POLLS",
-    "CollectorStats",
-    "Drops",
-    "ErrnoStat",
     "ProcessNames",
-    "Snapshot",
     "SyscallCollector",
-    "SyscallStat",
-    "SyscallTotals",
-    "aggregate",
-    "bucket_bounds_ns",
-    "bucket_of",
     "decode_stats",
     "kernel_name",
     "name_of",
     "sum_percpu",
-    "top",
 ]
 
 
@@ -92,19 +89,6 @@ _U32X3 = struct.Struct("=III")
 # Polls in a row a row must be read unchanged before it is deleted (at 1 s
 # polls: idle 5 s). Its next call recreates it, counted from zero.
 IDLE_POLLS: Final = 5
-
-
-def bucket_of(latency_ns: int) -> int:
-    """The histogram slot the kernel puts ``latency_ns`` in (floor(log2), capped)."""
-    if latency_ns <= 1:
-        return 0
-    return min(latency_ns.bit_length() - 1, HIST_SLOTS - 1)
-
-
-def bucket_bounds_ns(slot: int) -> tuple[int, int | None]:
-    """[low, high) of a slot in ns; the last slot has no upper bound."""
-    low = 0 if slot == 0 else 1 << slot
-    return low, (None if slot == HIST_SLOTS - 1 else 1 << (slot + 1))
 
 
 _NAMES_BY_NR: dict[int, str] | None = None
@@ -183,163 +167,6 @@ def kernel_name(entries: Iterable[tuple[int, bytes]], latency: bool = True) -> s
             if n > errors and nr in _exec_nrs():
                 became.add(name)
     return max(became or calls, key=lambda name: (calls[name], name), default="")
-
-
-@dataclass(frozen=True)
-class SyscallStat:
-    """One (process, syscall) over an interval (or since start, for totals)."""
-
-    tgid: int
-    comm: str
-    nr: int
-    syscall: str
-    count: int
-    errors: int
-    total_ns: int
-    hist: tuple[int, ...]
-
-    @property
-    def mean_ns(self) -> float:
-        timed = sum(self.hist)
-        return self.total_ns / timed if timed else 0.0
-
-    def to_json(self, latency: bool = True) -> dict[str, Any]:
-        """``latency=False`` (counts mode: nothing was timed) leaves out
-        ``total_ns``, ``mean_ns`` and ``latency_log2_ns``."""
-        out: dict[str, Any] = {
-            "pid": self.tgid,
-            "comm": self.comm,
-            "syscall": self.syscall,
-            "nr": self.nr,
-            "count": self.count,
-            "errors": self.errors,
-        }
-        if latency:
-            out["total_ns"] = self.total_ns
-            out["mean_ns"] = round(self.mean_ns, 1)
-            out["latency_log2_ns"] = list(self.hist)
-        return out
-
-
-@dataclass(frozen=True)
-class ErrnoStat:
-    tgid: int
-    comm: str
-    nr: int
-    syscall: str
-    err: int
-    errno: str
-    count: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "pid": self.tgid,
-            "comm": self.comm,
-            "syscall": self.syscall,
-            "nr": self.nr,
-            "errno": self.errno,
-            "err": self.err,
-            "count": self.count,
-        }
-
-
-@dataclass(frozen=True)
-class Drops:
-    """Cumulative kernel-side losses since start (maps full)."""
-
-    inflight_nomem: int = 0
-    stats_full: int = 0
-    errnos_full: int = 0
-    skipped: int = 0  # program runs the kernel skipped (recursion guard)
-
-    @property
-    def total(self) -> int:
-        return self.inflight_nomem + self.stats_full + self.errnos_full + self.skipped
-
-    def to_json(self) -> dict[str, int]:
-        return {
-            "inflight_nomem": self.inflight_nomem,
-            "stats_full": self.stats_full,
-            "errnos_full": self.errnos_full,
-            "skipped": self.skipped,
-        }
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """What happened between two polls."""
-
-    time: float  # wall clock at the poll (Unix seconds)
-    elapsed_s: float
-    stats: tuple[SyscallStat, ...]
-    errnos: tuple[ErrnoStat, ...]
-    drops: Drops
-    mechanism: str
-    filter: SyscallFilter = field(default_factory=SyscallFilter)
-    latency: bool = False  # calls were timed (latency mode)
-
-    @property
-    def total_calls(self) -> int:
-        return sum(s.count for s in self.stats)
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "time": round(self.time, 3),
-            "interval_s": round(self.elapsed_s, 3),
-            "mechanism": self.mechanism,
-            "filter": self.filter.describe(),
-            "latency": self.latency,
-            "total_calls": self.total_calls,
-            "stats": [s.to_json(self.latency) for s in self.stats],
-            "errnos": [e.to_json() for e in self.errnos],
-            "drops": self.drops.to_json(),
-        }
-        if self.latency:
-            out["hist_buckets"] = "slot i: [2^i, 2^(i+1)) ns; slot 0 from 0; last slot unbounded"
-        return out
-
-
-@dataclass(frozen=True)
-class CollectorStats:
-    """The syscall collector's own figures as of its last poll."""
-
-    rungs: dict[str, str | None]
-    mechanism: str
-    polls: int
-    drops: Drops
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "rungs": dict(self.rungs),
-            "mechanism": self.mechanism,
-            "polls": self.polls,
-            "events_dropped": self.drops.total,
-            "drops": self.drops.to_json(),
-        }
-
-
-@dataclass
-class SyscallTotals:
-    """Cumulative per-syscall counters since start (no pid dimension);
-    ``total_ns`` and ``hist`` stay empty in counts mode."""
-
-    count: dict[str, int] = field(default_factory=dict)
-    errors: dict[tuple[str, str], int] = field(default_factory=dict)  # (syscall, errno)
-    total_ns: dict[str, int] = field(default_factory=dict)
-    hist: dict[str, list[int]] = field(default_factory=dict)
-
-    def add(self, snap: Snapshot) -> None:
-        for s in snap.stats:
-            self.count[s.syscall] = self.count.get(s.syscall, 0) + s.count
-            if not snap.latency:
-                continue
-            self.total_ns[s.syscall] = self.total_ns.get(s.syscall, 0) + s.total_ns
-            h = self.hist.setdefault(s.syscall, [0] * HIST_SLOTS)
-            for i, v in enumerate(s.hist):
-                h[i] += v
-        for e in snap.errnos:
-            k = (e.syscall, e.errno)
-            self.errors[k] = self.errors.get(k, 0) + e.count
 
 
 class ProcessNames:
@@ -663,71 +490,3 @@ class SyscallCollector:
                 moved.append((key, cur, taken))
             del seen[key]
         return moved
-
-
-def aggregate(stats: Iterable[SyscallStat], by: str) -> list[SyscallStat]:
-    """Group records ``by`` "process", "syscall" or "both" (no grouping)."""
-    if by == "both":
-        return list(stats)
-    groups: dict[int, list[SyscallStat]] = {}
-    for s in stats:
-        groups.setdefault(s.tgid if by == "process" else s.nr, []).append(s)
-    out = []
-    for members in groups.values():
-        first = members[0]
-        hist = tuple(sum(col) for col in zip(*(m.hist for m in members), strict=True))
-        out.append(
-            SyscallStat(
-                tgid=first.tgid if by == "process" else 0,
-                comm=first.comm if by == "process" else "",
-                nr=first.nr if by == "syscall" else -1,
-                syscall=first.syscall if by == "syscall" else "",
-                count=sum(m.count for m in members),
-                errors=sum(m.errors for m in members),
-                total_ns=sum(m.total_ns for m in members),
-                hist=hist,
-            )
-        )
-    return out
-
-
-def top(stats: Sequence[SyscallStat], n: int | None, sort: str) -> list[SyscallStat]:
-    """The ``n`` largest by "count", "time" or "errors" (ties: by name)."""
-    keyf: Callable[[SyscallStat], tuple[int, int, str, int]]
-    if sort == "time":
-        keyf = lambda s: (-s.total_ns, -s.count, s.syscall, s.tgid)  # noqa: E731
-    elif sort == "errors":
-        keyf = lambda s: (-s.errors, -s.count, s.syscall, s.tgid)  # noqa: E731
-    else:
-        keyf = lambda s: (-s.count, -s.total_ns, s.syscall, s.tgid)  # noqa: E731
-    ranked = sorted(stats, key=keyf)
-    return ranked if n is None else ranked[:n]
-
-
-def aggregate_errnos(errs: Iterable[ErrnoStat], by: str) -> list[ErrnoStat]:
-    """Group errno records like :func:`aggregate`, keeping the errno; the
-    largest counts first."""
-    groups: dict[tuple[int, int, int], ErrnoStat] = {}
-    for e in errs:
-        k = (e.tgid if by != "syscall" else 0, e.nr if by != "process" else -1, e.err)
-        prev = groups.get(k)
-        if prev is not None:
-            groups[k] = dataclasses.replace(prev, count=prev.count + e.count)
-        elif by == "syscall":
-            groups[k] = dataclasses.replace(e, tgid=0, comm="")
-        elif by == "process":
-            groups[k] = dataclasses.replace(e, nr=-1, syscall="")
-        else:
-            groups[k] = e
-    return sorted(groups.values(), key=lambda e: (-e.count, e.syscall, e.tgid, e.errno))
-
-
-def grouped_json(row: dict[str, Any], by: str) -> dict[str, Any]:
-    """A row's JSON without the fields its grouping merged away."""
-    if by == "process":
-        row.pop("syscall", None)
-        row.pop("nr", None)
-    elif by == "syscall":
-        row.pop("pid", None)
-        row.pop("comm", None)
-    return row
