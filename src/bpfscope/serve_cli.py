@@ -176,7 +176,9 @@ def serve(
         logs_endpoint(otlp_endpoint)  # a bad URL is a usage error before anything loads
     require_privileges()
 
-    # Heavy imports only once the arguments are known to be good.
+    # Heavy imports only once the arguments are known to be good, and only
+    # here: the agent's packages (FastAPI, uvicorn) are an optional extra, and
+    # `bpfscope --help` imports this module to list the command.
     import uvicorn
 
     from .agent import Agent

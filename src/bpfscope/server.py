@@ -29,6 +29,8 @@ from .agent import Agent
 from .flowquery import BadQuery, FlowFilter, addr_in, page, parse_cidr, sort_flows
 from .metrics import SyscallMetrics
 from .store import HistoryQuery
+from .syscalls.aggregate import aggregate, aggregate_errnos, grouped_json, top
+from .sysnames import UnknownSyscall, syscall_nr
 from .web import mount_web
 
 __all__ = ["MAX_PAGE", "create_app"]
@@ -272,8 +274,6 @@ def create_app(
                 {"detail": "the syscall collector is off; start the agent with --syscalls"},
                 status_code=404,
             )
-        from .syscalls.aggregate import aggregate, aggregate_errnos, grouped_json, top
-        from .sysnames import UnknownSyscall, syscall_nr
 
         latency = bool(agent.syscalls.latency)
         if sort == "time" and not latency:

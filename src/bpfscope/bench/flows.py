@@ -145,7 +145,7 @@ def _bpftrace() -> Any:
 # results
 
 
-# Bars of issue 4 (on the CPU measure): monitored / baseline.
+# The flow monitor's bars (on the CPU measure): monitored / baseline.
 BARS: Final = {"rr": 0.97, "stream": 0.99}
 
 

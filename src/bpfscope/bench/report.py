@@ -38,7 +38,7 @@ STUDY_GAP_S: Final = 0.31  # outside (time) minus inside (clock()), 50M calls
 STUDY_CALLS: Final = 50_000_000
 
 # bpfscope's counting program may add at most this factor of the empty
-# program's overhead on the same hook (issue 3's performance bar).
+# program's overhead on the same hook (the lab's performance bar).
 BAR_FACTOR: Final = 1.15
 # The bar is judged on the driver's own CPU time (clock(), the inside view):
 # the BPF program runs in the traced process's context, so its cost is there,

@@ -39,6 +39,8 @@ from typing import Any, Final
 
 from .. import system
 from ..features import Mechanism
+from ..syscalls.collector import SyscallCollector
+from ..syscalls.programs import SyscallFilter
 from ..sysnames import syscall_nr
 from . import driver, peer, references
 from .pinning import bench_cpu, interleave
@@ -227,8 +229,6 @@ def run_bench(
     progress: Callable[[str], None] | None = None,
 ) -> BenchResult:
     """Run the comparison and print it (text or JSON); returns the result."""
-    from ..syscalls.collector import SyscallCollector
-    from ..syscalls.programs import SyscallFilter
 
     if progress is None and sys.stderr.isatty():
 

@@ -10,12 +10,15 @@ from typing import Any
 
 import click
 
+from ..bench.tracer import run_bench
 from ..clikit import parse_cgroup, sleep_until, stop_on_signals, validate_pid
 from ..errors import EXIT_USAGE, UserError
 from ..features import Mechanism
 from ..sysnames import syscall_nr
 from ..system import require_privileges
 from . import COST_NS
+from .collector import SyscallCollector
+from .programs import SyscallFilter
 from .render import BY_CHOICES, SORT_CHOICES, ViewOptions
 
 __all__ = ["parse_syscalls", "syscalls"]
@@ -170,8 +173,6 @@ def syscalls(
     btf = (ctx.obj or {}).get("btf")
     force = Mechanism(attach) if attach else None
     if bench:
-        from ..bench.tracer import run_bench
-
         require_privileges()
         run_bench(
             calls=bench_calls,
@@ -182,9 +183,6 @@ def syscalls(
             as_json=as_json,
         )
         return
-
-    from .collector import SyscallCollector
-    from .programs import SyscallFilter
 
     if sort == "time" and not latency:
         raise UserError(
