@@ -72,6 +72,9 @@ def flow_sample(rec: FlowRecord, profiler: IpProfiler | None) -> FlowSample:
         container=rec.container or "",
         tx_bytes=rec.tx_delta,
         rx_bytes=rec.rx_delta,
+        tx_segs=rec.tx_segs_delta,
+        rx_segs=rec.rx_segs_delta,
+        retrans_bytes=rec.retrans_bytes_delta,
         remote_class=str(prof.remote_class) if prof else "",
         remote_name=(prof.name or "") if prof else "",
     )
@@ -343,6 +346,13 @@ class Agent:
             "poll_seconds": round(self.state.poll_seconds, 6),
             "rungs": stats.get("rungs", {}),
             "tcp_accounting": stats.get("tcp_accounting"),
+            "unattributed": stats.get("unattributed", 0),
+            "udp": stats.get("udp", True),
+            "udp_note": (
+                "UDP accounting shares the TCP send/receive hooks on this kernel"
+                if stats.get("udp_shares_tcp_hooks")
+                else None
+            ),
             "events_dropped": stats.get("events_dropped", 0),
             "events_skipped": stats.get("events_skipped", 0),
             "flows_evicted": stats.get("flows_evicted", 0),

@@ -103,6 +103,14 @@ def _render(report: DoctorReport, console: Console) -> None:
     console.print(f"{verdict}: {report.summary()}")
 
 
+def flows_accounting(tool: ladder.AttachedObject) -> str:
+    """How the flow monitor counts TCP with these rungs: from the kernel's
+    socket counters, or per event in the flow table."""
+    from .flows import programs as flows_programs
+
+    return "counters" if flows_programs.COUNTERS_ITER in tool.extras.programs else "table"
+
+
 def _check(btf: str | None, force: Mechanism | None, console: Console) -> list[dict[str, Any]]:
     """Load and attach every tool with its chosen rungs, then detach."""
     from . import selftest
@@ -129,6 +137,8 @@ def _check(btf: str | None, force: Mechanism | None, console: Console) -> list[d
                     if tool.extras.description:
                         detail += f"; {tool.extras.description}"
                     entry.update(ok=True, mechanism=tool.rungs_summary(), detail=detail)
+                    if spec.name == "flows":
+                        entry["tcp_accounting"] = flows_accounting(tool)
         except Exception as exc:  # reported per tool; the exit code carries it
             entry.update(ok=False, mechanism=None, detail=str(exc))
         results.append(entry)
