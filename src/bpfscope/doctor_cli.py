@@ -10,7 +10,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from . import ladder
+from . import ladder, selftest
 from .doctor import DoctorReport, run_doctor
 from .errors import EXIT_FAILURE, EXIT_PRIVILEGES, EXIT_UNSUPPORTED
 from .features import Mechanism, Status
@@ -116,7 +116,6 @@ def flows_accounting(tool: ladder.AttachedObject) -> str:
 
 def _check(btf: str | None, force: Mechanism | None, console: Console) -> list[dict[str, Any]]:
     """Load and attach every tool with its chosen rungs, then detach."""
-    from . import selftest
 
     results: list[dict[str, Any]] = []
     for spec in registered_tools():

@@ -15,7 +15,7 @@ import errno
 import os
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -36,6 +36,7 @@ __all__ = [
     "libc_path",
     "probe",
     "probe_all",
+    "probe_target",
 ]
 
 
@@ -232,46 +233,39 @@ def _explain_attach_failure(m: Mechanism, exc: bpf.BpfError) -> str:
 
 
 @contextmanager
-def _temp_cgroup() -> Iterator[int]:
+def _temp_cgroup() -> Iterator[str]:
     root = system.cgroup2_mount()
     if root is None:
         raise FileNotFoundError("no cgroup v2 mount")
     path = Path(root, f"bpfscope-probe-{os.getpid()}")
     path.mkdir(exist_ok=True)
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        yield fd
+        yield str(path)
     finally:
-        os.close(fd)
         path.rmdir()
 
 
-def _attach(m: Mechanism, prog: bpf.Program, stack: list[Any]) -> bpf.Link:
-    if m in (Mechanism.TRACEPOINT,):
-        return prog.attach_tracepoint("syscalls", "sys_enter_getpid")
+def probe_target(m: Mechanism) -> str:
+    """Where the probe program of a syscall or libc hook attaches, spelled
+    as ``Program.attach_to`` takes it (the cgroup probe makes its own)."""
+    if m is Mechanism.TRACEPOINT:
+        return "syscalls:sys_enter_getpid"
     if m is Mechanism.RAW_TP:
-        return prog.attach_raw_tracepoint("sys_enter")
+        return "sys_enter"
     if m in (Mechanism.TP_BTF, Mechanism.FENTRY, Mechanism.FEXIT):
-        return prog.attach_trace()
+        return ""  # fixed before load
     if m in (Mechanism.KPROBE, Mechanism.KRETPROBE):
-        func = system.syscall_function_prefix() + "getpid"
-        return prog.attach_kprobe(func, retprobe=m is Mechanism.KRETPROBE)
+        return system.syscall_function_prefix() + "getpid"
     if m in (Mechanism.UPROBE, Mechanism.URETPROBE):
         libc = libc_path()
         if libc is None:
             raise FileNotFoundError("cannot find this process's libc in /proc/self/maps")
-        return prog.attach_uprobe(libc, "getpid", retprobe=m is Mechanism.URETPROBE)
-    if m is Mechanism.CGROUP_SKB:
-        cm = _temp_cgroup()
-        fd = cm.__enter__()
-        stack.append(cm)
-        return prog.attach_cgroup(fd)
-    raise ValueError(f"{m} is not a program mechanism")
+        return f"{libc}:getpid"
+    raise ValueError(f"{m} has no syscall or libc probe target")
 
 
 def _probe_program(m: Mechanism) -> Verdict:
     prog_name = _PROGRAM_OF[m]
-    stack: list[Any] = []
     with (
         bpf.quiet_libbpf(),
         bpf.BpfObject.open_bytes(object_bytes("probe"), name="bpfscope_probe") as obj,
@@ -293,9 +287,13 @@ def _probe_program(m: Mechanism) -> Verdict:
             obj.load()
         except bpf.BpfError as exc:
             return _verdict(m, Status.UNSUPPORTED, _explain_load_failure(m, exc), exc.errno)
-        try:
+        with ExitStack() as stack:
             try:
-                link = _attach(m, obj.program(prog_name), stack)
+                if m is Mechanism.CGROUP_SKB:
+                    target = stack.enter_context(_temp_cgroup())
+                else:
+                    target = probe_target(m)
+                link = obj.program(prog_name).attach_to(m, target)
             except bpf.BpfError as exc:
                 return _verdict(m, Status.UNSUPPORTED, _explain_attach_failure(m, exc), exc.errno)
             except OSError as exc:  # e.g. no right to make the scratch cgroup
@@ -310,9 +308,6 @@ def _probe_program(m: Mechanism) -> Verdict:
                 _raw_getpid(3)
             hits_raw = obj.bss["probe_hits"]
             link.destroy()
-        finally:
-            for cm in reversed(stack):
-                cm.__exit__(None, None, None)
         idx = _HIT_INDEX[m] * 8
         hits = int.from_bytes(hits_raw[idx : idx + 8], "little")
         if hits >= 3:

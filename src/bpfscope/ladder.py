@@ -269,30 +269,6 @@ class AttachedObject:
 _FAILED_PROG = re.compile(r"prog '([^']+)': failed to load")
 
 
-def _attach(prog: bpf.Program, rung: Rung) -> None:
-    m = rung.mechanism
-    if m is Mechanism.TRACEPOINT:
-        category, _, name = rung.target.partition(":")
-        prog.attach_tracepoint(category, name)
-    elif m is Mechanism.RAW_TP:
-        prog.attach_raw_tracepoint(rung.target)
-    elif m in (Mechanism.TP_BTF, Mechanism.FENTRY, Mechanism.FEXIT):
-        prog.attach_trace()
-    elif m in (Mechanism.KPROBE, Mechanism.KRETPROBE):
-        prog.attach_kprobe(rung.target, retprobe=m is Mechanism.KRETPROBE)
-    elif m in (Mechanism.UPROBE, Mechanism.URETPROBE):
-        binary, _, function = rung.target.partition(":")
-        prog.attach_uprobe(binary, function or None, retprobe=m is Mechanism.URETPROBE)
-    elif m is Mechanism.CGROUP_SKB:
-        fd = os.open(rung.target, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            prog.attach_cgroup(fd)  # the link keeps its own reference
-        finally:
-            os.close(fd)
-    else:
-        raise LadderError(f"{m} is not an attach mechanism")
-
-
 def _open_configured(
     tool: str,
     choices: list[Choice],
@@ -371,7 +347,7 @@ def load_object(
             raise
         try:
             for _, part in chosen_parts(choices):
-                _attach(obj.program(part.program), part)
+                obj.program(part.program).attach_to(part.mechanism, part.target)
         except BaseException:
             obj.close()
             raise

@@ -57,7 +57,7 @@ def test_syscall_hook_counts_exactly(mechanism: Mechanism) -> None:
     with open_probe(mechanism, os.getpid()) as obj:
         obj.load()
         prog = obj.program(features._PROGRAM_OF[mechanism])
-        features._attach(mechanism, prog, [])
+        prog.attach_to(mechanism, features.probe_target(mechanism))
         before = hits(obj, mechanism)
         for _ in range(137):
             libc.syscall(features.getpid_nr())

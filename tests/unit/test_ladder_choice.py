@@ -145,6 +145,10 @@ def test_refused_extras_are_dropped_before_any_rung(monkeypatch: pytest.MonkeyPa
 
     loads: list[tuple[str, frozenset[str], dict[str, object]]] = []
 
+    class FakeProgram:
+        def attach_to(self, kind: str, target: str) -> None:
+            pass
+
     class FakeObj:
         def __init__(self, rung_program: str, also: frozenset[str], rodata: dict[str, object]):
             self.entry = (rung_program, also, rodata)
@@ -154,8 +158,8 @@ def test_refused_extras_are_dropped_before_any_rung(monkeypatch: pytest.MonkeyPa
             if self.entry[1]:  # the kernel refuses the extra program
                 raise bpf.BpfError("load", 1, libbpf_log=["prog 'x_iter': failed to load: -1"])
 
-        def program(self, name: str) -> object:
-            return name
+        def program(self, name: str) -> FakeProgram:
+            return FakeProgram()
 
         def close(self) -> None:
             pass
@@ -165,7 +169,6 @@ def test_refused_extras_are_dropped_before_any_rung(monkeypatch: pytest.MonkeyPa
         return FakeObj(c.rung.program, also_load, dict(rodata))
 
     monkeypatch.setattr(ladder, "_open_configured", fake_open)
-    monkeypatch.setattr(ladder, "_attach", lambda prog, rung: None)
     real_choose = ladder.choose
     monkeypatch.setattr(
         ladder, "choose", lambda *a, **kw: real_choose(*a, **kw, missing=no_missing)

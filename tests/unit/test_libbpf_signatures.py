@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bpfscope import libbpf as bpf
+from bpfscope.libbpf import ffi
 
 HEADERS = [Path("/usr/include/bpf") / h for h in ("libbpf.h", "bpf.h", "btf.h")]
 
@@ -61,11 +62,11 @@ def test_version_is_at_least_1_1() -> None:
 
 
 OPTS = {
-    "bpf_object_open_opts": bpf._OpenOpts,
-    "bpf_uprobe_opts": bpf._UprobeOpts,
-    "bpf_map_batch_opts": bpf._BatchOpts,
-    "ring_buffer_opts": bpf._RingBufferOpts,
-    "bpf_iter_attach_opts": bpf._IterAttachOpts,
+    "bpf_object_open_opts": ffi.OpenOpts,
+    "bpf_uprobe_opts": ffi.UprobeOpts,
+    "bpf_map_batch_opts": ffi.BatchOpts,
+    "ring_buffer_opts": ffi.RingBufferOpts,
+    "bpf_iter_attach_opts": ffi.IterAttachOpts,
 }
 
 

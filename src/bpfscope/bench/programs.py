@@ -200,7 +200,7 @@ class BenchObject:
         target = self.hooks[mechanism]
         try:
             for prog in self.programs(mechanism, work, k):
-                links.append(_attach(prog, mechanism, target))
+                links.append(prog.attach_to(mechanism, target))
         except BaseException:
             detach(links)
             raise
@@ -234,22 +234,6 @@ class BenchObject:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _attach(prog: libbpf.Program, mechanism: Mechanism, target: str) -> libbpf.Link:
-    if mechanism is Mechanism.TRACEPOINT:
-        category, _, name = target.partition(":")
-        return prog.attach_tracepoint(category, name)
-    if mechanism is Mechanism.RAW_TP:
-        return prog.attach_raw_tracepoint(target)
-    if mechanism in (Mechanism.TP_BTF, Mechanism.FENTRY):
-        return prog.attach_trace()
-    if mechanism is Mechanism.KPROBE:
-        return prog.attach_kprobe(target)
-    if mechanism is Mechanism.UPROBE:
-        binary, _, function = target.partition(":")
-        return prog.attach_uprobe(binary, function)
-    raise ValueError(f"{mechanism} is not a bench mechanism")
 
 
 def detach(links: Iterable[libbpf.Link]) -> None:

@@ -26,6 +26,7 @@ from . import holders as holders_mod
 from .holders import Holder, Holders, fdinfo_of
 from .links import LinkDecoded, btf_func_name, decode_link
 from .names import KernelNames, kernel_names
+from .types import from_btf, type_name
 
 __all__ = [
     "LinkRecord",
@@ -247,7 +248,6 @@ def read_prog(prog_id: int, names: KernelNames) -> ProgRecord | None:
 def _type_name_in_btf(btf: bpf.Btf | None, type_id: int) -> str:
     if btf is None or not type_id:
         return ""
-    from .types import from_btf, type_name
 
     try:
         return type_name(from_btf(btf, type_id))

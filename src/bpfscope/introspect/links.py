@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import cgroups, system
+from .. import libbpf as bpf
 from .decode import decode
 from .names import KernelNames, kernel_names
-from .types import Int, Struct
+from .types import Int, Struct, from_btf
 
 __all__ = [
     "LinkDecoded",
@@ -59,8 +60,6 @@ class LinkDecoded:
 @functools.cache
 def link_info_model() -> Struct | None:
     """``struct bpf_link_info`` of the running kernel, or None without BTF."""
-    from .. import libbpf as bpf
-    from .types import from_btf
 
     try:
         btf = bpf.Btf.vmlinux()
@@ -229,7 +228,6 @@ def cgroup_path(cgroup_id: int) -> str:
 @functools.cache
 def btf_func_name(obj_id: int, type_id: int) -> str:
     """Name of BTF type ``type_id`` in kernel BTF object ``obj_id``."""
-    from .. import libbpf as bpf
 
     if not obj_id or not type_id:
         return ""

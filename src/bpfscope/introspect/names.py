@@ -13,6 +13,8 @@ import logging
 from dataclasses import dataclass
 from typing import Final
 
+from .. import libbpf as bpf
+
 __all__ = [
     "ENUMS",
     "KernelNames",
@@ -82,7 +84,6 @@ class KernelNames:
 @functools.cache
 def kernel_names() -> KernelNames:
     """Names from /sys/kernel/btf/vmlinux (cached); numbers only without BTF."""
-    from .. import libbpf as bpf
 
     enums: dict[str, list[tuple[str, int]]] = {}
     try:

@@ -24,8 +24,10 @@ from pathlib import Path
 from typing import Any, Final
 
 from .. import libbpf as bpf
+from .. import objects
+from ..sysnames import syscall_nr
 from . import holders as holders_mod
-from .inventory import privileged, read_prog, require_introspection_privileges
+from .inventory import privileged, read_link, read_prog, require_introspection_privileges
 from .names import KernelNames, kernel_names
 
 __all__ = [
@@ -291,7 +293,6 @@ def on_getpid_path(target: str) -> bool:
 
 def _programs_on_path() -> int:
     """Other tools' programs that also run on every getpid() right now."""
-    from .inventory import read_link
 
     names = kernel_names()
     count = 0
@@ -330,7 +331,6 @@ def _save(cost: StatsCost) -> None:
 
 
 def _getpid_loop() -> Callable[[int], None]:
-    from ..sysnames import syscall_nr
 
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     fn = libc.syscall
@@ -355,7 +355,6 @@ def measure_cost(
     each kind is kept: the difference per call, divided by the number of BPF
     programs on the getpid path, is what statistics add to one program run.
     """
-    from .. import objects
 
     require_introspection_privileges()
     loop = _getpid_loop()

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from .. import libbpf as bpf
+
 if TYPE_CHECKING:
     from ..libbpf import Btf
 
@@ -127,7 +129,6 @@ _BIG_ENDIAN_TYPEDEFS = frozenset({"__be16", "__be32", "__be64", "__sum16"})
 
 def from_btf(btf: Btf, type_id: int, *, _depth: int = 0) -> Type:
     """Model of BTF type ``type_id`` (typedefs resolved, their name kept)."""
-    from .. import libbpf as bpf
 
     if _depth > 32:
         return Opaque(0, "(too deep)")
