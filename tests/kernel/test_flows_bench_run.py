@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bpfscope.flows import bench, tool
+from bpfscope.flows import bench, programs
 from bpfscope.flows.bench import traffic_mechanism
 from kernel_require import require
 
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.kernel
 def test_every_configuration_runs_on_the_same_rung() -> None:
     require("tp_btf")
     mech = traffic_mechanism()
-    if mech not in tool.TRACEPOINT_RUNGS:
+    if mech not in programs.TRACEPOINT_RUNGS:
         pytest.skip(f"traffic stands on {mech} here: the floor has tracepoint rungs only")
     results = bench.traffic_bench(
         seconds=0.3, rounds=1, configs=("baseline", "empty", "bpfscope"), cpu=bench.bench_cpu()
