@@ -78,6 +78,30 @@ struct {
 	__type(value, struct sk_owner);
 } flow_listeners SEC(".maps");
 
+/*
+ * Network namespaces with TCP sockets -> a process in each (counters path):
+ * iter/tcp walks the sockets of the namespace it is created in, so the
+ * collector creates one iterator per namespace, entering it through
+ * /proc/PID/ns/net. Written by connect, listen, accept and the sweep.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u32);
+} flow_netns SEC(".maps");
+
+static __always_inline void note_netns(__u32 netns, __u32 tgid)
+{
+	__u32 *seen;
+
+	if (!tcp_counters || !tgid)
+		return;
+	seen = bpf_map_lookup_elem(&flow_netns, &netns);
+	if (!seen || *seen != tgid)
+		bpf_map_update_elem(&flow_netns, &netns, &tgid, BPF_ANY);
+}
+
 /* Last UDP route lookup per thread (tracepoint rungs: unconnected sends). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -997,6 +1021,7 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
 		if (newstate == TCP_LISTEN) {
 			fresh_owner(&fresh, FLOW_DIR_PASSIVE, 0);
 			bpf_map_update_elem(&flow_listeners, &lk, &fresh, BPF_ANY);
+			note_netns(lk.netns, fresh.tgid);
 		} else {
 			bpf_map_delete_elem(&flow_listeners, &lk);
 		}
@@ -1007,6 +1032,7 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
 		fresh_owner(&fresh, FLOW_DIR_ACTIVE, now);
 		if (bpf_map_update_elem(&flow_socks, &skp, &fresh, BPF_ANY))
 			stat_inc(FLOW_STAT_SK_UPDATE_FAILED);
+		note_netns(sk_netns(sk, direct), fresh.tgid);
 		return 0;
 	}
 	if (newstate == TCP_SYN_RECV) {
@@ -1230,6 +1256,7 @@ int sweep_owners(struct bpf_iter__task_file *ctx)
 	fresh.tgid = BPF_CORE_READ(task, tgid);
 	fresh.cgroup_id = BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
 	BPF_CORE_READ_INTO(&fresh.comm, task, comm);
+	note_netns(sk_netns(tcp_sk_of(tp), true), fresh.tgid);
 	if (state == TCP_LISTEN) {
 		lk.netns = sk_netns(tcp_sk_of(tp), true);
 		lk.port = tp->inet_conn.icsk_inet.sk.__sk_common.skc_num;

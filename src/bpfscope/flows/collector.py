@@ -37,6 +37,7 @@ from ..features import Mechanism
 from ..ladder import AttachedObject, Choice, Hook, choose, load_object
 from . import programs
 from .attribution import Attribution
+from .netns import NetnsRunner
 from .records import (
     AF_INET,
     AF_INET6,
@@ -144,6 +145,7 @@ class FlowCollector:
         self._tool: AttachedObject | None = None
         self._counters: bpf.Link | None = None  # iter/tcp: TCP volume from socket counters
         self._sweep: bpf.Link | None = None  # iter/task_file: owners of unowned sockets
+        self._netns: NetnsRunner | None = None
         self._last_sweep = 0.0
         self._ring: bpf.RingBuffer | None = None
         self._flows: dict[bytes, _Tracked] = {}
@@ -212,6 +214,7 @@ class FlowCollector:
                 self._counters = obj.program(programs.COUNTERS_ITER).attach()
                 self._sweep = obj.program(programs.SWEEP_ITER).attach()
                 self._stats.tcp_accounting = "counters"
+                self._netns = NetnsRunner()
                 # sockets older than the collector: owners now, counted from now
                 self._run_sweep(time.monotonic())
             self._ring = bpf.RingBuffer(obj.map("flow_events"), self._on_event)
@@ -250,6 +253,9 @@ class FlowCollector:
             self._ring.close()
             self._ring = None
         self._counters = self._sweep = None  # links of the object: destroyed with it
+        if self._netns is not None:
+            self._netns.close()
+            self._netns = None
         if self._tool is not None:
             self._tool.close()
             self._tool = None
@@ -359,15 +365,24 @@ class FlowCollector:
         """Credit every owned TCP socket's counter growth to its flow; sweep
         (rate-limited) when some sockets have no owner yet."""
         assert self._counters is not None
+        assert self._netns is not None
+        ns_map = self.attached.obj.map("flow_netns")
+        namespaces = [
+            (struct.unpack("=I", k)[0], struct.unpack("=I", v)[0]) for k, v in ns_map.lookup_batch()
+        ]
         try:
-            unowned = len(self._counters.run_iter())  # one byte per unowned socket
+            # iter/tcp sees the namespace it is created in: one pass per namespace
+            out, gone = self._netns.run(self._counters.run_iter, namespaces)
         except OSError as exc:
             # the sockets' counters keep their growth: the next pass credits it
             self._stats.counters_failures += 1
             log.warning("reading TCP socket counters failed: %s", exc)
             return
-        self._stats.unattributed = unowned
-        if unowned and now - self._last_sweep >= SWEEP_INTERVAL:
+        for inode in gone:
+            ns_map.delete(struct.pack("=I", inode))
+        self._stats.netns_visited = 1 + self._netns.entered
+        self._stats.unattributed = len(out)  # one byte per socket without an owner
+        if (out or gone) and now - self._last_sweep >= SWEEP_INTERVAL:
             self._run_sweep(now)
 
     def _new_record(self, meta: FlowMeta, raw: bytes) -> FlowRecord:

@@ -455,6 +455,7 @@ class CollectorStats:
     counters_seconds: float = 0.0  # the last counters pass
     counters_failures: int = 0  # passes that failed: the next one credits their growth
     unattributed: int = 0  # TCP sockets without an owner in the last counters pass
+    netns_visited: int = 0  # network namespaces the last counters pass walked
     adopted: int = 0  # sockets given an owner by the sweep
     sweeps: int = 0
     sweep_seconds: float = 0.0
