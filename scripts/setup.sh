@@ -17,6 +17,9 @@ STAMP="$VENV/.setup-stamp"
 #  libcap2-bin      capsh for least-privilege runs
 #  linux-libc-dev-arm64-cross     arm64 syscall numbers for the table check
 #  qemu-system-x86 busybox-static the kernel matrix (matrix/run): other kernels in qemu
+# The container image test (tests/kernel/test_container_image.py) installs
+# what only it needs, docker.io, debootstrap and prometheus, through
+# scripts/container-engine when it runs as root, not here for everyone.
 PACKAGES=(
   python3 python3-venv python3-dev
   libbpf1 libbpf-dev clang llvm make bpftool gcc libc6-dev linux-libc-dev

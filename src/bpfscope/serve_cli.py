@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -270,9 +271,18 @@ def serve(
         click.echo(f"bpfscope agent on http://{shown}:{port} (hooks: {rungs})", err=True)
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
         server = uvicorn.Server(config)
+        # uvicorn re-raises the signal that stopped it once it has shut down.
+        # With SIGTERM's default action the process would die right there,
+        # before the stack below closes the agent (history bucket, exporter):
+        # `docker stop` would lose the last interval. Leave through SystemExit.
+        signal.signal(signal.SIGTERM, _exit_on_signal)
         try:
             server.run()
         except SystemExit:
             if not server.started:  # uvicorn exits 1 when it cannot bind
                 raise UserError(f"cannot listen on {listen} (in use, or not allowed?)") from None
             raise  # SIGTERM/SIGINT after a clean shutdown: leave with its status
+
+
+def _exit_on_signal(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)

@@ -273,3 +273,17 @@ def test_prometheus_scrapes_the_compose_agent(compose: dict[str, Any]) -> None:
     assert listen[listen.index("--listen") + 1].endswith(f":{port}")
     mounts = {v["target"]: v for v in compose["services"]["prometheus"]["volumes"]}
     assert mounts["/etc/prometheus/prometheus.yml"]["source"] == "./prometheus.yml"
+
+
+def test_the_old_engine_compose_file_differs_only_in_its_capabilities(
+    compose: dict[str, Any],
+) -> None:
+    """deploy/docker-compose.docker20.yml (Docker < 23 knows neither CAP_BPF
+    nor CAP_PERFMON) must stay the main file with CAP_SYS_ADMIN in their
+    place; tests/kernel/test_container_image.py proves it on such an engine."""
+    old: dict[str, Any] = yaml.safe_load((DEPLOY / "docker-compose.docker20.yml").read_text())
+    assert "name" not in old  # Debian 12's docker-compose 1.29 rejects the key
+    main = {k: v for k, v in compose.items() if k != "name"}
+    assert old["services"]["bpfscope"]["cap_add"] == ["SYS_ADMIN"]
+    old["services"]["bpfscope"]["cap_add"] = compose["services"]["bpfscope"]["cap_add"]
+    assert old == main
