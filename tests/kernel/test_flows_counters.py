@@ -186,6 +186,7 @@ def test_connection_older_than_the_collector_counts_from_its_start() -> None:
     c = counters_collector()
     with c:
         rec = Recorder(c)
+        rec.poll()
         assert c.stats().adopted >= 2
         client.tell("go")
         client.finish()
