@@ -436,3 +436,22 @@ def test_peer_column_shows_name_or_class() -> None:
     assert COLUMNS.index("PEER") == COLUMNS.index("REMOTE") + 1
     assert "db.internal" in known
     assert "unknown" in unknown
+
+
+def test_close_event_carries_segments_only_on_the_counters_path() -> None:
+    from bpfscope.flows.records import ConnEvent, FlowEventC
+
+    e = FlowEventC(
+        type=2, family=2, tx_bytes=1000, rx_bytes=10, tx_segs=3, rx_segs=1, retrans_bytes=7
+    )
+    counted = ConnEvent.decode(bytes(e), 0.0, counters=True)
+    assert (counted.tx_bytes, counted.tx_segs, counted.rx_segs, counted.retrans_bytes) == (
+        1000,
+        3,
+        1,
+        7,
+    )
+    table = ConnEvent.decode(bytes(e), 0.0)
+    assert (table.tx_bytes, table.tx_segs, table.retrans_bytes) == (1000, None, None)
+    opened = ConnEvent.decode(bytes(FlowEventC(type=1, family=2, tx_segs=3)), 0.0, counters=True)
+    assert opened.tx_segs is None
