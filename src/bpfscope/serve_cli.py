@@ -6,6 +6,7 @@ import contextlib
 import logging
 import signal
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import click
@@ -240,6 +241,11 @@ def serve(
         from .syscalls.collector import SyscallCollector
 
         syscalls = SyscallCollector(latency=syscall_latency, btf_path=ctx.obj.get("btf"))
+    exporter = None
+    if otlp_endpoint is not None:
+        from .otlp import FlowExporter
+
+        exporter = FlowExporter(otlp_endpoint)
     agent = Agent(
         flows=collector,
         syscalls=syscalls,
@@ -251,15 +257,9 @@ def serve(
         bpf_stats=bpf_stats,
         local_containers=local,
         kube=directory,
+        sinks=[exporter] if exporter is not None else [],
     )
-    metrics.self_source = agent  # the agent reports its own programs and drops
     app = create_app(agent, token=token, protect_metrics=protect_metrics)
-    exporter = None
-    if otlp_endpoint is not None:
-        from .otlp import FlowExporter
-
-        exporter = FlowExporter(otlp_endpoint)
-        agent.on_poll = lambda: exporter.on_poll(agent)
     with contextlib.ExitStack() as stack:
         if exporter is not None:
             stack.callback(exporter.close)  # runs last: flushes after the agent stopped
@@ -269,8 +269,15 @@ def serve(
             rungs += f"; syscalls: {syscalls.mechanism}"
         shown = f"[{host}]" if ":" in host else host
         click.echo(f"bpfscope agent on http://{shown}:{port} (hooks: {rungs})", err=True)
+
+        class _Server(uvicorn.Server):
+            def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+                # uvicorn waits for open responses: end the event streams first
+                app.state.stopping.set()
+                super().handle_exit(sig, frame)
+
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
-        server = uvicorn.Server(config)
+        server = _Server(config)
         # uvicorn re-raises the signal that stopped it once it has shut down.
         # With SIGTERM's default action the process would die right there,
         # before the stack below closes the agent (history bucket, exporter):

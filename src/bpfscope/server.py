@@ -29,6 +29,7 @@ from .agent import Agent
 from .flowquery import BadQuery, FlowFilter, addr_in, page, parse_cidr, sort_flows
 from .metrics import SyscallMetrics
 from .store import HistoryQuery
+from .web import mount_web
 
 __all__ = ["MAX_PAGE", "create_app"]
 
@@ -189,6 +190,12 @@ def create_app(
             out.append(_event_json(entry.seq, e, agent))
         return {"last_seq": agent.last_seq, "items": out[-limit:]}
 
+    # Set when the server begins to shut down (serve_cli): open event
+    # streams (every open web view holds one) end, so shutdown never waits
+    # for a browser tab to go away.
+    stopping = threading.Event()
+    app.state.stopping = stopping
+
     @app.get(
         "/api/v1/connections/stream",
         summary="Live lifecycle events (Server-Sent Events)",
@@ -204,7 +211,7 @@ def create_app(
         async def events() -> AsyncIterator[str]:
             seq, sent = start, 0
             yield f": bpfscope event stream from seq {seq}\n\n"
-            while not await request.is_disconnected():
+            while not (await request.is_disconnected() or stopping.is_set()):
                 for entry in agent.events_since(seq):
                     seq = entry.seq
                     payload = json.dumps(_event_json(entry.seq, entry.event, agent))
@@ -277,7 +284,7 @@ def create_app(
             except UnknownSyscall as exc:
                 raise BadQuery(str(exc)) from None
         snap, totals = agent.syscall_view()
-        if snap is None:
+        if snap is None or totals is None:
             return JSONResponse({"interval": None, "latency": latency, "items": [], "totals": {}})
         stats = [
             s
@@ -325,4 +332,7 @@ def create_app(
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    # The web view at / reads the API above from the browser; its static
+    # files carry no data, so they need no token (the API calls do).
+    mount_web(app)
     return app

@@ -159,7 +159,8 @@ def test_quick_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     lines = c.read_text().splitlines()
     assert lines[0].startswith("syscall,path,config")
     assert sum(1 for line in lines if line.startswith("getppid,raw,baseline")) == 1
-    svg = p.read_text()
+    assert "what tracing one syscall adds" in p.read_text()  # the summary figure
+    svg = (tmp_path / "b-detail.svg").read_text()  # one stacked panel per syscall
     assert svg.count("getpid (raw") == 1
     assert svg.count("getppid (raw") == 1
     assert "getpid (nr" in out.out  # the table went to stdout

@@ -41,7 +41,7 @@ import pytest
 yaml = pytest.importorskip("yaml", reason="PyYAML (dev extra) is needed to read compose")
 
 from agent_helpers import free_port  # noqa: E402
-from bpfscope.flows import tool as flows_tool  # noqa: E402
+from bpfscope.flows import programs as flows_programs  # noqa: E402
 from container_engine import (  # noqa: E402
     IMAGE,
     ROOT,
@@ -278,7 +278,7 @@ def test_health_is_200_with_every_required_hook(engine: Engine, agent: Agent) ->
     assert code == 200, health
     flows = health["collectors"]["flows"]
     assert flows["alive"]
-    required = [h.name for h in flows_tool.hooks() if h.required]
+    required = [h.name for h in flows_programs.hooks() if h.required]
     assert required
     for hook in required:
         assert flows["rungs"].get(hook), f"hook {hook} not attached: {flows['rungs']}"

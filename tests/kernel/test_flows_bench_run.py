@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from bpfscope.flows import bench, programs
-from bpfscope.flows.bench import traffic_mechanism
+from bpfscope.bench import flows as bench
+from bpfscope.bench.flows import traffic_mechanism
+from bpfscope.flows import programs
 from kernel_require import require
 
 pytestmark = pytest.mark.kernel

@@ -16,11 +16,12 @@ from pathlib import Path
 import pytest
 
 from bpfscope import libbpf as bpf
+from bpfscope.bench.references import SYSCALLS as REFERENCES
+from bpfscope.bench.references import load_reference
 from bpfscope.features import Mechanism
 from bpfscope.objects import object_bytes
 from bpfscope.syscalls.collector import Snapshot, SyscallCollector, SyscallStat, bucket_of
 from bpfscope.syscalls.programs import (
-    REFERENCES,
     CountsValue,
     ErrnoKey,
     StatsKey,
@@ -28,7 +29,6 @@ from bpfscope.syscalls.programs import (
     SyscallFilter,
     default_max_entries,
     load,
-    load_reference,
     stats_map,
 )
 from bpfscope.sysnames import syscall_nr

@@ -84,7 +84,25 @@ def test_bar_fails_honestly() -> None:
     b = report.bar(res, N)
     assert b is not None
     assert b["count_within_limit"] is False
-    assert "FAIL" in "\n".join(report.bar_lines(result))
+    assert b["verdicts"]["count_over_empty"]["verdict"] == "misses"
+    assert "count / empty per repetition 1.20 [1.20-1.20" in "\n".join(report.bar_lines(result))
+    assert ": MISSES the bar <= 1.15" in "\n".join(report.bar_lines(result))
+
+
+def test_bar_is_inconclusive_when_repetitions_straddle_it() -> None:
+    """Medians alone say PASS (+80 vs +75 ns); one repetition of three adds
+    more than 1.15x the empty program's cost, so no verdict."""
+    result = _result()
+    res = result.syscalls[0]
+    count = res.rows[5]
+    # third repetition (x1.2): empty adds 90 ns, count now 110 ns (x1.22)
+    count.samples[2] = Sample(real=0.222, user=0.04, sys=0.174, clock=0.104 * 1.2 + 110e-9 * N)
+    b = report.bar(res, N)
+    assert b is not None
+    assert b["count_over_empty"] == pytest.approx(80 / 75)
+    assert b["count_within_limit"] is None
+    assert b["verdicts"]["count_over_empty"]["verdict"] == "inconclusive"
+    assert "INCONCLUSIVE for the bar <= 1.15" in "\n".join(report.bar_lines(result))
 
 
 def test_study_comparison_verdicts() -> None:
@@ -123,9 +141,13 @@ def test_plot_one_panel_per_syscall(tmp_path: Path) -> None:
     second.rows = [_row(r.config, 0.1, 0.04, 0.06) for r in result.syscalls[0].rows]
     result.syscalls.append(second)
     out = plot(result, str(tmp_path / "fig.svg"))
-    svg = out.read_text()
-    assert "getpid (raw" in svg
-    assert "getppid (raw" in svg
+    summary = out.read_text()
+    assert "what tracing one syscall adds" in summary
+    assert "kernel test" in summary  # kernel, machine and protocol in the title
+    assert "1,000,000 calls x 3 repetitions" in summary
+    detail = (tmp_path / "fig-detail.svg").read_text()
+    assert "getpid (raw" in detail
+    assert "getppid (raw" in detail
 
 
 def test_plan_and_interleaving() -> None:

@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from bpfscope import libbpf as bpf
+from bpfscope.bench.references import flows_nop_hooks
 from bpfscope.cli import cli
 from bpfscope.features import Mechanism, Status, Verdict
 from bpfscope.flows import programs
@@ -367,7 +368,7 @@ def test_every_rung_program_exists_in_the_object() -> None:
                 assert program in names, rung
     # no program left behind that no rung, the counters path or the
     # benchmark's floor uses
-    hooks = programs.hooks() + programs.nop_hooks()
+    hooks = programs.hooks() + flows_nop_hooks()
     used = {p for hook in hooks for rung in hook.rungs for p in rung.programs}
     assert names == used | {programs.COUNTERS_ITER, programs.SWEEP_ITER}
 

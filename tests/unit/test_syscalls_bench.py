@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from bpfscope.syscalls.bench import COMPARISONS, MODES, BenchResult
+from bpfscope.bench.tracer import COMPARISONS, MODES, BenchResult
 
 # Best runs (ns per call): added over baseline 100 = empty 40, empty_exit 20,
 # counts 30, clock 100, latency 110, bpftrace 260.
@@ -52,10 +52,17 @@ def test_text_report_names_modes_verdicts_and_the_floor() -> None:
     text = _result().text()
     assert "rung: tp_btf" in text
     assert "  counts       130.0   +30.0   131.0   131.0 130.0 133.0" in text
-    assert "counts / empty: 0.75 of the added cost (meets the bar 1.35)" in text
-    assert "latency / empty: 2.75 of the added cost (MISSES the bar 1.35)" in text
-    assert "latency / bpftrace: 0.42 of the added cost (meets the bar 0.5)" in text
-    assert "counts / empty_exit: 1.50 of the added cost\n" in text
+    # per round: (131-101)/(140-101), (130-100)/(141-100), (133-104)/(150-104)
+    assert (
+        "counts / empty: 0.75 of the added cost (best runs); per round 0.73 "
+        "[0.63-0.77, 75% CI of the median, n=3]: meets the bar <= 1.35"
+    ) in text
+    assert "latency / empty: 2.75 of the added cost (best runs); per round 2.73" in text
+    assert ": MISSES the bar <= 1.35" in text
+    assert "latency / bpftrace: 0.42 of the added cost (best runs); per round 0.40" in text
+    assert ": meets the bar <= 0.5" in text
+    assert "counts / empty_exit: 1.50 of the added cost (best runs); per round 1.58 " in text
+    assert "n=3]\n" in text  # a reference without a bar: no verdict
     assert "the bar 1.35 x empty allows +54.0 ns; reading the clock at entry and exit" in text
     assert "latency mode above the clock floor: +10.0 ns per call" in text
     assert "    clock      " + MODES["clock"] in text.splitlines()
@@ -69,13 +76,26 @@ def test_json_carries_the_same_numbers() -> None:
     assert out["ns_per_call"]["latency"]["samples"] == SAMPLES["latency"]
     assert out["latency_over_clock_floor_ns"] == 10.0
     first = out["comparisons"][0]
+    rounds = first.pop("rounds")
     assert first == {
         "mode": "counts",
         "reference": "empty",
         "ratio": 0.75,
         "bar": 1.35,
         "meets": True,
+        "verdict": "meets",
     }
+    assert rounds["round_ratios"] == pytest.approx([30 / 39, 30 / 41, 29 / 46])
+    assert rounds["interval"] == pytest.approx([29 / 46, 30 / 39])
+
+
+def test_rounds_that_straddle_the_bar_are_inconclusive() -> None:
+    """The best runs alone would say "meets"; one round in three says
+    otherwise, so the verdict is inconclusive, not a coin toss."""
+    samples = dict(SAMPLES, counts=[131.0, 130.0, 170.0])  # round 3 adds 66 over 46
+    c = _result(samples).comparisons()[0]
+    assert (c["ratio"], c["meets"], c["verdict"]) == (0.75, None, "inconclusive")
+    assert "INCONCLUSIVE for the bar <= 1.35" in _result(samples).text()
 
 
 def test_without_bpftrace_its_comparison_is_left_out() -> None:

@@ -14,9 +14,15 @@ import click
 from ..errors import EXIT_UNSUPPORTED, EXIT_USAGE, UserError
 from ..features import Mechanism
 from ..system import require_privileges
+from .pinning import bench_cpu
 from .programs import MECHANISMS, WORKS
 
 __all__ = ["bench", "syscalls_cmd"]
+
+# The commands: syscalls (every mechanism, body and program count per
+# syscall), tracer (what `bpfscope syscalls` costs; alias `syscalls --bench`),
+# flows (what the flow monitor costs; alias `flows --bench`), agent (load
+# benchmark of `bpfscope serve`).
 
 
 @click.group()
@@ -123,6 +129,12 @@ def _rich_report(result: Any) -> None:
 @click.option("--probes", default=None, help="Program counts K for the sweep, e.g. 1,2,4,8.")
 @click.option("--bpftrace/--no-bpftrace", default=True, show_default=True, help="bpftrace peer.")
 @click.option("--bpf-stats", is_flag=True, help="Also measure with kernel BPF run-time stats on.")
+@click.option(
+    "--pin/--no-pin",
+    default=True,
+    show_default=True,
+    help="Pin the driver to one CPU (the last allowed): steadier rounds on VMs.",
+)
 @click.option("--quick", "preset", flag_value="quick", help="CI protocol (< 30 s).")
 @click.option("--paper", "preset", flag_value="paper", help="The study's protocol: 50M x 10.")
 @click.option(
@@ -157,6 +169,7 @@ def syscalls_cmd(
     probes: str | None,
     bpftrace: bool,
     bpf_stats: bool,
+    pin: bool,
     preset: str | None,
     json_out: str | None,
     csv_out: str | None,
@@ -186,6 +199,7 @@ def syscalls_cmd(
         bpf_stats=bpf_stats,
         preset=preset,
         btf_path=(ctx.obj or {}).get("btf"),
+        cpu=bench_cpu() if pin else None,
     )
     runner.validate(opts)
     if json_out == "-" and csv_out == "-":
@@ -226,6 +240,49 @@ def syscalls_cmd(
         )
 
 
+@bench.command("tracer")
+@click.option(
+    "--calls",
+    type=click.IntRange(min=10_000),
+    default=None,
+    help="getpid() calls per run  [default: 2000000]",
+)
+@click.option(
+    "--rounds", type=click.IntRange(min=1), default=None, help="Runs per mode  [default: 15]"
+)
+@click.option("--bpftrace/--no-bpftrace", default=True, show_default=True, help="bpftrace peer.")
+@click.option(
+    "-a",
+    "--attach",
+    type=click.Choice(["tp_btf", "raw_tp", "tracepoint"]),
+    default=None,
+    help="Force the rung every mode loads on.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable result.")
+@click.pass_context
+def bench_tracer(
+    ctx: click.Context,
+    calls: int | None,
+    rounds: int | None,
+    bpftrace: bool,
+    attach: str | None,
+    as_json: bool,
+) -> None:
+    """What `bpfscope syscalls` costs per call, against empty programs, the
+    clock floor and bpftrace (same as `bpfscope syscalls --bench`)."""
+    from .tracer import DEFAULT_CALLS, DEFAULT_ROUNDS, run_bench
+
+    require_privileges()
+    run_bench(
+        calls=calls if calls is not None else DEFAULT_CALLS,
+        rounds=rounds if rounds is not None else DEFAULT_ROUNDS,
+        bpftrace=bpftrace,
+        force=Mechanism(attach) if attach else None,
+        btf_path=(ctx.obj or {}).get("btf"),
+        as_json=as_json,
+    )
+
+
 @bench.command("flows")
 @click.option(
     "--seconds", type=click.FloatRange(0.5), default=3.0, show_default=True, help="Per run."
@@ -242,6 +299,34 @@ def bench_flows(seconds: float, rounds: int, pin: bool, as_json: bool) -> None:
     """Flow monitor overhead: loopback request/response and stream, without
     monitoring, with bpfscope and with bpftrace; batch vs per-key drain."""
     require_privileges()
-    from ..flows.bench import main as flows_bench
+    from .flows import main as flows_bench
 
     flows_bench(seconds=seconds, rounds=rounds, as_json=as_json, pin=pin)
+
+
+@bench.command("agent")
+@click.option("--flows", type=click.IntRange(1), default=100_000, show_default=True)
+@click.option("--requests", type=click.IntRange(1), default=200, show_default=True)
+@click.option("--clients", type=click.IntRange(1), default=50, show_default=True)
+@click.option("--seconds", type=click.FloatRange(1.0), default=30.0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable result.")
+@click.pass_context
+def bench_agent(
+    ctx: click.Context, flows: int, requests: int, clients: int, seconds: float, as_json: bool
+) -> None:
+    """Load benchmark of `bpfscope serve`: N real loopback UDP flows, API
+    latency, /metrics scrape time, C concurrent clients for T seconds.
+    Exit status 1 when a bar is not met."""
+    from .agent import bars_met, run
+
+    require_privileges()
+    result = run(flows=flows, requests=requests, clients=clients, seconds=seconds)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        for k, v in result.items():
+            click.echo(f"{k:32} {v}")
+    ok = bars_met(result)
+    click.echo(f"bars: {'met' if ok else 'NOT met'}", err=True)
+    if not ok:
+        ctx.exit(1)

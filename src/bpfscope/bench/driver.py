@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Final
 
 from ..errors import EXIT_UNSUPPORTED, EXIT_USAGE, UserError
+from .pinning import pinned
 from .stats import Sample
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "UNSAFE_SYSCALLS",
     "DriverOutput",
     "build",
+    "build_c",
     "cache_dir",
     "find_compiler",
     "run",
@@ -131,18 +133,31 @@ def cache_dir() -> Path:
 def build(*, compiler: list[str] | None = None, directory: Path | None = None) -> Path:
     """Path of the compiled driver, building it if this source/compiler pair
     has not been built into the cache yet."""
-    src = source()
+    return build_c(source(), "driver", compiler=compiler, directory=directory)
+
+
+def build_c(
+    src: bytes,
+    name: str,
+    *,
+    compiler: list[str] | None = None,
+    directory: Path | None = None,
+) -> Path:
+    """The lab's one build cache: ``src`` compiled as ``name-<hash>``, the
+    hash over source, compiler and machine, so an edited workload or another
+    compiler gets a fresh binary. Features hand their workloads' C source
+    here (the flow monitor's netbench, the syscall driver)."""
     cc = compiler if compiler is not None else find_compiler()
     key = hashlib.sha256(src + b"\0" + " ".join(cc).encode() + os.uname().machine.encode())
     directory = directory if directory is not None else cache_dir()
-    exe = directory / f"driver-{key.hexdigest()[:16]}"
+    exe = directory / f"{name}-{key.hexdigest()[:16]}"
     if exe.is_file() and os.access(exe, os.X_OK):
         return exe
     directory.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=directory) as tmp:
-        c_file = Path(tmp, "driver.c")
+        c_file = Path(tmp, f"{name}.c")
         c_file.write_bytes(src)
-        out = Path(tmp, "driver")
+        out = Path(tmp, name)
         try:
             proc = subprocess.run(
                 [*cc, "-O2", "-Wall", "-o", str(out), str(c_file)],
@@ -157,9 +172,9 @@ def build(*, compiler: list[str] | None = None, directory: Path | None = None) -
             ) from None
         if proc.returncode != 0 or not out.is_file():
             tail = "\n  ".join((proc.stderr or proc.stdout).strip().splitlines()[-6:])
+            what = "the benchmark driver" if name == "driver" else name
             raise UserError(
-                f"building the benchmark driver with {' '.join(cc)} failed "
-                f"(exit {proc.returncode}):\n  {tail}",
+                f"building {what} with {' '.join(cc)} failed (exit {proc.returncode}):\n  {tail}",
                 EXIT_UNSUPPORTED,
             )
         os.replace(out, exe)  # atomic: a concurrent build never sees half a file
@@ -197,8 +212,10 @@ def run(
     *,
     path: str = "raw",
     timeout: float | None = None,
+    cpu: int | None = None,
 ) -> DriverOutput:
-    """Run the driver once; time it from outside (wall, wait4) and inside."""
+    """Run the driver once; time it from outside (wall, wait4) and inside.
+    ``cpu``: pin the driver to that CPU (see :mod:`.pinning`)."""
     argv = _argv(exe, path, syscall, nr, calls)
     if timeout is None:
         timeout = 30.0 + calls * 50e-6  # 50 µs per call is far beyond any hook
@@ -214,7 +231,8 @@ def run(
     chunks: list[bytes] = []
     try:
         t0 = time.perf_counter()
-        pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=actions)
+        with pinned(cpu):  # the child inherits this thread's affinity
+            pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=actions)
         os.close(w)
         w = -1
         deadline = t0 + timeout

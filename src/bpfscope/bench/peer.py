@@ -1,8 +1,11 @@
-"""bpftrace as the peer: the study's own probe, started fresh for each run.
+"""bpftrace as the peer, the lab's one bpftrace runner: a script started
+fresh for each run and timed only once it is attached.
 
-``tracepoint:syscalls:sys_enter_<name> { @ = count(); }`` plus a BEGIN
-probe that prints a marker: bpftrace runs BEGIN after every other probe is
-attached, so timing starts only once the tracepoint is live. On exit (SIGINT)
+Every script gets a BEGIN probe that prints a marker: bpftrace runs BEGIN
+after every other probe is attached, so timing starts only once the probes
+are live. The syscall sweep's script is the study's own probe,
+``tracepoint:syscalls:sys_enter_<name> { @ = count(); }``; the tracer and
+flow benchmarks bring their equivalents of bpfscope's programs. On exit (SIGINT)
 bpftrace prints ``@: <count>``, which is kept as evidence that it saw the
 calls.
 """
@@ -17,12 +20,12 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 
 from ..errors import UserError
 
-__all__ = ["Bpftrace", "BpftraceRun", "find_bpftrace", "program_text"]
+__all__ = ["Bpftrace", "BpftraceRun", "find_bpftrace", "program_text", "with_marker"]
 
 READY = "bpfscope-ready"
 SETTLE_S = 0.2
@@ -30,11 +33,13 @@ _COUNT = re.compile(r"^@: (\d+)\s*$", re.MULTILINE)
 _VERSION = re.compile(r"v?(\d+\.\d+(?:\.\d+)?)")
 
 
+def with_marker(script: str) -> str:
+    """``script`` plus the BEGIN probe that says every probe is attached."""
+    return f'{script} BEGIN {{ printf("{READY}\\n"); }}'
+
+
 def program_text(syscall: str) -> str:
-    return (
-        f"tracepoint:syscalls:sys_enter_{syscall} {{ @ = count(); }} "
-        f'BEGIN {{ printf("{READY}\\n"); }}'
-    )
+    return with_marker(f"tracepoint:syscalls:sys_enter_{syscall} {{ @ = count(); }}")
 
 
 @dataclass
@@ -51,11 +56,18 @@ class Bpftrace:
         self.exe = exe
         self.version = _version(exe)
 
-    @contextmanager
-    def attached(self, syscall: str, *, timeout: float = 60.0) -> Iterator[BpftraceRun]:
+    def attached(
+        self, syscall: str, *, timeout: float = 60.0
+    ) -> AbstractContextManager[BpftraceRun]:
         """bpftrace counting ``syscall``, attached; stopped when the block ends."""
+        return self.running(program_text(syscall), timeout=timeout)
+
+    @contextmanager
+    def running(self, program: str, *, timeout: float = 60.0) -> Iterator[BpftraceRun]:
+        """bpftrace running ``program`` (with :func:`with_marker`'s BEGIN
+        probe), attached; stopped with SIGINT when the block ends."""
         proc = subprocess.Popen(
-            [self.exe, "-e", program_text(syscall)],
+            [self.exe, "-e", program],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

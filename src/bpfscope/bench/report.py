@@ -13,6 +13,7 @@ from ..features import Mechanism
 from .env import summary_line
 from .runner import BASELINE, BPFTRACE, BenchResult, Config, SyscallResult
 from .stats import METRICS, Spread, overhead_ns, per_copy_overhead_ns, ratio
+from .verdict import Verdict, added_ratios, judge
 
 __all__ = [
     "BAR_FACTOR",
@@ -116,8 +117,21 @@ def _find(rows: list[Derived], config: Config) -> Derived | None:
 # performance bar
 
 
+def _round_verdict(res: SyscallResult, mode: Config, ref: Config, bar: float) -> Verdict | None:
+    """What ``mode`` adds over the baseline / what ``ref`` adds, round by
+    round (the rows' samples are in repetition order), against ``bar``."""
+    rows = [res.row(c) for c in (mode, ref, BASELINE)]
+    series = [[s.metric(BAR_METRIC) for s in r.samples] if r else [] for r in rows]
+    if not all(series):
+        return None
+    return judge(added_ratios(*series), bar)
+
+
 def bar(res: SyscallResult, calls: int) -> dict[str, Any] | None:
-    """Count on the cheapest hook vs empty on it (<= 1.15x) and vs bpftrace."""
+    """Count on the cheapest hook vs empty on it (<= 1.15x) and vs bpftrace.
+    The ``count_within_limit``/``count_below_bpftrace`` verdicts follow the
+    lab's rule (per-round ratios; None when inconclusive), detailed under
+    ``verdicts``."""
     rows = derive(res, calls)
     candidates = []
     for d in rows:
@@ -132,6 +146,8 @@ def bar(res: SyscallResult, calls: int) -> dict[str, Any] | None:
     e, n = empty.overhead_ns[BAR_METRIC], count.overhead_ns[BAR_METRIC]
     bt = _find(rows, BPFTRACE)
     limit = BAR_FACTOR * e
+    v_empty = _round_verdict(res, count.config, empty.config, BAR_FACTOR)
+    v_bt = _round_verdict(res, count.config, BPFTRACE, 1.0) if bt else None
     out: dict[str, Any] = {
         "syscall": res.syscall,
         "metric": BAR_METRIC,
@@ -140,9 +156,14 @@ def bar(res: SyscallResult, calls: int) -> dict[str, Any] | None:
         "count_ns": n,
         "count_over_empty": n / e if e > 0 else None,
         "limit_ns": limit,
-        "count_within_limit": n <= limit if e > 0 else None,
+        "count_within_limit": v_empty.meets if v_empty else None,
         "bpftrace_ns": bt.overhead_ns[BAR_METRIC] if bt else None,
-        "count_below_bpftrace": (n < bt.overhead_ns[BAR_METRIC]) if bt else None,
+        "count_below_bpftrace": v_bt.meets if v_bt else None,
+        "verdicts": {
+            name: v.to_json()
+            for name, v in (("count_over_empty", v_empty), ("count_over_bpftrace", v_bt))
+            if v is not None
+        },
     }
     if e <= 0:
         out["note"] = "the empty program's overhead is within noise of zero; ratio undefined"
@@ -424,31 +445,39 @@ def study_lines(result: BenchResult) -> list[str]:
     return lines
 
 
+def _verdict_text(v: dict[str, Any] | None) -> str:
+    if v is None:
+        return "n/a"
+    return judge(
+        [math.inf if r is None else r for r in v["round_ratios"]], v["bar"], v["good"]
+    ).text()
+
+
 def bar_lines(result: BenchResult) -> list[str]:
     lines = [
         f"Performance bar ({BAR_METRIC}() ns/call): count on the cheapest hook <= "
-        f"{BAR_FACTOR}x the empty program's overhead there, and below bpftrace's:"
+        f"{BAR_FACTOR}x the empty program's overhead there, and below bpftrace's; "
+        "judged on the ratio of added costs in each repetition (meets/MISSES only when "
+        "the interval of their median clears the bar, else INCONCLUSIVE):"
     ]
     for res in result.syscalls:
         b = bar(res, result.options.calls)
         if b is None:
             lines.append(f"  {res.syscall}: not measured (needs empty and count bodies)")
             continue
-        first = "n/a"
-        if b["count_within_limit"] is not None:
-            first = (
-                f"{'PASS' if b['count_within_limit'] else 'FAIL'} (x{b['count_over_empty']:.2f})"
-            )
-        second = "n/a (no bpftrace)"
-        if b["count_below_bpftrace"] is not None:
-            second = (
-                f"{'PASS' if b['count_below_bpftrace'] else 'FAIL'} "
-                f"(bpftrace {b['bpftrace_ns']:+.0f} ns)"
-            )
+        v = b["verdicts"]
         lines.append(
             f"  {res.syscall} on {b['hook']}: empty {b['empty_ns']:+.0f} ns, "
-            f"count {b['count_ns']:+.0f} ns -> {first}; vs bpftrace {second}"
+            f"count {b['count_ns']:+.0f} ns (medians)"
         )
+        lines.append(f"    count / empty per repetition {_verdict_text(v.get('count_over_empty'))}")
+        if "count_over_bpftrace" in v:
+            lines.append(
+                f"    count / bpftrace (bpftrace {b['bpftrace_ns']:+.0f} ns) per repetition "
+                f"{_verdict_text(v['count_over_bpftrace'])}"
+            )
+        else:
+            lines.append("    vs bpftrace: n/a (no bpftrace)")
     return lines
 
 

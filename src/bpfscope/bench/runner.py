@@ -29,6 +29,7 @@ from ..errors import EXIT_USAGE, UserError
 from ..features import Mechanism
 from ..sysnames import syscall_nr
 from . import driver, peer, programs
+from .pinning import rotated
 from .programs import MAX_COPIES, MECHANISMS, WORKS, BenchObject, Hookable
 from .stats import Sample, Spread, spread
 
@@ -54,8 +55,10 @@ STUDY_SYSCALLS: Final = ("getuid", "getpid", "getppid", "times", "gettimeofday")
 PRESETS: Final[dict[str, dict[str, Any]]] = {
     # CI: under 30 s for the study's five syscalls on a 2-core VM.
     "quick": {"calls": 300_000, "reps": 3, "works": ("empty", "count"), "probes": (1, 2)},
-    # Under 3 minutes on a 2-core VM.
-    "default": {"calls": 1_000_000, "reps": 5, "works": WORKS, "probes": (1, 2, 4, 8)},
+    # About 5 minutes on a 2-core VM. 9 repetitions: the fewest with which
+    # the verdicts' interval (order statistics of the per-repetition ratios,
+    # see verdict.py) leaves out the most extreme repetition on each side.
+    "default": {"calls": 1_000_000, "reps": 9, "works": WORKS, "probes": (1, 2, 4, 8)},
     # The study's protocol: 50M calls, 10 repetitions (hours, not minutes).
     "paper": {"calls": 50_000_000, "reps": 10, "works": WORKS, "probes": (1, 2, 4, 8)},
 }
@@ -113,6 +116,7 @@ class Options:
     bpf_stats: bool = False
     preset: str = "default"
     btf_path: str | None = None
+    cpu: int | None = None  # pin the driver to this CPU (None: not pinned)
 
     @property
     def sweep_work(self) -> str:
@@ -133,6 +137,7 @@ class Options:
             "bpftrace": self.bpftrace,
             "bpf_stats": self.bpf_stats,
             "preset": self.preset,
+            "pinned_cpu": self.cpu,
         }
 
 
@@ -343,7 +348,7 @@ def _verify(sess: _Session, exe: Path, opts: Options) -> None:
     """Count the real syscalls the driver makes for VERIFY_CALLS calls."""
     res = sess.result
     calls = min(VERIFY_CALLS, opts.calls)
-    out = driver.run(exe, res.syscall, res.nr, calls, path=opts.path)
+    out = driver.run(exe, res.syscall, res.nr, calls, path=opts.path, cpu=opts.cpu)
     res.first_ret, res.first_errno = out.ret, out.errno
     res.verify_calls = calls
     if sess.obj is None or sess.verify_mechanism is None:
@@ -353,7 +358,7 @@ def _verify(sess: _Session, exe: Path, opts: Options) -> None:
     sess.obj.reset()
     links = sess.obj.attach(m, "hash", 1)
     try:
-        out = driver.run(exe, res.syscall, res.nr, calls, path=opts.path)
+        out = driver.run(exe, res.syscall, res.nr, calls, path=opts.path, cpu=opts.cpu)
     finally:
         programs.detach(links)
     res.verified_syscalls = sess.obj.pid_count(out.pid)
@@ -384,11 +389,11 @@ def _verify(sess: _Session, exe: Path, opts: Options) -> None:
 def _measure(sess: _Session, config: Config, exe: Path, opts: Options, calls: int) -> Sample:
     res = sess.result
     if config.kind == "baseline":
-        return driver.run(exe, res.syscall, res.nr, calls, path=opts.path).sample
+        return driver.run(exe, res.syscall, res.nr, calls, path=opts.path, cpu=opts.cpu).sample
     if config.kind == "bpftrace":
         assert sess.bpftrace is not None
         with sess.bpftrace.attached(res.syscall) as bt_run:
-            out = driver.run(exe, res.syscall, res.nr, calls, path=opts.path)
+            out = driver.run(exe, res.syscall, res.nr, calls, path=opts.path, cpu=opts.cpu)
         return replace(out.sample, events=bt_run.count)
     assert sess.obj is not None
     assert config.mechanism is not None
@@ -400,7 +405,7 @@ def _measure(sess: _Session, config: Config, exe: Path, opts: Options, calls: in
         before = [p.info() for p in progs] if config.bpf_stats else []
         links = obj.attach(m, work, k)
         try:
-            out = driver.run(exe, res.syscall, res.nr, calls, path=opts.path)
+            out = driver.run(exe, res.syscall, res.nr, calls, path=opts.path, cpu=opts.cpu)
         finally:
             programs.detach(links)
         after = [p.info() for p in progs] if config.bpf_stats else []
@@ -423,18 +428,11 @@ def _measure(sess: _Session, config: Config, exe: Path, opts: Options, calls: in
     return sample
 
 
-def _rotated(configs: list[Config], rep: int) -> list[Config]:
-    if not configs:
-        return configs
-    shift = rep % len(configs)
-    return configs[shift:] + configs[:shift]
-
-
 def schedule(sessions: Sequence[Any], reps: int, warmup: bool) -> Iterator[tuple[int, int, Config]]:
     """(rep, session index, config) in run order; rep -1 is the warm-up."""
     for rep in range(-1 if warmup else 0, reps):
         for i, sess in enumerate(sessions):
-            for c in _rotated(list(sess.configs), max(rep, 0)):
+            for c in rotated(sess.configs, max(rep, 0)):
                 yield rep, i, c
 
 

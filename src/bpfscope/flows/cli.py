@@ -320,7 +320,11 @@ def top(
 @click.option("--limit", type=click.IntRange(0), default=None, help="At most N flows.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per flow (NDJSON).")
 @_NO_DNS
-@click.option("--bench", is_flag=True, help="Run the flow monitor's overhead benchmark instead.")
+@click.option(
+    "--bench",
+    is_flag=True,
+    help="Run the flow monitor's overhead benchmark instead (= bpfscope bench flows).",
+)
 @click.option("--bench-seconds", type=click.FloatRange(0.5), default=3.0, show_default=True)
 @click.pass_context
 def flows(
@@ -339,7 +343,7 @@ def flows(
 ) -> None:
     """One snapshot of the flows seen during --duration."""
     if bench:
-        from .bench import main as bench_main
+        from ..bench.flows import main as bench_main
 
         require_privileges()
         bench_main(seconds=bench_seconds, as_json=as_json)

@@ -28,9 +28,9 @@ import dataclasses
 import logging
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final, Protocol
 
 from .. import libbpf as bpf
 from ..features import Mechanism
@@ -100,6 +100,14 @@ class KernelFilter:
         }
 
 
+class _Ring(Protocol):
+    """The ring buffer of lifecycle events, as the collector drains it."""
+
+    def poll(self, timeout_ms: int = ...) -> int: ...
+    def consume(self) -> int: ...
+    def close(self) -> None: ...
+
+
 @dataclass
 class _Tracked:
     meta: FlowMeta
@@ -125,7 +133,12 @@ class FlowCollector:
         events_size: int | None = None,
         udp: bool = True,
         tcp_counters: bool = True,
+        loader: Callable[[], AttachedObject] | None = None,
+        ring: Callable[[Any, Callable[[bytes], None]], _Ring] | None = None,
     ) -> None:
+        """``loader`` (the attached tool) and ``ring`` (the event ring buffer
+        over its map) exist for tests; by default the real BPF object is
+        loaded and its ring buffer opened."""
         if max_entries < 1:
             raise ValueError("max_entries must be positive")
         if drain not in ("batch", "per-key"):
@@ -142,12 +155,14 @@ class FlowCollector:
         self.udp = udp
         self.tcp_counters = tcp_counters  # False: the table path even where counters work
         self._counters_mode = False
+        self._loader = loader or self._load_auto
+        self._open_ring = ring or bpf.RingBuffer
         self._tool: AttachedObject | None = None
         self._counters: bpf.Link | None = None  # iter/tcp: TCP volume from socket counters
         self._sweep: bpf.Link | None = None  # iter/task_file: owners of unowned sockets
         self._netns: NetnsRunner | None = None
         self._last_sweep = 0.0
-        self._ring: bpf.RingBuffer | None = None
+        self._ring: _Ring | None = None
         self._flows: dict[bytes, _Tracked] = {}
         self._events: list[ConnEvent] = []
         self._removed = 0
@@ -178,6 +193,17 @@ class FlowCollector:
             return base + programs.dest_hooks()
         return base
 
+    def _load_auto(self) -> AttachedObject:
+        """The counters path where the kernel runs it, else the table path."""
+        if self.tcp_counters:
+            tool = self._load(counters=True)
+            if programs.COUNTERS_ITER in tool.extras.programs:
+                return tool
+            # iter/tcp refused: TCP needs its per-event hooks after all
+            log.info("TCP counters iterator refused; counting TCP per event")
+            tool.close()
+        return self._load(counters=False)
+
     def _load(self, counters: bool) -> AttachedObject:
         sizes = {FLOW_MAP: self.max_entries}
         if self.events_size is not None:
@@ -198,16 +224,8 @@ class FlowCollector:
     def start(self) -> FlowCollector:
         if self._tool is not None:
             return self
-        tool = None
-        if self.tcp_counters:
-            tool = self._load(counters=True)
-            if programs.COUNTERS_ITER not in tool.extras.programs:
-                # iter/tcp refused: TCP needs its per-event hooks after all
-                log.info("TCP counters iterator refused; counting TCP per event")
-                tool.close()
-                tool = None
-        self._counters_mode = tool is not None
-        self._tool = tool if tool is not None else self._load(counters=False)
+        self._tool = self._loader()
+        self._counters_mode = programs.COUNTERS_ITER in self._tool.extras.programs
         try:
             obj = self._tool.obj
             if self._counters_mode:
@@ -217,7 +235,7 @@ class FlowCollector:
                 self._netns = NetnsRunner()
                 # sockets older than the collector: owners now, counted from now
                 self._run_sweep(time.monotonic())
-            self._ring = bpf.RingBuffer(obj.map("flow_events"), self._on_event)
+            self._ring = self._open_ring(obj.map("flow_events"), self._on_event)
         except BaseException:
             self._tool.close()
             self._tool = None
@@ -353,7 +371,8 @@ class FlowCollector:
         for key in [k for k in flows if k not in present]:
             del flows[key]
             self._evicted_seen += 1
-        removed = self._expire(now)
+        removed, moved = self._expire(now, dt)
+        changed.extend(moved)
         events = [self._enrich_event(e) for e in self._events]
         self._events.clear()
         self._refresh_stats(len(items) - removed)
@@ -458,9 +477,15 @@ class FlowCollector:
         tracked.raw = raw
         tracked.changed_at = now
 
-    def _expire(self, now: float) -> int:
-        """Delete closed flows once reported, and idle flows, from both tables;
-        returns how many were deleted from the kernel table."""
+    def _expire(self, now: float, dt: float) -> tuple[int, list[FlowRecord]]:
+        """Delete closed flows once reported, and idle flows, from both tables.
+
+        Each leaves the kernel table in one step where the kernel can
+        (lookup-and-delete): traffic that landed since this poll's read is
+        in the value taken, and reported now, not lost. Returns how many
+        were deleted from the kernel table and the records of those that
+        had moved meanwhile.
+        """
         m = self.attached.obj.map(FLOW_MAP)
         doomed = [
             key
@@ -469,16 +494,18 @@ class FlowCollector:
             and (t.record.closed is not None or now - t.changed_at >= self.idle_timeout)
         ]
         deleted = 0
+        moved: list[FlowRecord] = []
         for key in doomed:
-            tracked = self._flows[key]
-            current = m.lookup(key)
-            if current is not None and current != tracked.raw:
-                continue  # it moved meanwhile: keep it, report it next poll
-            if current is not None and m.delete(key):
-                deleted += 1
-            del self._flows[key]
+            tracked = self._flows.pop(key)
+            value = m.take(key)
+            if value is None:
+                continue  # the kernel evicted it meanwhile: counted as evicted
+            deleted += 1
+            if value != tracked.raw:
+                self._update(tracked, value, dt, now)
+                moved.append(tracked.record)
         self._removed += deleted
-        return deleted
+        return deleted, moved
 
     def _refresh_stats(self, present: int) -> None:
         obj = self.attached.obj

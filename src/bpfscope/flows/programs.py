@@ -39,7 +39,6 @@ __all__ = [
     "counters_hooks",
     "hooks",
     "lifecycle_hooks",
-    "nop_hooks",
     "tcp_counters",
     "traffic_hooks",
     "udp_traffic_hooks",
@@ -117,21 +116,6 @@ def traffic_hooks() -> list[Hook]:
             ),
         )
         for name, tp, fexit, kprobe in _TRAFFIC
-    ]
-
-
-def nop_hooks() -> list[Hook]:
-    """Empty programs on the traffic tracepoints (benchmark floor)."""
-    return [
-        Hook(
-            name,
-            (
-                Rung(Mechanism.TP_BTF, f"nop_{name}_tp_btf", tp),
-                Rung(Mechanism.RAW_TP, f"nop_{name}_raw_tp", tp),
-                Rung(Mechanism.TRACEPOINT, f"nop_{name}_tracepoint", f"sock:{tp}"),
-            ),
-        )
-        for name, tp, _, _ in _TRAFFIC
     ]
 
 

@@ -32,23 +32,18 @@ __all__ = [
     "MAX_DEFAULT_ENTRIES",
     "NAME",
     "OBJECT",
-    "REFERENCES",
     "CountsValue",
     "ErrnoKey",
     "Inflight",
     "StatsKey",
     "StatsValue",
     "SyscallFilter",
-    "clock_hooks",
     "count_hooks",
     "default_max_entries",
     "hooks",
     "idle_bytes",
     "load",
-    "load_reference",
     "map_sizes",
-    "nop_exit_hooks",
-    "nop_hooks",
     "stats_map",
     "syscall_mask",
 ]
@@ -154,22 +149,6 @@ def hooks() -> list[Hook]:
 def count_hooks() -> list[Hook]:
     """Counts mode (the default): sys_exit alone (no latency, no exit/exit_group)."""
     return [_hook("sys_exit", _programs("count", "exit"))]
-
-
-def nop_hooks() -> list[Hook]:
-    """Empty programs on sys_enter and sys_exit (the benchmark's reference)."""
-    return [_hook(f"sys_{h}", _programs("nop", h)) for h in ("enter", "exit")]
-
-
-def nop_exit_hooks() -> list[Hook]:
-    """An empty program on sys_exit alone (the counts mode's own hook)."""
-    return [_hook("sys_exit", _programs("nop", "exit"))]
-
-
-def clock_hooks() -> list[Hook]:
-    """Programs that only call bpf_ktime_get_ns() on sys_enter and sys_exit:
-    the floor of any tracer that times every call."""
-    return [_hook(f"sys_{h}", _programs("clock", h)) for h in ("enter", "exit")]
 
 
 @dataclass(frozen=True)
@@ -293,14 +272,3 @@ def load(
         force=force,
         btf_path=btf_path,
     )
-
-
-REFERENCES: Final = {"empty": nop_hooks, "empty_exit": nop_exit_hooks, "clock": clock_hooks}
-
-
-def load_reference(
-    name: str, *, force: Mechanism | None = None, btf_path: str | None = None
-) -> AttachedObject:
-    """Load one of the benchmark's references (:data:`REFERENCES`): empty
-    programs on both hooks, on sys_exit alone, or clock reads only."""
-    return load_object(OBJECT, REFERENCES[name](), force=force, btf_path=btf_path)

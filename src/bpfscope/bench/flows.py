@@ -1,4 +1,5 @@
-"""Overhead benchmark of the flow monitor (``bpfscope flows --bench``).
+"""Overhead benchmark of the flow monitor (``bpfscope bench flows``, alias
+``bpfscope flows --bench``).
 
 1. Loopback TCP 1-byte request/response and bulk stream (``netbench.c``,
    built at first use), each without monitoring, with bpfscope's flow
@@ -10,7 +11,9 @@
    measures: work per wall-clock second, and work per CPU second of the two
    netbench processes (user + system; the BPF programs run in their
    syscalls), which other jobs on a shared machine disturb much less. The
-   bars are judged on the CPU measure.
+   bars are judged on the CPU measure, by the lab's rule (:mod:`.verdict`):
+   on the ratio of each round, "met"/"missed" only when the interval of
+   their median clears the bar, else "inconclusive".
 2. Draining a 100k-flow table: one batch lookup vs per-key iteration.
 3. Collector CPU with 1,000 active flows polled at a 1 s interval.
 
@@ -19,19 +22,16 @@ Compare ratios within one run; absolute numbers depend on the machine.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -40,12 +40,22 @@ from typing import Any, Final
 from .. import libbpf as bpf
 from ..errors import EXIT_UNSUPPORTED, UserError
 from ..features import Mechanism
-from ..ladder import choose, load_object
-from . import programs
-from .collector import FlowCollector
-from .records import FlowKeyC, FlowValueC
+from ..flows import programs
+from ..flows.collector import FlowCollector
+from ..flows.records import FlowKeyC, FlowValueC
+from ..ladder import choose
+from . import driver, peer, references
+from .pinning import bench_cpu, interleave
+from .verdict import Verdict, judge
 
-__all__ = ["BPFTRACE_SCRIPT", "BenchResult", "drain_bench", "main", "traffic_bench"]
+__all__ = [
+    "BPFTRACE_SCRIPT",
+    "BenchResult",
+    "bench_cpu",
+    "drain_bench",
+    "main",
+    "traffic_bench",
+]
 
 # Same hooks as bpfscope's tracepoint rungs, per-flow byte and call sums.
 BPFTRACE_SCRIPT: Final = r"""
@@ -75,33 +85,9 @@ CONFIGS: Final = ("baseline", "empty", "bpfscope", "bpftrace")
 
 
 def _netbench() -> Path:
-    from ..bench.driver import cache_dir, find_compiler
-
-    src = resources.files("bpfscope.flows").joinpath("netbench.c").read_bytes()
-    cc = find_compiler()
-    key = hashlib.sha256(src + " ".join(cc).encode()).hexdigest()[:16]
-    exe = cache_dir() / f"netbench-{key}"
-    if exe.is_file():
-        return exe
-    with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
-        c_file = Path(tmp, "netbench.c")
-        c_file.write_bytes(src)
-        out = Path(tmp, "netbench")
-        proc = subprocess.run(
-            [*cc, "-O2", "-Wall", "-o", str(out), str(c_file)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if proc.returncode != 0:
-            raise UserError(f"building netbench failed: {proc.stderr.strip()}", EXIT_UNSUPPORTED)
-        os.replace(out, exe)
-    return exe
-
-
-def bench_cpu() -> int:
-    """The CPU both netbench processes are pinned to: the last one allowed."""
-    return max(os.sched_getaffinity(0))
+    """The workload, built once into the lab's cache."""
+    src = resources.files(__package__).joinpath("netbench.c").read_bytes()
+    return driver.build_c(src, "netbench")
 
 
 def _run_netbench(
@@ -142,48 +128,17 @@ def traffic_mechanism() -> Mechanism | None:
     return {c.hook.name: c.mechanism for c in choose(programs.traffic_hooks())}.get("send")
 
 
-@contextmanager
-def _empty() -> Iterator[None]:
+def _empty() -> Any:
     """Empty programs on the same traffic hooks and rung as bpfscope: the
     floor that any tool on these hooks pays."""
-    with load_object(programs.OBJECT, programs.nop_hooks(), force=traffic_mechanism()):
-        yield
+    return references.load_flows_reference("empty", force=traffic_mechanism())
 
 
-@contextmanager
-def _bpftrace() -> Iterator[None]:
-    path = shutil.which("bpftrace")
-    assert path is not None
-    proc = subprocess.Popen(
-        [path, "-e", BPFTRACE_SCRIPT],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                raise UserError("bpftrace exited before attaching", EXIT_UNSUPPORTED)
-            if line.startswith("Attaching"):
-                break
-        time.sleep(0.3)  # attached after printing
-        yield
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
+def _bpftrace() -> Any:
+    bt = peer.find_bpftrace()
+    if bt is None:
+        raise UserError("bpftrace is not installed", EXIT_UNSUPPORTED)
+    return bt.running(peer.with_marker(BPFTRACE_SCRIPT))
 
 
 # --------------------------------------------------------------------------
@@ -217,10 +172,23 @@ class TrafficResult:
         base, value = self._series("baseline", cpu), self._series(config, cpu)
         return [v / b for b, v in zip(base, value, strict=False) if b]
 
+    def verdict(self) -> Verdict | None:
+        """bpfscope / baseline per CPU second, round by round, against the bar."""
+        ratios = self.round_ratios("bpfscope", cpu=True)
+        return judge(ratios, BARS[self.mode], good="above") if ratios else None
+
+    def bpftrace_verdict(self) -> Verdict | None:
+        """bpfscope / bpftrace per CPU second, round by round: >= 1 when
+        bpfscope slows the workload less."""
+        ours, theirs = self._series("bpfscope", True), self._series("bpftrace", True)
+        ratios = [o / t for o, t in zip(ours, theirs, strict=False) if t]
+        return judge(ratios, 1.0, good="above") if ratios else None
+
     def bar_met(self) -> bool | None:
-        """bpfscope >= the bar (CPU measure), or None without samples."""
-        ratio = self.ratio("bpfscope", cpu=True)
-        return None if ratio is None else ratio >= BARS[self.mode]
+        """The bar's verdict: True/False when decided, None when inconclusive
+        or without samples."""
+        v = self.verdict()
+        return None if v is None else v.meets
 
 
 @dataclass
@@ -265,6 +233,14 @@ class BenchResult:
                     "cpu_ratio": {c: t.ratio(c, cpu=True) for c in t.cpu_samples},
                     "bar": BARS[t.mode],
                     "bar_met": t.bar_met(),
+                    "verdicts": {
+                        name: v.to_json()
+                        for name, v in (
+                            ("bpfscope_vs_baseline", t.verdict()),
+                            ("bpfscope_vs_bpftrace", t.bpftrace_verdict()),
+                        )
+                        if v is not None
+                    },
                 }
             )
         if self.drain:
@@ -285,7 +261,7 @@ def traffic_bench(
     vary several-fold from run to run)."""
     exe = _netbench()
     monitors: dict[str, Callable[[], Any]] = {
-        "baseline": _nothing,
+        "baseline": nullcontext,
         "empty": _empty,
         "bpfscope": _bpfscope,
         "bpftrace": _bpftrace,
@@ -293,12 +269,11 @@ def traffic_bench(
     results = []
     for mode, unit in (("rr", "round trips/s"), ("stream", "bytes/s")):
         res = TrafficResult(mode, unit, {c: [] for c in configs}, {c: [] for c in configs})
-        for _ in range(rounds):
-            for config in configs:
-                with monitors[config]():
-                    wall, per_cpu = _run_netbench(exe, mode, seconds, cpu)
-                res.samples[config].append(wall)
-                res.cpu_samples[config].append(per_cpu)
+        for _, config in interleave(configs, rounds):
+            with monitors[config]():
+                wall, per_cpu = _run_netbench(exe, mode, seconds, cpu)
+            res.samples[config].append(wall)
+            res.cpu_samples[config].append(per_cpu)
         results.append(res)
     return results
 
@@ -373,7 +348,8 @@ def run(seconds: float = 3.0, rounds: int = 3, pin: bool = True) -> BenchResult:
     cpu = bench_cpu() if pin else None
     notes = [
         f"host: {os.uname().release} {os.uname().machine}, {os.cpu_count()} CPUs",
-        "ratios compare configurations inside this one run (interleaved, median of rounds)",
+        "ratios compare configurations inside this one run (rotated round by round,"
+        " median of rounds; verdicts on the per-round ratios)",
         f"workload pinned to CPU {cpu}" if cpu is not None else "workload not pinned",
     ]
     configs: tuple[str, ...] = CONFIGS
@@ -416,19 +392,15 @@ def report(r: BenchResult) -> str:
                 f"  floor: empty programs on the same hooks x{floor:.3f};"
                 f" bpfscope's own work on top of them x{ours / floor:.3f}"
             )
-        met = t.bar_met()
-        if met is not None:
+        v = t.verdict()
+        if v is not None:
+            lines.append(f"  bar: bpfscope / baseline per CPU second, per round {v.text(3)}")
+        bv = t.bpftrace_verdict()
+        if bv is not None:
             lines.append(
-                f"  bar: bpfscope >= x{BARS[t.mode]:.2f} of baseline per CPU second:"
-                f" {'met' if met else 'missed'}"
+                f"  bar: bpfscope slows less than bpftrace (bpfscope / bpftrace per CPU second),"
+                f" per round {bv.text(3)}"
             )
-        if "bpftrace" in t.cpu_samples:
-            ours, theirs = t.ratio("bpfscope", cpu=True), t.ratio("bpftrace", cpu=True)
-            if ours is not None and theirs is not None:
-                lines.append(
-                    f"  bar: bpfscope slows less than bpftrace (per CPU second):"
-                    f" {'met' if ours > theirs else 'missed'}"
-                )
     if r.drain:
         d = r.drain
         lines.append(

@@ -1,5 +1,4 @@
-#!/usr/bin/env python3
-"""Load benchmark of `bpfscope serve` (issue: agent bars), on this machine.
+"""Load benchmark of `bpfscope serve` (``bpfscope bench agent``), on this machine.
 
 Starts a real agent, fills its kernel flow table with N real UDP flows on
 loopback (one datagram to each of N ports), then measures:
@@ -8,14 +7,14 @@ loopback (one datagram to each of N ports), then measures:
   3. C concurrent clients hitting /api/v1/flows and /metrics for T seconds:
      errors, and whether the collector kept up (events dropped, poll time).
 
-    sudo .venv/bin/python scripts/bench_agent.py [--flows 100000] [--clients 50] [--seconds 30]
+    sudo bpfscope bench agent [--flows 100000] [--clients 50] [--seconds 30]
+
+The bars are absolute (latency, errors, drops), not ratios: each is one
+measurement of the agent under load, not an overhead against a baseline.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import signal
 import socket
 import statistics
@@ -25,8 +24,21 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
-import httpx
+from ..errors import EXIT_UNSUPPORTED, UserError
+
+__all__ = ["bars_met", "run"]
+
+
+def _httpx() -> Any:
+    try:
+        import httpx
+    except ImportError:
+        raise UserError(
+            "bench agent needs httpx: pip install 'bpfscope[agent]'", EXIT_UNSUPPORTED
+        ) from None
+    return httpx
 
 
 def free_port() -> int:
@@ -36,6 +48,7 @@ def free_port() -> int:
 
 
 def start_agent(port: int, db: Path, max_flows: int) -> subprocess.Popen[bytes]:
+    httpx = _httpx()
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "bpfscope.cli", "serve", "--listen", f"127.0.0.1:{port}",
@@ -52,7 +65,8 @@ def start_agent(port: int, db: Path, max_flows: int) -> subprocess.Popen[bytes]:
         except httpx.TransportError:
             time.sleep(0.2)
     proc.kill()
-    raise SystemExit(f"agent did not start: {proc.stderr.read().decode() if proc.stderr else ''}")
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    raise UserError(f"agent did not start: {err.strip() or 'no output'}", EXIT_UNSUPPORTED)
 
 
 def make_udp_flows(n: int) -> None:
@@ -69,37 +83,29 @@ def percentile(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    ap.add_argument("--flows", type=int, default=100_000)
-    ap.add_argument("--requests", type=int, default=200)
-    ap.add_argument("--clients", type=int, default=50)
-    ap.add_argument("--seconds", type=float, default=30.0)
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-    if os.geteuid() != 0:
-        raise SystemExit("run as root (the agent loads BPF programs)")
-
+def run(
+    flows: int = 100_000, requests: int = 200, clients: int = 50, seconds: float = 30.0
+) -> dict[str, Any]:
+    """Run the load benchmark; the measurements as a flat dict."""
+    httpx = _httpx()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as tmp:
-        agent = start_agent(port, Path(tmp) / "h.db", max(262144, args.flows * 2))
+        agent = start_agent(port, Path(tmp) / "h.db", max(262144, flows * 2))
         try:
-            make_udp_flows(args.flows)
+            make_udp_flows(flows)
             deadline = time.monotonic() + 60
             total = 0
             while time.monotonic() < deadline:
                 total = httpx.get(url + "/api/v1/flows", params={"limit": 1}, timeout=30).json()[
                     "total"
                 ]
-                if total >= args.flows:
+                if total >= flows:
                     break
                 time.sleep(1)
             with httpx.Client(base_url=url, timeout=30) as c:
                 lat = []
-                for _ in range(args.requests):
+                for _ in range(requests):
                     t0 = time.perf_counter()
                     r = c.get("/api/v1/flows", params={"limit": 100})
                     lat.append(time.perf_counter() - t0)
@@ -114,7 +120,7 @@ def main() -> int:
             errors = 0
             done = 0
             lock = threading.Lock()
-            stop = time.monotonic() + args.seconds
+            stop = time.monotonic() + seconds
 
             def client(i: int) -> None:
                 nonlocal errors, done
@@ -134,7 +140,7 @@ def main() -> int:
                             done += 1
                             errors += not ok
 
-            threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
+            threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
             for t in threads:
                 t.start()
             for t in threads:
@@ -150,8 +156,8 @@ def main() -> int:
         "flows_limit100_p50_ms": round(statistics.median(lat) * 1000, 1),
         "flows_limit100_p95_ms": round(percentile(lat, 95) * 1000, 1),
         "metrics_scrape_max_s": round(max(scrape), 3),
-        "concurrent_clients": args.clients,
-        "concurrent_seconds": args.seconds,
+        "concurrent_clients": clients,
+        "concurrent_seconds": seconds,
         "concurrent_requests": done,
         "concurrent_errors": errors,
         "events_dropped_during_load": flows_health["events_dropped"]
@@ -160,20 +166,14 @@ def main() -> int:
         - before["collectors"]["flows"]["polls"],
         "last_poll_seconds": flows_health["poll_seconds"],
     }
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        for k, v in result.items():
-            print(f"{k:32} {v}")
-    ok = (
+    return result
+
+
+def bars_met(result: dict[str, Any]) -> bool:
+    """p95 of /api/v1/flows < 200 ms, a scrape < 1 s, no errors, no drops."""
+    return bool(
         result["flows_limit100_p95_ms"] < 200
         and result["metrics_scrape_max_s"] < 1
-        and errors == 0
+        and result["concurrent_errors"] == 0
         and result["events_dropped_during_load"] == 0
     )
-    print("bars:", "met" if ok else "NOT met", file=sys.stderr)
-    return 0 if ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

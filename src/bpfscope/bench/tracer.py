@@ -1,10 +1,10 @@
 """What the syscall tracer costs per syscall, against its references.
 
-``bpfscope syscalls --bench`` times a getpid() loop (a minimal C driver,
-built with the system compiler; a Python loop when there is none) in CPU
-time of the looping process (so that preemption by other work on a shared
-machine does not count) under these conditions, interleaved round by round
-so that drift on a shared machine hits all of them alike (:data:`MODES`):
+``bpfscope bench tracer`` (alias ``bpfscope syscalls --bench``) times a
+getpid() loop (the lab's C driver, pinned to one CPU) in CPU time of the
+looping process (so that preemption by other work on a shared machine does
+not count) under these conditions, interleaved round by round so that drift
+on a shared machine hits all of them alike (:data:`MODES`):
 
 * ``baseline``: nothing attached;
 * ``empty``: empty programs on sys_enter and sys_exit, through the same rung
@@ -20,37 +20,38 @@ Each condition's *added* cost is its best ns/call minus the baseline's; the
 report gives the ratios of :data:`COMPARISONS`. The issue's bar (<= 1.35 of
 the empty programs) is judged on the default mode; the bpftrace bar
 (<= 0.5) on ``-L``, the like-for-like comparison (bpftrace times calls).
+Bars are judged by the lab's rule (:mod:`.verdict`): on the ratio of added
+costs in each round, "meets"/"misses" only when the interval of their
+median clears the bar, else "inconclusive".
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 from .. import system
-from ..errors import EXIT_UNSUPPORTED, UserError
 from ..features import Mechanism
 from ..sysnames import syscall_nr
+from . import driver, peer, references
+from .pinning import bench_cpu, interleave
+from .verdict import Verdict, added_ratios, judge
 
 __all__ = [
     "BPFTRACE_SCRIPT",
     "COMPARISONS",
+    "DEFAULT_CALLS",
+    "DEFAULT_ROUNDS",
     "MODES",
     "BenchResult",
     "Comparison",
-    "measure",
     "run_bench",
 ]
 
@@ -63,46 +64,18 @@ BPFTRACE_SCRIPT: Final = (
 BAR_VS_EMPTY: Final = 1.35
 BAR_VS_BPFTRACE: Final = 0.5
 
-_DRIVER_C: Final = r"""
-#define _GNU_SOURCE
-#include <stdio.h>
-#include <stdlib.h>
-#include <time.h>
-#include <unistd.h>
-
-int main(int argc, char **argv)
-{
-	long nr = atol(argv[1]), n = atol(argv[2]), i;
-	struct timespec a, b;
-
-	/* CPU time, not wall time: preemption does not count. */
-	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &a);
-	for (i = 0; i < n; i++)
-		syscall(nr);
-	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &b);
-	printf("%.3f\n", ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / n);
-	return 0;
-}
-"""
-
-_PY_DRIVER: Final = """
-import ctypes, sys, time
-libc = ctypes.CDLL(None)
-nr, n = int(sys.argv[1]), int(sys.argv[2])
-f = libc.syscall
-t = time.process_time_ns()
-for _ in range(n):
-    f(nr)
-print((time.process_time_ns() - t) / n)
-"""
-
+DEFAULT_CALLS: Final = 2_000_000
+# Enough rounds for the verdict's interval to drop the most extreme rounds
+# (order statistics need n >= 9 at 95%) and for three consecutive default
+# runs to agree on this 2-core VM (docs/bench-syscalls.md).
+DEFAULT_ROUNDS: Final = 15
 
 MODES: Final = {
     "baseline": "nothing attached",
-    "empty": "empty programs on sys_enter + sys_exit",
-    "empty_exit": "empty program on sys_exit alone",
+    "empty": references.SYSCALLS["empty"][0],
+    "empty_exit": references.SYSCALLS["empty_exit"][0],
     "counts": "bpfscope syscalls (default: counts, errors, errnos; sys_exit)",
-    "clock": "clock floor: bpf_ktime_get_ns() alone on sys_enter + sys_exit",
+    "clock": references.SYSCALLS["clock"][0],
     "latency": "bpfscope syscalls -L (every call timed; sys_enter + sys_exit)",
     "bpftrace": "bpftrace equivalent (counts + latency histogram)",
 }
@@ -161,15 +134,24 @@ class BenchResult:
         lat, clock = self.added("latency"), self.added("clock")
         return None if lat is None or clock is None else lat - clock
 
+    def verdict(self, mode: str, reference: str, bar: float | None = None) -> Verdict | None:
+        """The ratio of added costs round by round, judged against ``bar``."""
+        m, r, b = (self.samples.get(x) for x in (mode, reference, "baseline"))
+        if not m or not r or not b:
+            return None
+        return judge(added_ratios(m, r, b), bar)
+
     def comparisons(self) -> list[dict[str, Any]]:
+        """``ratio``: best runs; ``meets``: the per-round verdict (None when
+        inconclusive or without a bar), detailed under ``rounds``."""
         out = []
         for c in COMPARISONS:
             r = self.ratio(c.mode, c.reference)
-            if r is not None:
-                meets = None if c.bar is None else r <= c.bar
+            v = self.verdict(c.mode, c.reference, c.bar)
+            if r is not None and v is not None:
                 out.append(
                     {"mode": c.mode, "reference": c.reference, "ratio": r, "bar": c.bar}
-                    | {"meets": meets}
+                    | {"meets": v.meets, "verdict": v.outcome, "rounds": v.to_json()}
                 )
         return out
 
@@ -207,12 +189,15 @@ class BenchResult:
                 + " ".join(f"{x:.1f}" for x in samples)
             )
         lines += ["  modes:"] + [f"    {m:<10} {MODES[m]}" for m in self.samples]
-        for c in self.comparisons():
-            line = f"  {c['mode']} / {c['reference']}: {c['ratio']:.2f} of the added cost"
-            if c["bar"] is not None:
-                verdict = "meets" if c["meets"] else "MISSES"
-                line += f" ({verdict} the bar {c['bar']})"
-            lines.append(line)
+        for c in COMPARISONS:
+            r = self.ratio(c.mode, c.reference)
+            v = self.verdict(c.mode, c.reference, c.bar)
+            if r is None or v is None:
+                continue
+            lines.append(
+                f"  {c.mode} / {c.reference}: {r:.2f} of the added cost (best runs); "
+                f"per round {v.text()}"
+            )
         empty, clock, floor = self.added("empty"), self.added("clock"), self.over_clock_floor()
         if empty is not None and clock is not None:
             lines.append(
@@ -225,75 +210,16 @@ class BenchResult:
         return "\n".join(lines)
 
 
-@contextmanager
-def _driver() -> Iterator[tuple[list[str], str]]:
-    """The loop program: a compiled C driver if a compiler exists."""
-    cc = os.environ.get("CC") or next((c for c in ("cc", "gcc", "clang") if shutil.which(c)), None)
-    with tempfile.TemporaryDirectory(prefix="bpfscope-bench-") as tmp:
-        if cc:
-            src, exe = Path(tmp, "loop.c"), Path(tmp, "loop")
-            src.write_text(_DRIVER_C)
-            done = subprocess.run(
-                [cc, "-O2", "-o", str(exe), str(src)], capture_output=True, text=True
-            )
-            if done.returncode == 0:
-                yield [str(exe)], f"C loop ({cc})"
-                return
-        yield [sys.executable, "-c", _PY_DRIVER], "Python ctypes loop (no C compiler)"
-
-
-def _pin_last_cpu() -> None:
-    cpus = sorted(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, {cpus[-1]})
-
-
-def measure(cmd: list[str], calls: int) -> float:
-    """CPU ns per getpid() of one driver run (pinned to one CPU)."""
-    done = subprocess.run(
-        [*cmd, str(syscall_nr("getpid")), str(calls)],
-        capture_output=True,
-        text=True,
-        preexec_fn=_pin_last_cpu,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise UserError(f"benchmark driver failed: {done.stderr.strip()}")
-    return float(done.stdout.strip())
-
-
-@contextmanager
-def _bpftrace() -> Iterator[None]:
-    """bpftrace running the equivalent script, attached before we return."""
-    proc = subprocess.Popen(
-        ["bpftrace", "-B", "none", "-e", BPFTRACE_SCRIPT],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        said = []
-        for line in proc.stdout:  # warnings (memlock), then "Attaching 2 probes..."
-            said.append(line.strip())
-            if line.startswith("Attaching"):
-                break
-        else:
-            raise UserError(f"bpftrace did not start: {' / '.join(said) or proc.wait()}")
-        time.sleep(0.3)  # attached when it says so; let it settle
-        yield
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.communicate(timeout=30)  # it prints its maps on exit
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def measure(exe: Path, calls: int, cpu: int | None) -> float:
+    """CPU ns per getpid() of one driver run."""
+    out = driver.run(exe, "getpid", syscall_nr("getpid"), calls, cpu=cpu)
+    return out.sample.clock / out.calls * 1e9
 
 
 def run_bench(
     *,
-    calls: int = 2_000_000,
-    rounds: int = 3,
+    calls: int = DEFAULT_CALLS,
+    rounds: int = DEFAULT_ROUNDS,
     bpftrace: bool = True,
     force: Mechanism | None = None,
     btf_path: str | None = None,
@@ -301,8 +227,8 @@ def run_bench(
     progress: Callable[[str], None] | None = None,
 ) -> BenchResult:
     """Run the comparison and print it (text or JSON); returns the result."""
-    from .collector import SyscallCollector
-    from .programs import SyscallFilter, load_reference
+    from ..syscalls.collector import SyscallCollector
+    from ..syscalls.programs import SyscallFilter
 
     if progress is None and sys.stderr.isatty():
 
@@ -310,9 +236,9 @@ def run_bench(
             print(f"\r\033[K{msg}", end="", file=sys.stderr, flush=True)
 
     notes = []
-    if bpftrace and shutil.which("bpftrace") is None:
+    bt = peer.find_bpftrace() if bpftrace else None
+    if bpftrace and bt is None:
         notes.append("bpftrace is not installed: no bpftrace comparison")
-        bpftrace = False
     system.ensure_tracefs()
 
     # Resolve the rung once (on the latency mode: it needs the most), so
@@ -327,7 +253,7 @@ def run_bench(
         )
 
     def reference(name: str) -> Callable[[], AbstractContextManager[Any]]:
-        return lambda: load_reference(name, force=mech, btf_path=btf_path)
+        return lambda: references.load_reference(name, force=mech, btf_path=btf_path)
 
     modes: dict[str, Callable[[], AbstractContextManager[Any]]] = {
         "baseline": nullcontext,
@@ -337,48 +263,24 @@ def run_bench(
         "clock": reference("clock"),
         "latency": tracer(True),
     }
-    if bpftrace:
-        modes["bpftrace"] = _bpftrace
-    mechanism = str(mech)
-    with _driver() as (cmd, driver_name):
-        measure(cmd, max(10_000, calls // 20))  # warm caches and the CPU
-        result = BenchResult(calls, rounds, driver_name, mechanism, notes=notes)
-        for r in range(rounds):
-            for mode, setup in modes.items():
-                if progress:
-                    progress(f"round {r + 1}/{rounds}: {mode}")
-                with setup():
-                    result.samples.setdefault(mode, []).append(measure(cmd, calls))
+    if bt is not None:
+        bt_run = bt
+        modes["bpftrace"] = lambda: bt_run.running(peer.with_marker(BPFTRACE_SCRIPT))
+    compiler = driver.find_compiler()
+    exe = driver.build(compiler=compiler)
+    cpu = bench_cpu()
+    measure(exe, max(10_000, calls // 20), cpu)  # warm caches and the CPU
+    result = BenchResult(calls, rounds, f"C driver ({' '.join(compiler)})", str(mech), notes=notes)
+    result.notes.append(f"driver pinned to CPU {cpu}; modes rotated round by round")
+    for r, mode in interleave(list(modes), rounds):
         if progress:
-            progress("")
+            progress(f"round {r + 1}/{rounds}: {mode}")
+        with modes[mode]():
+            result.samples.setdefault(mode, []).append(measure(exe, calls, cpu))
+    if progress:
+        progress("")
     if as_json:
         print(json.dumps(result.to_json(), indent=2))
     else:
         print(result.text())
     return result
-
-
-def main() -> int:  # pragma: no cover - python -m bpfscope.syscalls.bench
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=2_000_000)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--no-bpftrace", action="store_true")
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
-    try:
-        run_bench(
-            calls=args.calls,
-            rounds=args.rounds,
-            bpftrace=not args.no_bpftrace,
-            as_json=args.json,
-        )
-    except UserError as exc:
-        print(f"bpfscope: error: {exc}", file=sys.stderr)
-        return exc.exit_code or EXIT_UNSUPPORTED
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
