@@ -392,3 +392,27 @@ def test_flows_no_udp_attaches_nothing_to_the_tcp_message_path() -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_live_counts_in_another_network_namespace(collector: FlowCollector) -> None:
+    """iter/tcp walks its reader's namespace only: a connection inside a
+    namespace the test creates shows its bytes before it closes."""
+    from flows_support import netns_pair
+
+    with netns_pair() as nets:
+        server = Peer("ack-server", "40000", "1", netns=nets.b)
+        port = server.port()
+        client = Peer("early-client", str(port), "40000", "1", netns=nets.b)
+        assert client.line() == "connected"
+        rec = Recorder(collector)
+        try:
+            rec.wait(lambda: bool([f for f in flows_on(rec, client.pid, port) if f.tx_bytes]))
+            (cflow,) = flows_on(rec, client.pid, port)
+            assert (cflow.tx_bytes, cflow.rx_bytes) == (40000, 1)
+            assert cflow.netns == nets.inode(nets.b)
+            assert cflow.closed is None  # counted live, not at close
+            assert collector.stats().netns_visited >= 2
+        finally:
+            client.tell("go")
+            client.finish()
+            server.finish()
