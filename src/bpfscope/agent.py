@@ -381,6 +381,13 @@ class Agent:
             "poll_seconds": round(self.state.poll_seconds, 6),
             "rungs": stats.get("rungs", {}),
             "tcp_accounting": stats.get("tcp_accounting"),
+            "unattributed": stats.get("unattributed", 0),
+            "udp": stats.get("udp", True),
+            "udp_note": (
+                "UDP accounting shares the TCP send/receive hooks on this kernel"
+                if stats.get("udp_shares_tcp_hooks")
+                else None
+            ),
             "events_dropped": stats.get("events_dropped", 0),
             "events_skipped": stats.get("events_skipped", 0),
             "flows_evicted": stats.get("flows_evicted", 0),

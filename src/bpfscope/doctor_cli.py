@@ -103,6 +103,17 @@ def _render(report: DoctorReport, console: Console) -> None:
     console.print(f"{verdict}: {report.summary()}")
 
 
+UDP_SHARED_NOTE = "UDP accounting shares the TCP send/receive hooks on this kernel"
+
+
+def flows_accounting(tool: ladder.AttachedObject) -> str:
+    """How the flow monitor counts TCP with these rungs: from the kernel's
+    socket counters, or per event in the flow table."""
+    from .flows import programs as flows_programs
+
+    return "counters" if flows_programs.COUNTERS_ITER in tool.extras.programs else "table"
+
+
 def _check(btf: str | None, force: Mechanism | None, console: Console) -> list[dict[str, Any]]:
     """Load and attach every tool with its chosen rungs, then detach."""
 
@@ -128,6 +139,11 @@ def _check(btf: str | None, force: Mechanism | None, console: Console) -> list[d
                     if tool.extras.description:
                         detail += f"; {tool.extras.description}"
                     entry.update(ok=True, mechanism=tool.rungs_summary(), detail=detail)
+                    if spec.name == "flows":
+                        entry["tcp_accounting"] = flows_accounting(tool)
+                        if tool.rungs().get("send") in ("tp_btf", "raw_tp", "tracepoint"):
+                            entry["udp_note"] = UDP_SHARED_NOTE
+                            entry["detail"] += f"; {UDP_SHARED_NOTE} (--no-udp avoids it)"
         except Exception as exc:  # reported per tool; the exit code carries it
             entry.update(ok=False, mechanism=None, detail=str(exc))
         results.append(entry)

@@ -58,6 +58,12 @@ class FlowLike(Protocol):
     def tx_delta(self) -> int: ...
     @property
     def rx_delta(self) -> int: ...
+    @property
+    def tx_segs_delta(self) -> int: ...
+    @property
+    def rx_segs_delta(self) -> int: ...
+    @property
+    def retrans_bytes_delta(self) -> int: ...
 
 
 class EventLike(Protocol):
@@ -172,6 +178,13 @@ class FlowMetrics(Collector):
                     self._add(f"{proto}_sent_bytes", labels, f.tx_delta)
                 if f.rx_delta:
                     self._add(f"{proto}_received_bytes", labels, f.rx_delta)
+                # TCP on the counters path (else 0)
+                if f.tx_segs_delta:
+                    self._add("tcp_sent_segments", labels, f.tx_segs_delta)
+                if f.rx_segs_delta:
+                    self._add("tcp_received_segments", labels, f.rx_segs_delta)
+                if f.retrans_bytes_delta:
+                    self._add("tcp_retransmitted_bytes", labels, f.retrans_bytes_delta)
             for e in events:
                 labels = self._labels(e.comm, e.container, e.raddr, e.rport)
                 if e.type == "retransmit":
@@ -193,6 +206,9 @@ class FlowMetrics(Collector):
         "udp_sent_bytes": "Bytes sent on UDP flows.",
         "udp_received_bytes": "Bytes received on UDP flows.",
         "tcp_retransmits": "TCP segments retransmitted.",
+        "tcp_sent_segments": "TCP data segments sent, retransmissions included.",
+        "tcp_received_segments": "TCP data segments received.",
+        "tcp_retransmitted_bytes": "TCP payload bytes retransmitted (not in tcp_sent_bytes).",
         "tcp_resets": "TCP resets, by who sent them (sent: this host).",
         "tcp_connections_opened": (
             "TCP connections established, by direction (active: connect, passive: accept)."

@@ -111,6 +111,14 @@ def _convert(kind: str, fn: Any, value: str) -> Any:
     help="Bearer token for --kube-api.",
 )
 @click.option(
+    "--udp/--no-udp",
+    "udp",
+    default=True,
+    show_default=True,
+    help="Account UDP traffic (where UDP shares TCP's send/receive hooks, --no-udp "
+    "leaves TCP with no bpfscope program per message; /api/v1/health says which).",
+)
+@click.option(
     "--otlp-endpoint",
     default=None,
     envvar="BPFSCOPE_OTLP_ENDPOINT",
@@ -141,6 +149,7 @@ def serve(
     kube: str,
     kube_api: str | None,
     kube_token_file: str | None,
+    udp: bool,
     otlp_endpoint: str | None,
 ) -> None:
     """Run the agent: collectors, JSON API, Prometheus /metrics and history."""
@@ -221,7 +230,9 @@ def serve(
             store_error = str(exc)
             click.echo(f"bpfscope: warning: {exc}; serving live data without history", err=True)
 
-    collector = FlowCollector(max_entries=max_flows, force=mechanism, btf_path=ctx.obj.get("btf"))
+    collector = FlowCollector(
+        max_entries=max_flows, force=mechanism, btf_path=ctx.obj.get("btf"), udp=udp
+    )
     metrics = FlowMetrics(
         labels=metrics_labels,
         max_series=max_series,

@@ -74,12 +74,26 @@ class FlowSample:
     resets: int = 0
     remote_class: str = ""
     remote_name: str = ""
+    # TCP on the counters path: data segments each way, retransmitted bytes
+    tx_segs: int = 0
+    rx_segs: int = 0
+    retrans_bytes: int = 0
 
     def key(self) -> tuple[Any, ...]:
         return (self.proto, self.laddr, self.lport, self.raddr, self.rport, self.pid)
 
 
-_COUNTERS: Final = ("tx_bytes", "rx_bytes", "tx_calls", "rx_calls", "retransmits", "resets")
+_COUNTERS: Final = (
+    "tx_bytes",
+    "rx_bytes",
+    "tx_calls",
+    "rx_calls",
+    "retransmits",
+    "resets",
+    "tx_segs",
+    "rx_segs",
+    "retrans_bytes",
+)
 
 # Each step takes the schema from version i to i+1. Never edit a released
 # step; add a new one.
@@ -114,6 +128,12 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     ALTER TABLE flow_buckets ADD COLUMN remote_name TEXT NOT NULL DEFAULT '';
     CREATE INDEX flow_buckets_remote ON flow_buckets (raddr, bucket_start);
     CREATE INDEX flow_buckets_container ON flow_buckets (container, bucket_start);
+    """,
+    # 3: TCP volume from the kernel's socket counters: segments, not calls
+    """
+    ALTER TABLE flow_buckets ADD COLUMN tx_segs INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE flow_buckets ADD COLUMN rx_segs INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE flow_buckets ADD COLUMN retrans_bytes INTEGER NOT NULL DEFAULT 0;
     """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)

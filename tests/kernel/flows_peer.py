@@ -5,6 +5,7 @@ listening, and ``done`` at the end; exact byte counts are arguments."""
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import struct
 import sys
@@ -100,6 +101,86 @@ def udp_client(
     say("done")
 
 
+def sendfile_server(path: str, recv_n: int) -> None:
+    """Receive recv_n bytes, answer with the whole file through sendfile(2)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    say(f"ready {srv.getsockname()[1]}")
+    conn, _ = srv.accept()
+    recv_exact(conn, recv_n)
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        sent = 0
+        while sent < size:
+            sent += os.sendfile(conn.fileno(), f.fileno(), sent, size - sent)
+    conn.shutdown(socket.SHUT_WR)
+    conn.recv(1)  # the client's close
+    conn.close()
+    srv.close()
+    say("done")
+
+
+def prefork_server(workers: int, per_worker: int) -> None:
+    """A listener made by the parent; forked workers accept. Each connection
+    says how many bytes it sends (8-byte header included in the count); the
+    worker answers with reply_of(n) bytes and reports what it served."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    say(f"ready {srv.getsockname()[1]}")
+    pids = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            try:
+                for _ in range(per_worker):
+                    conn, peer = srv.accept()
+                    (n,) = struct.unpack("!Q", conn.recv(8, socket.MSG_WAITALL))
+                    recv_exact(conn, n - 8)
+                    reply = n // 3 + 7
+                    conn.sendall(b"w" * reply)
+                    conn.recv(1)  # the client's close
+                    conn.close()
+                    say(f"served {os.getpid()} {peer[1]} {n} {reply}")
+            finally:
+                os._exit(0)
+        pids.append(pid)
+    srv.close()
+    for pid in pids:
+        os.waitpid(pid, 0)
+    say("done")
+
+
+def early_client(port: int, before: int, after: int) -> None:
+    """Connected and sending before the collector starts (told on stdin)."""
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"e" * before)
+    recv_exact(s, 1)
+    say("connected")
+    sys.stdin.readline()
+    s.sendall(b"e" * after)
+    recv_exact(s, 1)
+    s.close()
+    say("done")
+
+
+def ack_server(before: int, after: int) -> None:
+    """Acknowledges each phase of early_client with one byte."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    say(f"ready {srv.getsockname()[1]}")
+    conn, _ = srv.accept()
+    for n in (before, after):
+        recv_exact(conn, n)
+        conn.sendall(b"k")
+    conn.recv(1)
+    conn.close()
+    srv.close()
+    say("done")
+
+
 def main(argv: list[str]) -> None:
     cmd, *a = argv
     if cmd == "tcp-server":
@@ -112,6 +193,14 @@ def main(argv: list[str]) -> None:
         udp_server(a[0], a[1], int(a[2]), int(a[3]))
     elif cmd == "udp-client":
         udp_client(a[0], a[1], int(a[2]), int(a[3]), int(a[4]), int(a[5]), a[6])
+    elif cmd == "sendfile-server":
+        sendfile_server(a[0], int(a[1]))
+    elif cmd == "prefork-server":
+        prefork_server(int(a[0]), int(a[1]))
+    elif cmd == "early-client":
+        early_client(int(a[0]), int(a[1]), int(a[2]))
+    elif cmd == "ack-server":
+        ack_server(int(a[0]), int(a[1]))
     elif cmd == "sleep":
         time.sleep(float(a[0]))
     else:

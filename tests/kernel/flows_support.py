@@ -78,7 +78,12 @@ class Peer:
                     f.write(str(os.getpid()))
 
         self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=preexec,
         )
         self.pid = self.proc.pid  # `ip netns exec` execs in place: same pid
 
@@ -89,6 +94,11 @@ class Peer:
             err = self.proc.stderr.read() if self.proc.stderr else ""
             raise AssertionError(f"peer said nothing: {err}")
         return text
+
+    def tell(self, text: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
 
     def port(self) -> int:
         word, port = self.line().split()

@@ -24,21 +24,20 @@ def test_extras_are_loaded_with_the_tool() -> None:
 
     def extras(choices: Sequence[Choice]) -> Extras:
         seen.append(choices)
-        return programs.socket_accounting(choices)
+        return programs.tcp_counters(choices)
 
-    hooks = programs.traffic_hooks() + programs.lifecycle_hooks()
+    hooks = programs.counters_hooks()
     with load_object(programs.OBJECT, hooks, extras=extras) as attached:
         assert len(seen) == 1
-        assert attached.extras == programs.socket_accounting(attached.choices)
-        if attached.extras.programs:
-            assert attached.obj.rodata["sk_acct_enabled"] == b"\x01"
-            assert attached.obj.program(programs.FOLD_PROGRAM).fd > 0
+        assert attached.extras == programs.tcp_counters(attached.choices)
+        assert attached.obj.rodata["tcp_counters"] == b"\x01"
+        assert attached.obj.program(programs.COUNTERS_ITER).fd > 0
 
 
 def test_refused_extras_fall_back_to_the_same_rungs_without_them() -> None:
     require("tp_btf")
     # an fexit program as the extra: refused where trampolines are (EPERM here)
-    extra = Extras(rodata={"sk_acct_enabled": 1}, programs=frozenset({"tcp_send_fexit"}))
+    extra = Extras(rodata={"tcp_counters": 1}, programs=frozenset({"tcp_send_fexit"}))
     fexit = features.probe(Mechanism.FEXIT)
     # arm64 before 6.4 loads fexit programs and refuses only to attach them
     # (ENOTSUPP): an extra is loaded, not attached, so it is kept there.
@@ -49,7 +48,7 @@ def test_refused_extras_fall_back_to_the_same_rungs_without_them() -> None:
             assert attached.extras == extra
         else:
             assert attached.extras == Extras()
-            assert attached.obj.rodata["sk_acct_enabled"] == b"\x00"
+            assert attached.obj.rodata["tcp_counters"] == b"\x00"
         # the hooks themselves kept their first usable rung
         assert rungs["send"] == rungs["recv"]
         assert rungs["send"] is not None

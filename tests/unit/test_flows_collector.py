@@ -15,7 +15,7 @@ from typing import Any
 from bpfscope.flows.collector import FLOW_MAP, FlowCollector, flows_of
 from bpfscope.flows.records import STAT_INSERTS, FlowKeyC, FlowRecord
 
-VALUE = struct.Struct("<8Q3IBB2x16s")  # struct flow_value
+VALUE = struct.Struct("<9Q3IBB2x16s")  # struct flow_value
 TCP_ESTABLISHED = 1
 
 
@@ -30,7 +30,7 @@ def key(lport: int, pid: int = 100) -> bytes:
 
 def value(tx: int, rx: int, *, closed_ns: int = 0, comm: bytes = b"curl") -> bytes:
     return VALUE.pack(
-        tx, rx, 1, 1, 1_000, 2_000, 1_000, closed_ns, 0, 0, 0, TCP_ESTABLISHED, 1, comm
+        tx, rx, 1, 1, 1_000, 2_000, 1_000, closed_ns, 0, 0, 0, 0, TCP_ESTABLISHED, 1, comm
     )
 
 

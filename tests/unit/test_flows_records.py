@@ -29,7 +29,7 @@ from bpfscope.flows.records import (
     decode_key,
 )
 from bpfscope.flows.render import event_line, human_bytes, plain_table
-from bpfscope.ladder import Choice, Extras, choose
+from bpfscope.ladder import Choice, choose
 from bpfscope.objects import object_path
 
 
@@ -366,11 +366,11 @@ def test_every_rung_program_exists_in_the_object() -> None:
         for rung in hook.rungs:
             for program in rung.programs:
                 assert program in names, rung
-    # no program left behind that no rung, the socket accounting or the
+    # no program left behind that no rung, the counters path or the
     # benchmark's floor uses
     hooks = programs.hooks() + flows_nop_hooks()
     used = {p for hook in hooks for rung in hook.rungs for p in rung.programs}
-    assert names == used | {programs.FOLD_PROGRAM}
+    assert names == used | {programs.COUNTERS_ITER, programs.SWEEP_ITER}
 
 
 def _choices(**mechanisms: Mechanism) -> list[Choice]:
@@ -381,33 +381,29 @@ def _choices(**mechanisms: Mechanism) -> list[Choice]:
     ]
 
 
-def test_socket_accounting_needs_btf_sockets_on_every_hook_involved() -> None:
-    btf = _choices(
-        send=Mechanism.TP_BTF,
-        recv=Mechanism.FEXIT,
-        state=Mechanism.TP_BTF,
-        destroy=Mechanism.TP_BTF,
-    )
+def test_counters_extras_follow_the_accept_hooks() -> None:
+    base = _choices(state=Mechanism.TP_BTF, destroy=Mechanism.TP_BTF)
+    off = programs.tcp_counters(base)
+    assert off.programs == {programs.COUNTERS_ITER, programs.SWEEP_ITER}
+    assert off.rodata == {"tcp_counters": 1, "accept_hooked": 0}
+    on = programs.tcp_counters(base + _choices(accept4=Mechanism.TRACEPOINT))
+    assert on.rodata == {"tcp_counters": 1, "accept_hooked": 1}
 
-    def yes() -> bool:
-        return True
 
-    on = programs.socket_accounting(btf, map_iter=yes)
-    assert on.rodata == {"sk_acct_enabled": 1}
-    assert on.programs == {programs.FOLD_PROGRAM}
-    # the fold is a map iterator: a kernel that refuses those keeps the table
-    assert programs.socket_accounting(btf, map_iter=lambda: False) == Extras()
-    for hook, m in (
-        ("send", Mechanism.RAW_TP),
-        ("recv", Mechanism.KPROBE),
-        ("state", Mechanism.RAW_TP),
-        ("destroy", Mechanism.TRACEPOINT),
-    ):
-        mixed = [c for c in btf if c.hook.name != hook] + _choices(**{hook: m})
-        assert programs.socket_accounting(mixed, map_iter=yes) == Extras(), hook
-    # no destroy hook at all (optional): pending bytes would die with the socket
-    no_destroy = [c for c in btf if c.hook.name != "destroy"]
-    assert programs.socket_accounting(no_destroy, map_iter=yes) == Extras()
+def test_udp_hooks_on_the_counters_path_run_no_tcp_program() -> None:
+    """The function rungs of UDP-only hooks carry no TCP program; the
+    tracepoint rungs are the shared ones (their program skips TCP)."""
+    for hook in programs.udp_traffic_hooks():
+        for rung in hook.rungs:
+            if rung.mechanism in (Mechanism.FEXIT, Mechanism.KPROBE):
+                assert not [p for p in rung.programs if p.startswith("tcp_")], rung
+                assert all(p.startswith("udp") for p in rung.programs), rung
+    names = {h.name for h in programs.counters_hooks(udp=False)}
+    assert names == {"state", "retransmit", "send_reset", "receive_reset", "destroy"} | {
+        "accept4",
+        "accept",
+    }
+    assert {"send", "recv"} <= {h.name for h in programs.counters_hooks(udp=True)}
 
 
 def test_value_layout_constant_matches() -> None:
@@ -415,13 +411,16 @@ def test_value_layout_constant_matches() -> None:
     from bpfscope.flows.records import FlowValueC
 
     assert _VALUE.size == ctypes.sizeof(FlowValueC)
-    v = FlowValueC(tx_bytes=1, rx_bytes=2, retrans=3, state=7, direction=1, comm=b"abc")
+    v = FlowValueC(
+        tx_bytes=1, rx_bytes=2, retrans_bytes=5, retrans=3, state=7, direction=1, comm=b"abc"
+    )
     fields = _VALUE.unpack(bytes(v))
     assert fields[0] == 1
     assert fields[1] == 2
-    assert fields[8] == 3
-    assert fields[11] == 7
-    assert fields[13].rstrip(b"\0") == b"abc"
+    assert fields[8] == 5
+    assert fields[9] == 3
+    assert fields[12] == 7
+    assert fields[14].rstrip(b"\0") == b"abc"
     assert struct.calcsize("=I") == 4
 
 
@@ -438,3 +437,22 @@ def test_peer_column_shows_name_or_class() -> None:
     assert COLUMNS.index("PEER") == COLUMNS.index("REMOTE") + 1
     assert "db.internal" in known
     assert "unknown" in unknown
+
+
+def test_close_event_carries_segments_only_on_the_counters_path() -> None:
+    from bpfscope.flows.records import ConnEvent, FlowEventC
+
+    e = FlowEventC(
+        type=2, family=2, tx_bytes=1000, rx_bytes=10, tx_segs=3, rx_segs=1, retrans_bytes=7
+    )
+    counted = ConnEvent.decode(bytes(e), 0.0, counters=True)
+    assert (counted.tx_bytes, counted.tx_segs, counted.rx_segs, counted.retrans_bytes) == (
+        1000,
+        3,
+        1,
+        7,
+    )
+    table = ConnEvent.decode(bytes(e), 0.0)
+    assert (table.tx_bytes, table.tx_segs, table.retrans_bytes) == (1000, None, None)
+    opened = ConnEvent.decode(bytes(FlowEventC(type=1, family=2, tx_segs=3)), 0.0, counters=True)
+    assert opened.tx_segs is None

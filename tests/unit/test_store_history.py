@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import sqlite3
@@ -106,6 +107,7 @@ def test_older_schema_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
         [row] = s.query(HistoryQuery())
         assert row["tx_bytes"] == 99
         assert row["remote_class"] == ""  # the column version 2 added
+        assert (row["tx_segs"], row["rx_segs"], row["retrans_bytes"]) == (0, 0, 0)  # version 3
     check = sqlite3.connect(path)
     assert check.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
@@ -168,3 +170,21 @@ def test_sigkill_loses_at_most_the_open_bucket(tmp_path: Path) -> None:
         s.add([sample(tx=5)])
         s.flush()
         assert s.stats()["rows"] == before + 1
+
+
+def test_tcp_segments_and_retransmitted_bytes_sum_per_bucket(tmp_path: Path) -> None:
+    """TCP from the kernel's counters: segments and retransmitted bytes are
+    history columns of their own, summed like bytes."""
+    with Store(tmp_path / "h.db", bucket_seconds=10, clock=Clock(30_000.0)) as s:
+        one = dataclasses.replace(sample(tx=1000), tx_segs=2, rx_segs=1, retrans_bytes=100)
+        two = dataclasses.replace(sample(tx=500), tx_segs=1, rx_segs=3, retrans_bytes=0)
+        s.add([one], now=30_000)
+        s.add([two], now=30_005)
+        s.flush()
+        [row] = s.query(HistoryQuery())
+    assert (row["tx_bytes"], row["tx_segs"], row["rx_segs"], row["retrans_bytes"]) == (
+        1500,
+        3,
+        4,
+        100,
+    )

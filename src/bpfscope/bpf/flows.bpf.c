@@ -46,9 +46,15 @@ const volatile __u32 filter_tgid = 0;
 const volatile __u64 filter_cgroup = 0;
 const volatile __u16 filter_port = 0;
 const volatile __u8 filter_family = 0;
-/* Set by the collector when the traffic, state and destroy hooks all stand
- * on BTF rungs: TCP traffic then accumulates in flow_sk_acct. */
-const volatile __u8 sk_acct_enabled = 0;
+/* Set by the collector where iter/tcp runs: TCP volume is read from each
+ * socket's tcp_sock counters (iterator each poll, CLOSE, destroy) and the
+ * traffic hooks, if loaded at all, skip TCP. */
+const volatile __u8 tcp_counters = 0;
+/* The accept hooks stand: a passive socket's owner is the process that
+ * accepts it (its open event waits for that), not the listener's creator. */
+const volatile __u8 accept_hooked = 0;
+/* --no-udp where TCP still needs the traffic hooks (the table path). */
+const volatile __u8 skip_udp = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -56,18 +62,6 @@ struct {
 	__type(key, struct flow_key);
 	__type(value, struct flow_value);
 } flows SEC(".maps");
-
-/*
- * Pending TCP traffic per socket. A socket-local storage lookup is a pointer
- * chase where a flows lookup hashes a 56-byte key: on a loopback
- * request/response that hash costs about as much as the hook itself.
- */
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct flow_sk_acct);
-} flow_sk_acct SEC(".maps");
 
 /* Owner of each TCP socket, keyed by the struct sock address. */
 struct {
@@ -83,6 +77,30 @@ struct {
 	__type(key, struct listen_key);
 	__type(value, struct sk_owner);
 } flow_listeners SEC(".maps");
+
+/*
+ * Network namespaces with TCP sockets -> a process in each (counters path):
+ * iter/tcp walks the sockets of the namespace it is created in, so the
+ * collector creates one iterator per namespace, entering it through
+ * /proc/PID/ns/net. Written by connect, listen, accept and the sweep.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u32);
+} flow_netns SEC(".maps");
+
+static __always_inline void note_netns(__u32 netns, __u32 tgid)
+{
+	__u32 *seen;
+
+	if (!tcp_counters || !tgid)
+		return;
+	seen = bpf_map_lookup_elem(&flow_netns, &netns);
+	if (!seen || *seen != tgid)
+		bpf_map_update_elem(&flow_netns, &netns, &tgid, BPF_ANY);
+}
 
 /* Last UDP route lookup per thread (tracepoint rungs: unconnected sends). */
 struct {
@@ -282,7 +300,7 @@ static __always_inline struct flow_value *flow_get(const struct flow_key *k, con
 	return v;
 }
 
-/* Tuple fields between a flow_key, an sk_owner and a flow_sk_acct. */
+/* Tuple fields between a flow_key and an sk_owner. */
 #define COPY_TUPLE(dst, src)                                                    \
 	do {                                                                    \
 		__builtin_memcpy((dst)->laddr, (src)->laddr, 16);               \
@@ -385,125 +403,6 @@ static __always_inline bool dest_from_sockaddr(struct flow_key *k, const void *n
 	return false;
 }
 
-#define ACCT_BYTES_MASK ((1ULL << FLOW_ACCT_CALLS_SHIFT) - 1)
-/* the top bit of either part: bytes >= 512 GiB or calls >= 8M */
-#define ACCT_HALF_FULL ((1ULL << 63) | (1ULL << (FLOW_ACCT_CALLS_SHIFT - 1)))
-
-/*
- * Move a socket's pending traffic to the flow of its owner and tuple (the
- * tuple remembered in flow_socks once complete: a closed socket has lost its
- * local port). Under fold_lock, so that two folds (the collector's iterator
- * and a CLOSE on another CPU) never take the same bytes; the hot path keeps
- * adding meanwhile and only what was taken is subtracted. If the flow cannot
- * be created (counted by flow_get) the traffic stays pending.
- */
-static __always_inline void sk_acct_fold(struct sock *sk, struct flow_sk_acct *a)
-{
-	struct flow_key k = {};
-	struct flow_value *v;
-	struct sk_owner *o;
-	__u64 skp = (__u64)sk;
-	__u64 tx, rx, now;
-
-	if (!a->tgid || a->skip || !(a->pending[DIR_TX] | a->pending[DIR_RX]))
-		return;
-	o = a->has_tuple ? NULL : bpf_map_lookup_elem(&flow_socks, &skp);
-	if (a->has_tuple) {
-		COPY_TUPLE(&k, a);
-	} else if (o && o->has_tuple) {
-		COPY_TUPLE(&k, o);
-	} else if (!sk_tuple(sk, &k, true)) {
-		return;
-	}
-	k.proto = IPPROTO_TCP;
-	k.tgid = a->tgid;
-	k.cgroup_id = a->cgroup_id;
-	now = tick_now();
-	v = flow_get(&k, a->comm, now);
-	if (!v)
-		return;
-	bpf_spin_lock(&a->fold_lock);
-	tx = a->pending[DIR_TX];
-	rx = a->pending[DIR_RX];
-	__sync_fetch_and_add(&a->pending[DIR_TX], -tx);
-	__sync_fetch_and_add(&a->pending[DIR_RX], -rx);
-	bpf_spin_unlock(&a->fold_lock);
-	__sync_fetch_and_add(&v->tx_bytes, tx & ACCT_BYTES_MASK);
-	__sync_fetch_and_add(&v->rx_bytes, rx & ACCT_BYTES_MASK);
-	__sync_fetch_and_add(&v->tx_calls, tx >> FLOW_ACCT_CALLS_SHIFT);
-	__sync_fetch_and_add(&v->rx_calls, rx >> FLOW_ACCT_CALLS_SHIFT);
-	v->last_ns = now; /* traffic since the last fold: as precise as the polls */
-}
-
-/* The socket's pending traffic, if it has any storage (BTF rungs only). */
-static __always_inline void sk_acct_fold_sk(struct sock *sk, bool direct)
-{
-	struct flow_sk_acct *a;
-
-	if (!direct || !sk_acct_enabled)
-		return;
-	a = bpf_sk_storage_get(&flow_sk_acct, sk, 0, 0);
-	if (a)
-		sk_acct_fold(sk, a);
-}
-
-/*
- * A new owner for the socket's pending traffic (first event, or another
- * process using it): fold what the previous owner left, record the owner as
- * own_socket does, decide the filters once, create the flow so that it shows
- * even before its first fold. (Two processes sending on one socket at the
- * same instant may see a few calls credited to the other: the owner check
- * and the add are not one atomic step. Totals stay exact.)
- */
-static __always_inline void sk_acct_own(struct sock *sk, struct flow_sk_acct *a, int family,
-					__u32 tgid)
-{
-	struct flow_key k = {};
-	__u64 cgroup_id = bpf_get_current_cgroup_id();
-
-	sk_acct_fold(sk, a);
-	sk_tuple_of(sk, &k, family, true);
-	k.proto = IPPROTO_TCP;
-	k.tgid = tgid;
-	k.cgroup_id = cgroup_id;
-	own_socket(sk, &k, tgid, cgroup_id);
-	if (k.lport && k.rport) {
-		COPY_TUPLE(a, &k);
-		a->has_tuple = 1;
-	}
-	a->skip = filtered_owner(tgid, cgroup_id) || filtered_tuple(&k);
-	a->cgroup_id = cgroup_id;
-	bpf_get_current_comm(a->comm, sizeof(a->comm));
-	a->tgid = tgid;
-	if (!a->skip)
-		flow_get(&k, a->comm, tick_now());
-}
-
-/* TCP hot path on BTF rungs: add to the socket's pending counts. */
-static __always_inline int sk_acct_add(struct sock *sk, long bytes, int dir, int calls,
-				       int family, __u32 tgid)
-{
-	struct flow_sk_acct *a;
-
-	a = bpf_sk_storage_get(&flow_sk_acct, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-	if (!a) {
-		stat_inc(FLOW_STAT_SK_UPDATE_FAILED);
-		return 0;
-	}
-	if (a->tgid != tgid)
-		sk_acct_own(sk, a, family, tgid);
-	if (a->skip)
-		return 0;
-	dir &= 1; /* a constant in every program; bounds the index for old verifiers */
-	/* Half full (a socket not polled for long): fold first. Adders racing
-	 * past this check add at most a call each, far from the limits. */
-	if (a->pending[dir] & ACCT_HALF_FULL)
-		sk_acct_fold(sk, a);
-	__sync_fetch_and_add(&a->pending[dir],
-			     ((__u64)calls << FLOW_ACCT_CALLS_SHIFT) | (__u64)bytes);
-	return 0;
-}
-
 /*
  * The one traffic body. bytes: what the call moved (<= 0: nothing).
  * want_proto: the protocol a function rung's program is for, or 0 on the
@@ -541,8 +440,10 @@ static __always_inline int on_traffic_n(struct sock *sk, long bytes, int flags, 
 	proto = sk_proto(sk, direct);
 	if (!proto || (want_proto && proto != want_proto))
 		return 0;
-	if (direct && sk_acct_enabled && proto == IPPROTO_TCP)
-		return sk_acct_add(sk, bytes, dir, calls, family, tgid);
+	if (tcp_counters && proto == IPPROTO_TCP)
+		return 0; /* TCP volume comes from the kernel's own counters */
+	if (skip_udp && proto == IPPROTO_UDP)
+		return 0;
 	cgroup_id = bpf_get_current_cgroup_id();
 	if (filter_cgroup && cgroup_id != filter_cgroup)
 		return 0;
@@ -942,16 +843,146 @@ static __always_inline void emit(struct sock *sk, const struct flow_key *k,
 	if (o->open_ns)
 		e->duration_ns = now - o->open_ns;
 	if (type == FLOW_EV_CLOSE) {
-		/* payload bytes as this tool counted them (tcp_sock's own
-		 * counters include SYN/FIN sequence numbers) */
+		/* payload bytes as this tool counted them (the flow's; on the
+		 * counters path just folded from the socket) */
 		if (v) {
 			e->tx_bytes = v->tx_bytes;
 			e->rx_bytes = v->rx_bytes;
+			if (tcp_counters) {
+				e->tx_segs = v->tx_calls;
+				e->rx_segs = v->rx_calls;
+				e->retrans_bytes = v->retrans_bytes;
+			}
 		}
 		/* probe read: to the verifier sk is a sock, not a tcp_sock */
 		e->retrans = BPF_CORE_READ(tp, total_retrans);
 	}
 	bpf_ringbuf_submit(e, 0);
+}
+
+
+/* ---------------------------------------------------------------------- */
+/* TCP volume from the kernel's own counters (counters path)               */
+
+struct tcp_counts {
+	__u64 tx;      /* payload bytes first transmitted */
+	__u64 retrans; /* payload bytes retransmitted */
+	__u64 rx;      /* payload bytes received (in order) */
+	__u32 segs_out;
+	__u32 segs_in;
+};
+
+/*
+ * The socket's counters as RFC 4898 defines them: bytes_sent counts the
+ * payload of every transmission (SYN and FIN carry none), bytes_retrans the
+ * retransmitted part; bytes_received advances with rcv_nxt and so counts the
+ * peer's FIN as one byte, which tcp_fin marks with SOCK_DONE. `direct`: tp
+ * is a BTF pointer the program may load from (the iterator).
+ */
+static __always_inline void read_counts(struct tcp_sock *tp, struct tcp_counts *c, bool direct)
+{
+	__u64 sent = SK_READ(direct, tp, bytes_sent);
+	__u64 flags = SK_READ(direct, tp, inet_conn.icsk_inet.sk.__sk_common.skc_flags);
+
+	c->retrans = SK_READ(direct, tp, bytes_retrans);
+	c->tx = sent >= c->retrans ? sent - c->retrans : 0;
+	c->rx = SK_READ(direct, tp, bytes_received);
+	if ((flags & (1ULL << SOCK_DONE)) && c->rx)
+		c->rx -= 1;
+	c->segs_out = SK_READ(direct, tp, data_segs_out);
+	c->segs_in = SK_READ(direct, tp, data_segs_in);
+}
+
+/* Growth of a counter since the last fold (a disconnect restarts it). */
+#define GROWTH(now, seen) ((now) >= (seen) ? (now) - (seen) : (now))
+
+/*
+ * Credit what the socket's counters moved since the last fold to the flow
+ * of its owner and tuple. Callers hold the socket (the iterator locks it;
+ * state changes and destroy run under its lock), so the snapshot in the
+ * owner record needs no atomics; the flow's counters may be shared.
+ */
+static __always_inline void fold_counts(struct sock *sk, struct tcp_sock *tp, struct sk_owner *o,
+					bool direct)
+{
+	struct tcp_counts c;
+	struct flow_key k = {};
+	struct flow_value *v;
+
+	read_counts(tp, &c, direct);
+	if (c.tx == o->c_tx && c.rx == o->c_rx && c.retrans == o->c_retrans &&
+	    c.segs_out == o->c_segs_out && c.segs_in == o->c_segs_in)
+		return;
+	if (owned_key(sk, o, &k, direct)) {
+		v = flow_get(&k, o->comm, tick_now());
+		if (!v)
+			return; /* counted by flow_get; the next fold retries */
+		__sync_fetch_and_add(&v->tx_bytes, GROWTH(c.tx, o->c_tx));
+		__sync_fetch_and_add(&v->rx_bytes, GROWTH(c.rx, o->c_rx));
+		__sync_fetch_and_add(&v->retrans_bytes, GROWTH(c.retrans, o->c_retrans));
+		__sync_fetch_and_add(&v->tx_calls, GROWTH(c.segs_out, o->c_segs_out));
+		__sync_fetch_and_add(&v->rx_calls, GROWTH(c.segs_in, o->c_segs_in));
+		v->last_ns = tick_now(); /* as precise as the folds */
+	}
+	o->c_tx = c.tx;
+	o->c_rx = c.rx;
+	o->c_retrans = c.retrans;
+	o->c_segs_out = c.segs_out;
+	o->c_segs_in = c.segs_in;
+}
+
+/* Start counting a socket from its counters now (older than the collector). */
+static __always_inline void baseline_counts(struct tcp_sock *tp, struct sk_owner *o, bool direct)
+{
+	struct tcp_counts c;
+
+	read_counts(tp, &c, direct);
+	o->c_tx = c.tx;
+	o->c_rx = c.rx;
+	o->c_retrans = c.retrans;
+	o->c_segs_out = c.segs_out;
+	o->c_segs_in = c.segs_in;
+}
+
+/* A sock at the address of its tcp_sock: one pointer, two views. */
+static __always_inline struct sock *tcp_sk_of(struct tcp_sock *tp)
+{
+	return (struct sock *)tp;
+}
+
+/*
+ * Run by the collector before each drain. One byte of output per TCP
+ * socket that has no owner yet (older than the collector and not swept
+ * yet, accepted by a path the accept hooks miss, or waiting in an accept
+ * queue): the collector counts them as unattributed and sweeps.
+ */
+SEC("iter/tcp")
+int tcp_counters_iter(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	struct tcp_sock *tp;
+	struct sk_owner *o;
+	__u64 skp;
+	int state;
+	char none = 0;
+
+	if (!skc)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(skc);
+	if (!tp)
+		return 0; /* request and time-wait socks: no counters */
+	state = tp->inet_conn.icsk_inet.sk.__sk_common.skc_state;
+	if (state == TCP_LISTEN)
+		return 0;
+	skp = (__u64)tp;
+	o = bpf_map_lookup_elem(&flow_socks, &skp);
+	if (!o || !o->tgid || o->pending_accept) {
+		if (state != TCP_CLOSE && state != TCP_SYN_SENT)
+			bpf_seq_write(ctx->meta->seq, &none, 1);
+		return 0;
+	}
+	fold_counts(tcp_sk_of(tp), tp, o, true);
+	return 0;
 }
 
 static __always_inline void fresh_owner(struct sk_owner *o, __u8 direction, __u64 now)
@@ -990,6 +1021,7 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
 		if (newstate == TCP_LISTEN) {
 			fresh_owner(&fresh, FLOW_DIR_PASSIVE, 0);
 			bpf_map_update_elem(&flow_listeners, &lk, &fresh, BPF_ANY);
+			note_netns(lk.netns, fresh.tgid);
 		} else {
 			bpf_map_delete_elem(&flow_listeners, &lk);
 		}
@@ -1000,6 +1032,7 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
 		fresh_owner(&fresh, FLOW_DIR_ACTIVE, now);
 		if (bpf_map_update_elem(&flow_socks, &skp, &fresh, BPF_ANY))
 			stat_inc(FLOW_STAT_SK_UPDATE_FAILED);
+		note_netns(sk_netns(sk, direct), fresh.tgid);
 		return 0;
 	}
 	if (newstate == TCP_SYN_RECV) {
@@ -1011,9 +1044,11 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
 		if (lo)
 			__builtin_memcpy(&fresh, lo, sizeof(fresh));
 		/* else: owner unknown (tgid 0) until the socket is used in
-		 * process context; events meanwhile are counted as no_owner */
+		 * process context (or accepted, or swept); events meanwhile are
+		 * counted as no_owner */
 		fresh.direction = FLOW_DIR_PASSIVE;
 		fresh.open_ns = now;
+		fresh.pending_accept = accept_hooked;
 		if (bpf_map_update_elem(&flow_socks, &skp, &fresh, BPF_ANY))
 			stat_inc(FLOW_STAT_SK_UPDATE_FAILED);
 		return 0;
@@ -1023,6 +1058,13 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
 	if (!o || o->closed) {
 		if (newstate == TCP_CLOSE)
 			stat_inc(FLOW_STAT_NO_OWNER);
+		return 0;
+	}
+	if (newstate == TCP_ESTABLISHED)
+		o->est_ns = now;
+	if (o->pending_accept && newstate == TCP_ESTABLISHED) {
+		/* the accepting process is not known yet: its accept emits open */
+		o->established = 1;
 		return 0;
 	}
 	if (o->tgid == 0) {
@@ -1038,8 +1080,8 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
 			o->closed = 1;
 		return 0;
 	}
-	if (newstate == TCP_CLOSE)
-		sk_acct_fold_sk(sk, direct); /* the close event carries final counts */
+	if (newstate == TCP_CLOSE && tcp_counters) /* the close event carries final counts */
+		fold_counts(sk, (struct tcp_sock *)sk, o, false);
 	v = flow_get(&k, o->comm, now);
 	if (newstate == TCP_ESTABLISHED) {
 		o->established = 1;
@@ -1069,8 +1111,14 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
 static __always_inline int on_destroy(struct sock *sk, bool direct)
 {
 	__u64 skp = (__u64)sk;
+	struct sk_owner *o;
 
-	sk_acct_fold_sk(sk, direct); /* data read after CLOSE; the storage dies with sk */
+	if (tcp_counters) {
+		/* anything the counters moved after CLOSE (a late ACK) */
+		o = bpf_map_lookup_elem(&flow_socks, &skp);
+		if (o && o->tgid)
+			fold_counts(sk, (struct tcp_sock *)sk, o, false);
+	}
 	bpf_map_delete_elem(&flow_socks, &skp);
 	return 0;
 }
@@ -1093,23 +1141,145 @@ int destroy_tracepoint(struct trace_event_raw_tcp_event_sk *ctx)
 	return on_destroy((struct sock *)ctx->skaddr, false);
 }
 
-/*
- * Run by the collector before each drain: folds every socket's pending
- * traffic, so that the table it reads is exact up to that moment.
- */
-SEC("iter/bpf_sk_storage_map")
-int fold_sk_acct(struct bpf_iter__bpf_sk_storage_map *ctx)
-{
-	struct flow_sk_acct *seen = ctx->value; /* read-only view: no lock, no atomics */
-	struct sock *sk = ctx->sk;
-	struct flow_sk_acct *a;
+/* ---------------------------------------------------------------------- */
+/* Attribution without per-message hooks (counters path)                   */
 
-	/* most sockets are idle between polls: skip them without a helper call */
-	if (!sk || !seen || !(seen->pending[DIR_TX] | seen->pending[DIR_RX]))
+/*
+ * accept()/accept4() returned fd in the current process: that process owns
+ * the socket (pre-fork servers: the worker that accepts, not the listener's
+ * creator). The passive socket's open event, held since ESTABLISHED, goes
+ * out now with the handshake's time and duration.
+ */
+static __always_inline int on_accept(long fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct sk_owner fresh = {};
+	struct flow_key k = {};
+	struct flow_value *v;
+	struct fdtable *fdt;
+	struct file **fds;
+	struct file *f = NULL;
+	struct socket *so;
+	struct sk_owner *o;
+	struct sock *sk;
+	__u64 skp;
+
+	if (fd < 0)
 		return 0;
-	a = bpf_sk_storage_get(&flow_sk_acct, sk, 0, 0);
-	if (a)
-		sk_acct_fold(sk, a);
+	fdt = BPF_CORE_READ(task, files, fdt);
+	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
+		return 0;
+	fds = BPF_CORE_READ(fdt, fd);
+	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) || !f)
+		return 0;
+	so = BPF_CORE_READ(f, private_data);
+	sk = BPF_CORE_READ(so, sk);
+	if (!sk || sk_proto(sk, false) != IPPROTO_TCP)
+		return 0;
+	skp = (__u64)sk;
+	o = bpf_map_lookup_elem(&flow_socks, &skp);
+	if (!o) {
+		/* queued before bpfscope started: count from now */
+		fresh_owner(&fresh, FLOW_DIR_PASSIVE, 0);
+		fresh.established = 1;
+		baseline_counts((struct tcp_sock *)sk, &fresh, false);
+		if (bpf_map_update_elem(&flow_socks, &skp, &fresh, BPF_NOEXIST))
+			stat_inc(FLOW_STAT_SK_UPDATE_FAILED);
+		return 0;
+	}
+	if (!o->pending_accept)
+		return 0;
+	o->tgid = bpf_get_current_pid_tgid() >> 32;
+	o->cgroup_id = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(o->comm, sizeof(o->comm));
+	o->pending_accept = 0;
+	if (!o->established || o->closed || !owned_key(sk, o, &k, false))
+		return 0;
+	v = flow_get(&k, o->comm, o->est_ns);
+	emit(sk, &k, o, v, FLOW_EV_OPEN, o->est_ns, TCP_SYN_RECV, TCP_ESTABLISHED, false);
+	if (v) {
+		v->state = BPF_CORE_READ(sk, __sk_common.skc_state);
+		v->direction = FLOW_DIR_PASSIVE;
+		if (!v->open_ns)
+			v->open_ns = o->open_ns;
+		v->close_ns = 0;
+		v->last_ns = o->est_ns;
+	}
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int accept4_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	return on_accept(ctx->ret);
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept")
+int accept_exit(struct trace_event_raw_sys_exit *ctx)
+{
+	return on_accept(ctx->ret);
+}
+
+/*
+ * The bounded sweep (iter/task_file, run by the collector at start and when
+ * a counters pass found sockets without an owner, at most every few
+ * seconds): a TCP socket in some process's file table with no owner, or
+ * with a provisional one (accepted where the accept hooks do not see it:
+ * io_uring), gets that process. Sockets older than the collector count
+ * from now. Listeners older than the collector are learnt, so that their
+ * connections get an owner at once. Sockets shared by several processes
+ * (fork, SCM_RIGHTS) go to the first one visited.
+ */
+SEC("iter/task_file")
+int sweep_owners(struct bpf_iter__task_file *ctx)
+{
+	struct task_struct *task = ctx->task;
+	struct file *file = ctx->file;
+	struct sk_owner fresh = {};
+	struct listen_key lk = {};
+	struct tcp_sock *tp;
+	struct socket *so;
+	struct sk_owner *o;
+	__u64 skp;
+	int state;
+
+	if (!task || !file)
+		return 0;
+	so = bpf_sock_from_file(file);
+	if (!so)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(so->sk);
+	if (!tp)
+		return 0;
+	skp = (__u64)tp;
+	state = tp->inet_conn.icsk_inet.sk.__sk_common.skc_state;
+	fresh.tgid = BPF_CORE_READ(task, tgid);
+	fresh.cgroup_id = BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
+	BPF_CORE_READ_INTO(&fresh.comm, task, comm);
+	note_netns(sk_netns(tcp_sk_of(tp), true), fresh.tgid);
+	if (state == TCP_LISTEN) {
+		lk.netns = sk_netns(tcp_sk_of(tp), true);
+		lk.port = tp->inet_conn.icsk_inet.sk.__sk_common.skc_num;
+		lk.family = tp->inet_conn.icsk_inet.sk.__sk_common.skc_family;
+		fresh.direction = FLOW_DIR_PASSIVE;
+		bpf_map_update_elem(&flow_listeners, &lk, &fresh, BPF_NOEXIST);
+		return 0;
+	}
+	o = bpf_map_lookup_elem(&flow_socks, &skp);
+	if (o && o->tgid && !o->pending_accept)
+		return 0;
+	if (o) {
+		o->tgid = fresh.tgid;
+		o->cgroup_id = fresh.cgroup_id;
+		__builtin_memcpy(o->comm, fresh.comm, FLOWS_COMM_LEN);
+		o->pending_accept = 0;
+	} else {
+		fresh.established = state != TCP_SYN_SENT && state != TCP_SYN_RECV;
+		baseline_counts(tp, &fresh, true);
+		if (bpf_map_update_elem(&flow_socks, &skp, &fresh, BPF_NOEXIST))
+			return 0;
+	}
+	stat_inc(FLOW_STAT_ADOPTED);
 	return 0;
 }
 

@@ -30,6 +30,7 @@
 #define FLOW_STAT_NO_OWNER 3      /* softirq event on a socket with no recorded owner */
 #define FLOW_STAT_UDP_DEST_HIT 4  /* unconnected UDP send matched a seen destination */
 #define FLOW_STAT_UDP_DEST_MISS 5 /* unconnected UDP send with remote unknown */
+#define FLOW_STAT_ADOPTED 6       /* sockets given an owner by the sweep (iter/task_file) */
 #define FLOW_STAT_MAX 8
 
 /*
@@ -50,16 +51,23 @@ struct flow_key {
 	__u8 pad;
 };
 
-/* Cumulative counters; the collector computes deltas. */
+/*
+ * Cumulative counters; the collector computes deltas. TCP on the counters
+ * path: payload bytes first transmitted (bytes_sent - bytes_retrans) and
+ * received (bytes_received less the peer's FIN), data segments each way
+ * (data_segs_out/in, retransmissions included). UDP, and TCP on the table
+ * path: bytes and calls (datagrams) per event.
+ */
 struct flow_value {
 	__u64 tx_bytes;
 	__u64 rx_bytes;
-	__u64 tx_calls;
-	__u64 rx_calls;
+	__u64 tx_calls; /* TCP counters path: data segments sent */
+	__u64 rx_calls; /* TCP counters path: data segments received */
 	__u64 first_ns; /* bpf_ktime_get_ns() of the first event (tick resolution) */
 	__u64 last_ns;  /* of the last event; TCP on BTF rungs: of the fold that found traffic */
 	__u64 open_ns;  /* TCP: when the connection started (0: not seen) */
 	__u64 close_ns; /* TCP: when it went to CLOSE (0: still open) */
+	__u64 retrans_bytes; /* TCP counters path: payload bytes retransmitted */
 	__u32 retrans;
 	__u32 resets_sent;
 	__u32 resets_recv;
@@ -89,38 +97,18 @@ struct sk_owner {
 	__u8 has_tuple;
 	char comm[FLOWS_COMM_LEN];
 	__u8 closed; /* went to CLOSE; kept for a reset sent after it, until destroy */
-	__u8 pad[7];
+	__u8 pending_accept; /* passive, not accepted yet: owner provisional, not folded */
+	__u8 pad[6];
+	__u64 est_ns; /* when it reached ESTABLISHED (a deferred open event's time) */
+	/* counters path: the socket's tcp_sock counters already credited to its
+	 * flow (zero for sockets bpfscope saw start; the values at adoption for
+	 * sockets older than the collector: they count from then) */
+	__u64 c_tx;      /* bytes_sent - bytes_retrans */
+	__u64 c_retrans; /* bytes_retrans */
+	__u64 c_rx;      /* bytes_received, less the peer's FIN */
+	__u32 c_segs_out;
+	__u32 c_segs_in;
 };
-
-/*
- * TCP traffic of one socket not yet folded into the flows table (socket-local
- * storage, BTF rungs only). The hot path adds here with no hashing; the
- * totals move to the flow of (owner, tuple) when the owner changes, at CLOSE,
- * at destroy, and on every collector poll (iter/bpf_sk_storage_map).
- */
-struct flow_sk_acct {
-	struct bpf_spin_lock fold_lock; /* one fold at a time takes the pending counts */
-	__u32 pad0;
-	/* pending traffic per direction, calls << FLOW_ACCT_CALLS_SHIFT | bytes:
-	 * one atomic add per event; folded long before either part fills */
-	__u64 pending[2];
-	__u64 cgroup_id; /* owner of the pending traffic */
-	__u32 tgid;      /* 0: no owner yet */
-	__u8 skip;       /* owner or tuple filtered out: count nothing */
-	__u8 has_tuple;  /* the tuple below is complete: folds key on it */
-	__u8 family;
-	__u8 pad;
-	char comm[FLOWS_COMM_LEN];
-	/* the socket's tuple when its owner was recorded: at CLOSE (a reset) the
-	 * kernel has cleared the local port before the last fold */
-	__u8 laddr[16];
-	__u8 raddr[16];
-	__u32 netns;
-	__u16 lport;
-	__u16 rport;
-};
-
-#define FLOW_ACCT_CALLS_SHIFT 40 /* bytes: 40 bits (1 TiB), calls: 24 bits (16M) */
 
 /* Listener's owner, so a passively opened child (softirq) gets it. */
 struct listen_key {
@@ -144,8 +132,8 @@ struct flow_event {
 	__u64 ts_ns;
 	__u64 cgroup_id;
 	__u64 duration_ns; /* CLOSE: since open; OPEN: handshake time */
-	__u64 tx_bytes;    /* CLOSE: tcp_sock bytes_acked */
-	__u64 rx_bytes;    /* CLOSE: tcp_sock bytes_received */
+	__u64 tx_bytes;    /* CLOSE: the socket's payload bytes sent (as flow_value) */
+	__u64 rx_bytes;    /* CLOSE: and received */
 	__u32 netns;
 	__u32 tgid;
 	__u8 laddr[16];
@@ -162,6 +150,10 @@ struct flow_event {
 	__u8 pad;
 	__u32 retrans;  /* CLOSE: tcp_sock total_retrans */
 	char comm[FLOWS_COMM_LEN];
+	/* CLOSE on the counters path (else 0) */
+	__u64 retrans_bytes;
+	__u64 tx_segs;
+	__u64 rx_segs;
 };
 
 #endif /* BPFSCOPE_FLOWS_H */

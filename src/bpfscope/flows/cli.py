@@ -46,6 +46,7 @@ ATTACH_CHOICES = tuple(
 class Options:
     kernel: KernelFilter
     view: FlowFilter
+    udp: bool = True  # UDP accounted (--udp/--no-udp)
 
 
 def _family(ipv4: bool, ipv6: bool) -> str | None:
@@ -56,7 +57,9 @@ def _family(ipv4: bool, ipv6: bool) -> str | None:
 
 def _proto(tcp: bool, udp: bool) -> str | None:
     if tcp and udp:
-        raise UserError("--tcp and --udp exclude each other (give neither for both)", EXIT_USAGE)
+        raise UserError(
+            "--tcp and --udp-only exclude each other (give neither for both)", EXIT_USAGE
+        )
     return "tcp" if tcp else "udp" if udp else None
 
 
@@ -72,9 +75,12 @@ def build_options(
     ipv6: bool,
     tcp: bool = False,
     udp: bool = False,
+    udp_accounting: bool = True,
 ) -> Options:
     """Validate the filters; kernel-side ones go to rodata."""
     family = _family(ipv4, ipv6)
+    if udp and not udp_accounting:
+        raise UserError("--udp-only with --no-udp leaves nothing to show", EXIT_USAGE)
     try:
         view = FlowFilter(
             pid=pid,
@@ -95,7 +101,7 @@ def build_options(
         port=port,
         family={"ipv4": AF_INET, "ipv6": AF_INET6}.get(family or ""),
     )
-    return Options(kernel, view)
+    return Options(kernel, view, udp=udp_accounting)
 
 
 _FILTER_PARAMS: Final = ("pid", "comm", "port", "cidr", "container", "cgroup", "ipv4", "ipv6")
@@ -108,7 +114,12 @@ def _filters(f: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(f)
     def with_options(*args: Any, **kwargs: Any) -> Any:
         filters = {name: kwargs.pop(name) for name in _FILTER_PARAMS}
-        opts = build_options(**filters, tcp=kwargs.pop("tcp"), udp=kwargs.pop("udp"))
+        opts = build_options(
+            **filters,
+            tcp=kwargs.pop("tcp"),
+            udp=kwargs.pop("udp_only"),
+            udp_accounting=kwargs.pop("udp_accounting"),
+        )
         return f(*args, opts=opts, **kwargs)
 
     options = [
@@ -123,7 +134,18 @@ def _filters(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("-4", "ipv4", is_flag=True, help="IPv4 only (in the kernel)."),
         click.option("-6", "ipv6", is_flag=True, help="IPv6 only (in the kernel)."),
         click.option("--tcp", is_flag=True, help="TCP only."),
-        click.option("--udp", is_flag=True, help="UDP only."),
+        click.option("--udp-only", "udp_only", is_flag=True, help="UDP only."),
+        click.option(
+            "--udp/--no-udp",
+            "udp_accounting",
+            default=True,
+            show_default=True,
+            help=(
+                "Account UDP traffic. Where UDP's only hooks are the send/receive "
+                "tracepoints every TCP message fires too, --no-udp leaves TCP with "
+                "no bpfscope program per message (see --stats)."
+            ),
+        ),
         click.option(
             "--max-entries",
             type=click.IntRange(1, 1 << 24),
@@ -153,6 +175,7 @@ def _collector(
         max_entries=max_entries,
         force=Mechanism(attach) if attach else None,
         btf_path=(ctx.obj or {}).get("btf"),
+        udp=opts.udp,
     )
 
 
@@ -372,7 +395,7 @@ def conns(
     """TCP lifecycle stream: opens (connect/accept), closes with duration and
     bytes, retransmits and resets."""
     if opts.view.proto == "udp":
-        raise UserError("conns follows TCP connections; --udp has nothing to show", EXIT_USAGE)
+        raise UserError("conns follows TCP connections; --udp-only has nothing to show", EXIT_USAGE)
     match = opts.view.predicate()
     collector = _collector(ctx, opts, max_entries, attach)
     seen = 0

@@ -5,6 +5,13 @@ A plain object: ``start()``, ``poll()`` returning typed records
 deltas and rates, and ``ConnEvent`` for every lifecycle event), ``close()``;
 plus ``snapshot()`` (every flow currently tracked) and ``stats()``.
 
+TCP volume comes, where the kernel allows (``iter/tcp``, 5.9+), from each
+socket's own counters: every poll first runs an iterator that credits what
+the counters of each owned socket moved since the last poll to its flow
+(the lifecycle hook does the same at CLOSE), so TCP runs no bpfscope
+program per message. UDP (``udp=True``) keeps per-event hooks. Elsewhere
+the traffic hooks count TCP per event too ("table" accounting).
+
 The kernel keeps cumulative counters per flow in an LRU hash; each poll
 reads the whole table with one batch lookup (per-key iteration where the
 kernel lacks batch ops), compares each value with the previous one and
@@ -30,10 +37,12 @@ from ..features import Mechanism
 from ..ladder import AttachedObject, Choice, Hook, choose, load_object
 from . import programs
 from .attribution import Attribution
+from .netns import NetnsRunner
 from .records import (
     AF_INET,
     AF_INET6,
     DIRECTIONS,
+    STAT_ADOPTED,
     STAT_INSERTS,
     STAT_NO_OWNER,
     STAT_SK_UPDATE_FAILED,
@@ -59,12 +68,14 @@ log = logging.getLogger("bpfscope.flows")
 
 DEFAULT_MAX_ENTRIES: Final = 262144
 FLOW_MAP: Final = "flows"
+# Least seconds between two sweeps for sockets without an owner.
+SWEEP_INTERVAL: Final = 10.0
 
 Record = FlowRecord | ConnEvent
 
 # struct flow_value, little-endian (BPF is host-endian; x86_64/arm64 here)
-_VALUE: Final = struct.Struct("<8Q3IBB2x16s")
-assert _VALUE.size == 96
+_VALUE: Final = struct.Struct("<9Q3IBB2x16s")
+assert _VALUE.size == 104
 
 
 @dataclass(frozen=True)
@@ -120,6 +131,8 @@ class FlowCollector:
         btf_path: str | None = None,
         drain: str = "batch",
         events_size: int | None = None,
+        udp: bool = True,
+        tcp_counters: bool = True,
         loader: Callable[[], AttachedObject] | None = None,
         ring: Callable[[Any, Callable[[bytes], None]], _Ring] | None = None,
     ) -> None:
@@ -139,10 +152,16 @@ class FlowCollector:
         self.btf_path = btf_path
         self.drain = drain
         self.events_size = events_size
-        self._loader = loader or self._load
+        self.udp = udp
+        self.tcp_counters = tcp_counters  # False: the table path even where counters work
+        self._counters_mode = False
+        self._loader = loader or self._load_auto
         self._open_ring = ring or bpf.RingBuffer
         self._tool: AttachedObject | None = None
-        self._fold: bpf.Link | None = None  # iterator folding per-socket TCP counts
+        self._counters: bpf.Link | None = None  # iter/tcp: TCP volume from socket counters
+        self._sweep: bpf.Link | None = None  # iter/task_file: owners of unowned sockets
+        self._netns: NetnsRunner | None = None
+        self._last_sweep = 0.0
         self._ring: _Ring | None = None
         self._flows: dict[bytes, _Tracked] = {}
         self._events: list[ConnEvent] = []
@@ -155,54 +174,106 @@ class FlowCollector:
 
     # lifecycle -------------------------------------------------------------
 
-    def hooks(self) -> list[Hook]:
-        """The hooks to load: route-lookup hooks only where sends stand on a
-        tracepoint rung (the function rungs see UDP destinations themselves)."""
-        base = programs.traffic_hooks() + programs.lifecycle_hooks()
+    def hooks(self, counters: bool | None = None) -> list[Hook]:
+        """The hooks to load: on the counters path lifecycle and accept hooks
+        plus UDP's traffic hooks (if UDP is accounted), else TCP's and UDP's
+        traffic hooks with the lifecycle; route-lookup hooks only where UDP
+        sends stand on a tracepoint rung (the function rungs see UDP
+        destinations themselves)."""
+        if counters is None:
+            counters = self._counters_mode
+        if counters:
+            base = programs.counters_hooks(udp=self.udp)
+        else:
+            base = programs.traffic_hooks() + programs.lifecycle_hooks()
+        if not self.udp:
+            return base
         chosen = {c.hook.name: c.mechanism for c in choose(base, force=self.force)}
         if chosen.get("send") in programs.TRACEPOINT_RUNGS:
             return base + programs.dest_hooks()
         return base
 
-    def _load(self) -> AttachedObject:
+    def _load_auto(self) -> AttachedObject:
+        """The counters path where the kernel runs it, else the table path."""
+        if self.tcp_counters:
+            tool = self._load(counters=True)
+            if programs.COUNTERS_ITER in tool.extras.programs:
+                return tool
+            # iter/tcp refused: TCP needs its per-event hooks after all
+            log.info("TCP counters iterator refused; counting TCP per event")
+            tool.close()
+        return self._load(counters=False)
+
+    def _load(self, counters: bool) -> AttachedObject:
         sizes = {FLOW_MAP: self.max_entries}
         if self.events_size is not None:
             sizes["flow_events"] = self.events_size  # ring buffer bytes: power of 2 pages
+        rodata = self.kernel_filter.rodata()
+        if not self.udp:
+            rodata["skip_udp"] = 1
         return load_object(
             programs.OBJECT,
-            self.hooks(),
-            rodata=self.kernel_filter.rodata(),
+            self.hooks(counters),
+            rodata=rodata,
             max_entries=sizes,
             force=self.force,
             btf_path=self.btf_path,
-            extras=programs.socket_accounting,
+            extras=programs.tcp_counters if counters else None,
         )
 
     def start(self) -> FlowCollector:
         if self._tool is not None:
             return self
         self._tool = self._loader()
+        self._counters_mode = programs.COUNTERS_ITER in self._tool.extras.programs
         try:
             obj = self._tool.obj
-            if programs.FOLD_PROGRAM in self._tool.extras.programs:
-                prog = obj.program(programs.FOLD_PROGRAM)
-                self._fold = prog.attach_map_iter(obj.map(programs.SK_ACCT_MAP))
-                self._stats.tcp_accounting = "socket"
+            if self._counters_mode:
+                self._counters = obj.program(programs.COUNTERS_ITER).attach()
+                self._sweep = obj.program(programs.SWEEP_ITER).attach()
+                self._stats.tcp_accounting = "counters"
+                self._netns = NetnsRunner()
+                # sockets older than the collector: owners now, counted from now
+                self._run_sweep(time.monotonic())
             self._ring = self._open_ring(obj.map("flow_events"), self._on_event)
         except BaseException:
             self._tool.close()
             self._tool = None
-            self._fold = None
+            self._counters = self._sweep = None
             raise
         self._last_poll = time.monotonic()
         self._stats.rungs = self.rungs()
+        self._stats.udp = self.udp
+        self._stats.udp_shares_tcp_hooks = self.udp and self._udp_on_shared_hooks()
         return self
+
+    def _udp_on_shared_hooks(self) -> bool:
+        """UDP's traffic programs stand on the tracepoints every TCP message
+        fires too (sock_send_length/sock_recv_length): TCP pays for them."""
+        rungs = self.rungs()
+        return any(
+            rungs.get(h) in {m.value for m in programs.TRACEPOINT_RUNGS} for h in ("send", "recv")
+        )
+
+    def _run_sweep(self, now: float) -> None:
+        assert self._sweep is not None
+        t0 = time.monotonic()
+        try:
+            self._sweep.run_iter()
+        except OSError as exc:
+            log.warning("sweeping for socket owners failed: %s", exc)
+        self._last_sweep = now
+        self._stats.sweeps += 1
+        self._stats.sweep_seconds = time.monotonic() - t0
 
     def close(self) -> None:
         if self._ring is not None:
             self._ring.close()
             self._ring = None
-        self._fold = None  # a link of the object: destroyed with it
+        self._counters = self._sweep = None  # links of the object: destroyed with it
+        if self._netns is not None:
+            self._netns.close()
+            self._netns = None
         if self._tool is not None:
             self._tool.close()
             self._tool = None
@@ -230,7 +301,7 @@ class FlowCollector:
 
     def _on_event(self, raw: bytes) -> None:
         self._events_received += 1
-        self._events.append(ConnEvent.decode(raw, self._wall_offset))
+        self._events.append(ConnEvent.decode(raw, self._wall_offset, self._counters_mode))
 
     def _enrich_event(self, e: ConnEvent) -> ConnEvent:
         if not self.resolve:
@@ -268,16 +339,10 @@ class FlowCollector:
             self._ring.poll(int(timeout * 1000))
         self._ring.consume()
         t0 = time.monotonic()
-        if self._fold is not None:
-            try:
-                self._fold.run_iter()
-            except OSError as exc:
-                # the table is still right up to the last fold, and pending
-                # traffic is folded by the next poll (or at CLOSE)
-                self._stats.fold_failures += 1
-                log.warning("folding per-socket TCP counts failed: %s", exc)
+        if self._counters is not None:
+            self._read_counters(t0)
             t1 = time.monotonic()
-            self._stats.fold_seconds = t1 - t0
+            self._stats.counters_seconds = t1 - t0
             t0 = t1
         items = self._read_table()
         now = time.monotonic()
@@ -293,6 +358,7 @@ class FlowCollector:
             if tracked is not None and tracked.raw == raw:
                 rec = tracked.record
                 rec.tx_delta = rec.rx_delta = 0
+                rec.tx_segs_delta = rec.rx_segs_delta = rec.retrans_bytes_delta = 0
                 rec.tx_rate = rec.rx_rate = 0.0
                 continue
             if tracked is None:
@@ -314,8 +380,32 @@ class FlowCollector:
         out.extend(events)
         return out
 
+    def _read_counters(self, now: float) -> None:
+        """Credit every owned TCP socket's counter growth to its flow; sweep
+        (rate-limited) when some sockets have no owner yet."""
+        assert self._counters is not None
+        assert self._netns is not None
+        ns_map = self.attached.obj.map("flow_netns")
+        namespaces = [
+            (struct.unpack("=I", k)[0], struct.unpack("=I", v)[0]) for k, v in ns_map.lookup_batch()
+        ]
+        try:
+            # iter/tcp sees the namespace it is created in: one pass per namespace
+            out, gone = self._netns.run(self._counters.run_iter, namespaces)
+        except OSError as exc:
+            # the sockets' counters keep their growth: the next pass credits it
+            self._stats.counters_failures += 1
+            log.warning("reading TCP socket counters failed: %s", exc)
+            return
+        for inode in gone:
+            ns_map.delete(struct.pack("=I", inode))
+        self._stats.netns_visited = 1 + self._netns.entered
+        self._stats.unattributed = len(out)  # one byte per socket without an owner
+        if (out or gone) and now - self._last_sweep >= SWEEP_INTERVAL:
+            self._run_sweep(now)
+
     def _new_record(self, meta: FlowMeta, raw: bytes) -> FlowRecord:
-        comm = _VALUE.unpack_from(raw)[13].rstrip(b"\0").decode(errors="replace")
+        comm = _VALUE.unpack_from(raw)[14].rstrip(b"\0").decode(errors="replace")
         rec = FlowRecord(
             pid=meta.pid,
             comm=comm,
@@ -328,6 +418,10 @@ class FlowCollector:
             raddr=meta.raddr,
             rport=meta.rport,
         )
+        if meta.proto == "tcp" and self._counters_mode:
+            # segments, not calls: the counters path sees no send/recv call
+            rec.tx_calls = rec.rx_calls = None
+            rec.tx_segs = rec.rx_segs = rec.retrans_bytes = 0
         if self.resolve:
             proc = self.attribution.process(meta.pid, comm)
             rec.cmdline = proc.cmdline
@@ -352,6 +446,7 @@ class FlowCollector:
             last_ns,
             open_ns,
             close_ns,
+            retrans_bytes,
             retrans,
             rst_sent,
             rst_recv,
@@ -362,7 +457,14 @@ class FlowCollector:
         rec = tracked.record
         dtx = tx - rec.tx_bytes if tx >= rec.tx_bytes else tx
         drx = rx - rec.rx_bytes if rx >= rec.rx_bytes else rx
-        rec.tx_bytes, rec.rx_bytes, rec.tx_calls, rec.rx_calls = tx, rx, txc, rxc
+        rec.tx_bytes, rec.rx_bytes = tx, rx
+        if rec.proto == "tcp" and self._counters_mode:
+            rec.tx_segs_delta = _growth(txc, rec.tx_segs or 0)
+            rec.rx_segs_delta = _growth(rxc, rec.rx_segs or 0)
+            rec.retrans_bytes_delta = _growth(retrans_bytes, rec.retrans_bytes or 0)
+            rec.tx_segs, rec.rx_segs, rec.retrans_bytes = txc, rxc, retrans_bytes
+        else:
+            rec.tx_calls, rec.rx_calls = txc, rxc
         rec.tx_delta, rec.rx_delta = dtx, drx
         rec.tx_rate, rec.rx_rate = dtx / dt, drx / dt
         rec.retransmits, rec.resets_sent, rec.resets_received = retrans, rst_sent, rst_recv
@@ -423,6 +525,7 @@ class FlowCollector:
         s.no_owner = slot(STAT_NO_OWNER)
         s.udp_remote_seen = slot(STAT_UDP_DEST_HIT)
         s.udp_remote_unknown = slot(STAT_UDP_DEST_MISS)
+        s.adopted = slot(STAT_ADOPTED)
         s.flows_evicted = max(0, s.flows_inserted - self._removed - present)
         s.events_dropped = obj.map("flow_events_dropped").sum_percpu_u64(bytes(4))
         s.events_skipped = self.attached.skipped_runs()
@@ -436,6 +539,10 @@ class FlowCollector:
 
     def stats(self) -> CollectorStats:
         return dataclasses.replace(self._stats, rungs=dict(self._stats.rungs))
+
+
+def _growth(now: int, before: int) -> int:
+    return now - before if now >= before else now
 
 
 def flows_of(records: Iterable[Record]) -> list[FlowRecord]:

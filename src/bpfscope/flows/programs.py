@@ -1,5 +1,13 @@
 """Flow monitor tool: its BPF object and attach ladder (for doctor and the collector).
 
+TCP volume, where the kernel runs ``iter/tcp`` (5.9+), comes from each
+socket's own counters (``tcp_sock`` ``bytes_sent``/``bytes_retrans``/
+``bytes_received``/``data_segs_out``/``data_segs_in``): an iterator the
+collector runs each poll, and the lifecycle hook at CLOSE and destroy. TCP
+then needs no program per send or receive: the traffic hooks below are
+loaded for UDP only (``udp_traffic_hooks``), or not at all without UDP
+accounting. Elsewhere every TCP and UDP message runs one traffic program.
+
 Traffic has two hooks, ``send`` and ``recv``, with rungs fexit -> tp_btf ->
 raw_tp -> tracepoint -> kprobe. On the tracepoint rungs
 (``sock:sock_send_length`` / ``sock:sock_recv_length``) one program sees
@@ -13,25 +21,27 @@ sends stand on a tracepoint rung, which cannot see a UDP send's destination.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Final
 
-from .. import features
 from ..features import Mechanism
 from ..ladder import Choice, Extras, Hook, Rung
 
 __all__ = [
     "CORE",
+    "COUNTERS_ITER",
     "DESCRIPTION",
     "EXTRAS",
-    "FOLD_PROGRAM",
     "NAME",
     "OBJECT",
-    "SK_ACCT_MAP",
+    "SWEEP_ITER",
+    "accept_hooks",
+    "counters_hooks",
     "hooks",
     "lifecycle_hooks",
-    "socket_accounting",
+    "tcp_counters",
     "traffic_hooks",
+    "udp_traffic_hooks",
 ]
 
 OBJECT: Final = "flows"
@@ -149,46 +159,74 @@ def dest_hooks() -> list[Hook]:
 
 
 def hooks() -> list[Hook]:
-    return traffic_hooks() + lifecycle_hooks() + dest_hooks()
+    """Every hook the flow monitor may use (doctor); the collector loads
+    ``counters_hooks`` where the counters path works, these otherwise."""
+    return traffic_hooks() + lifecycle_hooks() + accept_hooks() + dest_hooks()
 
 
-FOLD_PROGRAM: Final = "fold_sk_acct"
-SK_ACCT_MAP: Final = "flow_sk_acct"
-_BTF_RUNGS: Final = frozenset({Mechanism.TP_BTF, Mechanism.FEXIT})
+COUNTERS_ITER: Final = "tcp_counters_iter"
+SWEEP_ITER: Final = "sweep_owners"
 
 
-def _map_iter_available() -> bool:
-    return features.probe(Mechanism.MAP_ITER).available
-
-
-def socket_accounting(
-    choices: Sequence[Choice], map_iter: Callable[[], bool] = _map_iter_available
-) -> Extras:
-    """Per-socket TCP accounting where the rungs allow it.
-
-    TCP traffic then adds to socket-local storage (no hash of the flow key
-    per event) and is folded into the flow table by the collector's
-    iterator before every read, and by the kernel at CLOSE and destroy. That
-    needs BTF-typed sockets on every hook involved and a kernel that runs
-    iterators over map elements (the fold); otherwise (raw_tp, tracepoint,
-    kprobe rungs, or map iterators refused) each event updates the flow table
-    directly.
-    """
-    mech = {c.hook.name: c.mechanism for c in choices}
-    if (
-        map_iter()
-        and mech.get("send") in _BTF_RUNGS
-        and mech.get("recv") in _BTF_RUNGS
-        and mech.get("state") is Mechanism.TP_BTF
-        and mech.get("destroy") is Mechanism.TP_BTF
-    ):
-        return Extras(
-            rodata={"sk_acct_enabled": 1},
-            programs=frozenset({FOLD_PROGRAM}),
-            description="TCP accounting per socket",
+def accept_hooks() -> list[Hook]:
+    """``accept``/``accept4`` returns: the accepting process owns the socket
+    (syscall tracepoints; optional: without them a passive socket keeps the
+    listener's owner until the sweep finds who holds it)."""
+    return [
+        Hook(
+            name,
+            (Rung(Mechanism.TRACEPOINT, f"{name}_exit", f"syscalls:sys_exit_{name}"),),
+            required=False,
         )
-    return Extras()
+        for name in ("accept4", "accept")
+    ]
+
+
+def udp_traffic_hooks() -> list[Hook]:
+    """``send`` and ``recv`` for UDP only (TCP on the counters path): the
+    function rungs drop their TCP programs; the tracepoint rungs are shared
+    with TCP by the kernel, and their program returns at once for TCP."""
+    return [
+        Hook(
+            name,
+            (
+                _function_rung(Mechanism.FEXIT, fexit[1:]),
+                Rung(Mechanism.TP_BTF, f"{name}_tp_btf", tp),
+                Rung(Mechanism.RAW_TP, f"{name}_raw_tp", tp),
+                Rung(Mechanism.TRACEPOINT, f"{name}_tracepoint", f"sock:{tp}"),
+                _function_rung(
+                    Mechanism.KPROBE, tuple(p for p in kprobe if not p[0].startswith("tcp_"))
+                ),
+            ),
+        )
+        for name, tp, fexit, kprobe in _TRAFFIC
+    ]
+
+
+def counters_hooks(udp: bool = True) -> list[Hook]:
+    """What the collector loads on the counters path: lifecycle, accept, and
+    the UDP traffic hooks only if UDP is accounted."""
+    traffic = udp_traffic_hooks() if udp else []
+    return traffic + lifecycle_hooks() + accept_hooks()
+
+
+def tcp_counters(choices: Sequence[Choice]) -> Extras:
+    """TCP volume from the kernel's socket counters: the iterator read each
+    poll and the sweep that finds owners of sockets older than the collector
+    (both ``iter/*`` programs, attached by the collector). A kernel that
+    refuses them (before 5.9, or no BTF) gets the same rungs without them,
+    and the collector then loads the per-event table path instead."""
+    chosen = {c.hook.name for c in choices if c.rung is not None}
+    return Extras(
+        rodata={"tcp_counters": 1, "accept_hooked": int("accept4" in chosen)},
+        programs=frozenset({COUNTERS_ITER, SWEEP_ITER}),
+        description="TCP volume from the kernel's socket counters",
+    )
+
+
+def _doctor_extras(choices: Sequence[Choice]) -> Extras:
+    return tcp_counters(choices)
 
 
 # What doctor --check loads along with the hooks: the collector's own choice.
-EXTRAS: Final = socket_accounting
+EXTRAS: Final = _doctor_extras

@@ -71,7 +71,8 @@ STAT_SK_UPDATE_FAILED: Final = 2
 STAT_NO_OWNER: Final = 3
 STAT_UDP_DEST_HIT: Final = 4
 STAT_UDP_DEST_MISS: Final = 5
-STAT_SLOTS: Final = 6
+STAT_ADOPTED: Final = 6
+STAT_SLOTS: Final = 7
 
 
 class FlowKeyC(ctypes.Structure):
@@ -104,6 +105,7 @@ class FlowValueC(ctypes.Structure):
         ("last_ns", ctypes.c_uint64),
         ("open_ns", ctypes.c_uint64),
         ("close_ns", ctypes.c_uint64),
+        ("retrans_bytes", ctypes.c_uint64),
         ("retrans", ctypes.c_uint32),
         ("resets_sent", ctypes.c_uint32),
         ("resets_recv", ctypes.c_uint32),
@@ -132,7 +134,14 @@ class SkOwnerC(ctypes.Structure):
         ("has_tuple", ctypes.c_uint8),
         ("comm", ctypes.c_char * 16),
         ("closed", ctypes.c_uint8),
-        ("pad", ctypes.c_uint8 * 7),
+        ("pending_accept", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8 * 6),
+        ("est_ns", ctypes.c_uint64),
+        ("c_tx", ctypes.c_uint64),
+        ("c_retrans", ctypes.c_uint64),
+        ("c_rx", ctypes.c_uint64),
+        ("c_segs_out", ctypes.c_uint32),
+        ("c_segs_in", ctypes.c_uint32),
     ]
 
 
@@ -184,6 +193,9 @@ class FlowEventC(ctypes.Structure):
         ("pad", ctypes.c_uint8),
         ("retrans", ctypes.c_uint32),
         ("comm", ctypes.c_char * 16),
+        ("retrans_bytes", ctypes.c_uint64),
+        ("tx_segs", ctypes.c_uint64),
+        ("rx_segs", ctypes.c_uint64),
     ]
 
 
@@ -263,7 +275,14 @@ class FlowRecord:
 
     ``tx_bytes``/``rx_bytes`` and friends are cumulative since the flow was
     first seen; ``tx_delta``/``rx_delta`` and the rates cover the last
-    interval. Times are Unix seconds.
+    interval. Times are Unix seconds. Bytes are payload bytes. TCP where the
+    collector reads the kernel's socket counters ("counters" accounting):
+    ``tx_bytes`` = first transmissions (``bytes_sent - bytes_retrans``),
+    ``rx_bytes`` = bytes received in order (``bytes_received`` without the
+    peer's FIN), ``retrans_bytes`` apart, ``tx_segs``/``rx_segs`` = data
+    segments (``data_segs_out``/``in``, retransmissions included), and no
+    calls (``None``). UDP, and TCP on the per-event "table" path: calls
+    (datagrams for UDP) and no segments (``None``).
     """
 
     pid: int
@@ -278,10 +297,16 @@ class FlowRecord:
     rport: int | None
     tx_bytes: int = 0
     rx_bytes: int = 0
-    tx_calls: int = 0
-    rx_calls: int = 0
+    tx_calls: int | None = 0
+    rx_calls: int | None = 0
+    tx_segs: int | None = None
+    rx_segs: int | None = None
+    retrans_bytes: int | None = None
     tx_delta: int = 0
     rx_delta: int = 0
+    tx_segs_delta: int = 0  # counters path: segments in the last interval
+    rx_segs_delta: int = 0
+    retrans_bytes_delta: int = 0
     tx_rate: float = 0.0
     rx_rate: float = 0.0
     retransmits: int = 0
@@ -347,13 +372,17 @@ class ConnEvent:
     newstate: str | None
     established: bool
     duration: float | None  # close: lifetime; open: handshake time
-    tx_bytes: int | None  # close: bytes the peer acknowledged
-    rx_bytes: int | None  # close: bytes received
+    tx_bytes: int | None  # close: payload bytes sent (as the flow counts them)
+    rx_bytes: int | None  # close: payload bytes received
     retransmits: int | None  # close: total retransmits of the socket
     container: str | None = None
     pod_uid: str | None = None
     cgroup: str | None = None
     proto: str = "tcp"
+    # close, counters accounting: the flow's data segments and retransmitted bytes
+    tx_segs: int | None = None
+    rx_segs: int | None = None
+    retrans_bytes: int | None = None
 
     @property
     def local(self) -> str:
@@ -367,8 +396,9 @@ class ConnEvent:
         return asdict(self)
 
     @classmethod
-    def decode(cls, raw: bytes, wall_offset: float) -> ConnEvent:
+    def decode(cls, raw: bytes, wall_offset: float, counters: bool = False) -> ConnEvent:
         e = FlowEventC.from_buffer_copy(raw)
+        is_counted = counters and EVENT_TYPES.get(e.type) == "close"
         kind = EVENT_TYPES.get(e.type, str(e.type))
         is_close = kind == "close"
         has_duration = e.duration_ns > 0 and kind in ("open", "close")
@@ -392,6 +422,9 @@ class ConnEvent:
             tx_bytes=e.tx_bytes if is_close else None,
             rx_bytes=e.rx_bytes if is_close else None,
             retransmits=e.retrans if is_close else None,
+            tx_segs=e.tx_segs if is_counted else None,
+            rx_segs=e.rx_segs if is_counted else None,
+            retrans_bytes=e.retrans_bytes if is_counted else None,
         )
 
 
@@ -416,11 +449,19 @@ class CollectorStats:
     events_received: int = 0
     drain: str = "batch"
     drain_seconds: float = 0.0
-    # "socket": TCP traffic accumulates per socket and is folded before each
-    # drain (BTF rungs); "table": every event updates the flow table
+    # "counters": TCP volume from the kernel's socket counters (iter/tcp each
+    # poll, CLOSE); "table": every TCP send/receive updates the flow table
     tcp_accounting: str = "table"
-    fold_seconds: float = 0.0
-    fold_failures: int = 0  # polls whose fold failed: read without the pending traffic
+    counters_seconds: float = 0.0  # the last counters pass
+    counters_failures: int = 0  # passes that failed: the next one credits their growth
+    unattributed: int = 0  # TCP sockets without an owner in the last counters pass
+    netns_visited: int = 0  # network namespaces the last counters pass walked
+    adopted: int = 0  # sockets given an owner by the sweep
+    sweeps: int = 0
+    sweep_seconds: float = 0.0
+    udp: bool = True  # UDP accounted (--udp)
+    # UDP's traffic programs stand on tracepoints every TCP message fires too
+    udp_shares_tcp_hooks: bool = False
     polls: int = 0
 
     @property
@@ -440,5 +481,14 @@ class CollectorStats:
             f"evicted {self.flows_evicted} · "
             f"update failures {self.update_failures} · udp remote unknown "
             f"{self.udp_remote_unknown} · drain {self.drain} {self.drain_seconds * 1e3:.1f} ms"
-            f" · tcp accounting per {self.tcp_accounting} · rungs: {rungs}"
+            f" · tcp accounting: {self.tcp_accounting} · unattributed {self.unattributed}"
+            f" · udp {self.udp_note()} · rungs: {rungs}"
         )
+
+    def udp_note(self) -> str:
+        """What UDP accounting is and costs here, in one phrase."""
+        if not self.udp:
+            return "off"
+        if self.udp_shares_tcp_hooks:
+            return "on (UDP accounting shares the TCP send/receive hooks on this kernel)"
+        return "on"
