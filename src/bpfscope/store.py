@@ -11,7 +11,6 @@ agent shows while it keeps serving live data.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import queue
@@ -19,15 +18,19 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import quote
+
+from .flowquery import FlowFilter, register_sql
 
 __all__ = [
     "DEFAULT_PATH",
     "SCHEMA_VERSION",
     "FlowSample",
     "HistoryQuery",
+    "HistoryReader",
     "Store",
     "StoreError",
     "default_path",
@@ -123,13 +126,36 @@ SCHEMA_VERSION: Final = len(MIGRATIONS)
 class HistoryQuery:
     since: float | None = None
     until: float | None = None
-    cidr: str | None = None
-    port: int | None = None
-    container: str | None = None
-    comm: str | None = None
-    pid: int | None = None
-    proto: str | None = None
+    filter: FlowFilter = field(default_factory=FlowFilter)
     limit: int = 1000
+
+
+def query_history(
+    conn: sqlite3.Connection, q: HistoryQuery, bucket_seconds: int
+) -> list[dict[str, Any]]:
+    """Rows of ``q``, newest bucket first, biggest flow first within one.
+    The filter's SQL comes from :meth:`FlowFilter.sql`, so history and the
+    live views select the same flows."""
+    where: list[str] = []
+    args: list[Any] = []
+    if q.since is not None:
+        where.append("bucket_start >= ?")
+        args.append(int(q.since) - int(q.since) % bucket_seconds)
+    if q.until is not None:
+        where.append("bucket_start <= ?")
+        args.append(q.until)
+    cond, cond_args = q.filter.sql()
+    if cond:
+        where.append(cond)
+        args += cond_args
+    sql = "SELECT * FROM flow_buckets"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY bucket_start DESC, tx_bytes + rx_bytes DESC LIMIT ?"
+    args.append(q.limit)
+    cur = conn.execute(sql, args)
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row, strict=True)) for row in cur]
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -223,20 +249,14 @@ class Store:
 
     def _open_reader(self) -> sqlite3.Connection:
         try:
-            return _connect(self.path)
+            conn = _connect(self.path)
         except sqlite3.DatabaseError as exc:
             raise StoreError(self._explain(exc)) from None
+        register_sql(conn)
+        return conn
 
     def _explain(self, exc: sqlite3.DatabaseError) -> str:
-        text = str(exc)
-        if "not a database" in text or "malformed" in text:
-            return (
-                f"history file {self.path} is corrupt ({text}); move it aside to start a "
-                "new history, or pass another --db"
-            )
-        if "readonly" in text or "unable to open" in text:
-            return f"history file {self.path} is not writable ({text}); fix permissions or use --db"
-        return f"history file {self.path}: {text}"
+        return _explain(self.path, exc)
 
     # -- writing -------------------------------------------------------------
 
@@ -339,42 +359,7 @@ class Store:
     # -- reading -------------------------------------------------------------
 
     def query(self, q: HistoryQuery) -> list[dict[str, Any]]:
-        where: list[str] = []
-        args: list[Any] = []
-        if q.since is not None:
-            where.append("bucket_start >= ?")
-            args.append(self._bucket_of(q.since))
-        if q.until is not None:
-            where.append("bucket_start <= ?")
-            args.append(q.until)
-        if q.port is not None:
-            where.append("(lport = ? OR rport = ?)")
-            args += [q.port, q.port]
-        for column, value in (
-            ("container", q.container),
-            ("comm", q.comm),
-            ("pid", q.pid),
-            ("proto", q.proto),
-        ):
-            if value is not None:
-                where.append(f"{column} = ?")
-                args.append(value)
-        network = ipaddress.ip_network(q.cidr, strict=False) if q.cidr else None
-        sql = "SELECT * FROM flow_buckets"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY bucket_start DESC, tx_bytes + rx_bytes DESC"
-        cur = self._reader.execute(sql, args)
-        names = [d[0] for d in cur.description]
-        out: list[dict[str, Any]] = []
-        for row in cur:
-            rec = dict(zip(names, row, strict=True))
-            if network is not None and not _in_network(network, rec["laddr"], rec["raddr"]):
-                continue
-            out.append(rec)
-            if len(out) >= q.limit:
-                break
-        return out
+        return query_history(self._reader, q, self.bucket_seconds)
 
     def stats(self) -> dict[str, Any]:
         count = self._reader.execute("SELECT count(*) FROM flow_buckets").fetchone()[0]
@@ -408,11 +393,63 @@ class Store:
         self.close()
 
 
-def _in_network(network: ipaddress.IPv4Network | ipaddress.IPv6Network, *addrs: str) -> bool:
-    for a in addrs:
+def _explain(path: Path, exc: sqlite3.DatabaseError) -> str:
+    text = str(exc)
+    if "not a database" in text or "malformed" in text:
+        return (
+            f"history file {path} is corrupt ({text}); move it aside to start a "
+            "new history, or pass another --db"
+        )
+    if "readonly" in text or "unable to open" in text:
+        return f"history file {path} is not writable ({text}); fix permissions or use --db"
+    return f"history file {path}: {text}"
+
+
+class HistoryReader:
+    """A read-only view of a history file for ``bpfscope history``: no
+    migrations, no writer thread, nothing written; works while the agent
+    writes (WAL readers do not block the writer)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
         try:
-            if ipaddress.ip_address(a) in network:
-                return True
-        except ValueError:
-            continue
-    return False
+            conn = sqlite3.connect(
+                uri, uri=True, timeout=5.0, check_same_thread=False, isolation_level=None
+            )
+            conn.execute("PRAGMA busy_timeout=5000")
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"cannot read history file {self.path}: {exc}; pass another --db"
+            ) from None
+        if version == 0:
+            conn.close()
+            raise StoreError(f"{self.path} holds no bpfscope history yet (schema version 0)")
+        if version > SCHEMA_VERSION:
+            conn.close()
+            raise StoreError(
+                f"history schema version {version} is newer than this bpfscope "
+                f"understands ({SCHEMA_VERSION}); upgrade bpfscope"
+            )
+        register_sql(conn)
+        self._conn = conn
+        row = conn.execute(
+            "SELECT bucket_seconds FROM flow_buckets ORDER BY bucket_start DESC LIMIT 1"
+        ).fetchone()
+        self.bucket_seconds = int(row[0]) if row else 10
+
+    def query(self, q: HistoryQuery) -> list[dict[str, Any]]:
+        try:
+            return query_history(self._conn, q, self.bucket_seconds)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(_explain(self.path, exc)) from None
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> HistoryReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

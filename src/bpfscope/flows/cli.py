@@ -383,7 +383,7 @@ def conns(
         while not stopped[0]:
             wait = 0.5 if end is None else max(0.0, min(0.5, end - time.monotonic()))
             for e in events_of(collector.poll(wait)):
-                if not match(e):  # type: ignore[arg-type]
+                if not match(e):
                     continue
                 click.echo(json.dumps(e.to_json()) if as_json else event_line(e))
                 seen += 1
