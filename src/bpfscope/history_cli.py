@@ -15,8 +15,9 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import EXIT_USAGE, UserError
+from .flowgroup import GROUP_KEYS, FlowGroup
 from .flowquery import BadQuery, FlowFilter
-from .flows.render import human_bytes
+from .flows.render import group_table, human_bytes
 from .store import HistoryQuery, HistoryReader, StoreError, default_path
 from .units import parse_duration
 
@@ -71,6 +72,13 @@ def _when(text: str | None, now: float) -> float | None:
 @click.option("--tcp", "proto", flag_value="tcp", default=None)
 @click.option("--udp", "proto", flag_value="udp")
 @click.option("--limit", type=click.IntRange(1, 1_000_000), default=100, show_default=True)
+@click.option(
+    "-g",
+    "--group-by",
+    type=click.Choice(GROUP_KEYS),
+    default=None,
+    help="One row per group over the time range: connections, bytes and mean rates.",
+)
 @click.option("--json", "as_json", is_flag=True, help="NDJSON, one bucket row per line.")
 def history(
     db_path: str | None,
@@ -84,6 +92,7 @@ def history(
     family: str | None,
     proto: str | None,
     limit: int,
+    group_by: str | None,
     as_json: bool,
 ) -> None:
     """Flow history recorded by `bpfscope serve`, by time range and filters.
@@ -109,6 +118,7 @@ def history(
         until=_when(until, now),
         filter=flt,
         limit=limit,
+        group_by=group_by,
     )
     try:
         with HistoryReader(path) as reader:
@@ -121,6 +131,15 @@ def history(
         return
     # Piped output keeps whole columns rather than wrapping at 80.
     console = Console() if sys.stdout.isatty() else Console(width=240)
+    if group_by is not None:
+        groups = [
+            FlowGroup(group_by, r["key"], r["connections"], r["tx_bytes"], r["rx_bytes"],
+                      r["tx_rate"], r["rx_rate"])
+            for r in rows
+        ]  # fmt: skip
+        console.print(f"flow history from {path}, grouped by {group_by} ({len(rows)} groups)")
+        console.print(group_table(groups, group_by))
+        return
     table = Table(title=f"flow history from {path} ({len(rows)} rows)")
     for col in (
         "time",

@@ -28,6 +28,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from . import __version__
 from .agent import Agent
+from .flowgroup import GROUP_KEYS, group_flows, sort_groups
 from .flowquery import MAX_PID, BadQuery, FlowFilter, page, sort_flows
 from .metrics import SyscallMetrics
 from .store import HistoryQuery
@@ -85,6 +86,13 @@ def flow_filter(
 
 
 Filter = Annotated[FlowFilter, Depends(flow_filter)]
+GroupBy = Annotated[
+    str | None,
+    Query(
+        pattern=f"^({'|'.join(GROUP_KEYS)})$",
+        description="one row per group: connections, bytes and rates each way",
+    ),
+]
 EventType = Annotated[
     str | None, Query(pattern="^(open|close|retransmit|reset_sent|reset_received)$")
 ]
@@ -214,7 +222,29 @@ def create_app(
         order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
         limit: Limit = 100,
         cursor: Annotated[str | None, Query(max_length=64)] = None,
+        group_by: GroupBy = None,
     ) -> dict[str, Any]:
+        if group_by is not None:
+            peer = None
+            if agent.profiler is not None:
+                profiler = agent.profiler
+
+                def peer(ip: str | None) -> str:
+                    prof = profiler.profile(ip)
+                    return prof.name or str(prof.remote_class)
+
+            groups = sort_groups(
+                group_flows(flt.apply(agent.current_flows()), group_by, peer),
+                sort,
+                order == "desc",
+            )
+            chunk, nxt = page(groups, cursor, limit)
+            return {
+                "group_by": group_by,
+                "total": len(groups),
+                "items": [g.to_json() for g in chunk],
+                "next_cursor": nxt,
+            }
         selected = selected_flows(flt, sort, order == "desc")
         items, nxt = page(selected, cursor, limit)
         return {
@@ -279,6 +309,7 @@ def create_app(
         since: Time = None,
         until: Time = None,
         limit: Limit = 100,
+        group_by: GroupBy = None,
     ) -> Response:
         if agent.store is None:
             return JSONResponse(
@@ -291,6 +322,7 @@ def create_app(
             until=now + until if until is not None and until < 0 else until,
             filter=flt,
             limit=limit,
+            group_by=group_by,
         )
         rows = agent.store.query(q)
         return JSONResponse({"items": rows, "count": len(rows)})

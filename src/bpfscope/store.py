@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
 
+from .flowgroup import group_sql
 from .flowquery import FlowFilter, register_sql
 
 __all__ = [
@@ -128,6 +129,7 @@ class HistoryQuery:
     until: float | None = None
     filter: FlowFilter = field(default_factory=FlowFilter)
     limit: int = 1000
+    group_by: str | None = None  # one of flowgroup.GROUP_KEYS: one row per group
 
 
 def query_history(
@@ -148,6 +150,8 @@ def query_history(
     if cond:
         where.append(cond)
         args += cond_args
+    if q.group_by is not None:
+        return _query_groups(conn, q, where, args)
     sql = "SELECT * FROM flow_buckets"
     if where:
         sql += " WHERE " + " AND ".join(where)
@@ -403,6 +407,46 @@ def _explain(path: Path, exc: sqlite3.DatabaseError) -> str:
     if "readonly" in text or "unable to open" in text:
         return f"history file {path} is not writable ({text}); fix permissions or use --db"
     return f"history file {path}: {text}"
+
+
+def _query_groups(
+    conn: sqlite3.Connection, q: HistoryQuery, where: list[str], args: list[Any]
+) -> list[dict[str, Any]]:
+    """One row per group (flowgroup's keys as SQL): distinct flows, bytes
+    each way, and rates over the window asked for (since..until, or now),
+    else over the buckets found."""
+    assert q.group_by is not None
+    sql = (
+        f"SELECT {group_sql(q.group_by)} AS key, "
+        "count(DISTINCT proto || '|' || laddr || '|' || lport || '|' || raddr || '|' "
+        "|| rport || '|' || pid) AS connections, "
+        "sum(tx_bytes) AS tx_bytes, sum(rx_bytes) AS rx_bytes, "
+        "min(bucket_start) AS first, max(bucket_start + bucket_seconds) AS last "
+        "FROM flow_buckets"
+    )
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " GROUP BY key ORDER BY sum(tx_bytes) + sum(rx_bytes) DESC, key LIMIT ?"
+    rows = conn.execute(sql, [*args, q.limit]).fetchall()
+    if not rows:
+        return []
+    if q.since is not None:
+        end = q.until if q.until is not None else time.time()
+        window = max(end - q.since, 1.0)
+    else:
+        window = max(max(r[5] for r in rows) - min(r[4] for r in rows), 1)
+    return [
+        {
+            "group_by": q.group_by,
+            "key": key,
+            "connections": conns,
+            "tx_bytes": tx,
+            "rx_bytes": rx,
+            "tx_rate": round(tx / window, 3),
+            "rx_rate": round(rx / window, 3),
+        }
+        for key, conns, tx, rx, _first, _last in rows
+    ]
 
 
 class HistoryReader:
