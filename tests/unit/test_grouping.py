@@ -4,10 +4,8 @@ records in memory (top, flows, /api/v1/flows) and from the history's SQL."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -20,30 +18,14 @@ from agent_helpers import FakeFlows, make_flow, serve_in_thread
 from bpfscope.agent import Agent
 from bpfscope.cli import cli
 from bpfscope.flowgroup import GROUP_KEYS, group_flows, sort_groups
-from bpfscope.flowquery import BadQuery, register_sql
+from bpfscope.flowquery import BadQuery
 from bpfscope.flows.cli import top_grouping
 from bpfscope.ipprofile import IpProfiler
 from bpfscope.server import create_app
-from bpfscope.store import MIGRATIONS, FlowSample, HistoryQuery, Store, query_history
+from bpfscope.store import HistoryQuery, Store, query_history
+from history_helpers import Rec, memory_history, to_sample, unique_flows
 
 T0 = int(time.time()) // 10 * 10
-
-
-@dataclass(frozen=True)
-class Rec:
-    pid: int
-    comm: str
-    family: str
-    proto: str
-    laddr: str
-    lport: int
-    raddr: str | None
-    rport: int | None
-    container: str | None
-    tx_bytes: int
-    rx_bytes: int
-    tx_rate: float = 0.0
-    rx_rate: float = 0.0
 
 
 def churn(n: int) -> list[Rec]:
@@ -104,26 +86,9 @@ def records(draw: st.DrawFn) -> Rec:
 )
 @settings(max_examples=150, deadline=None)
 def test_history_groups_like_memory(recs: list[Rec], key: str) -> None:
-    unique = list({(r.proto, r.laddr, r.lport, r.raddr, r.rport, r.pid): r for r in recs}.values())
-    conn = sqlite3.connect(":memory:")
-    for step in MIGRATIONS:
-        conn.executescript(step)
-    register_sql(conn)
-    cols = list(FlowSample.__dataclass_fields__)
-    samples = [
-        FlowSample(
-            proto=r.proto, family=4, laddr=r.laddr, lport=r.lport, raddr=r.raddr or "",
-            rport=r.rport or 0, pid=r.pid, comm=r.comm, container=r.container or "",
-            tx_bytes=r.tx_bytes, rx_bytes=r.rx_bytes,
-        )
-        for r in unique
-    ]  # fmt: skip
+    unique = unique_flows(recs)
     # the same flows in two buckets: still one connection each
-    conn.executemany(
-        f"INSERT INTO flow_buckets (bucket_start, bucket_seconds, {', '.join(cols)}) "
-        f"VALUES (?, 10, {', '.join('?' for _ in cols)})",
-        [(b, *(getattr(s, c) for c in cols)) for s in samples for b in (T0, T0 + 10)],
-    )
+    conn = memory_history((b, to_sample(r)) for r in unique for b in (T0, T0 + 10))
     rows = query_history(conn, HistoryQuery(group_by=key, limit=1000), 10)
     stored = {r["key"]: (r["connections"], r["tx_bytes"], r["rx_bytes"]) for r in rows}
     memory = {

@@ -7,40 +7,24 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bpfscope.flowquery import BadQuery, FlowFilter, register_sql
+from bpfscope.flowquery import BadQuery, FlowFilter
 from bpfscope.store import (
     MIGRATIONS,
-    FlowSample,
     HistoryQuery,
     HistoryReader,
     Store,
     StoreError,
     query_history,
 )
+from history_helpers import Rec, memory_history, to_sample, unique_flows
 
 T0 = int(time.time()) // 10 * 10  # within the store's retention
-
-
-@dataclass(frozen=True)
-class Rec:
-    """The fields of a live FlowRecord the filter looks at."""
-
-    pid: int
-    comm: str
-    family: str
-    proto: str
-    laddr: str
-    lport: int
-    raddr: str | None
-    rport: int | None
-    container: str | None
 
 
 ADDRS = ("10.0.0.1", "10.1.2.3", "192.168.1.9", "::ffff:10.1.2.3", "fd00::5", "::1", "127.0.0.1")
@@ -87,34 +71,13 @@ filters = st.builds(
 )
 
 
-def to_sample(r: Rec, n: int) -> FlowSample:
-    # what the agent stores for a record (agent.py's sample of a FlowRecord)
-    return FlowSample(
-        proto=r.proto, family=4 if r.family == "ipv4" else 6, laddr=r.laddr, lport=r.lport,
-        raddr=r.raddr or "", rport=r.rport or 0, pid=r.pid, comm=r.comm,
-        container=r.container or "", tx_bytes=n,
-    )  # fmt: skip
-
-
 @given(recs=st.lists(records(), min_size=1, max_size=30), flt=filters)
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_filter_selects_the_same_flows_in_memory_and_in_sqlite(
     recs: list[Rec], flt: FlowFilter
 ) -> None:
-    # one flow per key: the history sums samples of the same flow in a bucket
-    unique = list({(r.proto, r.laddr, r.lport, r.raddr, r.rport, r.pid): r for r in recs}.values())
-    # the history's schema and query in memory (a Store per example is slow;
-    # test_history_unmaps... below goes through a real Store)
-    conn = sqlite3.connect(":memory:")
-    for step in MIGRATIONS:
-        conn.executescript(step)
-    register_sql(conn)
-    cols = list(FlowSample.__dataclass_fields__)
-    conn.executemany(
-        f"INSERT INTO flow_buckets (bucket_start, bucket_seconds, {', '.join(cols)}) "
-        f"VALUES (?, 10, {', '.join('?' for _ in cols)})",
-        [(T0, *(getattr(to_sample(r, i + 1), c) for c in cols)) for i, r in enumerate(unique)],
-    )
+    unique = unique_flows(recs)
+    conn = memory_history((T0, to_sample(r, i + 1)) for i, r in enumerate(unique))
     rows = query_history(conn, HistoryQuery(filter=flt, limit=1000), 10)
     expected = {i + 1 for i, r in enumerate(unique) if r in flt.apply(unique)}
     assert {row["tx_bytes"] for row in rows} == expected
