@@ -71,6 +71,11 @@ def make_event(i: int, kind: str = "open", **kw: Any) -> ConnEvent:
     return ConnEvent(**base)
 
 
+class FakeStats:
+    def to_json(self) -> dict[str, Any]:
+        return {"rungs": {"send": "fake"}, "flows_in_map": 0}
+
+
 class FakeFlows:
     """Stands in for FlowCollector in unit tests: scripted polls."""
 
@@ -95,6 +100,9 @@ class FakeFlows:
 
     def snapshot(self) -> list[FlowRecord]:
         return self.flows
+
+    def stats(self) -> FakeStats:
+        return FakeStats()
 
     def close(self) -> None:
         self.closed = True

@@ -1,9 +1,11 @@
-"""The agent's core: run the collectors on an interval, keep what the views
-read, feed the history and the metrics.
+"""The agent's core: run the collectors on an interval, hand what changed
+to the sinks, publish what the views read.
 
-Data flows one way: collectors -> Agent.poll_once() -> (current flows,
-recent events, metrics, store). HTTP handlers only read what the agent
-published; nothing they receive reaches the kernel.
+Data flows one way: collectors -> Agent.poll_once() -> sinks (recent
+events, history, metrics, exporters: each handed what changed, once) and a
+published state (current flows, the syscall interval, the agent's own
+programs and stats) that HTTP handlers read. Nothing they receive reaches
+the kernel or the database.
 """
 
 from __future__ import annotations
@@ -12,29 +14,47 @@ import copy
 import logging
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from . import libbpf as bpf
-from .flows.collector import events_of, flows_of
-from .flows.records import ConnEvent, FlowRecord
+from .flows.collector import Record, events_of, flows_of
+from .flows.records import FlowRecord
 from .ipprofile import IpProfiler
-from .ladder import chosen_parts
+from .ladder import AttachedObject, Choice, chosen_parts
 from .metrics import FlowMetrics
-from .store import FlowSample, Store
+from .pipeline import Collector, Sink
+from .sinks import EventBuffer, EventEntry, HistorySink, PollChanges, Published, flow_sample
+from .store import Store
+from .syscalls.collector import Snapshot, SyscallTotals
 
-__all__ = ["Agent", "CollectorState", "EventEntry", "flow_sample"]
+__all__ = ["Agent", "CollectorState", "EventEntry", "FlowSource", "SyscallSource", "flow_sample"]
 
 log = logging.getLogger("bpfscope.agent")
 
 
-class FlowSource(Protocol):
-    def start(self) -> Any: ...
-    def poll(self, timeout: float = 0.0) -> list[Any]: ...
+class FlowSource(Collector[list[Record]], Protocol):
+    """The flow collector as the agent uses it: a collector that also keeps
+    every flow it tracks."""
+
     def snapshot(self) -> list[FlowRecord]: ...
-    def close(self) -> None: ...
+
+
+class _Attached(Protocol):
+    obj: Any
+    choices: list[Choice]
+
+
+class SyscallSource(Collector[Snapshot], Protocol):
+    """The syscall collector as the agent uses it: a collector of
+    per-interval snapshots that also keeps cumulative totals."""
+
+    latency: bool
+    totals: SyscallTotals
+
+    @property
+    def tool(self) -> _Attached: ...
 
 
 @dataclass
@@ -47,39 +67,13 @@ class CollectorState:
     poll_seconds: float = 0.0
 
 
-@dataclass(frozen=True)
-class EventEntry:
-    seq: int
-    event: ConnEvent
-
-
 def _flow_key(r: FlowRecord) -> tuple[Any, ...]:
     return (r.cgroup_id, r.netns, r.pid, r.proto, r.laddr, r.lport, r.raddr, r.rport)
 
 
-def flow_sample(rec: FlowRecord, profiler: IpProfiler | None) -> FlowSample:
-    """The store's view of one interval of one flow."""
-    prof = profiler.profile(rec.raddr) if profiler else None
-    return FlowSample(
-        proto=rec.proto,
-        family=4 if rec.family == "ipv4" else 6,
-        laddr=rec.laddr,
-        lport=rec.lport,
-        raddr=rec.raddr or "",
-        rport=rec.rport or 0,
-        pid=rec.pid,
-        comm=rec.comm,
-        container=rec.container or "",
-        tx_bytes=rec.tx_delta,
-        rx_bytes=rec.rx_delta,
-        remote_class=str(prof.remote_class) if prof else "",
-        remote_name=(prof.name or "") if prof else "",
-    )
-
-
 @dataclass
 class Agent:
-    """Owns the collectors and everything derived from them."""
+    """Owns the collectors, the sinks, and the state it publishes."""
 
     flows: FlowSource
     interval: float = 1.0
@@ -89,8 +83,8 @@ class Agent:
     metrics: FlowMetrics | None = None
     max_events: int = 10_000
     bpf_stats: bool = False
-    on_poll: Callable[[], None] | None = None
-    syscalls: Any | None = None  # a SyscallCollector (--syscalls, --syscall-latency)
+    sinks: Sequence[Sink[PollChanges]] = ()  # more sinks (exporters), after the agent's own
+    syscalls: SyscallSource | None = None  # --syscalls, --syscall-latency
     # Closed flows stay in the current view this long, so a short
     # connection is visible to a client that polls less often than the
     # collector deletes closed flows (history and events keep them anyway).
@@ -101,11 +95,12 @@ class Agent:
     state: CollectorState = field(default_factory=lambda: CollectorState("flows"))
     sys_state: CollectorState = field(default_factory=lambda: CollectorState("syscalls"))
     _closed: dict[tuple[Any, ...], tuple[float, FlowRecord]] = field(default_factory=dict)
-    _sys_snapshot: Any = None
-    _sys_totals: Any = None
+    _sys_snapshot: Snapshot | None = None
+    _sys_totals: SyscallTotals | None = None
+    _published: Published = field(default_factory=Published)
     started: float = field(default_factory=time.time)
-    _events: deque[EventEntry] = field(init=False)
-    _seq: int = 0
+    _events: EventBuffer = field(init=False)
+    _sinks: list[Sink[PollChanges]] = field(init=False)
     _view: list[FlowRecord] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -115,7 +110,13 @@ class Agent:
     def __post_init__(self) -> None:
         if self.interval <= 0:
             raise ValueError("interval must be positive")
-        self._events = deque(maxlen=self.max_events)
+        self._events = EventBuffer(self.max_events)
+        self._sinks = [self._events]
+        if self.store is not None:
+            self._sinks.append(HistorySink(self.store, self.profiler))
+        if self.metrics is not None:
+            self._sinks.append(self.metrics)
+        self._sinks += self.sinks
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -133,6 +134,7 @@ class Agent:
             self.sys_state.alive = True
         if self.kube is not None:
             self.kube.start()
+        self._published = self._read_own()  # health has its figures before the first poll
         self._thread = threading.Thread(target=self._loop, name="bpfscope-agent", daemon=True)
         self._thread.start()
         return self
@@ -171,12 +173,13 @@ class Agent:
                 log.exception("flow collector failed")
                 self.state.alive = False
                 self.state.error = f"{type(exc).__name__}: {exc}"
+                self._hand_over_failure()
                 return
             self._stop.wait(max(0.0, next_tick - time.monotonic()))
 
     def poll_once(self) -> None:
         t0 = time.monotonic()
-        records = self.flows.poll(0.0)
+        records = self.flows.poll()
         changed = flows_of(records)
         events = events_of(records)
         now = time.time()
@@ -194,42 +197,70 @@ class Agent:
         if self.local_containers is not None:
             self.local_containers.update(view)
         with self._lock:
-            for e in events:
-                self._seq += 1
-                self._events.append(EventEntry(self._seq, e))
             self._view = view
-        if self.metrics is not None:
-            self.metrics.ingest(changed, events)
-        if self.store is not None:
-            self.store.add((flow_sample(r, self.profiler) for r in changed), now=now)
         self.state.polls += 1
         self.state.last_poll = now
         self.state.poll_seconds = time.monotonic() - t0
-        if self.syscalls is not None and self.sys_state.alive:
-            self._poll_syscalls()
-        if self.on_poll is not None:
-            self.on_poll()
+        snap = self._poll_syscalls() if self.syscalls is not None and self.sys_state.alive else None
+        published = self._read_own()
+        changes = PollChanges(
+            time=now,
+            flows=changed,
+            events=events,
+            syscalls=snap,
+            self_metrics=published.self_metrics(
+                self.state.alive, self.sys_state.alive if self.syscalls is not None else None
+            ),
+        )
+        for sink in self._sinks:
+            sink.consume(changes)
+        with self._lock:
+            self._published = published
 
-    def _poll_syscalls(self) -> None:
+    def _read_own(self) -> Published:
+        """The agent's own state, read once per poll: scrapes and health
+        probes then cost no kernel call and no query."""
+        return Published(
+            programs=self._read_programs(),
+            flow_stats=self.flows.stats().to_json(),
+            syscall_stats=self.syscalls.stats().to_json() if self.syscalls is not None else None,
+            store_stats=self.store.stats() if self.store is not None else None,
+        )
+
+    def _hand_over_failure(self) -> None:
+        """Tell the sinks, once, that the collectors stopped (nothing changed
+        but the agent's own health, which /metrics shows)."""
+        changes = PollChanges(
+            time=time.time(), flows=[], events=[], syscalls=None, self_metrics=self.self_metrics()
+        )
+        for sink in self._sinks:
+            try:
+                sink.consume(changes)
+            except Exception:
+                log.exception("a sink failed")
+
+    def _poll_syscalls(self) -> Snapshot | None:
+        assert self.syscalls is not None
         t0 = time.monotonic()
         try:
-            snap = self.syscalls.poll()  # type: ignore[union-attr]
+            snap = self.syscalls.poll()
         except Exception as exc:  # the syscall collector is dead; flows go on
             log.exception("syscall collector failed")
             self.sys_state.alive = False
             self.sys_state.error = f"{type(exc).__name__}: {exc}"
-            return
-        totals = copy.deepcopy(self.syscalls.totals)  # type: ignore[union-attr]
+            return None
+        totals = copy.deepcopy(self.syscalls.totals)
         with self._lock:
             self._sys_snapshot = snap
             self._sys_totals = totals
         self.sys_state.polls += 1
         self.sys_state.last_poll = snap.time
         self.sys_state.poll_seconds = time.monotonic() - t0
+        return snap
 
     # -- what the views read ---------------------------------------------------
 
-    def syscall_view(self) -> tuple[Any, Any]:
+    def syscall_view(self) -> tuple[Snapshot | None, SyscallTotals | None]:
         """(last interval's Snapshot, cumulative SyscallTotals) or (None, None)."""
         with self._lock:
             return self._sys_snapshot, self._sys_totals
@@ -239,42 +270,48 @@ class Agent:
             return self._view
 
     @property
+    def published(self) -> Published:
+        """The agent's own state as of the last poll."""
+        with self._lock:
+            return self._published
+
+    @property
     def generation(self) -> int:
         """Changes whenever current_flows() does (views cache on it)."""
         return self.state.polls
 
     def events_since(self, seq: int = 0, limit: int | None = None) -> list[EventEntry]:
-        with self._lock:
-            out = [e for e in self._events if e.seq > seq]
-        return out[-limit:] if limit else out
+        return self._events.since(seq, limit)
 
     @property
     def last_seq(self) -> int:
-        with self._lock:
-            return self._seq
+        return self._events.last_seq
 
     def collector_stats(self) -> dict[str, Any]:
-        stats = getattr(self.flows, "stats", None)
-        return stats().to_json() if callable(stats) else {}
+        return self.published.flow_stats
 
-    def _attached_tools(self) -> list[tuple[str, Any]]:
-        tools = []
-        attached = getattr(self.flows, "attached", None)
+    def programs(self) -> list[dict[str, Any]]:
+        """bpfscope's own programs with hook, rung and (if on) run stats, as
+        read at the last poll."""
+        return self.published.programs
+
+    def _attached_tools(self) -> list[tuple[str, _Attached]]:
+        tools: list[tuple[str, _Attached]] = []
+        attached: AttachedObject | None = getattr(self.flows, "attached", None)
         if attached is not None:
             tools.append(("flows", attached))
         if self.syscalls is not None and self.sys_state.alive:
             tools.append(("syscalls", self.syscalls.tool))
         return tools
 
-    def programs(self) -> list[dict[str, Any]]:
-        """bpfscope's own programs with hook, rung and (if on) run stats."""
+    def _read_programs(self) -> list[dict[str, Any]]:
         out = []
         for collector, attached in self._attached_tools():
             out += self._programs_of(collector, attached)
         return out
 
     @staticmethod
-    def _programs_of(collector: str, attached: Any) -> list[dict[str, Any]]:
+    def _programs_of(collector: str, attached: _Attached) -> list[dict[str, Any]]:
         out = []
         for choice, part in chosen_parts(attached.choices):
             prog = attached.obj.program(part.program)
@@ -298,15 +335,16 @@ class Agent:
         return out
 
     def health(self) -> dict[str, Any]:
-        stats = self.collector_stats()
+        published = self.published
+        stats = published.flow_stats
         store: dict[str, Any]
         if self.store is not None:
-            store = {"ok": self.store.last_error is None, **self.store.stats()}
+            store = {"ok": self.store.last_error is None, **(published.store_stats or {})}
         else:
             store = {"ok": False, "error": self.store_error or "history disabled"}
         collectors: dict[str, Any] = {"flows": self._flows_health(stats)}
         if self.syscalls is not None:
-            snap, _ = self.syscall_view()
+            sys_stats = published.syscall_stats or {}
             collectors["syscalls"] = {
                 "alive": self.sys_state.alive,
                 "error": self.sys_state.error,
@@ -314,8 +352,8 @@ class Agent:
                 "polls": self.sys_state.polls,
                 "last_poll": self.sys_state.last_poll,
                 "poll_seconds": round(self.sys_state.poll_seconds, 6),
-                "rungs": self.syscalls.tool.rungs() if self.sys_state.alive else {},
-                "events_dropped": snap.drops.total if snap is not None else 0,
+                "rungs": sys_stats.get("rungs", {}) if self.sys_state.alive else {},
+                "events_dropped": sys_stats.get("events_dropped", 0),
             }
         return {
             "ok": all(c["alive"] for c in collectors.values()),
@@ -351,16 +389,7 @@ class Agent:
         }
 
     def self_metrics(self) -> dict[str, Any]:
-        stats = self.collector_stats()
-        dropped = {"flows": stats.get("events_dropped", 0) + stats.get("events_skipped", 0)}
-        collectors = {"flows": self.state.alive}
-        if self.syscalls is not None:
-            snap, _ = self.syscall_view()
-            dropped["syscalls"] = snap.drops.total if snap is not None else 0
-            collectors["syscalls"] = self.sys_state.alive
-        return {
-            "programs": self.programs(),
-            "events_dropped": dropped,
-            "map_entries": {"flows": stats.get("flows_in_map", 0)},
-            "collectors": collectors,
-        }
+        """bpfscope's own cost and health, as of the last poll."""
+        return self.published.self_metrics(
+            self.state.alive, self.sys_state.alive if self.syscalls is not None else None
+        )

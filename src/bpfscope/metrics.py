@@ -12,7 +12,7 @@ label sets, never over the flows.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -28,7 +28,7 @@ __all__ = [
     "DURATION_BUCKETS",
     "LABEL_SETS",
     "FlowMetrics",
-    "SelfMetricsSource",
+    "PollLike",
     "SyscallMetrics",
 ]
 
@@ -77,7 +77,14 @@ class EventLike(Protocol):
     def duration(self) -> float | None: ...
 
 
-class SelfMetricsSource(Protocol):
+class PollLike(Protocol):
+    """What the agent hands its sinks at each poll (bpfscope.sinks.PollChanges)."""
+
+    @property
+    def flows(self) -> Sequence[FlowLike]: ...
+    @property
+    def events(self) -> Sequence[EventLike]: ...
+    @property
     def self_metrics(self) -> dict[str, Any]: ...
 
 
@@ -107,14 +114,13 @@ class FlowMetrics(Collector):
         labels: str = "default",
         max_series: int = 10_000,
         remote_class: Any = None,
-        self_source: SelfMetricsSource | None = None,
     ) -> None:
         if labels not in LABEL_SETS:
             raise ValueError(f"unknown label set {labels!r} (one of: {', '.join(LABEL_SETS)})")
         self.label_names = LABEL_SETS[labels]
         self.max_series = max_series
         self._remote_class = remote_class or (lambda ip: "unknown")
-        self.self_source = self_source
+        self._self: dict[str, Any] | None = None  # the agent's own, from the last poll
         self._lock = threading.Lock()
         # (metric, labels) -> value
         self._counters: dict[tuple[str, tuple[str, ...]], float] = {}
@@ -147,6 +153,13 @@ class FlowMetrics(Collector):
         key = (metric, labels)
         if self._admit(key in self._counters):
             self._counters[key] = self._counters.get(key, 0) + value
+
+    def consume(self, changes: PollLike) -> None:
+        """A sink of the agent: this poll's flows and events, and the
+        agent's own figures (shown until the next poll)."""
+        self.ingest(changes.flows, changes.events)
+        with self._lock:
+            self._self = changes.self_metrics
 
     def ingest(self, flows: Iterable[FlowLike], events: Iterable[EventLike]) -> None:
         with self._lock:
@@ -193,6 +206,7 @@ class FlowMetrics(Collector):
             counters = dict(self._counters)
             hist = {k: (list(v.buckets), v.count, v.total) for k, v in self._hist.items()}
             dropped = self.series_dropped
+            own = self._self
         names = list(self.label_names)
         for metric, help_text in self._COUNTER_HELP.items():
             extra = self._EXTRA_LABEL.get(metric)
@@ -221,8 +235,8 @@ class FlowMetrics(Collector):
         )
         dropped_fam.add_metric([], dropped)
         yield dropped_fam
-        if self.self_source is not None:
-            yield from _self_families(self.self_source.self_metrics())
+        if own is not None:
+            yield from _self_families(own)
 
 
 def _bound(b: float) -> str:

@@ -56,8 +56,11 @@ class OtlpUnavailable(UserError):
         )
 
 
-class _FlowView(Protocol):
-    def current_flows(self) -> list[FlowRecord]: ...
+class _Changes(Protocol):
+    """What the agent hands its sinks at each poll (bpfscope.sinks.PollChanges)."""
+
+    @property
+    def flows(self) -> Iterable[FlowRecord]: ...
 
 
 def logs_endpoint(url: str) -> str:
@@ -236,9 +239,9 @@ class FlowExporter:
         self.stats.intervals += 1
         return sent
 
-    def on_poll(self, agent: _FlowView) -> None:
-        """Export what the agent's last poll saw (call from ``Agent.on_poll``)."""
-        self.export(agent.current_flows())
+    def consume(self, changes: _Changes) -> None:
+        """A sink of the agent: export the flows that changed at this poll."""
+        self.export(changes.flows)
 
     def flush(self, timeout_ms: int = 10_000) -> bool:
         return bool(self._provider.force_flush(timeout_ms))

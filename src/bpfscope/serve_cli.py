@@ -229,6 +229,11 @@ def serve(
         from .syscalls.collector import SyscallCollector
 
         syscalls = SyscallCollector(latency=syscall_latency, btf_path=ctx.obj.get("btf"))
+    exporter = None
+    if otlp_endpoint is not None:
+        from .otlp import FlowExporter
+
+        exporter = FlowExporter(otlp_endpoint)
     agent = Agent(
         flows=collector,
         syscalls=syscalls,
@@ -240,15 +245,9 @@ def serve(
         bpf_stats=bpf_stats,
         local_containers=local,
         kube=directory,
+        sinks=[exporter] if exporter is not None else [],
     )
-    metrics.self_source = agent  # the agent reports its own programs and drops
     app = create_app(agent, token=token, protect_metrics=protect_metrics)
-    exporter = None
-    if otlp_endpoint is not None:
-        from .otlp import FlowExporter
-
-        exporter = FlowExporter(otlp_endpoint)
-        agent.on_poll = lambda: exporter.on_poll(agent)
     with contextlib.ExitStack() as stack:
         if exporter is not None:
             stack.callback(exporter.close)  # runs last: flushes after the agent stopped

@@ -355,7 +355,7 @@ def create_app(
             except UnknownSyscall as exc:
                 raise BadQuery(str(exc)) from None
         snap, totals = agent.syscall_view()
-        if snap is None:
+        if snap is None or totals is None:
             return JSONResponse({"interval": None, "latency": latency, "items": [], "totals": {}})
 
         def keep(s: Any) -> bool:

@@ -297,6 +297,52 @@ def test_syscalls_api_and_metrics_count_exactly(tmp_path: Path, flag: str) -> No
         assert "did you mean" in bad.json()["detail"]
 
 
+SHORT_CALLS = 5000
+# Makes SHORT_CALLS getppid calls and exits (Python's start-up makes none).
+SHORT = f"""
+import ctypes, os
+libc = ctypes.CDLL(None)
+nr = {{"x86_64": 110, "aarch64": 173}}[os.uname().machine]
+for _ in range({SHORT_CALLS}):
+    libc.syscall(nr)
+"""
+
+
+def test_a_process_that_exits_within_an_interval_is_in_that_interval(tmp_path: Path) -> None:
+    """A process that starts and exits between two polls is in the
+    /api/v1/syscalls interval it ran in, with its exact count, and in the
+    metrics published with it (not one interval later)."""
+
+    def view(**params: Any) -> dict[str, Any]:
+        return dict(httpx.get(url + "/api/v1/syscalls", params=params).json())
+
+    def getppid_total() -> float:
+        text = httpx.get(url + "/metrics").text
+        fams = {f.name: f for f in text_string_to_metric_families(text)}
+        calls = fams.get("bpfscope_syscalls")
+        samples = calls.samples if calls else []
+        return sum(s.value for s in samples if s.labels["syscall"] == "getppid")
+
+    # 2 s polls: the child (~0.1 s) starts right after one and is gone
+    # long before the next, which has never seen it alive.
+    with agent(tmp_path, "--syscalls", "--interval", "2s") as (url, _):
+        first = wait_for(lambda: view().get("time"))
+        assert wait_for(lambda: view().get("time") != first), "the syscall view never changed"
+        before = view()
+        metrics_before = getppid_total()
+        assert view()["time"] == before["time"], "the child must start right after a poll"
+        child = subprocess.Popen([sys.executable, "-c", SHORT])
+        assert child.wait(timeout=30) == 0
+        assert view()["time"] == before["time"], "the child outlived the interval"
+        mine = {"pid": child.pid, "syscall": "getppid"}
+        after = wait_for(lambda: (v := view(**mine))["time"] != before["time"] and v)
+        metrics_after = getppid_total()
+        assert view()["time"] == after["time"], "the metrics were read one interval late"
+    mine = [(i["syscall"], i["count"]) for i in after["items"] if i["pid"] == child.pid]
+    assert mine == [("getppid", SHORT_CALLS)]
+    assert metrics_after - metrics_before >= SHORT_CALLS
+
+
 def test_otlp_export_carries_real_flows(tmp_path: Path) -> None:
     """serve --otlp-endpoint sends each interval's flows, exact bytes, to an
     OTLP/HTTP receiver on loopback."""

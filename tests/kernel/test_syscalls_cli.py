@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from typing import Any
 
 import pytest
@@ -117,3 +120,58 @@ def test_plain_report_when_not_a_terminal(extra: tuple[str, ...], columns: list[
     assert lines[1].split() == columns
     assert ("latency of " in done.stdout) == bool(extra)
     assert "\x1b[" not in done.stdout  # no terminal control sequences in a pipe
+
+
+SHORT_CALLS = 5000
+# Makes SHORT_CALLS getppid calls and exits (Python's start-up makes none).
+SHORT = textwrap.dedent(
+    f"""
+    import ctypes
+    libc = ctypes.CDLL(None)
+    for _ in range({SHORT_CALLS}):
+        libc.syscall({syscall_nr("getppid")})
+    """
+)
+
+
+def _wait_attached(proc: subprocess.Popen[str], timeout: float = 30.0) -> None:
+    """Until ``proc`` holds a BPF link: its programs are attached."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1]
+        try:
+            fds = os.listdir(f"/proc/{proc.pid}/fd")
+            if any(os.readlink(f"/proc/{proc.pid}/fd/{fd}") == "anon_inode:bpf_link" for fd in fds):
+                return
+        except FileNotFoundError:  # an fd closed while listed
+            pass
+        time.sleep(0.05)
+    raise AssertionError("bpfscope syscalls did not attach")
+
+
+@pytest.mark.parametrize("stop", ["-n", "SIGINT", "SIGTERM"])
+def test_a_process_that_exits_in_the_last_interval_is_in_the_last_report(stop: str) -> None:
+    """A process that runs and exits inside the only interval (``-n 1``), or
+    before Ctrl-C or SIGTERM ends tracing, is in that report with its exact
+    count: the last report drains everything counted up to the stop."""
+    args = ["-s", "getppid", "--by", "both", "-T", "0", "--json"]
+    args += ["-i", "3", "-n", "1"] if stop == "-n" else ["-i", "60"]
+    cli = subprocess.Popen(
+        [*BPFSCOPE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        _wait_attached(cli)
+        child = subprocess.Popen([sys.executable, "-c", SHORT])
+        assert child.wait(timeout=30) == 0
+        if stop != "-n":
+            cli.send_signal(getattr(signal, stop))
+        out, err = cli.communicate(timeout=30)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+    assert cli.returncode == 0, err
+    reports = [json.loads(line) for line in out.splitlines()]
+    assert len(reports) == 1
+    mine = [(r["syscall"], r["count"]) for r in reports[0]["rows"] if r["pid"] == child.pid]
+    assert mine == [("getppid", SHORT_CALLS)]

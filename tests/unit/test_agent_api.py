@@ -34,7 +34,6 @@ def agent(tmp_path: Path) -> Iterator[Agent]:
         profiler=profiler,
         metrics=metrics,
     )
-    metrics.self_source = a
     with a:
         deadline = time.monotonic() + 5
         while a.state.polls < 2 and time.monotonic() < deadline:

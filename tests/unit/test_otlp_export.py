@@ -162,16 +162,15 @@ def test_per_interval_cap_counts_what_it_skips(sdk_export: Any) -> None:
     assert exp.stats.skipped == 7
 
 
-def test_on_poll_reads_the_agents_current_flows(sdk_export: Any) -> None:
+def test_as_a_sink_it_exports_the_flows_that_changed_at_the_poll(sdk_export: Any) -> None:
     from bpfscope.otlp import FlowExporter
 
-    class FakeAgent:
-        def current_flows(self) -> list[FlowRecord]:
-            return [_flow(), _flow(lport=9, rx_delta=0, tx_delta=0)]
+    class FakeChanges:
+        flows = [_flow(), _flow(lport=9, rx_delta=0, tx_delta=0)]
 
     memory = sdk_export.InMemoryLogRecordExporter()
     with FlowExporter(exporter=memory, batch=False) as exp:
-        exp.on_poll(FakeAgent())
+        exp.consume(FakeChanges())
     assert len(memory.get_finished_logs()) == 1
 
 

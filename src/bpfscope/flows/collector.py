@@ -21,9 +21,9 @@ import dataclasses
 import logging
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final, Protocol
 
 from .. import libbpf as bpf
 from ..features import Mechanism
@@ -89,6 +89,14 @@ class KernelFilter:
         }
 
 
+class _Ring(Protocol):
+    """The ring buffer of lifecycle events, as the collector drains it."""
+
+    def poll(self, timeout_ms: int = ...) -> int: ...
+    def consume(self) -> int: ...
+    def close(self) -> None: ...
+
+
 @dataclass
 class _Tracked:
     meta: FlowMeta
@@ -112,7 +120,12 @@ class FlowCollector:
         btf_path: str | None = None,
         drain: str = "batch",
         events_size: int | None = None,
+        loader: Callable[[], AttachedObject] | None = None,
+        ring: Callable[[Any, Callable[[bytes], None]], _Ring] | None = None,
     ) -> None:
+        """``loader`` (the attached tool) and ``ring`` (the event ring buffer
+        over its map) exist for tests; by default the real BPF object is
+        loaded and its ring buffer opened."""
         if max_entries < 1:
             raise ValueError("max_entries must be positive")
         if drain not in ("batch", "per-key"):
@@ -126,9 +139,11 @@ class FlowCollector:
         self.btf_path = btf_path
         self.drain = drain
         self.events_size = events_size
+        self._loader = loader or self._load
+        self._open_ring = ring or bpf.RingBuffer
         self._tool: AttachedObject | None = None
         self._fold: bpf.Link | None = None  # iterator folding per-socket TCP counts
-        self._ring: bpf.RingBuffer | None = None
+        self._ring: _Ring | None = None
         self._flows: dict[bytes, _Tracked] = {}
         self._events: list[ConnEvent] = []
         self._removed = 0
@@ -149,13 +164,11 @@ class FlowCollector:
             return base + programs.dest_hooks()
         return base
 
-    def start(self) -> FlowCollector:
-        if self._tool is not None:
-            return self
+    def _load(self) -> AttachedObject:
         sizes = {FLOW_MAP: self.max_entries}
         if self.events_size is not None:
             sizes["flow_events"] = self.events_size  # ring buffer bytes: power of 2 pages
-        self._tool = load_object(
+        return load_object(
             programs.OBJECT,
             self.hooks(),
             rodata=self.kernel_filter.rodata(),
@@ -164,13 +177,18 @@ class FlowCollector:
             btf_path=self.btf_path,
             extras=programs.socket_accounting,
         )
+
+    def start(self) -> FlowCollector:
+        if self._tool is not None:
+            return self
+        self._tool = self._loader()
         try:
             obj = self._tool.obj
             if programs.FOLD_PROGRAM in self._tool.extras.programs:
                 prog = obj.program(programs.FOLD_PROGRAM)
                 self._fold = prog.attach_map_iter(obj.map(programs.SK_ACCT_MAP))
                 self._stats.tcp_accounting = "socket"
-            self._ring = bpf.RingBuffer(obj.map("flow_events"), self._on_event)
+            self._ring = self._open_ring(obj.map("flow_events"), self._on_event)
         except BaseException:
             self._tool.close()
             self._tool = None

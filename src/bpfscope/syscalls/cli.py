@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
 
-from ..clikit import parse_cgroup, validate_pid
+from ..clikit import parse_cgroup, sleep_until, stop_on_signals, validate_pid
 from ..errors import EXIT_USAGE, UserError
 from ..features import Mechanism
 from ..sysnames import syscall_nr
@@ -36,29 +34,6 @@ def parse_syscalls(values: Sequence[str]) -> frozenset[int]:
             if name:
                 nrs.add(syscall_nr(name))
     return frozenset(nrs)
-
-
-@contextmanager
-def _sigint_stops() -> Iterator[list[bool]]:
-    """Ctrl-C ends tracing (and prints the last interval) instead of aborting."""
-    stopped = [False]
-
-    def handler(signum: int, frame: Any) -> None:
-        stopped[0] = True
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield stopped
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _sleep_until(deadline: float, stopped: list[bool]) -> None:
-    while not stopped[0]:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return
-        time.sleep(min(left, 0.1))
 
 
 @click.command("syscalls")
@@ -239,7 +214,7 @@ def _report_loop(
 
     live_view = sys.stdout.isatty() and not as_json
     reports = 0
-    with _sigint_stops() as stopped:
+    with stop_on_signals() as stopped:
         if live_view:
             from rich.console import Console
             from rich.live import Live
@@ -255,14 +230,14 @@ def _report_loop(
                 deadline = time.monotonic()
                 while not stopped[0] and (count is None or reports < count):
                     deadline += interval
-                    _sleep_until(deadline, stopped)
+                    sleep_until(deadline, stopped)
                     live.update(rich_snapshot(poll(), opts), refresh=True)
                     reports += 1
             return
         deadline = time.monotonic()
         while not stopped[0] and (count is None or reports < count):
             deadline += interval
-            _sleep_until(deadline, stopped)
+            sleep_until(deadline, stopped)
             snap = poll()
             if as_json:
                 sys.stdout.write(json.dumps(json_snapshot(snap, opts)) + "\n")

@@ -14,8 +14,9 @@ By default only calls and errors are counted (sys_exit alone); with
 ``latency=True`` every call is also timed, and the records' latency fields
 (``total_ns``, ``hist``) are filled in.
 
-Kernel rows of processes that have exited (on every CPU) are deleted after
-their last read, so the maps only hold live processes; rows of live
+A process that exited since the previous poll is reported in this poll,
+complete (see :meth:`SyscallCollector.poll`), and its kernel rows (on every
+CPU) are deleted after that last read, so the maps only hold live processes; rows of live
 processes unchanged for :data:`IDLE_POLLS` polls in a row are deleted too
 (re-read first: only if still unchanged), so a long-lived process holds rows
 for what it does now, not for every (syscall, CPU) it ever used.
@@ -50,6 +51,7 @@ from .programs import (
 
 __all__ = [
     "IDLE_POLLS",
+    "CollectorStats",
     "Drops",
     "ErrnoStat",
     "ProcessNames",
@@ -297,6 +299,25 @@ class Snapshot:
         return out
 
 
+@dataclass(frozen=True)
+class CollectorStats:
+    """The syscall collector's own figures as of its last poll."""
+
+    rungs: dict[str, str | None]
+    mechanism: str
+    polls: int
+    drops: Drops
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "rungs": dict(self.rungs),
+            "mechanism": self.mechanism,
+            "polls": self.polls,
+            "events_dropped": self.drops.total,
+            "drops": self.drops.to_json(),
+        }
+
+
 @dataclass
 class SyscallTotals:
     """Cumulative per-syscall counters since start (no pid dimension);
@@ -364,22 +385,24 @@ class _ToolLike(Protocol):
     def close(self) -> None: ...
 
 
-def _settle(
-    m: Any, seen: dict[bytes, Any], prev: dict[bytes, Any], late: set[int], dead: set[int]
-) -> None:
-    """Rows of processes left for the next poll keep their previous value
-    (counted again then); rows of dead processes, read for the last time,
-    leave the map."""
+def _settle(m: Any, seen: dict[bytes, Any], dead: set[int]) -> None:
+    """Rows of dead processes, read for the last time, leave the map."""
     for key in list(seen):
         tgid = _U32X2.unpack_from(key)[0]
-        if tgid in late:
-            if key in prev:
-                seen[key] = prev[key]
-            else:
-                del seen[key]
-        elif tgid in dead:
+        if tgid in dead:
             m.delete(key)
             del seen[key]
+
+
+def _tgids(*rows: Iterable[tuple[bytes, bytes]]) -> dict[int, None]:
+    """The processes of map rows, in order of first appearance."""
+    return {_U32X2.unpack_from(key)[0]: None for part in rows for key, _ in part}
+
+
+def _reread(m: Any, rows: list[tuple[bytes, bytes]], gone: set[int]) -> list[tuple[bytes, bytes]]:
+    """``rows`` with those of the ``gone`` processes read again from ``m``."""
+    kept = [(k, v) for k, v in rows if _U32X2.unpack_from(k)[0] not in gone]
+    return kept + [(k, v) for k, v in m.lookup_batch() if _U32X2.unpack_from(k)[0] in gone]
 
 
 def _delta(cur: tuple[int, ...], prev: tuple[int, ...] | None) -> tuple[int, ...]:
@@ -426,8 +449,9 @@ class SyscallCollector:
         self._prev: dict[bytes, tuple[int, ...]] = {}
         self._prev_err: dict[bytes, int] = {}
         self._idle: dict[bytes, int] = {}  # key -> polls in a row read unchanged (both maps)
-        self._late: set[int] = set()  # gone during the last read: reported at this poll
         self._last = 0.0
+        self._polls = 0
+        self._drops = Drops()
         self.totals = SyscallTotals()
 
     # -- lifecycle ---------------------------------------------------------
@@ -484,13 +508,34 @@ class SyscallCollector:
         # their entries can be deleted once read.
         dead = {_U32X2.unpack_from(k)[0] for k in self._prev}
         dead |= {_U32X2.unpack_from(k)[0] for k in self._prev_err}
-        dead = {t for t in dead | self._late if not self.names.alive(t)}
+        dead = {t for t in dead if not self.names.alive(t)}
 
         # Both maps first, back to back: what this process does while
         # decoding (reading /proc) is counted too, and must not land in one
         # map's read and not the other's.
         stats_raw = list(calls_map.lookup_batch())
         errnos_raw = list(errnos_map.lookup_batch()) if self._track_errnos else []
+
+        # A process first seen in this read and gone now ran and exited
+        # since the previous poll; it may have exited during the read, which
+        # is not a snapshot (its execve row missed, say). Its rows are read
+        # again, now that it can no longer change them: complete, reported
+        # in this poll (the interval it ran in, and the last one, which has
+        # no next poll), then deleted like any dead process's. /proc is read
+        # once per process and poll (a gone process's failed open is a
+        # syscall of ours), after both maps; its name is cached, so a live
+        # process costs no stat.
+        proc_names = {t: self.names.lookup(t) for t in _tgids(stats_raw, errnos_raw)}
+        gone = {
+            t
+            for t, name in proc_names.items()
+            if name is None and t not in dead and not self.names.alive(t)
+        }
+        if gone:
+            stats_raw = _reread(calls_map, stats_raw, gone)
+            if self._track_errnos:
+                errnos_raw = _reread(errnos_map, errnos_raw, gone)
+            dead |= gone
 
         # Deltas per row (tgid, nr, cpu), summed per (tgid, nr).
         merged: dict[tuple[int, int], tuple[int, ...]] = {}
@@ -510,9 +555,10 @@ class SyscallCollector:
         rows: list[tuple[int, int, tuple[int, ...]]] = []  # tgid, nr, delta
         for (tgid, nr), d in merged.items():
             rows.append((tgid, nr, d if self.latency else d + _NOT_TIMED))
-            if nr in _exec_nrs() and d[0] > d[1]:
+            if nr in _exec_nrs() and d[0] > d[1] and proc_names.get(tgid) is not None:
                 # it exec'd since: the name /proc gave before is stale
                 self.names.forget(tgid)
+                proc_names[tgid] = self.names.lookup(tgid)
 
         err_counts: dict[tuple[int, int, int], int] = {}  # (tgid, nr, err): summed CPU rows
         seen_err: dict[bytes, int] = {}
@@ -526,30 +572,19 @@ class SyscallCollector:
                 err_counts[k] = err_counts.get(k, 0) + n
 
         # One name per process and poll, the same on its stats and errno
-        # rows: /proc while it runs (once per process: a gone process's
-        # failed open is a syscall of ours, so not once per row), else what
-        # the kernel saw (kernel_name: the program it exec'd, or the command
-        # that made most of its calls). A process that exited during this
-        # read may have been read in part (a batch read is not a snapshot:
-        # its execve row missed, say): it is left for the next poll, which
-        # reads its complete rows, names it and deletes them.
+        # rows: /proc while it runs, else what the kernel saw (kernel_name:
+        # the program it exec'd, or the command that made most of its calls).
         named: dict[int, str] = {}
-        late: set[int] = set()
         for tgid in dict.fromkeys([t for t, _ in merged] + [t for t, _, _ in err_counts]):
-            name = self.names.lookup(tgid)
-            if name is None and tgid not in dead and not self.names.alive(tgid):
-                late.add(tgid)
-            else:
-                named[tgid] = name or kernel_name(raws.get(tgid, ()), self.latency) or "?"
+            name = proc_names.get(tgid)
+            named[tgid] = name or kernel_name(raws.get(tgid, ()), self.latency) or "?"
         stats = [
             SyscallStat(tgid, named[tgid], nr, name_of(nr), d[0], d[1], d[2], d[3:])
             for tgid, nr, d in rows
-            if tgid not in late
         ]
         errs = [
             ErrnoStat(tgid, named[tgid], nr, name_of(nr), err, errno_name(err), n)
             for (tgid, nr, err), n in err_counts.items()
-            if tgid not in late
         ]
 
         idle: dict[bytes, int] = {}
@@ -557,12 +592,11 @@ class SyscallCollector:
             (calls_map, stats_raw, seen, self._prev),
             (errnos_map, errnos_raw, seen_err, self._prev_err),
         ):
-            _settle(m, now_seen, before, late, dead)
-            self._expire_idle(m, dict(raw_rows), now_seen, before, late, idle)
+            _settle(m, now_seen, dead)
+            self._expire_idle(m, dict(raw_rows), now_seen, before, idle)
         for tgid in dead:
             self.names.forget(tgid)
         self._idle = idle
-        self._late = late
         self._prev, self._prev_err = seen, seen_err
 
         snap = Snapshot(
@@ -576,7 +610,13 @@ class SyscallCollector:
             latency=self.latency,
         )
         self.totals.add(snap)
+        self._polls += 1
+        self._drops = snap.drops
         return snap
+
+    def stats(self) -> CollectorStats:
+        """Rungs, and the drops the last poll read (no kernel call)."""
+        return CollectorStats(self.tool.rungs(), self.mechanism, self._polls, self._drops)
 
     def _expire_idle(
         self,
@@ -584,7 +624,6 @@ class SyscallCollector:
         raw_of: dict[bytes, bytes],
         seen: dict[bytes, Any],
         prev: dict[bytes, Any],
-        late: set[int],
         idle: dict[bytes, int],
     ) -> None:
         """Delete the rows of ``m`` read unchanged at :data:`IDLE_POLLS` polls
@@ -593,7 +632,7 @@ class SyscallCollector:
         kept, its change counted next poll); its previous value is dropped
         from ``seen`` so that a row the process recreates counts from zero."""
         for key, cur in list(seen.items()):
-            if key not in prev or prev[key] != cur or _U32X2.unpack_from(key)[0] in late:
+            if key not in prev or prev[key] != cur:
                 continue
             n = self._idle.get(key, 0) + 1
             if n < IDLE_POLLS:
