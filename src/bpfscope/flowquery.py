@@ -237,7 +237,7 @@ def decode_cursor(cursor: str | None) -> int:
         if not raw.startswith("o:"):
             raise ValueError
         offset = int(raw[2:])
-        if offset < 0:
+        if not 0 <= offset < 2**62:  # SQLite's OFFSET is a 64-bit integer
             raise ValueError
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise BadQuery(

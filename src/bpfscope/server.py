@@ -29,7 +29,15 @@ from prometheus_client.process_collector import ProcessCollector
 from . import __version__
 from .agent import Agent
 from .flowgroup import GROUP_KEYS, group_flows, sort_groups
-from .flowquery import MAX_PID, BadQuery, FlowFilter, page, sort_flows
+from .flowquery import (
+    MAX_PID,
+    BadQuery,
+    FlowFilter,
+    decode_cursor,
+    encode_cursor,
+    page,
+    sort_flows,
+)
 from .metrics import SyscallMetrics
 from .store import HistoryQuery
 
@@ -310,6 +318,16 @@ def create_app(
         until: Time = None,
         limit: Limit = 100,
         group_by: GroupBy = None,
+        step: Annotated[
+            int | None,
+            Query(
+                ge=1,
+                le=7 * 86400,
+                description="a time series: totals per step seconds (whole buckets), "
+                "oldest first, of the flows the filters select",
+            ),
+        ] = None,
+        cursor: Annotated[str | None, Query(max_length=64)] = None,
     ) -> Response:
         if agent.store is None:
             return JSONResponse(
@@ -321,11 +339,16 @@ def create_app(
             since=now + since if since is not None and since < 0 else since,
             until=now + until if until is not None and until < 0 else until,
             filter=flt,
-            limit=limit,
+            limit=limit + 1,  # one more tells whether there is a next page
             group_by=group_by,
+            offset=decode_cursor(cursor),
+            step=step,
         )
+        if group_by is not None and step is not None:
+            raise BadQuery("group_by and step exclude each other: filter to one group for a series")
         rows = agent.store.query(q)
-        return JSONResponse({"items": rows, "count": len(rows)})
+        nxt = encode_cursor(q.offset + limit) if len(rows) > limit else None
+        return JSONResponse({"items": rows[:limit], "count": len(rows[:limit]), "next_cursor": nxt})
 
     @app.get(
         "/api/v1/syscalls", summary="Syscall counts and errors (latency with --syscall-latency)"

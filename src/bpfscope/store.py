@@ -130,6 +130,8 @@ class HistoryQuery:
     filter: FlowFilter = field(default_factory=FlowFilter)
     limit: int = 1000
     group_by: str | None = None  # one of flowgroup.GROUP_KEYS: one row per group
+    offset: int = 0  # rows (or groups, or series points) to skip: paging
+    step: int | None = None  # a time series: totals per step seconds, oldest first
 
 
 def query_history(
@@ -152,11 +154,13 @@ def query_history(
         args += cond_args
     if q.group_by is not None:
         return _query_groups(conn, q, where, args)
+    if q.step is not None:
+        return _query_series(conn, q, where, args, bucket_seconds)
     sql = "SELECT * FROM flow_buckets"
     if where:
         sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY bucket_start DESC, tx_bytes + rx_bytes DESC LIMIT ?"
-    args.append(q.limit)
+    sql += " ORDER BY bucket_start DESC, tx_bytes + rx_bytes DESC LIMIT ? OFFSET ?"
+    args += [q.limit, q.offset]
     cur = conn.execute(sql, args)
     names = [d[0] for d in cur.description]
     return [dict(zip(names, row, strict=True)) for row in cur]
@@ -418,16 +422,15 @@ def _query_groups(
     assert q.group_by is not None
     sql = (
         f"SELECT {group_sql(q.group_by)} AS key, "
-        "count(DISTINCT proto || '|' || laddr || '|' || lport || '|' || raddr || '|' "
-        "|| rport || '|' || pid) AS connections, "
+        f"count(DISTINCT {_FLOW_KEY}) AS connections, "
         "sum(tx_bytes) AS tx_bytes, sum(rx_bytes) AS rx_bytes, "
         "min(bucket_start) AS first, max(bucket_start + bucket_seconds) AS last "
         "FROM flow_buckets"
     )
     if where:
         sql += " WHERE " + " AND ".join(where)
-    sql += " GROUP BY key ORDER BY sum(tx_bytes) + sum(rx_bytes) DESC, key LIMIT ?"
-    rows = conn.execute(sql, [*args, q.limit]).fetchall()
+    sql += " GROUP BY key ORDER BY sum(tx_bytes) + sum(rx_bytes) DESC, key LIMIT ? OFFSET ?"
+    rows = conn.execute(sql, [*args, q.limit, q.offset]).fetchall()
     if not rows:
         return []
     if q.since is not None:
@@ -446,6 +449,43 @@ def _query_groups(
             "rx_rate": round(rx / window, 3),
         }
         for key, conns, tx, rx, _first, _last in rows
+    ]
+
+
+_FLOW_KEY: Final = (
+    "proto || '|' || laddr || '|' || lport || '|' || raddr || '|' || rport || '|' || pid"
+)
+
+
+def _query_series(
+    conn: sqlite3.Connection,
+    q: HistoryQuery,
+    where: list[str],
+    args: list[Any],
+    bucket_seconds: int,
+) -> list[dict[str, Any]]:
+    """Totals of the selected flows per step (a whole number of buckets),
+    oldest first: what a chart of one group (its filter) draws."""
+    assert q.step is not None
+    step = max(bucket_seconds, q.step - q.step % bucket_seconds)
+    sql = (
+        f"SELECT bucket_start - bucket_start % {step} AS t, count(DISTINCT {_FLOW_KEY}), "
+        "sum(tx_bytes), sum(rx_bytes) FROM flow_buckets"
+    )
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " GROUP BY t ORDER BY t LIMIT ? OFFSET ?"
+    return [
+        {
+            "time": t,
+            "step": step,
+            "connections": conns,
+            "tx_bytes": tx,
+            "rx_bytes": rx,
+            "tx_rate": round(tx / step, 3),
+            "rx_rate": round(rx / step, 3),
+        }
+        for t, conns, tx, rx in conn.execute(sql, [*args, q.limit, q.offset])
     ]
 
 

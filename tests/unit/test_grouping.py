@@ -18,7 +18,7 @@ from agent_helpers import FakeFlows, make_flow, serve_in_thread
 from bpfscope.agent import Agent
 from bpfscope.cli import cli
 from bpfscope.flowgroup import GROUP_KEYS, group_flows, sort_groups
-from bpfscope.flowquery import BadQuery
+from bpfscope.flowquery import BadQuery, encode_cursor
 from bpfscope.flows.cli import top_grouping
 from bpfscope.ipprofile import IpProfiler
 from bpfscope.server import create_app
@@ -148,3 +148,32 @@ def test_history_cli_group_by(agent: Agent) -> None:
     # the history keeps flows that moved bytes (make_flow(0) moved none)
     moved = sum(1 for i in range(100) if make_flow(i).tx_bytes or make_flow(i).rx_bytes)
     assert sum(r["connections"] for r in rows) == moved
+
+
+def test_history_pages_with_a_cursor_and_draws_a_series(agent: Agent) -> None:
+    with serve_in_thread(create_app(agent)) as url, httpx.Client(base_url=url) as c:
+        everything = c.get("/api/v1/history", params={"limit": 1000}).json()
+        assert everything["next_cursor"] is None
+        seen: list[tuple[int, int, int]] = []
+        cursor = None
+        while True:
+            params: dict[str, str | int] = {"limit": 7}
+            if cursor:
+                params["cursor"] = cursor
+            body = c.get("/api/v1/history", params=params).json()
+            seen += [(r["bucket_start"], r["lport"], r["rport"]) for r in body["items"]]
+            cursor = body["next_cursor"]
+            if cursor is None:
+                break
+        assert seen == [(r["bucket_start"], r["lport"], r["rport"]) for r in everything["items"]]
+        # a series of one group (here: one container) sums to its rows
+        rows = c.get("/api/v1/history", params={"container": "ctr1", "limit": 1000}).json()
+        series = c.get(
+            "/api/v1/history", params={"container": "ctr1", "step": 1, "limit": 1000}
+        ).json()["items"]
+        assert [p["time"] for p in series] == sorted({r["bucket_start"] for r in rows["items"]})
+        assert sum(p["tx_bytes"] for p in series) == sum(r["tx_bytes"] for r in rows["items"])
+        both = c.get("/api/v1/history", params={"group_by": "remote", "step": 10})
+        assert both.status_code == 400
+        huge = c.get("/api/v1/history", params={"cursor": encode_cursor(2**63)})
+        assert huge.status_code == 400
