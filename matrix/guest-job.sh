@@ -14,18 +14,22 @@ now() { date +%s.%N; }
 phase() { echo "$1 $2 $3" >> $R/timings; }   # name start end
 
 uname -r > $R/kernel-release
+# A foreign guest's venv (matrix/run's rootfs) takes bpfscope from the checkout.
+if [ "$VENV" != "$REPO/.venv" ]; then
+    echo "$REPO/src" > "$(echo "$VENV"/lib/python3*/site-packages)/bpfscope-checkout.pth"
+fi
 dmesg --follow --nopager > $R/dmesg.txt 2>&1 &
 dmesg_pid=$!
 trap 'kill $dmesg_pid 2>/dev/null; wait $dmesg_pid 2>/dev/null; sync' EXIT
 ip link set lo up
-hostname "matrix-$(uname -r)"
+hostname "matrix-$(uname -r | sed "s/[^A-Za-z0-9.-]/-/g")"  # 6.12.x+deb13: no "+"
 
 echo "== bpfscope doctor ($(uname -r))"
 t0=$(now)
-"$REPO/.venv/bin/bpfscope" doctor --json > $R/doctor.json 2> $R/doctor.stderr
+"$VENV/bin/bpfscope" doctor --json > $R/doctor.json 2> $R/doctor.stderr
 echo $? > $R/doctor.rc
 phase doctor "$t0" "$(now)"
-"$REPO/.venv/bin/python" -c '
+"$VENV/bin/python" -c '
 import json, sys
 d = json.load(open(sys.argv[1]))
 print(d.get("summary", ""))' $R/doctor.json 2>/dev/null || cat $R/doctor.stderr
@@ -47,7 +51,7 @@ cd "$REPO" || exit 1
 t0=$(now)
 # shellcheck disable=SC2086  # targets and options are word lists on purpose
 BPFSCOPE_REQUIRE_KERNEL_TESTS=1 timeout -k 10 "$PYTEST_TIMEOUT" \
-    "$REPO/.venv/bin/pytest" -p no:cacheprovider -q -rfEs --color=no \
+    "$VENV/bin/pytest" -p no:cacheprovider -q -rfEs --color=no \
     --junitxml=$R/junit.xml -o junit_family=xunit2 \
     $PYTEST_ARGS $PYTEST_TARGETS 2>&1 | tee $R/pytest.log
 echo "${PIPESTATUS[0]}" > $R/pytest.rc

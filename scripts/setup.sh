@@ -17,6 +17,8 @@ STAMP="$VENV/.setup-stamp"
 #  libcap2-bin      capsh for least-privilege runs
 #  linux-libc-dev-arm64-cross     arm64 syscall numbers for the table check
 #  qemu-system-x86 busybox-static the kernel matrix (matrix/run): other kernels in qemu
+#  chromium chromium-driver        the web view's browser tests (Selenium)
+#  prometheus                     evaluates the Grafana dashboards' queries in tests
 # The container image test (tests/kernel/test_container_image.py) installs
 # what only it needs, docker.io, debootstrap and prometheus, through
 # scripts/container-engine when it runs as root, not here for everyone.
@@ -26,6 +28,7 @@ PACKAGES=(
   bpftrace iproute2 nftables util-linux libcap2-bin procps
   linux-libc-dev-arm64-cross
   qemu-system-x86 busybox-static
+  chromium chromium-driver prometheus
 )
 
 missing=()

@@ -27,7 +27,7 @@ from .metrics import FlowMetrics
 from .pipeline import Collector, Sink
 from .sinks import EventBuffer, EventEntry, HistorySink, PollChanges, Published, flow_sample
 from .store import Store
-from .syscalls.collector import Snapshot, SyscallTotals
+from .syscalls.records import Snapshot, SyscallTotals
 
 __all__ = ["Agent", "CollectorState", "EventEntry", "FlowSource", "SyscallSource", "flow_sample"]
 

@@ -53,6 +53,7 @@ class Mechanism(StrEnum):
     CGROUP_SKB = "cgroup_skb"
     RINGBUF = "ringbuf"
     BATCH_OPS = "batch_ops"
+    LOOKUP_AND_DELETE = "lookup_and_delete"
     BPF_STATS = "bpf_stats"
     MAP_ITER = "map_iter"
 
@@ -83,8 +84,8 @@ NEEDS: Final[dict[Mechanism, str]] = {
     Mechanism.TRACEPOINT: "Linux 4.7+ with CONFIG_BPF_EVENTS and tracefs mounted",
     Mechanism.RAW_TP: "Linux 4.17+ with CONFIG_BPF_EVENTS",
     Mechanism.TP_BTF: "Linux 5.5+ with CONFIG_DEBUG_INFO_BTF",
-    Mechanism.FENTRY: "Linux 5.5+ (x86_64) / 6.0+ (arm64) with BPF trampolines and BTF",
-    Mechanism.FEXIT: "Linux 5.5+ (x86_64) / 6.0+ (arm64) with BPF trampolines and BTF",
+    Mechanism.FENTRY: "Linux 5.5+ (x86_64) / 6.4+ (arm64) with BPF trampolines and BTF",
+    Mechanism.FEXIT: "Linux 5.5+ (x86_64) / 6.4+ (arm64) with BPF trampolines and BTF",
     Mechanism.KPROBE: "CONFIG_KPROBES=y and CONFIG_KPROBE_EVENTS=y",
     Mechanism.KRETPROBE: "CONFIG_KPROBES=y and CONFIG_KPROBE_EVENTS=y",
     Mechanism.UPROBE: "CONFIG_UPROBES=y and CONFIG_UPROBE_EVENTS=y",
@@ -92,6 +93,7 @@ NEEDS: Final[dict[Mechanism, str]] = {
     Mechanism.CGROUP_SKB: "Linux 4.10+ with CONFIG_CGROUP_BPF and a cgroup v2 mount",
     Mechanism.RINGBUF: "Linux 5.8+",
     Mechanism.BATCH_OPS: "Linux 5.6+",
+    Mechanism.LOOKUP_AND_DELETE: "Linux 5.14+ (BPF_MAP_LOOKUP_AND_DELETE_ELEM on hash maps)",
     Mechanism.BPF_STATS: "Linux 5.8+ (BPF_ENABLE_STATS)",
     Mechanism.MAP_ITER: "Linux 5.9+ (iterators over map elements; some builds refuse them)",
 }
@@ -229,6 +231,12 @@ def _explain_attach_failure(m: Mechanism, exc: bpf.BpfError) -> str:
             return reason
     if m is Mechanism.TRACEPOINT and system.tracefs_path() is None:
         return "tracefs is not mounted, so tracepoint ids cannot be resolved"
+    if m in (Mechanism.FENTRY, Mechanism.FEXIT) and exc.errno == bpf.ENOTSUPP:
+        # Seen on Debian 12's arm64 6.1: the program loads, the attach refuses.
+        why = "this kernel cannot attach BPF trampolines to kernel functions (ENOTSUPP)"
+        if system.arch() == "aarch64":
+            why += "; on arm64 that needs Linux 6.4+ (ftrace direct calls)"
+        return why
     return f"attach failed: {exc}"
 
 
@@ -343,6 +351,22 @@ def _probe_batch_ops() -> Verdict:
         return _verdict(m, Status.INCONCLUSIVE, str(exc), exc.errno)
 
 
+def _probe_lookup_and_delete() -> Verdict:
+    m = Mechanism.LOOKUP_AND_DELETE
+    try:
+        ok = bpf.have_lookup_and_delete()
+    except bpf.BpfError as exc:
+        return _verdict(m, Status.INCONCLUSIVE, str(exc), exc.errno)
+    if ok:
+        return _verdict(m, Status.AVAILABLE, "BPF_MAP_LOOKUP_AND_DELETE_ELEM took the entry")
+    return _verdict(
+        m,
+        Status.UNSUPPORTED,
+        "the kernel refused BPF_MAP_LOOKUP_AND_DELETE_ELEM on a hash map: idle rows are "
+        "read, then deleted (an update between the two is lost)",
+    )
+
+
 def _probe_bpf_stats() -> Verdict:
     m = Mechanism.BPF_STATS
     try:
@@ -403,6 +427,8 @@ def _probe_uncached(m: Mechanism) -> Verdict:
             return _probe_ringbuf()
         if m is Mechanism.BATCH_OPS:
             return _probe_batch_ops()
+        if m is Mechanism.LOOKUP_AND_DELETE:
+            return _probe_lookup_and_delete()
         if m is Mechanism.BPF_STATS:
             return _probe_bpf_stats()
         if m is Mechanism.MAP_ITER:

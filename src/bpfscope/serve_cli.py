@@ -6,6 +6,7 @@ import contextlib
 import logging
 import signal
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import click
@@ -257,8 +258,15 @@ def serve(
             rungs += f"; syscalls: {syscalls.mechanism}"
         shown = f"[{host}]" if ":" in host else host
         click.echo(f"bpfscope agent on http://{shown}:{port} (hooks: {rungs})", err=True)
+
+        class _Server(uvicorn.Server):
+            def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+                # uvicorn waits for open responses: end the event streams first
+                app.state.stopping.set()
+                super().handle_exit(sig, frame)
+
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
-        server = uvicorn.Server(config)
+        server = _Server(config)
         # uvicorn re-raises the signal that stopped it once it has shut down.
         # With SIGTERM's default action the process would die right there,
         # before the stack below closes the agent (history bucket, exporter):

@@ -40,6 +40,7 @@ from .flowquery import (
 )
 from .metrics import SyscallMetrics
 from .store import HistoryQuery
+from .web import mount_web
 
 __all__ = ["MAX_PAGE", "create_app"]
 
@@ -279,6 +280,12 @@ def create_app(
             out.append(_event_json(entry.seq, e, agent))
         return {"last_seq": agent.last_seq, "items": out[-limit:]}
 
+    # Set when the server begins to shut down (serve_cli): open event
+    # streams (every open web view holds one) end, so shutdown never waits
+    # for a browser tab to go away.
+    stopping = threading.Event()
+    app.state.stopping = stopping
+
     @app.get(
         "/api/v1/connections/stream",
         summary="Live lifecycle events (Server-Sent Events)",
@@ -297,7 +304,7 @@ def create_app(
         async def events() -> AsyncIterator[str]:
             seq, sent = start, 0
             yield f": bpfscope event stream from seq {seq}\n\n"
-            while not await request.is_disconnected():
+            while not (await request.is_disconnected() or stopping.is_set()):
                 for entry in agent.events_since(seq):
                     seq = entry.seq
                     if (type is not None and entry.event.type != type) or not match(entry.event):
@@ -366,7 +373,7 @@ def create_app(
                 {"detail": "the syscall collector is off; start the agent with --syscalls"},
                 status_code=404,
             )
-        from .syscalls.collector import aggregate, aggregate_errnos, grouped_json, top
+        from .syscalls.aggregate import aggregate, aggregate_errnos, grouped_json, top
         from .sysnames import UnknownSyscall, syscall_nr
 
         latency = bool(agent.syscalls.latency)
@@ -432,4 +439,7 @@ def create_app(
     for route in app.routes:
         if isinstance(route, APIRoute) and route.path.startswith("/api/"):
             query_names[route.path] = _query_names(route.dependant)
+    # The web view at / reads the API above from the browser; its static
+    # files carry no data, so they need no token (the API calls do).
+    mount_web(app)
     return app

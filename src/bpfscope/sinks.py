@@ -16,7 +16,7 @@ from typing import Any
 from .flows.records import ConnEvent, FlowRecord
 from .ipprofile import IpProfiler
 from .store import FlowSample, Store
-from .syscalls.collector import Snapshot
+from .syscalls.records import Snapshot
 
 __all__ = ["EventBuffer", "EventEntry", "HistorySink", "PollChanges", "Published", "flow_sample"]
 

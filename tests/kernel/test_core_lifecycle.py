@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -130,7 +131,8 @@ def test_unprivileged_user_is_told_which_capabilities_are_missing() -> None:
 
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="unshare (util-linux) missing")
 def test_missing_libbpf_names_the_package(tmp_path: Path) -> None:
-    lib = Path("/usr/lib/x86_64-linux-gnu/libbpf.so.1")
+    # Debian's multiarch directory: x86_64-linux-gnu, aarch64-linux-gnu
+    lib = Path(f"/usr/lib/{platform.machine()}-linux-gnu/libbpf.so.1")
     if not lib.exists():
         pytest.skip("libbpf.so.1 is not at the Debian path on this machine")
     empty = tmp_path / "empty"

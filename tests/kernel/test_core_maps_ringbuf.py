@@ -96,6 +96,21 @@ def test_lookup_and_delete_batch_drains_the_map() -> None:
         assert list(flows.keys()) == []
 
 
+def test_take_returns_the_value_it_deletes() -> None:
+    """Map.take: one lookup-and-delete where the kernel has it (hash maps,
+    5.14+), else read then delete; the value comes back, the key is gone."""
+    with selftest.load() as tool:
+        flows = tool.obj.map("selftest_flows")
+        expected = _fill(flows, 50)
+        ops = [flows.lookup_and_delete] if bpf.have_lookup_and_delete() else []
+        for take in [flows.take, *ops]:
+            key = next(iter(expected))
+            assert take(key) == expected.pop(key)
+            assert flows.lookup(key) is None
+            assert take(key) is None
+        assert dict(flows.lookup_batch()) == expected
+
+
 def test_per_key_fallback_gives_the_same_answer() -> None:
     with selftest.load() as tool:
         flows = tool.obj.map("selftest_flows")

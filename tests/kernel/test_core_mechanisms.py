@@ -150,5 +150,12 @@ def test_doctor_verdicts_agree_with_the_kernel() -> None:
 
 
 def test_ringbuf_batch_and_stats_probes() -> None:
-    verdicts = features.probe_all((Mechanism.RINGBUF, Mechanism.BATCH_OPS, Mechanism.BPF_STATS))
+    verdicts = features.probe_all(
+        (
+            Mechanism.RINGBUF,
+            Mechanism.BATCH_OPS,
+            Mechanism.LOOKUP_AND_DELETE,
+            Mechanism.BPF_STATS,
+        )
+    )
     assert all(v.status is not Status.INCONCLUSIVE for v in verdicts.values()), verdicts

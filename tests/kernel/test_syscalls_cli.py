@@ -155,7 +155,9 @@ def test_a_process_that_exits_in_the_last_interval_is_in_the_last_report(stop: s
     before Ctrl-C or SIGTERM ends tracing, is in that report with its exact
     count: the last report drains everything counted up to the stop."""
     args = ["-s", "getppid", "--by", "both", "-T", "0", "--json"]
-    args += ["-i", "3", "-n", "1"] if stop == "-n" else ["-i", "60"]
+    # -n: one interval long enough for the child to start, run and exit in
+    # it on a loaded machine (checked below, so a slow start fails as such).
+    args += ["-i", "8", "-n", "1"] if stop == "-n" else ["-i", "60"]
     cli = subprocess.Popen(
         [*BPFSCOPE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -163,6 +165,7 @@ def test_a_process_that_exits_in_the_last_interval_is_in_the_last_report(stop: s
         _wait_attached(cli)
         child = subprocess.Popen([sys.executable, "-c", SHORT])
         assert child.wait(timeout=30) == 0
+        assert cli.poll() is None, "the interval ended before the child exited"
         if stop != "-n":
             cli.send_signal(getattr(signal, stop))
         out, err = cli.communicate(timeout=30)

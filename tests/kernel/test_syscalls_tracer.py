@@ -20,7 +20,7 @@ from bpfscope.bench.references import SYSCALLS as REFERENCES
 from bpfscope.bench.references import load_reference
 from bpfscope.features import Mechanism
 from bpfscope.objects import object_bytes
-from bpfscope.syscalls.collector import Snapshot, SyscallCollector, SyscallStat, bucket_of
+from bpfscope.syscalls.collector import SyscallCollector
 from bpfscope.syscalls.programs import (
     CountsValue,
     ErrnoKey,
@@ -31,6 +31,7 @@ from bpfscope.syscalls.programs import (
     load,
     stats_map,
 )
+from bpfscope.syscalls.records import Snapshot, SyscallStat, bucket_of
 from bpfscope.sysnames import syscall_nr
 from kernel_require import require
 

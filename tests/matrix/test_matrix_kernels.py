@@ -25,15 +25,23 @@ REPO = Path(__file__).resolve().parents[2]
 RUN = REPO / "matrix" / "run"
 
 
+QEMU = {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}
+
+
 def _kernels() -> list[tuple[str, tuple[str, ...]]]:
     rows = []
     for line in (REPO / "matrix" / "kernels.conf").read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
             name, _suite, _pkg, *rest = line.split()
-            expect = tuple(rest[0].removeprefix("expect=").split(",")) if rest else ()
+            opts = dict(r.split("=", 1) for r in rest)
+            expect = tuple(opts["expect"].split(",")) if "expect" in opts else ()
+            ARCH[name] = opts.get("arch", "x86_64")
             rows.append((name, expect))
     return rows
+
+
+ARCH: dict[str, str] = {}
 
 
 def _selected() -> list[tuple[str, tuple[str, ...]]]:
@@ -59,8 +67,9 @@ def _report(r: dict[str, Any]) -> str:
 def test_kernel_suite_passes_in_guest(kernel: str, expect: tuple[str, ...], tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("the kernel matrix runs qemu with a 9p export of / and needs root")
-    if shutil.which("qemu-system-x86_64") is None:
-        pytest.skip("qemu-system-x86_64 missing (apt-get install qemu-system-x86)")
+    qemu = QEMU[ARCH.get(kernel, "x86_64")]
+    if shutil.which(qemu) is None:
+        pytest.skip(f"{qemu} missing (apt-get install qemu-system-x86 / qemu-system-arm)")
     tests = os.environ.get("BPFSCOPE_MATRIX_TESTS", "core").split()
     proc = subprocess.run(
         [str(RUN), "-k", kernel, "--tests", *tests, "--json", "--out", str(tmp_path)],

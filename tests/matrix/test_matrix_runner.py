@@ -159,5 +159,40 @@ def test_unknown_kernel_is_one_line_exit_2() -> None:
     )
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
-        "matrix: unknown kernel no-such-kernel; known: debian12-6.1, debian11-5.10"
+        "matrix: unknown kernel no-such-kernel; known: debian12-6.1, debian11-5.10, "
+        "debian13-6.12, debian12-6.1-arm64, debian13-6.12-arm64"
     ]
+
+
+def test_arm64_kernels_boot_under_qemu_aarch64_with_their_own_root(tmp_path: Path) -> None:
+    kernels = {k.name: k for k in mx.read_kernels()}
+    arm = kernels["debian12-6.1-arm64"]
+    assert arm.arch == "aarch64"
+    assert kernels["debian13-6.12"].arch == "x86_64"
+    # Debian 12's arm64 6.1 cannot attach trampolines: it must not expect them.
+    assert "fentry" not in arm.expect
+    assert "kprobe" in arm.expect
+    a = mx.argparse.Namespace(cpus=2, memory=2048)
+    info = {"vmlinuz": "/k/vmlinuz"}
+    rootfs = tmp_path / "rootfs"
+    cmd = mx.qemu_cmd(tmp_path, info, tmp_path, "tcg", a, "aarch64", rootfs)
+    assert cmd[0] == "qemu-system-aarch64"
+    assert cmd[cmd.index("-machine") + 1] == "virt"
+    append = cmd[cmd.index("-append") + 1]
+    assert "console=ttyAMA0" in append
+    assert f"matrix.repo={mx.REPO}" in append
+    fsdevs = [cmd[i + 1] for i, x in enumerate(cmd) if x == "-fsdev"]
+    assert any(f.startswith(f"local,id=root,path={rootfs},") for f in fsdevs)
+    assert any(f.startswith(f"local,id=repo,path={mx.REPO},") for f in fsdevs)
+    # x86_64 guests keep the host's root and no repo share.
+    x86 = mx.qemu_cmd(tmp_path, info, tmp_path, "tcg", a)
+    assert x86[0] == "qemu-system-x86_64"
+    assert "matrix.repo=" not in x86[x86.index("-append") + 1]
+    assert any(x.startswith("local,id=root,path=/,") for x in x86)
+
+
+def test_guest_requirements_leave_out_the_development_tools() -> None:
+    reqs = mx._guest_requirements()
+    names = {r.split(">")[0].split("=")[0].lower() for r in reqs}
+    assert {"click", "pytest", "fastapi", "hypothesis"} <= names
+    assert not names & {"ruff", "mypy", "build", "hatchling", "bpfscope[agent,lab,otlp]"}

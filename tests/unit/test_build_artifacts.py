@@ -64,6 +64,9 @@ def test_wheel_ships_the_same_objects(tmp_path: Path) -> None:
             if "/objects/" in n and n.endswith(".bpf.o")
         }
         assert "bpfscope/py.typed" in zf.namelist()
+        web = {n.rsplit("/", 1)[1] for n in zf.namelist() if "/web/static/" in n}
+    # the web view's page and modules are package data too
+    assert web == {p.name for p in (ROOT / "src" / "bpfscope" / "web" / "static").iterdir()}
     local = {str(p.relative_to(OBJECTS)): _sha(p.read_bytes()) for p in OBJECTS.rglob("*.bpf.o")}
     assert shipped == local
     assert shipped  # at least one object shipped

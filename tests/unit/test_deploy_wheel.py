@@ -107,10 +107,11 @@ def test_installed_package_and_objects_come_from_the_wheel(installed: Installed)
         "-c",
         "import json, bpfscope, bpfscope.objects as o; "
         "print(json.dumps([bpfscope.__file__, str(o.object_path('flows')), "
-        "o.available_objects()]))",
+        "o.available_objects(), o.available_objects('aarch64'), "
+        "str(o.object_path('flows', 'aarch64'))]))",
     )
     assert out.returncode == 0, out.stderr
-    module, flows_obj, objects = json.loads(out.stdout)
+    module, flows_obj, objects, arm64_objects, arm64_flows = json.loads(out.stdout)
     site = str(installed.venv / "lib")
     assert module.startswith(site)
     assert flows_obj.startswith(site)
@@ -119,8 +120,14 @@ def test_installed_package_and_objects_come_from_the_wheel(installed: Installed)
         shipped = {
             Path(n).name.removesuffix(".bpf.o") for n in zf.namelist() if n.endswith(".bpf.o")
         }
+        arches = {Path(n).parent.name for n in zf.namelist() if n.endswith(".bpf.o")}
     assert set(objects) == shipped
     assert {"flows", "probe", "selftest"} <= shipped
+    # One wheel for both architectures: objects/<uname -m>/ is chosen at run time.
+    assert arches == {"x86_64", "aarch64"}
+    assert set(arm64_objects) == shipped
+    assert arm64_flows.startswith(site)
+    assert arm64_flows.endswith("/aarch64/flows.bpf.o")
 
 
 def test_no_compiler_is_needed_at_install(installed: Installed) -> None:

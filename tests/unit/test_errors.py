@@ -107,3 +107,17 @@ def test_libbpf_log_reaches_logging_and_the_exception(caplog: pytest.LogCaptureF
     assert any("libbpf" in r.message or "elf" in r.message.lower() for r in caplog.records)
     assert "open BPF object garbage" in str(info.value)
     assert "BPF object format invalid" in str(info.value)  # libbpf's own errno, named
+
+
+@pytest.mark.parametrize(("machine", "says_arm64"), [("aarch64", True), ("x86_64", False)])
+def test_trampoline_attach_enotsupp_is_explained(
+    monkeypatch: pytest.MonkeyPatch, machine: str, says_arm64: bool
+) -> None:
+    # Debian 12's arm64 6.1 loads fentry programs but refuses to attach them.
+    from bpfscope import features
+
+    monkeypatch.setattr(system, "arch", lambda: machine)
+    exc = bpf.BpfError("attach probe_fentry", bpf.ENOTSUPP)
+    why = features._explain_attach_failure(features.Mechanism.FENTRY, exc)
+    assert "cannot attach BPF trampolines" in why
+    assert ("arm64 that needs Linux 6.4+" in why) is says_arm64

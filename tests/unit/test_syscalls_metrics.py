@@ -9,8 +9,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bpfscope.metrics import SyscallMetrics
-from bpfscope.syscalls.collector import SyscallTotals
 from bpfscope.syscalls.programs import HIST_SLOTS
+from bpfscope.syscalls.records import SyscallTotals
 
 
 class Source:

@@ -17,25 +17,16 @@ from hypothesis import strategies as st
 from bpfscope.cli import cli
 from bpfscope.clikit import parse_cgroup, validate_pid
 from bpfscope.errors import UserError
+from bpfscope.syscalls.aggregate import aggregate, aggregate_errnos, grouped_json, top
 from bpfscope.syscalls.cli import parse_syscalls
 from bpfscope.syscalls.collector import (
     IDLE_POLLS,
-    Drops,
-    ErrnoStat,
     ProcessNames,
-    Snapshot,
     SyscallCollector,
-    SyscallStat,
-    aggregate,
-    aggregate_errnos,
-    bucket_bounds_ns,
-    bucket_of,
     decode_stats,
-    grouped_json,
     kernel_name,
     name_of,
     sum_percpu,
-    top,
 )
 from bpfscope.syscalls.programs import (
     DEFAULT_MAX_ENTRIES,
@@ -47,6 +38,14 @@ from bpfscope.syscalls.programs import (
     idle_bytes,
     map_sizes,
     syscall_mask,
+)
+from bpfscope.syscalls.records import (
+    Drops,
+    ErrnoStat,
+    Snapshot,
+    SyscallStat,
+    bucket_bounds_ns,
+    bucket_of,
 )
 from bpfscope.syscalls.render import (
     ViewOptions,
@@ -481,6 +480,10 @@ class FakeMap:
         self.deleted.append(bytes(key))
         return self.entries.pop(bytes(key), None) is not None
 
+    def take(self, key: Any) -> bytes | None:
+        self.deleted.append(bytes(key))
+        return self.entries.pop(bytes(key), None)
+
     def sum_percpu_u64(self, key: Any) -> int:
         return 0
 
@@ -645,8 +648,9 @@ def test_errors_added_after_a_read_are_counted_at_the_next_poll() -> None:
 def test_idle_rows_of_a_live_process_are_deleted_after_idle_polls() -> None:
     """A row read unchanged at IDLE_POLLS polls in a row is deleted (stats
     and errno rows alike), not before; a row that changed is kept; a row
-    that moves between the read and the delete is kept; a row recreated
-    after its deletion counts from zero."""
+    that moves between the read and the delete is deleted with what it
+    holds then, counted at that poll; a row recreated after its deletion
+    counts from zero."""
     read, close, openat = syscall_nr("read"), syscall_nr("close"), syscall_nr("openat")
     stats = {
         **_rows(5, read, _counts(10, 0, b"a"), _counts(3, 0, b"a")),
@@ -659,13 +663,13 @@ def test_idle_rows_of_a_live_process_are_deleted_after_idle_polls() -> None:
     counts, errs = tool.maps["syscalls_counts"], tool.maps["syscalls_errnos"]
     moved = _key(5, openat)
 
-    class MovesOnReRead(FakeMap):
-        """openat's row moves after the batch read, before the re-read."""
+    class MovesBeforeTake(FakeMap):
+        """openat's row moves after the batch read, before it is taken."""
 
-        def lookup(self, key: Any) -> bytes | None:
+        def take(self, key: Any) -> bytes | None:
             if bytes(key) == moved:
                 self.entries[moved] = _counts(7, 2, b"a")
-            return super().lookup(key)
+            return super().take(key)
 
     with SyscallCollector(loader=lambda: tool, names=FakeNames({5})) as c:
         c.poll()  # first read
@@ -675,13 +679,16 @@ def test_idle_rows_of_a_live_process_are_deleted_after_idle_polls() -> None:
             assert [(s.syscall, s.count) for s in c.poll().stats] == [("read", 1)]
             assert counts.deleted == []
             assert errs.deleted == []
-        tool.maps["syscalls_counts"] = counts = MovesOnReRead(counts.entries)
+        tool.maps["syscalls_counts"] = counts = MovesBeforeTake(counts.entries)
         counts.entries[_key(5, read, 0)] = _counts(10 + IDLE_POLLS, 0, b"a")
-        c.poll()  # the IDLE_POLLS-th unchanged read of the idle rows
-        assert sorted(counts.deleted) == sorted([_key(5, read, 1), _key(5, close)])
+        # the IDLE_POLLS-th unchanged read of the idle rows: openat's call
+        # that landed meanwhile is in the value taken, and counted now
+        snap = c.poll()
+        assert sorted((s.syscall, s.count) for s in snap.stats) == [("openat", 1), ("read", 1)]
+        assert sorted(counts.deleted) == sorted([_key(5, read, 1), _key(5, close), moved])
         assert sorted(errs.deleted) == errno_keys
-        assert set(counts.entries) == {_key(5, read, 0), moved}  # busy, and moved: kept
-        assert [(s.syscall, s.count) for s in c.poll().stats] == [("openat", 1)]
+        assert set(counts.entries) == {_key(5, read, 0)}  # busy: kept
+        assert c.poll().stats == ()
         # The process calls close again on CPU 0 and read on CPU 1: new rows,
         # counted from zero (not against the deleted rows' 4 and 3).
         counts.entries.update(_rows(5, close, _counts(5, 0, b"a")))
@@ -694,6 +701,36 @@ def test_idle_rows_of_a_live_process_are_deleted_after_idle_polls() -> None:
         ]
         assert [(e.syscall, e.count) for e in snap.errnos] == [("close", 2)]
         assert c.totals.count == {"read": 10 + 3 + IDLE_POLLS + 4, "close": 9, "openat": 7}
+
+
+def test_a_call_landing_as_an_idle_row_is_taken_is_counted_in_that_poll() -> None:
+    """The only call a process made in an interval landed on an idle row
+    (stats and errno alike) after the poll's read, as the row was taken:
+    it is in the value taken, counted and named in that poll, and the
+    totals stay exact."""
+    close = syscall_nr("close")
+    tool = _maps(
+        _rows(7, close, _counts(5, 5, b"idle")), {_ekey(7, close, 9): struct.pack("=Q", 5)}
+    )
+
+    class CallLandsBeforeTake(FakeMap):
+        def take(self, key: Any) -> bytes | None:
+            k = bytes(key)
+            self.entries[k] = _counts(6, 6, b"idle") if len(k) == 12 else struct.pack("=Q", 6)
+            return super().take(key)
+
+    with SyscallCollector(loader=lambda: tool, names=FakeNames({7})) as c:
+        for _ in range(IDLE_POLLS):
+            c.poll()
+        tool.maps["syscalls_counts"] = CallLandsBeforeTake(tool.maps["syscalls_counts"].entries)
+        tool.maps["syscalls_errnos"] = CallLandsBeforeTake(tool.maps["syscalls_errnos"].entries)
+        snap = c.poll()
+        assert [(s.tgid, s.comm, s.count, s.errors) for s in snap.stats] == [(7, "idle", 1, 1)]
+        assert [(e.comm, e.errno, e.count) for e in snap.errnos] == [("idle", "EBADF", 1)]
+        assert not tool.maps["syscalls_counts"].entries
+        assert not tool.maps["syscalls_errnos"].entries
+        assert c.totals.count == {"close": 6}
+        assert c.totals.errors == {("close", "EBADF"): 6}
 
 
 def _maps(stats: dict[bytes, bytes], errnos: dict[bytes, bytes]) -> FakeTool:

@@ -7,7 +7,7 @@ with the counting body on getpid.
 
 from __future__ import annotations
 
-from .. import targets
+from .. import system, targets
 from ..features import Mechanism
 from ..ladder import Hook, Rung
 from .programs import program_name
@@ -21,7 +21,8 @@ CORE = False
 
 
 def hooks() -> list[Hook]:
-    entry = targets.syscall_entry_function("getpid") or "__x64_sys_getpid"
+    # the arch wrapper's name (__x64_sys_/__arm64_sys_) when BTF has no entry
+    entry = targets.syscall_entry_function("getpid") or system.syscall_function_prefix() + "getpid"
     return [
         Hook(
             "getpid",

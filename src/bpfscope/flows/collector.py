@@ -305,7 +305,8 @@ class FlowCollector:
         for key in [k for k in flows if k not in present]:
             del flows[key]
             self._evicted_seen += 1
-        removed = self._expire(now)
+        removed, moved = self._expire(now, dt)
+        changed.extend(moved)
         events = [self._enrich_event(e) for e in self._events]
         self._events.clear()
         self._refresh_stats(len(items) - removed)
@@ -374,9 +375,15 @@ class FlowCollector:
         tracked.raw = raw
         tracked.changed_at = now
 
-    def _expire(self, now: float) -> int:
-        """Delete closed flows once reported, and idle flows, from both tables;
-        returns how many were deleted from the kernel table."""
+    def _expire(self, now: float, dt: float) -> tuple[int, list[FlowRecord]]:
+        """Delete closed flows once reported, and idle flows, from both tables.
+
+        Each leaves the kernel table in one step where the kernel can
+        (lookup-and-delete): traffic that landed since this poll's read is
+        in the value taken, and reported now, not lost. Returns how many
+        were deleted from the kernel table and the records of those that
+        had moved meanwhile.
+        """
         m = self.attached.obj.map(FLOW_MAP)
         doomed = [
             key
@@ -385,16 +392,18 @@ class FlowCollector:
             and (t.record.closed is not None or now - t.changed_at >= self.idle_timeout)
         ]
         deleted = 0
+        moved: list[FlowRecord] = []
         for key in doomed:
-            tracked = self._flows[key]
-            current = m.lookup(key)
-            if current is not None and current != tracked.raw:
-                continue  # it moved meanwhile: keep it, report it next poll
-            if current is not None and m.delete(key):
-                deleted += 1
-            del self._flows[key]
+            tracked = self._flows.pop(key)
+            value = m.take(key)
+            if value is None:
+                continue  # the kernel evicted it meanwhile: counted as evicted
+            deleted += 1
+            if value != tracked.raw:
+                self._update(tracked, value, dt, now)
+                moved.append(tracked.record)
         self._removed += deleted
-        return deleted
+        return deleted, moved
 
     def _refresh_stats(self, present: int) -> None:
         obj = self.attached.obj

@@ -94,7 +94,16 @@ from .introspect import (
     prog_info_by_id,
     prog_info_struct_by_id,
 )
-from .maps import BPF_ANY, BPF_EXIST, BPF_NOEXIST, Map, MapType, create_map, num_possible_cpus
+from .maps import (
+    BPF_ANY,
+    BPF_EXIST,
+    BPF_NOEXIST,
+    Map,
+    MapType,
+    create_map,
+    have_lookup_and_delete,
+    num_possible_cpus,
+)
 from .object import BpfObject, Globals
 from .programs import AttachKind, Link, Program
 from .ringbuf import RingBuffer
@@ -156,6 +165,7 @@ __all__ = [
     "btf_type_count",
     "create_map",
     "enable_run_time_stats",
+    "have_lookup_and_delete",
     "libbpf",
     "libbpf_version",
     "link_fd_by_id",

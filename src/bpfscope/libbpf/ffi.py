@@ -242,6 +242,7 @@ SIGNATURES: Final[dict[str, tuple[Any, list[Any]]]] = {
     "bpf_map_lookup_elem": (_int, [_int, _vp, _vp]),
     "bpf_map_update_elem": (_int, [_int, _vp, _vp, ctypes.c_uint64]),
     "bpf_map_delete_elem": (_int, [_int, _vp]),
+    "bpf_map_lookup_and_delete_elem": (_int, [_int, _vp, _vp]),
     "bpf_map_get_next_key": (_int, [_int, _vp, _vp]),
     "bpf_map_lookup_batch": (
         _int,

@@ -11,6 +11,7 @@ import errno as errno_mod
 import os
 import struct
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
@@ -24,6 +25,7 @@ __all__ = [
     "Map",
     "MapType",
     "create_map",
+    "have_lookup_and_delete",
     "num_possible_cpus",
 ]
 
@@ -209,6 +211,36 @@ class Map:
         check_ret(ret, f"delete from map {self.name}")
         return True
 
+    def lookup_and_delete(self, key: Any) -> bytes | None:
+        """Read and delete one entry in one step (BPF_MAP_LOOKUP_AND_DELETE_ELEM):
+        the value returned is the value deleted; None if the key is absent.
+
+        Hash maps need Linux 5.14+; older kernels refuse (BpfError with
+        EINVAL or ENOTSUPP): see :meth:`take`.
+        A program that looked the entry up just before the delete may still
+        add to it after the copy (programs update values in place): that
+        window is one program run, not a user-space round trip.
+        """
+        kbuf = self._key_buf(key)
+        vbuf = ctypes.create_string_buffer(self._value_buf_size)
+        ret = libbpf().bpf_map_lookup_and_delete_elem(self.fd, kbuf, vbuf)
+        if ret == -errno_mod.ENOENT:
+            return None
+        check_ret(ret, f"lookup-and-delete in map {self.name}")
+        return vbuf.raw
+
+    def take(self, key: Any) -> bytes | None:
+        """Delete ``key`` and return the value deleted (None if absent): in
+        one step where the kernel has lookup-and-delete for hash maps
+        (:func:`have_lookup_and_delete`), else read, then deleted, when an
+        update landing between the two is lost."""
+        if have_lookup_and_delete():
+            return self.lookup_and_delete(key)
+        value = self.lookup(key)
+        if value is not None and not self.delete(key):
+            return None  # deleted by someone else meanwhile: not ours to count
+        return value
+
     def keys(self) -> Iterator[bytes]:
         """Iterate keys with get_next_key (entries may change meanwhile)."""
         lib = libbpf()
@@ -306,6 +338,36 @@ class Map:
                 return out
             ctypes.memmove(in_tok, out_tok, token_size)
             first = False
+
+
+_lookup_and_delete_lock = threading.Lock()
+_lookup_and_delete: bool | None = None
+
+
+def have_lookup_and_delete() -> bool:
+    """Whether this kernel has BPF_MAP_LOOKUP_AND_DELETE_ELEM for hash and
+    LRU hash maps (Linux 5.14+), tried once per process on scratch maps."""
+    global _lookup_and_delete
+    with _lookup_and_delete_lock:
+        if _lookup_and_delete is None:
+            _lookup_and_delete = _try_lookup_and_delete()
+        return _lookup_and_delete
+
+
+def _try_lookup_and_delete() -> bool:
+    key, value = (1).to_bytes(4, sys.byteorder), (2).to_bytes(8, sys.byteorder)
+    for map_type in (MapType.HASH, MapType.LRU_HASH):
+        with create_map(map_type, 4, 8, 2, "bpfscope_probe") as m:
+            m.update(key, value)
+            try:
+                taken = m.lookup_and_delete(key)
+            except BpfError as exc:
+                if exc.errno in (errno_mod.EINVAL, errno_mod.EOPNOTSUPP, ENOTSUPP):
+                    return False
+                raise
+            if taken != value or m.lookup(key) is not None:
+                return False
+    return True
 
 
 def create_map(

@@ -18,20 +18,19 @@ A process that exited since the previous poll is reported in this poll,
 complete (see :meth:`SyscallCollector.poll`), and its kernel rows (on every
 CPU) are deleted after that last read, so the maps only hold live processes; rows of live
 processes unchanged for :data:`IDLE_POLLS` polls in a row are deleted too
-(re-read first: only if still unchanged), so a long-lived process holds rows
+(taken with lookup-and-delete where the kernel can), so a long-lived process holds rows
 for what it does now, not for every (syscall, CPU) it ever used.
 """
 
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import operator
 import os
 import struct
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from ..features import Mechanism
@@ -48,25 +47,23 @@ from .programs import (
     load,
     stats_map,
 )
+from .records import (
+    CollectorStats,
+    Drops,
+    ErrnoStat,
+    Snapshot,
+    SyscallStat,
+    SyscallTotals,
+)
 
 __all__ = [
     "IDLE_POLLS",
-    "CollectorStats",
-    "Drops",
-    "ErrnoStat",
     "ProcessNames",
-    "Snapshot",
     "SyscallCollector",
-    "SyscallStat",
-    "SyscallTotals",
-    "aggregate",
-    "bucket_bounds_ns",
-    "bucket_of",
     "decode_stats",
     "kernel_name",
     "name_of",
     "sum_percpu",
-    "top",
 ]
 
 
@@ -92,19 +89,6 @@ _U32X3 = struct.Struct("=III")
 # Polls in a row a row must be read unchanged before it is deleted (at 1 s
 # polls: idle 5 s). Its next call recreates it, counted from zero.
 IDLE_POLLS: Final = 5
-
-
-def bucket_of(latency_ns: int) -> int:
-    """The histogram slot the kernel puts ``latency_ns`` in (floor(log2), capped)."""
-    if latency_ns <= 1:
-        return 0
-    return min(latency_ns.bit_length() - 1, HIST_SLOTS - 1)
-
-
-def bucket_bounds_ns(slot: int) -> tuple[int, int | None]:
-    """[low, high) of a slot in ns; the last slot has no upper bound."""
-    low = 0 if slot == 0 else 1 << slot
-    return low, (None if slot == HIST_SLOTS - 1 else 1 << (slot + 1))
 
 
 _NAMES_BY_NR: dict[int, str] | None = None
@@ -185,163 +169,6 @@ def kernel_name(entries: Iterable[tuple[int, bytes]], latency: bool = True) -> s
     return max(became or calls, key=lambda name: (calls[name], name), default="")
 
 
-@dataclass(frozen=True)
-class SyscallStat:
-    """One (process, syscall) over an interval (or since start, for totals)."""
-
-    tgid: int
-    comm: str
-    nr: int
-    syscall: str
-    count: int
-    errors: int
-    total_ns: int
-    hist: tuple[int, ...]
-
-    @property
-    def mean_ns(self) -> float:
-        timed = sum(self.hist)
-        return self.total_ns / timed if timed else 0.0
-
-    def to_json(self, latency: bool = True) -> dict[str, Any]:
-        """``latency=False`` (counts mode: nothing was timed) leaves out
-        ``total_ns``, ``mean_ns`` and ``latency_log2_ns``."""
-        out: dict[str, Any] = {
-            "pid": self.tgid,
-            "comm": self.comm,
-            "syscall": self.syscall,
-            "nr": self.nr,
-            "count": self.count,
-            "errors": self.errors,
-        }
-        if latency:
-            out["total_ns"] = self.total_ns
-            out["mean_ns"] = round(self.mean_ns, 1)
-            out["latency_log2_ns"] = list(self.hist)
-        return out
-
-
-@dataclass(frozen=True)
-class ErrnoStat:
-    tgid: int
-    comm: str
-    nr: int
-    syscall: str
-    err: int
-    errno: str
-    count: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "pid": self.tgid,
-            "comm": self.comm,
-            "syscall": self.syscall,
-            "nr": self.nr,
-            "errno": self.errno,
-            "err": self.err,
-            "count": self.count,
-        }
-
-
-@dataclass(frozen=True)
-class Drops:
-    """Cumulative kernel-side losses since start (maps full)."""
-
-    inflight_nomem: int = 0
-    stats_full: int = 0
-    errnos_full: int = 0
-    skipped: int = 0  # program runs the kernel skipped (recursion guard)
-
-    @property
-    def total(self) -> int:
-        return self.inflight_nomem + self.stats_full + self.errnos_full + self.skipped
-
-    def to_json(self) -> dict[str, int]:
-        return {
-            "inflight_nomem": self.inflight_nomem,
-            "stats_full": self.stats_full,
-            "errnos_full": self.errnos_full,
-            "skipped": self.skipped,
-        }
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """What happened between two polls."""
-
-    time: float  # wall clock at the poll (Unix seconds)
-    elapsed_s: float
-    stats: tuple[SyscallStat, ...]
-    errnos: tuple[ErrnoStat, ...]
-    drops: Drops
-    mechanism: str
-    filter: SyscallFilter = field(default_factory=SyscallFilter)
-    latency: bool = False  # calls were timed (latency mode)
-
-    @property
-    def total_calls(self) -> int:
-        return sum(s.count for s in self.stats)
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "time": round(self.time, 3),
-            "interval_s": round(self.elapsed_s, 3),
-            "mechanism": self.mechanism,
-            "filter": self.filter.describe(),
-            "latency": self.latency,
-            "total_calls": self.total_calls,
-            "stats": [s.to_json(self.latency) for s in self.stats],
-            "errnos": [e.to_json() for e in self.errnos],
-            "drops": self.drops.to_json(),
-        }
-        if self.latency:
-            out["hist_buckets"] = "slot i: [2^i, 2^(i+1)) ns; slot 0 from 0; last slot unbounded"
-        return out
-
-
-@dataclass(frozen=True)
-class CollectorStats:
-    """The syscall collector's own figures as of its last poll."""
-
-    rungs: dict[str, str | None]
-    mechanism: str
-    polls: int
-    drops: Drops
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "rungs": dict(self.rungs),
-            "mechanism": self.mechanism,
-            "polls": self.polls,
-            "events_dropped": self.drops.total,
-            "drops": self.drops.to_json(),
-        }
-
-
-@dataclass
-class SyscallTotals:
-    """Cumulative per-syscall counters since start (no pid dimension);
-    ``total_ns`` and ``hist`` stay empty in counts mode."""
-
-    count: dict[str, int] = field(default_factory=dict)
-    errors: dict[tuple[str, str], int] = field(default_factory=dict)  # (syscall, errno)
-    total_ns: dict[str, int] = field(default_factory=dict)
-    hist: dict[str, list[int]] = field(default_factory=dict)
-
-    def add(self, snap: Snapshot) -> None:
-        for s in snap.stats:
-            self.count[s.syscall] = self.count.get(s.syscall, 0) + s.count
-            if not snap.latency:
-                continue
-            self.total_ns[s.syscall] = self.total_ns.get(s.syscall, 0) + s.total_ns
-            h = self.hist.setdefault(s.syscall, [0] * HIST_SLOTS)
-            for i, v in enumerate(s.hist):
-                h[i] += v
-        for e in snap.errnos:
-            k = (e.syscall, e.errno)
-            self.errors[k] = self.errors.get(k, 0) + e.count
-
-
 class ProcessNames:
     """tgid -> command from ``/proc``, cached (a process may be gone by the
     time it is shown; then its last known name, or ``?``)."""
@@ -403,6 +230,13 @@ def _reread(m: Any, rows: list[tuple[bytes, bytes]], gone: set[int]) -> list[tup
     """``rows`` with those of the ``gone`` processes read again from ``m``."""
     kept = [(k, v) for k, v in rows if _U32X2.unpack_from(k)[0] not in gone]
     return kept + [(k, v) for k, v in m.lookup_batch() if _U32X2.unpack_from(k)[0] in gone]
+
+
+def _split(d: tuple[int, ...], latency: bool) -> tuple[int, int, int, tuple[int, ...]]:
+    """count, errors, total_ns, hist of a delta (the last two 0 in counts mode)."""
+    if not latency:
+        d = d + _NOT_TIMED
+    return d[0], d[1], d[2], d[3:]
 
 
 def _delta(cur: tuple[int, ...], prev: tuple[int, ...] | None) -> tuple[int, ...]:
@@ -552,9 +386,7 @@ class SyscallCollector:
                 continue
             prev = merged.get((tgid, nr))
             merged[tgid, nr] = d if prev is None else tuple(map(operator.add, prev, d))
-        rows: list[tuple[int, int, tuple[int, ...]]] = []  # tgid, nr, delta
         for (tgid, nr), d in merged.items():
-            rows.append((tgid, nr, d if self.latency else d + _NOT_TIMED))
             if nr in _exec_nrs() and d[0] > d[1] and proc_names.get(tgid) is not None:
                 # it exec'd since: the name /proc gave before is stale
                 self.names.forget(tgid)
@@ -571,6 +403,23 @@ class SyscallCollector:
                 k = _U32X3.unpack_from(key)
                 err_counts[k] = err_counts.get(k, 0) + n
 
+        # Dead processes' rows leave the maps; idle rows too, before the
+        # records are made: what landed on one since the read above is in
+        # the value taken, counted now.
+        idle: dict[bytes, int] = {}
+        _settle(calls_map, seen, dead)
+        for key, was, taken in self._expire_idle(calls_map, stats_raw, seen, self._prev, idle):
+            d = _delta(sum_percpu(taken, lay.words, lay.stride), was)
+            tgid, nr = _U32X2.unpack_from(key)
+            prev = merged.get((tgid, nr))
+            merged[tgid, nr] = d if prev is None else tuple(map(operator.add, prev, d))
+        _settle(errnos_map, seen_err, dead)
+        for key, was, taken in self._expire_idle(
+            errnos_map, errnos_raw, seen_err, self._prev_err, idle
+        ):
+            k = _U32X3.unpack_from(key)
+            err_counts[k] = err_counts.get(k, 0) + sum(memoryview(taken).cast("Q")) - was
+
         # One name per process and poll, the same on its stats and errno
         # rows: /proc while it runs, else what the kernel saw (kernel_name:
         # the program it exec'd, or the command that made most of its calls).
@@ -579,21 +428,14 @@ class SyscallCollector:
             name = proc_names.get(tgid)
             named[tgid] = name or kernel_name(raws.get(tgid, ()), self.latency) or "?"
         stats = [
-            SyscallStat(tgid, named[tgid], nr, name_of(nr), d[0], d[1], d[2], d[3:])
-            for tgid, nr, d in rows
+            SyscallStat(tgid, named[tgid], nr, name_of(nr), *_split(d, self.latency))
+            for (tgid, nr), d in merged.items()
         ]
         errs = [
             ErrnoStat(tgid, named[tgid], nr, name_of(nr), err, errno_name(err), n)
             for (tgid, nr, err), n in err_counts.items()
         ]
 
-        idle: dict[bytes, int] = {}
-        for m, raw_rows, now_seen, before in (
-            (calls_map, stats_raw, seen, self._prev),
-            (errnos_map, errnos_raw, seen_err, self._prev_err),
-        ):
-            _settle(m, now_seen, dead)
-            self._expire_idle(m, dict(raw_rows), now_seen, before, idle)
         for tgid in dead:
             self.names.forget(tgid)
         self._idle = idle
@@ -621,16 +463,20 @@ class SyscallCollector:
     def _expire_idle(
         self,
         m: Any,
-        raw_of: dict[bytes, bytes],
+        rows: list[tuple[bytes, bytes]],
         seen: dict[bytes, Any],
         prev: dict[bytes, Any],
         idle: dict[bytes, int],
-    ) -> None:
+    ) -> list[tuple[bytes, Any, bytes]]:
         """Delete the rows of ``m`` read unchanged at :data:`IDLE_POLLS` polls
-        in a row (counting them in ``idle``). A row is re-read first and
-        deleted only if still as this poll read it (else it moved meanwhile:
-        kept, its change counted next poll); its previous value is dropped
+        in a row (counting them in ``idle``), each read and deleted in one
+        step where the kernel can (lookup-and-delete; else read, then
+        deleted: an update between the two is lost). Returns (key, value as
+        read, value taken) of the rows that moved since ``rows`` was read,
+        for the caller to count. A deleted row's previous value is dropped
         from ``seen`` so that a row the process recreates counts from zero."""
+        raw_of: dict[bytes, bytes] = {}
+        moved = []
         for key, cur in list(seen.items()):
             if key not in prev or prev[key] != cur:
                 continue
@@ -638,77 +484,9 @@ class SyscallCollector:
             if n < IDLE_POLLS:
                 idle[key] = n
                 continue
-            current = m.lookup(key)
-            if current is not None and current != raw_of[key]:
-                continue
-            if current is not None:
-                m.delete(key)
+            raw_of = raw_of or dict(rows)
+            taken = m.take(key)
+            if taken is not None and taken != raw_of[key]:
+                moved.append((key, cur, taken))
             del seen[key]
-
-
-def aggregate(stats: Iterable[SyscallStat], by: str) -> list[SyscallStat]:
-    """Group records ``by`` "process", "syscall" or "both" (no grouping)."""
-    if by == "both":
-        return list(stats)
-    groups: dict[int, list[SyscallStat]] = {}
-    for s in stats:
-        groups.setdefault(s.tgid if by == "process" else s.nr, []).append(s)
-    out = []
-    for members in groups.values():
-        first = members[0]
-        hist = tuple(sum(col) for col in zip(*(m.hist for m in members), strict=True))
-        out.append(
-            SyscallStat(
-                tgid=first.tgid if by == "process" else 0,
-                comm=first.comm if by == "process" else "",
-                nr=first.nr if by == "syscall" else -1,
-                syscall=first.syscall if by == "syscall" else "",
-                count=sum(m.count for m in members),
-                errors=sum(m.errors for m in members),
-                total_ns=sum(m.total_ns for m in members),
-                hist=hist,
-            )
-        )
-    return out
-
-
-def top(stats: Sequence[SyscallStat], n: int | None, sort: str) -> list[SyscallStat]:
-    """The ``n`` largest by "count", "time" or "errors" (ties: by name)."""
-    keyf: Callable[[SyscallStat], tuple[int, int, str, int]]
-    if sort == "time":
-        keyf = lambda s: (-s.total_ns, -s.count, s.syscall, s.tgid)  # noqa: E731
-    elif sort == "errors":
-        keyf = lambda s: (-s.errors, -s.count, s.syscall, s.tgid)  # noqa: E731
-    else:
-        keyf = lambda s: (-s.count, -s.total_ns, s.syscall, s.tgid)  # noqa: E731
-    ranked = sorted(stats, key=keyf)
-    return ranked if n is None else ranked[:n]
-
-
-def aggregate_errnos(errs: Iterable[ErrnoStat], by: str) -> list[ErrnoStat]:
-    """Group errno records like :func:`aggregate`, keeping the errno; the
-    largest counts first."""
-    groups: dict[tuple[int, int, int], ErrnoStat] = {}
-    for e in errs:
-        k = (e.tgid if by != "syscall" else 0, e.nr if by != "process" else -1, e.err)
-        prev = groups.get(k)
-        if prev is not None:
-            groups[k] = dataclasses.replace(prev, count=prev.count + e.count)
-        elif by == "syscall":
-            groups[k] = dataclasses.replace(e, tgid=0, comm="")
-        elif by == "process":
-            groups[k] = dataclasses.replace(e, nr=-1, syscall="")
-        else:
-            groups[k] = e
-    return sorted(groups.values(), key=lambda e: (-e.count, e.syscall, e.tgid, e.errno))
-
-
-def grouped_json(row: dict[str, Any], by: str) -> dict[str, Any]:
-    """A row's JSON without the fields its grouping merged away."""
-    if by == "process":
-        row.pop("syscall", None)
-        row.pop("nr", None)
-    elif by == "syscall":
-        row.pop("pid", None)
-        row.pop("comm", None)
-    return row
+        return moved

@@ -1,6 +1,6 @@
 """Views of syscall snapshots: plain text, rich tables, JSON.
 
-Views take :class:`~bpfscope.syscalls.collector.Snapshot` records and know
+Views take :class:`~bpfscope.syscalls.records.Snapshot` records and know
 nothing about libbpf. Plain text is for pipes and files (one block per
 interval); the rich renderable is for a live terminal.
 """
@@ -16,16 +16,8 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from .collector import (
-    ErrnoStat,
-    Snapshot,
-    SyscallStat,
-    aggregate,
-    aggregate_errnos,
-    bucket_bounds_ns,
-    grouped_json,
-    top,
-)
+from .aggregate import aggregate, aggregate_errnos, grouped_json, top
+from .records import ErrnoStat, Snapshot, SyscallStat, bucket_bounds_ns
 
 __all__ = [
     "BY_CHOICES",
