@@ -1,17 +1,20 @@
 """Filtering, sorting and paging of flow records: one definition shared by
-the CLI views and the HTTP API, so ``--port 443`` and ``?port=443`` mean the
-same thing."""
+the CLI views, the HTTP API and the history's SQL, so ``--port 443``,
+``?port=443`` on any endpoint and a history query mean the same thing."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import ipaddress
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Final, Protocol
 
 __all__ = [
+    "FILTER_NAMES",
+    "MAX_PID",
     "SORT_KEYS",
     "BadQuery",
     "FlowFilter",
@@ -20,6 +23,7 @@ __all__ = [
     "encode_cursor",
     "page",
     "parse_cidr",
+    "register_sql",
     "sort_flows",
 ]
 
@@ -29,18 +33,32 @@ class BadQuery(ValueError):
 
 
 class FlowLike(Protocol):
-    pid: int
-    comm: str
-    family: str
-    proto: str
-    laddr: str
-    lport: int
-    raddr: str | None
-    rport: int | None
-    container: str | None
+    """A flow record or a connection event: what a filter looks at."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def comm(self) -> str: ...
+    @property
+    def family(self) -> str: ...
+    @property
+    def proto(self) -> str: ...
+    @property
+    def laddr(self) -> str: ...
+    @property
+    def lport(self) -> int: ...
+    @property
+    def raddr(self) -> str | None: ...
+    @property
+    def rport(self) -> int | None: ...
+    @property
+    def container(self) -> str | None: ...
 
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Linux's PID_MAX_LIMIT: no pid (or tgid) is larger.
+MAX_PID: Final = 4 * 1024 * 1024
 
 
 def parse_cidr(text: str) -> IPNetwork:
@@ -53,8 +71,26 @@ def parse_cidr(text: str) -> IPNetwork:
         ) from None
 
 
+@functools.lru_cache(maxsize=64)
+def _network(text: str) -> IPNetwork:
+    return parse_cidr(text)
+
+
 @dataclass(frozen=True)
 class FlowFilter:
+    """Which flows (or connection events) to keep. Every field is optional;
+    given ones must all match:
+
+    pid        exact process id
+    comm       exact command name
+    port       local or remote port
+    cidr       local or remote address in the network (IPv4-mapped IPv6
+               addresses count as IPv4)
+    container  container id prefix
+    family     ipv4 | ipv6 (the socket's family)
+    proto      tcp | udp (``protocol`` in the API and the CLI's --tcp/--udp)
+    """
+
     pid: int | None = None
     comm: str | None = None
     port: int | None = None
@@ -64,8 +100,8 @@ class FlowFilter:
     proto: str | None = None  # tcp | udp
 
     def __post_init__(self) -> None:
-        if self.pid is not None and self.pid <= 0:
-            raise BadQuery(f"pid must be positive, not {self.pid}")
+        if self.pid is not None and not 0 < self.pid <= MAX_PID:
+            raise BadQuery(f"pid must be 1-{MAX_PID}, not {self.pid}")
         if self.port is not None and not 0 < self.port < 65536:
             raise BadQuery(f"port must be 1-65535, not {self.port}")
         if self.family not in (None, "ipv4", "ipv6"):
@@ -77,7 +113,7 @@ class FlowFilter:
 
     def predicate(self) -> Callable[[FlowLike], bool]:
         """A fast test for one record (the network is parsed once)."""
-        network = parse_cidr(self.cidr) if self.cidr else None
+        network = _network(self.cidr) if self.cidr else None
 
         def match(r: FlowLike) -> bool:
             if self.pid is not None and r.pid != self.pid:
@@ -99,6 +135,53 @@ class FlowFilter:
     def apply(self, records: Iterable[FlowLike]) -> list[Any]:
         match = self.predicate()
         return [r for r in records if match(r)]
+
+    def sql(self) -> tuple[str, list[Any]]:
+        """The same test as :meth:`predicate` as an SQL condition over the
+        history's ``flow_buckets`` columns (family stored as 4/6, a missing
+        remote as '' and 0). CIDR needs :func:`register_sql` on the
+        connection. Returns ("", []) when nothing is filtered."""
+        terms: list[str] = []
+        args: list[Any] = []
+        if self.pid is not None:
+            terms.append("pid = ?")
+            args.append(self.pid)
+        if self.comm is not None:
+            terms.append("comm = ?")
+            args.append(self.comm)
+        if self.port is not None:
+            terms.append("(lport = ? OR rport = ?)")
+            args += [self.port, self.port]
+        if self.family is not None:
+            terms.append("family = ?")
+            args.append(4 if self.family == "ipv4" else 6)
+        if self.proto is not None:
+            terms.append("proto = ?")
+            args.append(self.proto)
+        if self.container is not None:
+            # a prefix test without LIKE's wildcards and case folding
+            terms.append("substr(container, 1, ?) = ?")
+            args += [len(self.container), self.container]
+        if self.cidr is not None:
+            terms.append("bpfscope_addr_in(?, laddr, raddr)")
+            args.append(self.cidr)
+        return " AND ".join(terms), args
+
+    def is_empty(self) -> bool:
+        return all(getattr(self, f.name) is None for f in fields(self))
+
+
+# The API's query parameter for each FlowFilter field.
+FILTER_NAMES: Final = ("pid", "comm", "port", "cidr", "container", "family", "protocol")
+
+
+def _sql_addr_in(cidr: str, *addrs: str | None) -> int:
+    return int(addr_in(_network(cidr), *addrs))
+
+
+def register_sql(conn: Any) -> None:
+    """Give an sqlite3 connection the functions :meth:`FlowFilter.sql` uses."""
+    conn.create_function("bpfscope_addr_in", 3, _sql_addr_in, deterministic=True)
 
 
 def addr_in(network: IPNetwork, *addrs: str | None) -> bool:
@@ -154,7 +237,7 @@ def decode_cursor(cursor: str | None) -> int:
         if not raw.startswith("o:"):
             raise ValueError
         offset = int(raw[2:])
-        if offset < 0:
+        if not 0 <= offset < 2**62:  # SQLite's OFFSET is a 64-bit integer
             raise ValueError
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise BadQuery(

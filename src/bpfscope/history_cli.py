@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import sys
 import time
 from datetime import datetime
@@ -13,33 +15,42 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import EXIT_USAGE, UserError
-from .flowquery import BadQuery, parse_cidr
-from .flows.render import human_bytes
-from .store import HistoryQuery, Store, StoreError, default_path
+from .flowgroup import GROUP_KEYS, FlowGroup
+from .flowquery import BadQuery, FlowFilter
+from .flows.render import group_table, human_bytes
+from .store import HistoryQuery, HistoryReader, StoreError, default_path
 from .units import parse_duration
 
-__all__ = ["history"]
+__all__ = ["MAX_UNIX_TIME", "history"]
+
+# Year 5138: any later "time" is a mistake (and would overflow SQLite's integers).
+MAX_UNIX_TIME = 1e11
 
 
 def _when(text: str | None, now: float) -> float | None:
-    """'1h' (ago), an ISO time, or Unix seconds."""
+    """'1h' (ago), an ISO time, or Unix seconds; between 1970 and MAX_UNIX_TIME."""
     if text is None:
         return None
-    try:
-        return now - parse_duration(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        return datetime.fromisoformat(text).timestamp()
-    except ValueError:
+    value: float | None = None
+    with contextlib.suppress(ValueError):
+        value = now - parse_duration(text)
+    if value is None:
+        with contextlib.suppress(ValueError):
+            value = float(text)
+    if value is None:
+        try:
+            value = datetime.fromisoformat(text).timestamp()
+        except ValueError:
+            raise UserError(
+                f"invalid time {text!r}: use a duration ago (15m, 2h), an ISO time or Unix seconds",
+                EXIT_USAGE,
+            ) from None
+    if not math.isfinite(value) or not 0 <= value <= MAX_UNIX_TIME:
         raise UserError(
-            f"invalid time {text!r}: use a duration ago (15m, 2h), an ISO time or Unix seconds",
+            f"invalid time {text!r}: it must fall between 1970 and Unix time {MAX_UNIX_TIME:.0f}",
             EXIT_USAGE,
-        ) from None
+        )
+    return value
 
 
 @click.command()
@@ -53,12 +64,21 @@ def _when(text: str | None, now: float) -> float | None:
 @click.option("--until", default=None, help="End (default now).")
 @click.option("--cidr", default=None, help="Local or remote address in this network.")
 @click.option("--port", type=click.IntRange(1, 65535), default=None)
-@click.option("--container", default=None)
-@click.option("--comm", default=None)
+@click.option("--container", default=None, help="Container id (prefix).")
+@click.option("--comm", default=None, help="Only processes with this command name.")
 @click.option("-p", "--pid", type=click.IntRange(min=1), default=None)
+@click.option("-4", "family", flag_value="ipv4", default=None, help="IPv4 only.")
+@click.option("-6", "family", flag_value="ipv6", help="IPv6 only.")
 @click.option("--tcp", "proto", flag_value="tcp", default=None)
 @click.option("--udp", "proto", flag_value="udp")
 @click.option("--limit", type=click.IntRange(1, 1_000_000), default=100, show_default=True)
+@click.option(
+    "-g",
+    "--group-by",
+    type=click.Choice(GROUP_KEYS),
+    default=None,
+    help="One row per group over the time range: connections, bytes and mean rates.",
+)
 @click.option("--json", "as_json", is_flag=True, help="NDJSON, one bucket row per line.")
 def history(
     db_path: str | None,
@@ -69,43 +89,57 @@ def history(
     container: str | None,
     comm: str | None,
     pid: int | None,
+    family: str | None,
     proto: str | None,
     limit: int,
+    group_by: str | None,
     as_json: bool,
 ) -> None:
-    """Flow history recorded by `bpfscope serve`, by time range and filters."""
+    """Flow history recorded by `bpfscope serve`, by time range and filters.
+    Reads the file read-only, so it works while the agent writes."""
     now = time.time()
-    if cidr:
-        try:
-            parse_cidr(cidr)
-        except BadQuery as exc:
-            raise UserError(str(exc), EXIT_USAGE) from None
+    try:
+        flt = FlowFilter(
+            pid=pid,
+            comm=comm,
+            port=port,
+            cidr=cidr,
+            container=container,
+            family=family,
+            proto=proto,
+        )
+    except BadQuery as exc:
+        raise UserError(str(exc), EXIT_USAGE) from None
     path = Path(db_path) if db_path else default_path()
     if not path.exists():
         raise UserError(f"no history at {path}: start `bpfscope serve` or pass --db", EXIT_USAGE)
     q = HistoryQuery(
         since=_when(since, now),
         until=_when(until, now),
-        cidr=cidr,
-        port=port,
-        container=container,
-        comm=comm,
-        pid=pid,
-        proto=proto,
+        filter=flt,
         limit=limit,
+        group_by=group_by,
     )
     try:
-        store = Store(path)
+        with HistoryReader(path) as reader:
+            rows = reader.query(q)
     except StoreError as exc:
         raise UserError(str(exc)) from None
-    with store:
-        rows = store.query(q)
     if as_json:
         for r in rows:
             click.echo(json.dumps(r))
         return
     # Piped output keeps whole columns rather than wrapping at 80.
     console = Console() if sys.stdout.isatty() else Console(width=240)
+    if group_by is not None:
+        groups = [
+            FlowGroup(group_by, r["key"], r["connections"], r["tx_bytes"], r["rx_bytes"],
+                      r["tx_rate"], r["rx_rate"])
+            for r in rows
+        ]  # fmt: skip
+        console.print(f"flow history from {path}, grouped by {group_by} ({len(rows)} groups)")
+        console.print(group_table(groups, group_by))
+        return
     table = Table(title=f"flow history from {path} ({len(rows)} rows)")
     for col in (
         "time",
@@ -129,7 +163,7 @@ def history(
             r["proto"],
             f"{r['laddr']}:{r['lport']}",
             f"{r['raddr']}:{r['rport']}" if r["raddr"] else "?",
-            r["remote_name"] or r["remote_class"],
+            r.get("remote_name") or r.get("remote_class") or "",
             human_bytes(r["tx_bytes"]),
             human_bytes(r["rx_bytes"]),
         )

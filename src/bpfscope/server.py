@@ -18,15 +18,26 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any, Final
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.process_collector import ProcessCollector
 
 from . import __version__
 from .agent import Agent
-from .flowquery import BadQuery, FlowFilter, addr_in, page, parse_cidr, sort_flows
+from .flowgroup import GROUP_KEYS, group_flows, sort_groups
+from .flowquery import (
+    MAX_PID,
+    BadQuery,
+    FlowFilter,
+    decode_cursor,
+    encode_cursor,
+    page,
+    sort_flows,
+)
 from .metrics import SyscallMetrics
 from .store import HistoryQuery
 from .syscalls.aggregate import aggregate, aggregate_errnos, grouped_json, top
@@ -42,10 +53,67 @@ MAX_QUERY_BYTES: Final = 4096
 VIEW_CACHE_SIZE: Final = 16
 
 
+# Times beyond year 5138 (or further back than that) are mistakes, and
+# would overflow SQLite's 64-bit integers.
+MAX_UNIX_TIME: Final = 1e11
+MAX_SEQ: Final = 2**63 - 1
+
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description=f"page size, at most {MAX_PAGE}")]
-Port = Annotated[int | None, Query(ge=1, le=65535)]
-Pid = Annotated[int | None, Query(ge=1)]
-Since = Annotated[float | None, Query(description="Unix seconds, or negative: seconds ago")]
+Port = Annotated[int | None, Query(ge=1, le=65535, description="local or remote port")]
+Pid = Annotated[int | None, Query(ge=1, le=MAX_PID, description="process id")]
+Comm = Annotated[str | None, Query(max_length=64, description="exact command name")]
+Cidr = Annotated[
+    str | None,
+    Query(max_length=64, description="local or remote address in this network (IPv4-mapped "
+          "IPv6 addresses count as IPv4)"),
+]  # fmt: skip
+Container = Annotated[str | None, Query(max_length=128, description="container id prefix")]
+Family = Annotated[str | None, Query(pattern="^(ipv4|ipv6)$")]
+Protocol = Annotated[str | None, Query(pattern="^(tcp|udp)$")]
+Time = Annotated[
+    float | None,
+    Query(
+        ge=-MAX_UNIX_TIME,
+        le=MAX_UNIX_TIME,
+        allow_inf_nan=False,
+        description="Unix seconds, or negative: seconds ago",
+    ),
+]
+Seq = Annotated[int, Query(ge=0, le=MAX_SEQ, description="only events with seq > after")]
+
+
+def flow_filter(
+    pid: Pid = None,
+    comm: Comm = None,
+    port: Port = None,
+    cidr: Cidr = None,
+    container: Container = None,
+    family: Family = None,
+    protocol: Protocol = None,
+) -> FlowFilter:
+    """The filter parameters every flow and connection endpoint takes, with
+    the meaning FlowFilter gives them (the CLI views use the same class)."""
+    return FlowFilter(pid, comm, port, cidr, container, family, protocol)
+
+
+Filter = Annotated[FlowFilter, Depends(flow_filter)]
+GroupBy = Annotated[
+    str | None,
+    Query(
+        pattern=f"^({'|'.join(GROUP_KEYS)})$",
+        description="one row per group: connections, bytes and rates each way",
+    ),
+]
+EventType = Annotated[
+    str | None, Query(pattern="^(open|close|retransmit|reset_sent|reset_received)$")
+]
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    names = {p.alias for p in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
 
 
 def _flow_json(rec: Any, agent: Agent) -> dict[str, Any]:
@@ -84,6 +152,8 @@ def create_app(
             registry.register(SyscallMetrics(agent, latency=agent.syscalls.latency))
         ProcessCollector(namespace="bpfscope", registry=registry)
 
+    query_names: dict[str, set[str]] = {}
+
     def authorized(request: Request) -> bool:
         if token is None:
             return True
@@ -107,6 +177,19 @@ def create_app(
                 status_code=401,
                 headers={"WWW-Authenticate": "Bearer"},
             )
+        valid = query_names.get(path)
+        if valid is not None:
+            # A misspelt or unsupported filter must not silently widen the answer.
+            unknown = sorted(set(request.query_params) - valid)
+            if unknown:
+                return JSONResponse(
+                    {
+                        "detail": f"unknown query parameter{'s' if len(unknown) > 1 else ''} "
+                        f"{', '.join(unknown)} for {path}; valid: "
+                        f"{', '.join(sorted(valid)) or 'none'}"
+                    },
+                    status_code=400,
+                )
         try:
             return await call_next(request)
         except Exception:  # never a stack trace to the client
@@ -145,19 +228,34 @@ def create_app(
 
     @app.get("/api/v1/flows", summary="Current flows")
     def flows(
-        pid: Pid = None,
-        comm: str | None = None,
-        port: Port = None,
-        cidr: str | None = None,
-        container: str | None = None,
-        family: Annotated[str | None, Query(pattern="^(ipv4|ipv6)$")] = None,
-        protocol: Annotated[str | None, Query(pattern="^(tcp|udp)$")] = None,
+        flt: Filter,
         sort: str = "bytes",
         order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
         limit: Limit = 100,
-        cursor: str | None = None,
+        cursor: Annotated[str | None, Query(max_length=64)] = None,
+        group_by: GroupBy = None,
     ) -> dict[str, Any]:
-        flt = FlowFilter(pid, comm, port, cidr, container, family, protocol)
+        if group_by is not None:
+            peer = None
+            if agent.profiler is not None:
+                profiler = agent.profiler
+
+                def peer(ip: str | None) -> str:
+                    prof = profiler.profile(ip)
+                    return prof.name or str(prof.remote_class)
+
+            groups = sort_groups(
+                group_flows(flt.apply(agent.current_flows()), group_by, peer),
+                sort,
+                order == "desc",
+            )
+            chunk, nxt = page(groups, cursor, limit)
+            return {
+                "group_by": group_by,
+                "total": len(groups),
+                "items": [g.to_json() for g in chunk],
+                "next_cursor": nxt,
+            }
         selected = selected_flows(flt, sort, order == "desc")
         items, nxt = page(selected, cursor, limit)
         return {
@@ -168,26 +266,18 @@ def create_app(
 
     @app.get("/api/v1/connections", summary="Recent TCP lifecycle events")
     def connections(
-        after: Annotated[int, Query(ge=0, description="only events with seq > after")] = 0,
-        type: Annotated[
-            str | None, Query(pattern="^(open|close|retransmit|reset_sent|reset_received)$")
-        ] = None,
-        pid: Pid = None,
-        port: Port = None,
-        cidr: str | None = None,
+        flt: Filter,
+        after: Seq = 0,
+        type: EventType = None,
         limit: Limit = 100,
     ) -> dict[str, Any]:
-        network = parse_cidr(cidr) if cidr else None
+        match = flt.predicate()
         out = []
         for entry in agent.events_since(after):
             e = entry.event
             if type is not None and e.type != type:
                 continue
-            if pid is not None and e.pid != pid:
-                continue
-            if port is not None and port not in (e.lport, e.rport):
-                continue
-            if network is not None and not addr_in(network, e.laddr, e.raddr):
+            if not match(e):
                 continue
             out.append(_event_json(entry.seq, e, agent))
         return {"last_seq": agent.last_seq, "items": out[-limit:]}
@@ -205,10 +295,13 @@ def create_app(
     )
     async def stream(
         request: Request,
-        after: Annotated[int | None, Query(ge=0)] = None,
+        flt: Filter,
+        type: EventType = None,
+        after: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
         max_events: Annotated[int | None, Query(ge=1, le=1_000_000)] = None,
     ) -> StreamingResponse:
         start = agent.last_seq if after is None else after
+        match = flt.predicate()
 
         async def events() -> AsyncIterator[str]:
             seq, sent = start, 0
@@ -216,6 +309,8 @@ def create_app(
             while not (await request.is_disconnected() or stopping.is_set()):
                 for entry in agent.events_since(seq):
                     seq = entry.seq
+                    if (type is not None and entry.event.type != type) or not match(entry.event):
+                        continue
                     payload = json.dumps(_event_json(entry.seq, entry.event, agent))
                     yield f"id: {entry.seq}\nevent: {entry.event.type}\ndata: {payload}\n\n"
                     sent += 1
@@ -227,44 +322,50 @@ def create_app(
 
     @app.get("/api/v1/history", summary="Stored flow records by time range")
     def history(
-        since: Since = None,
-        until: float | None = None,
-        cidr: str | None = None,
-        port: Port = None,
-        container: str | None = None,
-        comm: str | None = None,
-        pid: Pid = None,
-        protocol: Annotated[str | None, Query(pattern="^(tcp|udp)$")] = None,
+        flt: Filter,
+        since: Time = None,
+        until: Time = None,
         limit: Limit = 100,
+        group_by: GroupBy = None,
+        step: Annotated[
+            int | None,
+            Query(
+                ge=1,
+                le=7 * 86400,
+                description="a time series: totals per step seconds (whole buckets), "
+                "oldest first, of the flows the filters select",
+            ),
+        ] = None,
+        cursor: Annotated[str | None, Query(max_length=64)] = None,
     ) -> Response:
         if agent.store is None:
             return JSONResponse(
                 {"detail": f"history is not available: {agent.store_error or 'disabled'}"},
                 status_code=503,
             )
-        if cidr:
-            parse_cidr(cidr)
         now = time.time()
         q = HistoryQuery(
             since=now + since if since is not None and since < 0 else since,
-            until=until,
-            cidr=cidr,
-            port=port,
-            container=container,
-            comm=comm,
-            pid=pid,
-            proto=protocol,
-            limit=limit,
+            until=now + until if until is not None and until < 0 else until,
+            filter=flt,
+            limit=limit + 1,  # one more tells whether there is a next page
+            group_by=group_by,
+            offset=decode_cursor(cursor),
+            step=step,
         )
+        if group_by is not None and step is not None:
+            raise BadQuery("group_by and step exclude each other: filter to one group for a series")
         rows = agent.store.query(q)
-        return JSONResponse({"items": rows, "count": len(rows)})
+        nxt = encode_cursor(q.offset + limit) if len(rows) > limit else None
+        return JSONResponse({"items": rows[:limit], "count": len(rows[:limit]), "next_cursor": nxt})
 
     @app.get(
         "/api/v1/syscalls", summary="Syscall counts and errors (latency with --syscall-latency)"
     )
     def syscalls(
         pid: Pid = None,
-        syscall: str | None = None,
+        comm: Comm = None,
+        syscall: Annotated[str | None, Query(max_length=64)] = None,
         by: Annotated[str, Query(pattern="^(process|syscall|both)$")] = "both",
         sort: Annotated[str, Query(pattern="^(count|time|errors)$")] = "count",
         limit: Limit = 100,
@@ -286,18 +387,19 @@ def create_app(
         snap, totals = agent.syscall_view()
         if snap is None or totals is None:
             return JSONResponse({"interval": None, "latency": latency, "items": [], "totals": {}})
-        stats = [
-            s
-            for s in snap.stats
-            if (pid is None or s.tgid == pid) and (syscall is None or s.syscall == syscall)
-        ]
+
+        def keep(s: Any) -> bool:
+            # pid and comm mean what they mean for flows (exact)
+            return (
+                (pid is None or s.tgid == pid)
+                and (comm is None or s.comm == comm)
+                and (syscall is None or s.syscall == syscall)
+            )
+
+        stats = [s for s in snap.stats if keep(s)]
         ranked = top(aggregate(stats, by), limit, sort)
         errnos = aggregate_errnos(
-            (
-                e
-                for e in snap.errnos
-                if (pid is None or e.tgid == pid) and (syscall is None or e.syscall == syscall)
-            ),
+            (e for e in snap.errnos if keep(e)),
             by,
         )[:limit]
         return JSONResponse(
@@ -332,6 +434,11 @@ def create_app(
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    # The query parameters each /api route declares (its dependencies'
+    # included); anything else is refused by the guard above.
+    for route in app.routes:
+        if isinstance(route, APIRoute) and route.path.startswith("/api/"):
+            query_names[route.path] = _query_names(route.dependant)
     # The web view at / reads the API above from the browser; its static
     # files carry no data, so they need no token (the API calls do).
     mount_web(app)

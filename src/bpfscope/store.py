@@ -11,7 +11,6 @@ agent shows while it keeps serving live data.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import queue
@@ -19,15 +18,20 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
+from urllib.parse import quote
+
+from .flowgroup import group_sql
+from .flowquery import FlowFilter, register_sql
 
 __all__ = [
     "DEFAULT_PATH",
     "SCHEMA_VERSION",
     "FlowSample",
     "HistoryQuery",
+    "HistoryReader",
     "Store",
     "StoreError",
     "default_path",
@@ -143,13 +147,43 @@ SCHEMA_VERSION: Final = len(MIGRATIONS)
 class HistoryQuery:
     since: float | None = None
     until: float | None = None
-    cidr: str | None = None
-    port: int | None = None
-    container: str | None = None
-    comm: str | None = None
-    pid: int | None = None
-    proto: str | None = None
+    filter: FlowFilter = field(default_factory=FlowFilter)
     limit: int = 1000
+    group_by: str | None = None  # one of flowgroup.GROUP_KEYS: one row per group
+    offset: int = 0  # rows (or groups, or series points) to skip: paging
+    step: int | None = None  # a time series: totals per step seconds, oldest first
+
+
+def query_history(
+    conn: sqlite3.Connection, q: HistoryQuery, bucket_seconds: int
+) -> list[dict[str, Any]]:
+    """Rows of ``q``, newest bucket first, biggest flow first within one.
+    The filter's SQL comes from :meth:`FlowFilter.sql`, so history and the
+    live views select the same flows."""
+    where: list[str] = []
+    args: list[Any] = []
+    if q.since is not None:
+        where.append("bucket_start >= ?")
+        args.append(int(q.since) - int(q.since) % bucket_seconds)
+    if q.until is not None:
+        where.append("bucket_start <= ?")
+        args.append(q.until)
+    cond, cond_args = q.filter.sql()
+    if cond:
+        where.append(cond)
+        args += cond_args
+    if q.group_by is not None:
+        return _query_groups(conn, q, where, args)
+    if q.step is not None:
+        return _query_series(conn, q, where, args, bucket_seconds)
+    sql = "SELECT * FROM flow_buckets"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY bucket_start DESC, tx_bytes + rx_bytes DESC LIMIT ? OFFSET ?"
+    args += [q.limit, q.offset]
+    cur = conn.execute(sql, args)
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row, strict=True)) for row in cur]
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -243,20 +277,14 @@ class Store:
 
     def _open_reader(self) -> sqlite3.Connection:
         try:
-            return _connect(self.path)
+            conn = _connect(self.path)
         except sqlite3.DatabaseError as exc:
             raise StoreError(self._explain(exc)) from None
+        register_sql(conn)
+        return conn
 
     def _explain(self, exc: sqlite3.DatabaseError) -> str:
-        text = str(exc)
-        if "not a database" in text or "malformed" in text:
-            return (
-                f"history file {self.path} is corrupt ({text}); move it aside to start a "
-                "new history, or pass another --db"
-            )
-        if "readonly" in text or "unable to open" in text:
-            return f"history file {self.path} is not writable ({text}); fix permissions or use --db"
-        return f"history file {self.path}: {text}"
+        return _explain(self.path, exc)
 
     # -- writing -------------------------------------------------------------
 
@@ -359,42 +387,7 @@ class Store:
     # -- reading -------------------------------------------------------------
 
     def query(self, q: HistoryQuery) -> list[dict[str, Any]]:
-        where: list[str] = []
-        args: list[Any] = []
-        if q.since is not None:
-            where.append("bucket_start >= ?")
-            args.append(self._bucket_of(q.since))
-        if q.until is not None:
-            where.append("bucket_start <= ?")
-            args.append(q.until)
-        if q.port is not None:
-            where.append("(lport = ? OR rport = ?)")
-            args += [q.port, q.port]
-        for column, value in (
-            ("container", q.container),
-            ("comm", q.comm),
-            ("pid", q.pid),
-            ("proto", q.proto),
-        ):
-            if value is not None:
-                where.append(f"{column} = ?")
-                args.append(value)
-        network = ipaddress.ip_network(q.cidr, strict=False) if q.cidr else None
-        sql = "SELECT * FROM flow_buckets"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY bucket_start DESC, tx_bytes + rx_bytes DESC"
-        cur = self._reader.execute(sql, args)
-        names = [d[0] for d in cur.description]
-        out: list[dict[str, Any]] = []
-        for row in cur:
-            rec = dict(zip(names, row, strict=True))
-            if network is not None and not _in_network(network, rec["laddr"], rec["raddr"]):
-                continue
-            out.append(rec)
-            if len(out) >= q.limit:
-                break
-        return out
+        return query_history(self._reader, q, self.bucket_seconds)
 
     def stats(self) -> dict[str, Any]:
         count = self._reader.execute("SELECT count(*) FROM flow_buckets").fetchone()[0]
@@ -428,11 +421,139 @@ class Store:
         self.close()
 
 
-def _in_network(network: ipaddress.IPv4Network | ipaddress.IPv6Network, *addrs: str) -> bool:
-    for a in addrs:
+def _explain(path: Path, exc: sqlite3.DatabaseError) -> str:
+    text = str(exc)
+    if "not a database" in text or "malformed" in text:
+        return (
+            f"history file {path} is corrupt ({text}); move it aside to start a "
+            "new history, or pass another --db"
+        )
+    if "readonly" in text or "unable to open" in text:
+        return f"history file {path} is not writable ({text}); fix permissions or use --db"
+    return f"history file {path}: {text}"
+
+
+def _query_groups(
+    conn: sqlite3.Connection, q: HistoryQuery, where: list[str], args: list[Any]
+) -> list[dict[str, Any]]:
+    """One row per group (flowgroup's keys as SQL): distinct flows, bytes
+    each way, and rates over the window asked for (since..until, or now),
+    else over the buckets found."""
+    assert q.group_by is not None
+    sql = (
+        f"SELECT {group_sql(q.group_by)} AS key, "
+        f"count(DISTINCT {_FLOW_KEY}) AS connections, "
+        "sum(tx_bytes) AS tx_bytes, sum(rx_bytes) AS rx_bytes, "
+        "min(bucket_start) AS first, max(bucket_start + bucket_seconds) AS last "
+        "FROM flow_buckets"
+    )
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " GROUP BY key ORDER BY sum(tx_bytes) + sum(rx_bytes) DESC, key LIMIT ? OFFSET ?"
+    rows = conn.execute(sql, [*args, q.limit, q.offset]).fetchall()
+    if not rows:
+        return []
+    if q.since is not None:
+        end = q.until if q.until is not None else time.time()
+        window = max(end - q.since, 1.0)
+    else:
+        window = max(max(r[5] for r in rows) - min(r[4] for r in rows), 1)
+    return [
+        {
+            "group_by": q.group_by,
+            "key": key,
+            "connections": conns,
+            "tx_bytes": tx,
+            "rx_bytes": rx,
+            "tx_rate": round(tx / window, 3),
+            "rx_rate": round(rx / window, 3),
+        }
+        for key, conns, tx, rx, _first, _last in rows
+    ]
+
+
+_FLOW_KEY: Final = (
+    "proto || '|' || laddr || '|' || lport || '|' || raddr || '|' || rport || '|' || pid"
+)
+
+
+def _query_series(
+    conn: sqlite3.Connection,
+    q: HistoryQuery,
+    where: list[str],
+    args: list[Any],
+    bucket_seconds: int,
+) -> list[dict[str, Any]]:
+    """Totals of the selected flows per step (a whole number of buckets),
+    oldest first: what a chart of one group (its filter) draws."""
+    assert q.step is not None
+    step = max(bucket_seconds, q.step - q.step % bucket_seconds)
+    sql = (
+        f"SELECT bucket_start - bucket_start % {step} AS t, count(DISTINCT {_FLOW_KEY}), "
+        "sum(tx_bytes), sum(rx_bytes) FROM flow_buckets"
+    )
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " GROUP BY t ORDER BY t LIMIT ? OFFSET ?"
+    return [
+        {
+            "time": t,
+            "step": step,
+            "connections": conns,
+            "tx_bytes": tx,
+            "rx_bytes": rx,
+            "tx_rate": round(tx / step, 3),
+            "rx_rate": round(rx / step, 3),
+        }
+        for t, conns, tx, rx in conn.execute(sql, [*args, q.limit, q.offset])
+    ]
+
+
+class HistoryReader:
+    """A read-only view of a history file for ``bpfscope history``: no
+    migrations, no writer thread, nothing written; works while the agent
+    writes (WAL readers do not block the writer)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
         try:
-            if ipaddress.ip_address(a) in network:
-                return True
-        except ValueError:
-            continue
-    return False
+            conn = sqlite3.connect(
+                uri, uri=True, timeout=5.0, check_same_thread=False, isolation_level=None
+            )
+            conn.execute("PRAGMA busy_timeout=5000")
+            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(
+                f"cannot read history file {self.path}: {exc}; pass another --db"
+            ) from None
+        if version == 0:
+            conn.close()
+            raise StoreError(f"{self.path} holds no bpfscope history yet (schema version 0)")
+        if version > SCHEMA_VERSION:
+            conn.close()
+            raise StoreError(
+                f"history schema version {version} is newer than this bpfscope "
+                f"understands ({SCHEMA_VERSION}); upgrade bpfscope"
+            )
+        register_sql(conn)
+        self._conn = conn
+        row = conn.execute(
+            "SELECT bucket_seconds FROM flow_buckets ORDER BY bucket_start DESC LIMIT 1"
+        ).fetchone()
+        self.bucket_seconds = int(row[0]) if row else 10
+
+    def query(self, q: HistoryQuery) -> list[dict[str, Any]]:
+        try:
+            return query_history(self._conn, q, self.bucket_seconds)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(_explain(self.path, exc)) from None
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> HistoryReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -122,6 +122,24 @@ def test_top_plain_snapshots_in_a_pipe(traffic: int) -> None:
     assert "\x1b[" not in r.stdout  # no terminal control in a pipe
 
 
+def test_churn_groups_into_one_row_per_process(traffic: int) -> None:
+    """A client churning through ephemeral ports was one row per port;
+    grouped by process it is one row with the connection count."""
+    require("tp_btf")
+    r = bpfscope("flows", "--json", "--port", str(traffic), "-d", "2", "-g", "process")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    # this process is the client and the server of the traffic fixture
+    mine = [g for g in rows if g["key"].endswith(f"[{os.getpid()}]")]
+    assert len(mine) == 1, rows
+    assert mine[0]["connections"] >= 2 * 10  # >= 10 connections in 2 s, both ends
+    assert mine[0]["tx_bytes"] >= 10 * PAYLOAD
+    r = bpfscope("top", "-n", "1", "-i", "0.5", "--port", str(traffic), "-g", "remote_port")
+    assert r.returncode == 0, r.stderr
+    assert "REMOTE_PORT" in r.stdout
+    assert r.stdout.count(f"\n{traffic} ") == 1  # the clients' side: one row
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -129,6 +147,7 @@ def test_top_plain_snapshots_in_a_pipe(traffic: int) -> None:
         ["flows", "-4", "-6"],
         ["conns", "--udp-only"],
         ["flows", "--udp-only", "--no-udp"],
+        ["flows", "-g", "process", "-s", "age"],
     ],
 )
 def test_bad_input_is_one_line_exit_2(args: list[str]) -> None:

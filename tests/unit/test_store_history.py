@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bpfscope.flowquery import FlowFilter
 from bpfscope.store import MIGRATIONS, SCHEMA_VERSION, FlowSample, HistoryQuery, Store, StoreError
 
 
@@ -58,9 +59,10 @@ def test_query_filters(tmp_path: Path) -> None:
     with Store(tmp_path / "h.db", bucket_seconds=10, clock=clock) as s:
         s.add([sample(tx=1, rport=443), sample(tx=2, rport=80, raddr="fd00::5")], now=50_000)
         s.flush()
-        assert [r["tx_bytes"] for r in s.query(HistoryQuery(port=80))] == [2]
-        assert [r["raddr"] for r in s.query(HistoryQuery(cidr="fd00::/8"))] == ["fd00::5"]
-        assert len(s.query(HistoryQuery(container="web"))) == 2
+        assert [r["tx_bytes"] for r in s.query(HistoryQuery(filter=FlowFilter(port=80)))] == [2]
+        by_cidr = s.query(HistoryQuery(filter=FlowFilter(cidr="fd00::/8")))
+        assert [r["raddr"] for r in by_cidr] == ["fd00::5"]
+        assert len(s.query(HistoryQuery(filter=FlowFilter(container="web")))) == 2
         assert s.query(HistoryQuery(since=50_010)) == []
 
 

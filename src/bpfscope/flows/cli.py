@@ -21,12 +21,20 @@ import click
 from ..clikit import parse_cgroup, sleep_until, stop_on_signals, validate_pid
 from ..errors import EXIT_USAGE, UserError
 from ..features import Mechanism
+from ..flowgroup import GROUP_KEYS, GROUP_SORT_KEYS, FlowGroup, group_flows, sort_groups
 from ..flowquery import SORT_KEYS, BadQuery, FlowFilter, sort_flows
 from ..ipprofile import IpProfiler
 from ..system import require_privileges
 from .collector import DEFAULT_MAX_ENTRIES, FlowCollector, KernelFilter, events_of
 from .records import AF_INET, AF_INET6, CollectorStats, FlowRecord
-from .render import EVENT_HEADER, event_line, flow_table, plain_table
+from .render import (
+    EVENT_HEADER,
+    event_line,
+    flow_table,
+    group_table,
+    plain_group_table,
+    plain_table,
+)
 
 __all__ = ["conns", "flows", "top"]
 
@@ -190,6 +198,39 @@ def _stats_text(s: CollectorStats) -> str:
     return s.summary()
 
 
+def _groups(
+    records: list[FlowRecord],
+    opts: Options,
+    by: str,
+    sort: str,
+    limit: int | None,
+    peer: Callable[[str | None], str],
+) -> list[FlowGroup]:
+    # a flow-only sort key (pid, age, ...) falls back to rate for groups
+    key = sort if sort in GROUP_SORT_KEYS else "rate"
+    chosen: list[FlowGroup] = sort_groups(group_flows(opts.view.apply(records), by, peer), key)
+    return chosen[:limit] if limit else chosen
+
+
+def top_grouping(group_by: str, flows: int, rows: int | None) -> tuple[str | None, str]:
+    """The group key top's screen uses, and a note saying why. ``auto``
+    groups by process only when the flows would not fit the rows shown
+    (churn: one client on many ephemeral ports)."""
+    if group_by in GROUP_KEYS:
+        return group_by, ""
+    if group_by == "auto" and rows and flows > rows:
+        return "process", f" (auto: {flows} flows > {rows} rows; -g none lists them)"
+    return None, ""
+
+
+def _check_group_sort(group_by: str | None, sort: str) -> None:
+    if group_by in GROUP_KEYS and sort not in GROUP_SORT_KEYS:
+        raise UserError(
+            f"--sort {sort} does not apply to groups; use one of: {', '.join(GROUP_SORT_KEYS)}",
+            EXIT_USAGE,
+        )
+
+
 _NO_DNS = click.option(
     "-N", "--no-dns", is_flag=True, help="No reverse DNS for the PEER column (class only)."
 )
@@ -227,6 +268,15 @@ def _peer_namer(no_dns: bool) -> tuple[IpProfiler, Callable[[str | None], str]]:
 @click.option("-n", "--count", type=click.IntRange(0), default=0, help="Stop after N refreshes.")
 @click.option("--limit", type=click.IntRange(0), default=None, help="Rows shown (terminal: 40).")
 @click.option("--json", "as_json", is_flag=True, help="NDJSON snapshot per refresh.")
+@click.option(
+    "-g",
+    "--group-by",
+    type=click.Choice(["auto", "none", *GROUP_KEYS]),
+    default="auto",
+    show_default=True,
+    help="One row per group. auto: on a terminal, group by process when the flows "
+    "do not fit the rows shown.",
+)
 @_NO_DNS
 @click.pass_context
 def top(
@@ -240,12 +290,14 @@ def top(
     count: int,
     limit: int | None,
     as_json: bool,
+    group_by: str,
     no_dns: bool,
 ) -> None:
     """Live per-flow traffic: who talks to whom, how much, and how it goes."""
     live = sys.stdout.isatty() and not as_json
     if limit is None and live:
         limit = 40
+    _check_group_sort(group_by, sort)
     collector = _collector(ctx, opts, max_entries, attach)
     profiler, peer = _peer_namer(no_dns)
     with collector, stop_on_signals() as stopped:
@@ -257,15 +309,22 @@ def top(
             from rich.text import Text
 
             def frame() -> Group:
-                rows = _view(collector.snapshot(), opts, sort, limit)
-                s = collector.stats()
-                footer = Text(_stats_text(s), style="dim")
+                snapshot = collector.snapshot()
+                footer = Text(_stats_text(collector.stats()), style="dim")
+                by, note = top_grouping(group_by, len(opts.view.apply(snapshot)), limit)
                 head = Text(
-                    f"bpfscope top · {len(collector.snapshot())} flows · every {interval:g}s "
-                    f"· sort {sort} · Ctrl-C to quit",
+                    f"bpfscope top · {len(snapshot)} flows · every {interval:g}s "
+                    f"· sort {sort}"
+                    + (f" · grouped by {by}{note}" if by else "")
+                    + " · Ctrl-C to quit",
                     style="bold",
                 )
-                return Group(head, flow_table(rows, peer=peer), footer)
+                if by:
+                    table = group_table(_groups(snapshot, opts, by, sort, limit, peer), by)
+                    return Group(head, table, footer)
+                return Group(
+                    head, flow_table(_view(snapshot, opts, sort, limit), peer=peer), footer
+                )
 
             with Live(frame(), auto_refresh=False, transient=False) as screen:
                 while not stopped[0]:
@@ -281,8 +340,21 @@ def top(
         while not stopped[0]:
             sleep_until(time.monotonic() + interval, stopped, collector.wait_events, step=0.2)
             collector.poll()
-            rows = _view(collector.snapshot(), opts, sort, limit)
             now = time.time()
+            if group_by in GROUP_KEYS:
+                groups = _groups(collector.snapshot(), opts, group_by, sort, limit, peer)
+                if as_json:
+                    for g in groups:
+                        click.echo(json.dumps({"time": round(now, 3), **g.to_json()}))
+                else:
+                    click.echo(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)))
+                    click.echo(plain_group_table(groups, group_by) + "\n")
+                sys.stdout.flush()
+                refreshes += 1
+                if count and refreshes >= count:
+                    break
+                continue
+            rows = _view(collector.snapshot(), opts, sort, limit)
             if as_json:
                 for r in rows:
                     data = {"time": round(now, 3), **r.to_json()}
@@ -319,6 +391,13 @@ def top(
 )
 @click.option("--limit", type=click.IntRange(0), default=None, help="At most N flows.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per flow (NDJSON).")
+@click.option(
+    "-g",
+    "--group-by",
+    type=click.Choice(GROUP_KEYS),
+    default=None,
+    help="One row per group: connections, bytes and rates each way.",
+)
 @_NO_DNS
 @click.option(
     "--bench",
@@ -337,11 +416,13 @@ def flows(
     sort: str,
     limit: int | None,
     as_json: bool,
+    group_by: str | None,
     no_dns: bool,
     bench: bool,
     bench_seconds: float,
 ) -> None:
     """One snapshot of the flows seen during --duration."""
+    _check_group_sort(group_by, sort)
     if bench:
         from ..bench.flows import main as bench_main
 
@@ -353,11 +434,20 @@ def flows(
     with collector, stop_on_signals() as stopped:
         sleep_until(time.monotonic() + duration, stopped, collector.wait_events, step=0.2)
         collector.poll()
-        rows = _view(collector.snapshot(), opts, sort, limit)
+        snapshot = collector.snapshot()
+        rows = _view(snapshot, opts, sort, None if group_by else limit)
         stats = collector.stats()
     for r in rows:  # start the name lookups, then give them a moment
         profiler.profile(r.raddr)
     profiler.dns_wait_idle(1.0)
+    if group_by is not None:
+        groups = _groups(snapshot, opts, group_by, sort, limit, peer)
+        if as_json:
+            for g in groups:
+                click.echo(json.dumps(g.to_json()))
+        else:
+            click.echo(plain_group_table(groups, group_by))
+        return
     if as_json:
         for r in rows:
             prof = profiler.profile(r.raddr).to_json()
@@ -406,7 +496,7 @@ def conns(
         while not stopped[0]:
             wait = 0.5 if end is None else max(0.0, min(0.5, end - time.monotonic()))
             for e in events_of(collector.poll(wait)):
-                if not match(e):  # type: ignore[arg-type]
+                if not match(e):
                     continue
                 click.echo(json.dumps(e.to_json()) if as_json else event_line(e))
                 seen += 1

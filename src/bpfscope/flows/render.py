@@ -9,6 +9,7 @@ from typing import Final
 
 from rich.table import Table
 
+from ..flowgroup import FlowGroup
 from .records import CollectorStats, ConnEvent, FlowRecord
 
 __all__ = [
@@ -141,3 +142,38 @@ def event_line(e: ConnEvent) -> str:
 
 def stats_line(s: CollectorStats) -> str:
     return s.summary()
+
+
+GROUP_COLUMNS: Final = ("CONNS", "TX/s", "RX/s", "TX", "RX")
+
+
+def group_row(g: FlowGroup) -> tuple[str, ...]:
+    return (
+        g.key,
+        str(g.connections),
+        human_bytes(g.tx_rate),
+        human_bytes(g.rx_rate),
+        human_bytes(g.tx_bytes),
+        human_bytes(g.rx_bytes),
+    )
+
+
+def group_table(groups: Sequence[FlowGroup], by: str) -> Table:
+    table = Table(expand=False, header_style="bold", box=None, pad_edge=False)
+    for col in (by.upper(), *GROUP_COLUMNS):
+        table.add_column(col, justify="left" if col == by.upper() else "right", no_wrap=True)
+    for g in groups:
+        table.add_row(*group_row(g))
+    return table
+
+
+def plain_group_table(groups: Sequence[FlowGroup], by: str) -> str:
+    rows = [(by.upper(), *GROUP_COLUMNS)] + [group_row(g) for g in groups]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        ).rstrip()
+        for r in rows
+    )

@@ -1,0 +1,33 @@
+#!/usr/bin/env python3
+"""Time the history queries of issue #15 on a file from gen_history.py:
+24 h grouped by remote, and one flow's time series (24 h and 7 days).
+
+    .venv/bin/python scripts/bench_history.py /tmp/h10m.db
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from bpfscope.flowquery import FlowFilter
+from bpfscope.store import HistoryQuery, HistoryReader
+
+
+def main() -> int:
+    reader = HistoryReader(sys.argv[1])
+    newest = reader._conn.execute("SELECT max(bucket_start) FROM flow_buckets").fetchone()[0]
+    flow = FlowFilter(pid=1007, port=30007, cidr="10.0.7.1/32")  # one flow of gen_history.py
+    for name, q in (
+        ("24 h grouped by remote", HistoryQuery(since=newest - 86400, group_by="remote")),
+        ("one flow, 24 h, step 10 s", HistoryQuery(since=newest - 86400, filter=flow, step=10)),
+        ("one flow, 7 d, step 60 s", HistoryQuery(filter=flow, step=60, limit=100_000)),
+    ):
+        t0 = time.perf_counter()
+        rows = reader.query(q)
+        print(f"{name}: {(time.perf_counter() - t0) * 1000:.0f} ms ({len(rows)} rows)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
