@@ -149,6 +149,26 @@ def test_panes_show_a_real_connection(live: str, browser: Any) -> None:
 
     rows = until(narrowed, what="the filtered table")
     assert len(rows) == 2 < everything  # client and server side, nothing else
+
+    # Grouped by process (the API's group_by): both sides are this process,
+    # one row of two connections with the exact bytes of both directions.
+    Select(d.find_element(By.ID, "flows-group")).select_by_value("process")
+
+    def grouped() -> list[WebElement] | None:
+        rows = d.find_elements(By.CSS_SELECTOR, "#flows-table tbody tr[data-group]")
+        ok = len(rows) == 1 and str(rows[0].get_attribute("data-group")).endswith(
+            f"[{os.getpid()}]"
+        )
+        return rows if ok and cell(rows[0], "connections") == "2" else None
+
+    (group,) = until(grouped, what="one group for both sides of the connection")
+    assert cell(group, "tx_bytes") == str(REQUEST + RESPONSE)
+    assert cell(group, "rx_bytes") == str(REQUEST + RESPONSE)
+    Select(d.find_element(By.ID, "flows-group")).select_by_index(0)  # back to flows
+    until(
+        lambda: len(flow_rows(d)) == 2 and not d.find_elements(By.CSS_SELECTOR, "tr[data-group]"),
+        what="flows again",
+    )
     set_filter(d, "bogus=1")
     until(lambda: "use name=value" in d.find_element(By.ID, "filter-error").text, what="error")
     set_filter(d, "")

@@ -20,6 +20,18 @@ const COLUMNS = [
   { key: "age", label: "Age", sort: "age", num: true, text: (f) => duration(Math.max(0, (f.closed || Date.now() / 1000) - (f.opened || f.first_seen))) },
 ];
 
+// One row per group (the API's group_by): what the flows of a group sum to.
+const GROUP_COLUMNS = [
+  { key: "key", label: "Group", text: (g) => g.key },
+  { key: "connections", label: "Connections", sort: "connections", num: true, value: (g) => g.connections, text: (g) => g.connections },
+  { key: "tx_bytes", label: "Sent", sort: "tx", num: true, value: (g) => g.tx_bytes, text: (g) => bytes(g.tx_bytes) },
+  { key: "rx_bytes", label: "Received", sort: "rx", num: true, value: (g) => g.rx_bytes, text: (g) => bytes(g.rx_bytes) },
+  { key: "tx_rate", label: "Sent/s", sort: "tx_rate", num: true, value: (g) => g.tx_rate, text: (g) => rate(g.tx_rate) },
+  { key: "rx_rate", label: "Recv/s", sort: "rx_rate", num: true, value: (g) => g.rx_rate, text: (g) => rate(g.rx_rate) },
+];
+// Sort keys the API accepts for groups.
+const GROUP_SORTS = ["bytes", "tx", "rx", "rate", "tx_rate", "rx_rate", "connections"];
+
 export function flowKey(f) {
   return [f.proto, f.pid, f.laddr, f.lport, f.raddr, f.rport].join("|");
 }
@@ -33,11 +45,19 @@ export class FlowsPane {
     this.count = document.getElementById("flows-count");
     this.limit = document.getElementById("flows-limit");
     this.limit.addEventListener("change", () => app.refreshNow());
+    this.group = document.getElementById("flows-group");
+    this.group.addEventListener("change", () => {
+      if (this.group.value && !GROUP_SORTS.includes(this.sort.key)) this.sort = { key: "bytes", desc: true };
+      this.drawHeader();
+      app.refreshNow();
+    });
     this.drawHeader();
   }
 
+  columns() { return this.group.value ? GROUP_COLUMNS : COLUMNS; }
+
   drawHeader() {
-    header(this.table, COLUMNS, this.sort, (c) => {
+    header(this.table, this.columns(), this.sort, (c) => {
       this.sort = { key: c.sort, desc: this.sort.key === c.sort ? !this.sort.desc : true };
       this.drawHeader();
       this.app.refreshNow();
@@ -45,11 +65,28 @@ export class FlowsPane {
   }
 
   async refresh(filter) {
+    const by = this.group.value;
     const body = await get("/api/v1/flows", {
       ...filter, sort: this.sort.key, order: this.sort.desc ? "desc" : "asc", limit: this.limit.value,
+      ...(by ? { group_by: by } : {}),
     });
     const tbody = this.table.tBodies[0];
     clear(tbody);
+    if (by) {
+      for (const g of body.items) {
+        const row = el("tr", { dataset: { group: g.key } });
+        for (const c of GROUP_COLUMNS) {
+          const v = c.value ? c.value(g) : undefined;
+          row.append(el("td", {
+            class: c.num ? "num" : null,
+            dataset: { col: c.key, ...(v !== undefined ? { value: v } : {}) },
+          }, String(c.text(g))));
+        }
+        tbody.append(row);
+      }
+      this.count.textContent = `${body.items.length} of ${body.total} groups by ${by}`;
+      return;
+    }
     for (const f of body.items) {
       const row = el("tr", { dataset: { key: flowKey(f), pid: f.pid, lport: f.lport, rport: f.rport ?? "" } });
       for (const c of COLUMNS) {
