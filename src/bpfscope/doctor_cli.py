@@ -165,7 +165,7 @@ def _check(btf: str | None, force: Mechanism | None, console: Console) -> list[d
 @click.option(
     "--attach",
     "force",
-    type=click.Choice([str(m) for m in Mechanism]),
+    type=click.Choice([str(m) for m in selftest.MECHANISMS]),
     default=None,
     help="With --check: force the self-test onto this mechanism.",
 )

@@ -51,6 +51,17 @@ class SelftestValue(ctypes.Structure):
     _fields_ = [("packets", ctypes.c_uint64), ("bytes", ctypes.c_uint64)]
 
 
+# The mechanisms the self-test's ladder has, so `doctor --check --attach`
+# offers only those.
+MECHANISMS = (
+    Mechanism.FENTRY,
+    Mechanism.TP_BTF,
+    Mechanism.RAW_TP,
+    Mechanism.TRACEPOINT,
+    Mechanism.KPROBE,
+)
+
+
 def hooks() -> list[Hook]:
     entry = targets.syscall_entry_function("getpid") or "__do_sys_getpid"
     return [

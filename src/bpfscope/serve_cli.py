@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from .errors import EXIT_USAGE, UserError
+from .flows.programs import ATTACH_CHOICES
 from .syscalls import COST_NS
 from .system import require_privileges
 from .units import parse_duration, parse_listen, parse_size
@@ -94,7 +95,11 @@ def _convert(kind: str, fn: Any, value: str) -> Any:
     f"adds ~{COST_NS['latency']} ns per syscall instead, sys_enter hooked too).",
 )
 @click.option(
-    "--attach", "force", default=None, help="Force an attach mechanism (see `bpfscope doctor`)."
+    "--attach",
+    "force",
+    type=click.Choice(ATTACH_CHOICES),
+    default=None,
+    help="Force the flow monitor's hooks onto this mechanism (see `bpfscope doctor`).",
 )
 @click.option(
     "--kube",
@@ -172,13 +177,7 @@ def serve(
 
     mechanism = None
     if force is not None:
-        try:
-            mechanism = Mechanism(force)
-        except ValueError:
-            choices = ", ".join(m.value for m in Mechanism)
-            raise UserError(
-                f"--attach {force}: unknown mechanism (one of: {choices})", EXIT_USAGE
-            ) from None
+        mechanism = Mechanism(force)
     if otlp_endpoint is not None:
         from .otlp import logs_endpoint
 

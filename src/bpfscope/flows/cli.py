@@ -26,6 +26,7 @@ from ..flowquery import SORT_KEYS, BadQuery, FlowFilter, sort_flows
 from ..ipprofile import IpProfiler
 from ..system import require_privileges
 from .collector import DEFAULT_MAX_ENTRIES, FlowCollector, KernelFilter, events_of
+from .programs import ATTACH_CHOICES
 from .records import AF_INET, AF_INET6, CollectorStats, FlowRecord
 from .render import (
     EVENT_HEADER,
@@ -37,17 +38,6 @@ from .render import (
 )
 
 __all__ = ["conns", "flows", "top"]
-
-ATTACH_CHOICES = tuple(
-    str(m)
-    for m in (
-        Mechanism.FEXIT,
-        Mechanism.TP_BTF,
-        Mechanism.RAW_TP,
-        Mechanism.TRACEPOINT,
-        Mechanism.KPROBE,
-    )
-)
 
 
 @dataclass(frozen=True)

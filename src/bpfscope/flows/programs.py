@@ -27,6 +27,18 @@ from typing import Final
 from ..features import Mechanism
 from ..ladder import Choice, Extras, Hook, Rung
 
+# The mechanisms a user may force the flows hooks onto (`--attach`).
+ATTACH_CHOICES: Final = tuple(
+    str(m)
+    for m in (
+        Mechanism.FEXIT,
+        Mechanism.TP_BTF,
+        Mechanism.RAW_TP,
+        Mechanism.TRACEPOINT,
+        Mechanism.KPROBE,
+    )
+)
+
 __all__ = [
     "CORE",
     "COUNTERS_ITER",
