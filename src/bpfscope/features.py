@@ -55,7 +55,6 @@ class Mechanism(StrEnum):
     BATCH_OPS = "batch_ops"
     LOOKUP_AND_DELETE = "lookup_and_delete"
     BPF_STATS = "bpf_stats"
-    MAP_ITER = "map_iter"
 
 
 # Mechanisms that attach programs to hooks (the rest are map/kernel features).
@@ -95,7 +94,6 @@ NEEDS: Final[dict[Mechanism, str]] = {
     Mechanism.BATCH_OPS: "Linux 5.6+",
     Mechanism.LOOKUP_AND_DELETE: "Linux 5.14+ (BPF_MAP_LOOKUP_AND_DELETE_ELEM on hash maps)",
     Mechanism.BPF_STATS: "Linux 5.8+ (BPF_ENABLE_STATS)",
-    Mechanism.MAP_ITER: "Linux 5.9+ (iterators over map elements; some builds refuse them)",
 }
 
 
@@ -185,7 +183,6 @@ _PROGRAM_OF: Final[dict[Mechanism, str]] = {
 
 # Index of each mechanism in probe_hits[] (matches enum probe_mechanism).
 _HIT_INDEX: Final[dict[Mechanism, int]] = {m: i for i, m in enumerate(PROGRAM_MECHANISMS)}
-_MAP_ITER_HIT_INDEX: Final = len(PROGRAM_MECHANISMS)  # PROBE_MAP_ITER
 
 
 def _kprobe_unavailable_reason() -> str | None:
@@ -213,11 +210,6 @@ def _explain_load_failure(m: Mechanism, exc: bpf.BpfError) -> str:
             f"({errno.errorcode.get(err, err)} with full privileges): BPF "
             "trampolines are unavailable here (no CONFIG_DYNAMIC_FTRACE_WITH_DIRECT_CALLS, "
             "lockdown, or a hypervisor that forbids text patching)"
-        )
-    if m is Mechanism.MAP_ITER and err == errno.EPERM:
-        return (
-            "the kernel refused to load an iterator over map elements (EPERM with "
-            "full privileges; this build allows other iterators such as iter/tcp)"
         )
     if err == errno.ESRCH or err == errno.ENOENT:
         return "the hook's BTF type or kernel function was not found"
@@ -378,40 +370,13 @@ def _probe_bpf_stats() -> Verdict:
     return _verdict(m, Status.AVAILABLE, "BPF_ENABLE_STATS returned a stats fd")
 
 
-def _probe_map_iter() -> Verdict:
-    m = Mechanism.MAP_ITER
-    with (
-        bpf.quiet_libbpf(),
-        bpf.BpfObject.open_bytes(object_bytes("probe"), name="bpfscope_probe") as obj,
-    ):
-        for name, prog in obj.programs.items():
-            prog.autoload = name == "probe_map_iter"
-        try:
-            obj.load()
-        except bpf.BpfError as exc:
-            return _verdict(m, Status.UNSUPPORTED, _explain_load_failure(m, exc), exc.errno)
-        try:
-            link = obj.program("probe_map_iter").attach_map_iter(obj.map("probe_sk_storage"))
-        except bpf.BpfError as exc:
-            return _verdict(m, Status.UNSUPPORTED, _explain_attach_failure(m, exc), exc.errno)
-        try:
-            link.run_iter()
-        finally:
-            link.destroy()
-        idx = _MAP_ITER_HIT_INDEX * 8
-        hits = int.from_bytes(obj.bss["probe_hits"][idx : idx + 8], "little")
-    if hits >= 1:
-        return _verdict(m, Status.AVAILABLE, "an iterator over a socket-storage map ran")
-    return _verdict(m, Status.INCONCLUSIVE, "the map iterator attached but never ran")
-
-
 def _probe_uncached(m: Mechanism) -> Verdict:
     missing = system.missing_caps(names=("CAP_BPF", "CAP_PERFMON"))
     if missing:
         return _verdict(
             m, Status.INCONCLUSIVE, f"cannot probe without {', '.join(missing)} (run as root)"
         )
-    if (m in _PROGRAM_OF or m is Mechanism.MAP_ITER) and not system.VMLINUX_BTF.is_file():
+    if m in _PROGRAM_OF and not system.VMLINUX_BTF.is_file():
         return _verdict(
             m,
             Status.INCONCLUSIVE,
@@ -431,8 +396,6 @@ def _probe_uncached(m: Mechanism) -> Verdict:
             return _probe_lookup_and_delete()
         if m is Mechanism.BPF_STATS:
             return _probe_bpf_stats()
-        if m is Mechanism.MAP_ITER:
-            return _probe_map_iter()
     except bpf.BpfError as exc:
         return _verdict(m, Status.INCONCLUSIVE, str(exc), exc.errno)
     raise ValueError(f"unknown mechanism {m}")

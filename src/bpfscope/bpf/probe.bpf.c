@@ -96,23 +96,6 @@ int probe_cgroup_skb(struct __sk_buff *skb)
 	return 1; /* allow: the probe must never drop traffic */
 }
 
-/* Iterators over a map's elements: some kernels load iter/tcp but refuse
- * these (EPERM), and the flow monitor's per-socket fold needs them. The
- * kernel calls the program once more at the end, so an empty map counts. */
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, __u64);
-} probe_sk_storage SEC(".maps");
-
-SEC("iter/bpf_sk_storage_map")
-int probe_map_iter(struct bpf_iter__bpf_sk_storage_map *ctx)
-{
-	__sync_fetch_and_add(&probe_hits[PROBE_MAP_ITER], 1);
-	return 0;
-}
-
 /* Empty program on a cheap syscall: `progs --stats-cost` times getpid with
  * and without kernel.bpf_stats to learn what statistics add per run. */
 SEC("tracepoint/syscalls/sys_enter_getpid")
