@@ -43,6 +43,7 @@ from .store import HistoryQuery
 from .syscalls.aggregate import aggregate, aggregate_errnos, grouped_json, top
 from .sysnames import UnknownSyscall, syscall_nr
 from .web import mount_web
+from .web.apidocs import mount_api_docs
 
 __all__ = ["MAX_PAGE", "create_app"]
 
@@ -139,6 +140,8 @@ def create_app(
     stream_poll_seconds: float = 0.25,
 ) -> FastAPI:
     app = FastAPI(
+        docs_url=None,  # web.apidocs serves /docs without a CDN
+        redoc_url=None,
         title="bpfscope agent",
         version=__version__,
         description="Read-only API of the bpfscope eBPF agent: flows, connections, history, "
@@ -442,4 +445,5 @@ def create_app(
     # The web view at / reads the API above from the browser; its static
     # files carry no data, so they need no token (the API calls do).
     mount_web(app)
+    mount_api_docs(app)
     return app

@@ -219,3 +219,15 @@ def test_closed_flows_linger_in_the_current_view() -> None:
     time.sleep(0.01)
     a.poll_once()
     assert a.current_flows() == []
+
+
+def test_api_docs_need_no_cdn(api: httpx.Client) -> None:
+    page = api.get("/docs")
+    assert page.status_code == 200
+    assert "cdn." not in page.text
+    assert "https://" not in page.text
+    for ref in ("docs/assets/swagger-ui-bundle.js", "docs/assets/swagger-ui.css", "openapi.json"):
+        assert ref in page.text
+        assert api.get(f"/{ref}").status_code == 200, ref
+    assert api.get("/docs/assets/index.html").status_code == 404  # only what the page needs
+    assert api.get("/redoc").status_code == 404  # ReDoc would load from a CDN too
