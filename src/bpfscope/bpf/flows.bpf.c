@@ -1335,14 +1335,15 @@ int state_tracepoint(struct trace_event_raw_inet_sock_set_state *ctx)
 }
 
 /*
- * tcp:tcp_retransmit_skb's record was the shared tcp_event_sk_skb class up
- * to 6.12 and is its own struct since (6.18 here); skbaddr and skaddr lead
- * both. A plain local layout, no CO-RE: a relocation against either struct
- * name fails on the kernels that lack it, and without CAP_SYS_ADMIN libbpf
- * cannot even look for it in module BTF, so the least-privilege rung would
- * break on one side or the other.
+ * tcp:tcp_retransmit_skb's and tcp:tcp_send_reset's records were the shared
+ * tcp_event_sk_skb class in older kernels (6.1 for both; 6.12 for the
+ * retransmit) and are structs of their own since (6.18 here has both);
+ * skbaddr and skaddr lead every one of them. A plain local layout, no
+ * CO-RE: a relocation against a struct name fails on the kernels that lack
+ * it, and without CAP_SYS_ADMIN libbpf cannot even look for it in module
+ * BTF, so the least-privilege rung would break on one side or the other.
  */
-struct tcp_retransmit_record {
+struct tcp_skb_sk_record {
 	struct trace_entry ent;
 	const void *skbaddr;
 	const void *skaddr;
@@ -1365,8 +1366,8 @@ struct tcp_retransmit_record {
 		return on_tcp_event((struct sock *)ctx->skaddr, type, false);   \
 	}
 
-TCP_EVENT_RUNGS(retransmit, tcp_retransmit_skb, tcp_retransmit_record, FLOW_EV_RETRANS)
-TCP_EVENT_RUNGS(send_reset, tcp_send_reset, trace_event_raw_tcp_send_reset, FLOW_EV_RESET_SENT)
+TCP_EVENT_RUNGS(retransmit, tcp_retransmit_skb, tcp_skb_sk_record, FLOW_EV_RETRANS)
+TCP_EVENT_RUNGS(send_reset, tcp_send_reset, tcp_skb_sk_record, FLOW_EV_RESET_SENT)
 TCP_EVENT_RUNGS(receive_reset, tcp_receive_reset, trace_event_raw_tcp_event_sk,
 		FLOW_EV_RESET_RECV)
 
