@@ -17,6 +17,11 @@ STAMP="$VENV/.setup-stamp"
 #  libcap2-bin      capsh for least-privilege runs
 #  linux-libc-dev-arm64-cross     arm64 syscall numbers for the table check
 #  qemu-system-x86 busybox-static the kernel matrix (matrix/run): other kernels in qemu
+#  qemu-system-arm qemu-user-static debootstrap debian-archive-keyring
+#                                 its arm64 guests: qemu-system-aarch64 (the kernel
+#                                 boots directly, no UEFI firmware), and the
+#                                 Debian arm64 root matrix/run debootstraps once
+#                                 (second stage through qemu-user and binfmt_misc)
 #  chromium chromium-driver        the web view's browser tests (Selenium)
 #  prometheus                     evaluates the Grafana dashboards' queries in tests
 # The container image test (tests/kernel/test_container_image.py) installs
@@ -28,6 +33,7 @@ PACKAGES=(
   bpftrace iproute2 nftables util-linux libcap2-bin procps
   linux-libc-dev-arm64-cross
   qemu-system-x86 busybox-static
+  qemu-system-arm qemu-user-static debootstrap debian-archive-keyring
   chromium chromium-driver prometheus
 )
 

@@ -196,3 +196,25 @@ def test_guest_requirements_leave_out_the_development_tools() -> None:
     names = {r.split(">")[0].split("=")[0].lower() for r in reqs}
     assert {"click", "pytest", "fastapi", "hypothesis"} <= names
     assert not names & {"ruff", "mypy", "build", "hatchling", "bpfscope[agent,lab,otlp]"}
+
+
+def test_a_guest_that_dies_before_its_job_is_booted_again_and_says_why(tmp_path: Path) -> None:
+    # only a boot that never reached the job counts as a boot failure
+    assert mx.boot_failed("done", None)
+    assert mx.boot_failed("boot-timeout", None)
+    assert mx.boot_failed("exit:1", None)
+    assert not mx.boot_failed("done", 5.5)
+    assert not mx.boot_failed("timeout", 5.5)
+    assert not mx.boot_failed("not run", None)
+    console = tmp_path / "console.log"
+    console.write_text(
+        "[    2.340450] Oops: int3: 0000 [#1] PREEMPT SMP NOPTI\n"
+        "[    2.342357] RIP: 0010:sched_clock_cpu+0x9/0x1d0\n"
+        "[    2.352023] Kernel panic - not syncing: Fatal exception in interrupt\n"
+    )
+    assert mx.boot_failure_summary("done", console) == (
+        "qemu exited before the job: Oops: int3: 0000 [#1] PREEMPT SMP NOPTI"
+        " at 0010:sched_clock_cpu+0x9/0x1d0"
+    )
+    console.write_text("")
+    assert mx.boot_failure_summary("boot-timeout", console) == "no boot in time"

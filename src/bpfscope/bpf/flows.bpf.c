@@ -1334,6 +1334,21 @@ int state_tracepoint(struct trace_event_raw_inet_sock_set_state *ctx)
 	return on_state((struct sock *)ctx->skaddr, ctx->oldstate, ctx->newstate, false);
 }
 
+/*
+ * tcp:tcp_retransmit_skb's and tcp:tcp_send_reset's records were the shared
+ * tcp_event_sk_skb class in older kernels (6.1 for both; 6.12 for the
+ * retransmit) and are structs of their own since (6.18 here has both);
+ * skbaddr and skaddr lead every one of them. A plain local layout, no
+ * CO-RE: a relocation against a struct name fails on the kernels that lack
+ * it, and without CAP_SYS_ADMIN libbpf cannot even look for it in module
+ * BTF, so the least-privilege rung would break on one side or the other.
+ */
+struct tcp_skb_sk_record {
+	struct trace_entry ent;
+	const void *skbaddr;
+	const void *skaddr;
+};
+
 #define TCP_EVENT_RUNGS(hook, tp, tp_struct, type)                              \
 	SEC("tp_btf/" #tp)                                                     \
 	int BPF_PROG(hook##_tp_btf, struct sock *sk)                           \
@@ -1351,9 +1366,8 @@ int state_tracepoint(struct trace_event_raw_inet_sock_set_state *ctx)
 		return on_tcp_event((struct sock *)ctx->skaddr, type, false);   \
 	}
 
-TCP_EVENT_RUNGS(retransmit, tcp_retransmit_skb, trace_event_raw_tcp_retransmit_skb,
-		FLOW_EV_RETRANS)
-TCP_EVENT_RUNGS(send_reset, tcp_send_reset, trace_event_raw_tcp_send_reset, FLOW_EV_RESET_SENT)
+TCP_EVENT_RUNGS(retransmit, tcp_retransmit_skb, tcp_skb_sk_record, FLOW_EV_RETRANS)
+TCP_EVENT_RUNGS(send_reset, tcp_send_reset, tcp_skb_sk_record, FLOW_EV_RESET_SENT)
 TCP_EVENT_RUNGS(receive_reset, tcp_receive_reset, trace_event_raw_tcp_event_sk,
 		FLOW_EV_RESET_RECV)
 
