@@ -9,6 +9,7 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -79,6 +80,17 @@ def _when(text: str | None, now: float) -> float | None:
     default=None,
     help="One row per group over the time range: connections, bytes and mean rates.",
 )
+@click.option(
+    "--step",
+    type=click.IntRange(1, 7 * 86400),
+    default=None,
+    help="A time series: totals per STEP seconds (whole buckets), oldest first.",
+)
+@click.option(
+    "--cursor",
+    default=None,
+    help="Continue after a previous page (the cursor it printed); same query options.",
+)
 @click.option("--json", "as_json", is_flag=True, help="NDJSON, one bucket row per line.")
 def history(
     db_path: str | None,
@@ -93,11 +105,20 @@ def history(
     proto: str | None,
     limit: int,
     group_by: str | None,
+    step: int | None,
+    cursor: str | None,
     as_json: bool,
 ) -> None:
     """Flow history recorded by `bpfscope serve`, by time range and filters.
-    Reads the file read-only, so it works while the agent writes."""
+    Reads the file read-only, so it works while the agent writes. When more
+    rows match than --limit, the last line names the --cursor of the next
+    page (on stderr with --json)."""
     now = time.time()
+    if group_by is not None and step is not None:
+        raise UserError(
+            "--group-by and --step exclude each other: filter to one group for a series",
+            EXIT_USAGE,
+        )
     try:
         flt = FlowFilter(
             pid=pid,
@@ -119,15 +140,22 @@ def history(
         filter=flt,
         limit=limit,
         group_by=group_by,
+        step=step,
     )
     try:
         with HistoryReader(path) as reader:
-            rows = reader.query(q)
+            got = reader.page(q, cursor)
+    except BadQuery as exc:
+        raise UserError(str(exc), EXIT_USAGE) from None
     except StoreError as exc:
         raise UserError(str(exc)) from None
+    rows = got.items
+    more = f"more: --cursor {got.next_cursor}" if got.next_cursor else None
     if as_json:
         for r in rows:
             click.echo(json.dumps(r))
+        if more:
+            click.echo(more, err=True)
         return
     # Piped output keeps whole columns rather than wrapping at 80.
     console = Console() if sys.stdout.isatty() else Console(width=240)
@@ -139,6 +167,13 @@ def history(
         ]  # fmt: skip
         console.print(f"flow history from {path}, grouped by {group_by} ({len(rows)} groups)")
         console.print(group_table(groups, group_by))
+        if more:
+            console.print(more)
+        return
+    if step is not None:
+        _print_series(console, path, rows)
+        if more:
+            console.print(more)
         return
     table = Table(title=f"flow history from {path} ({len(rows)} rows)")
     for col in (
@@ -166,5 +201,25 @@ def history(
             r.get("remote_name") or r.get("remote_class") or "",
             human_bytes(r["tx_bytes"]),
             human_bytes(r["rx_bytes"]),
+        )
+    console.print(table)
+    if more:
+        console.print(more)
+
+
+def _print_series(console: Console, path: Path, rows: list[dict[str, Any]]) -> None:
+    table = Table(title=f"flow history from {path}: series ({len(rows)} steps)")
+    for col in ("time", "conns", "tx", "rx", "tx/s", "rx/s", "rtt avg"):
+        table.add_column(col, justify="left" if col == "time" else "right")
+    for r in rows:
+        rtt = r.get("rtt_avg_us")
+        table.add_row(
+            datetime.fromtimestamp(r["time"]).strftime("%Y-%m-%d %H:%M:%S"),
+            str(r["connections"]),
+            human_bytes(r["tx_bytes"]),
+            human_bytes(r["rx_bytes"]),
+            human_bytes(round(r["tx_rate"])),
+            human_bytes(round(r["rx_rate"])),
+            f"{rtt} µs" if rtt is not None else "-",
         )
     console.print(table)

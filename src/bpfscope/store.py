@@ -18,23 +18,26 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
 
-from .flowgroup import group_sql
-from .flowquery import FlowFilter, register_sql
+from .flowquery import register_sql
+from .historyquery import HOUR, HistoryPage, HistoryQuery, query_history, query_page
 
 __all__ = [
     "DEFAULT_PATH",
+    "ROW_COLUMNS",
     "SCHEMA_VERSION",
     "FlowSample",
+    "HistoryPage",
     "HistoryQuery",
     "HistoryReader",
     "Store",
     "StoreError",
     "default_path",
+    "query_history",
 ]
 
 log = logging.getLogger("bpfscope.store")
@@ -59,7 +62,14 @@ class StoreError(RuntimeError):
 
 @dataclass(frozen=True)
 class FlowSample:
-    """Traffic of one flow during one collection interval (deltas)."""
+    """Traffic of one history key during one collection interval (deltas).
+
+    The key is (proto, laddr, lport, raddr, rport, pid); the history sink
+    stores the client's ephemeral port as 0 (see ``sinks.history_key``), so
+    the connections of one client to one service share a key. ``conn``
+    names the connection itself (to count distinct ones), ``new`` says the
+    connection was first seen now, ``closed`` that it closed now.
+    """
 
     proto: str
     family: int
@@ -82,6 +92,12 @@ class FlowSample:
     tx_segs: int = 0
     rx_segs: int = 0
     retrans_bytes: int = 0
+    direction: str = ""  # active (we connected) | passive (we accepted) | "" unknown
+    conn: int = 0  # identity of the connection (0: the key is the connection)
+    new: bool = False
+    closed: bool = False
+    duration_ms: int | None = None  # of a connection that closed, if its open was seen
+    rtt_us: int | None = None  # smoothed RTT at this poll (TCP)
 
     def key(self) -> tuple[Any, ...]:
         return (self.proto, self.laddr, self.lport, self.raddr, self.rport, self.pid)
@@ -139,51 +155,82 @@ MIGRATIONS: Final[tuple[str, ...]] = (
     ALTER TABLE flow_buckets ADD COLUMN rx_segs INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE flow_buckets ADD COLUMN retrans_bytes INTEGER NOT NULL DEFAULT 0;
     """,
+    # 4: one row per (process, local address, remote address, service port):
+    # the client's ephemeral port is stored as 0. Connection counts, closes,
+    # durations and RTT per row; rows of older versions count as one
+    # connection each. flow_hours: the same rows summed per hour, for long
+    # ranges. An index by process for one flow's series.
+    """
+    ALTER TABLE flow_buckets ADD COLUMN direction TEXT NOT NULL DEFAULT '';
+    ALTER TABLE flow_buckets ADD COLUMN connections INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE flow_buckets ADD COLUMN opened INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE flow_buckets ADD COLUMN closed INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE flow_buckets ADD COLUMN durations INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE flow_buckets ADD COLUMN duration_ms_sum INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE flow_buckets ADD COLUMN duration_ms_max INTEGER;
+    ALTER TABLE flow_buckets ADD COLUMN rtt_min_us INTEGER;
+    ALTER TABLE flow_buckets ADD COLUMN rtt_avg_us INTEGER;
+    ALTER TABLE flow_buckets ADD COLUMN rtt_max_us INTEGER;
+    ALTER TABLE flow_buckets ADD COLUMN rtt_samples INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX flow_buckets_pid ON flow_buckets (pid, bucket_start);
+    CREATE TABLE flow_hours AS SELECT * FROM flow_buckets WHERE 0;
+    CREATE UNIQUE INDEX flow_hours_key
+        ON flow_hours (bucket_start, proto, laddr, lport, raddr, rport, pid);
+    CREATE INDEX flow_hours_pid ON flow_hours (pid, bucket_start);
+    CREATE INDEX flow_hours_remote ON flow_hours (raddr, bucket_start);
+    INSERT INTO flow_hours SELECT
+        bucket_start - bucket_start % 3600, 3600, proto, max(family), laddr, lport, raddr,
+        rport, pid, max(comm), max(container), sum(tx_bytes), sum(rx_bytes), sum(tx_calls),
+        sum(rx_calls), sum(retransmits), sum(resets), max(remote_class), max(remote_name),
+        sum(tx_segs), sum(rx_segs), sum(retrans_bytes), '', sum(connections), sum(opened),
+        0, 0, 0, NULL, NULL, NULL, NULL, 0
+        FROM flow_buckets
+        GROUP BY bucket_start - bucket_start % 3600, proto, laddr, lport, raddr, rport, pid;
+    """,
 )
 SCHEMA_VERSION: Final = len(MIGRATIONS)
 
-
-@dataclass(frozen=True)
-class HistoryQuery:
-    since: float | None = None
-    until: float | None = None
-    filter: FlowFilter = field(default_factory=FlowFilter)
-    limit: int = 1000
-    group_by: str | None = None  # one of flowgroup.GROUP_KEYS: one row per group
-    offset: int = 0  # rows (or groups, or series points) to skip: paging
-    step: int | None = None  # a time series: totals per step seconds, oldest first
+# The row columns the writer fills besides bucket_start and bucket_seconds.
+ROW_COLUMNS: Final = (
+    "proto", "family", "laddr", "lport", "raddr", "rport", "pid", "comm", "container",
+    *_COUNTERS, "remote_class", "remote_name", "direction", "connections", "opened",
+    "closed", "durations", "duration_ms_sum", "duration_ms_max",
+    "rtt_min_us", "rtt_avg_us", "rtt_max_us", "rtt_samples",
+)  # fmt: skip
+_KEY_COLUMNS: Final = "bucket_start, proto, laddr, lport, raddr, rport, pid"
 
 
-def query_history(
-    conn: sqlite3.Connection, q: HistoryQuery, bucket_seconds: int
-) -> list[dict[str, Any]]:
-    """Rows of ``q``, newest bucket first, biggest flow first within one.
-    The filter's SQL comes from :meth:`FlowFilter.sql`, so history and the
-    live views select the same flows."""
-    where: list[str] = []
-    args: list[Any] = []
-    if q.since is not None:
-        where.append("bucket_start >= ?")
-        args.append(int(q.since) - int(q.since) % bucket_seconds)
-    if q.until is not None:
-        where.append("bucket_start <= ?")
-        args.append(q.until)
-    cond, cond_args = q.filter.sql()
-    if cond:
-        where.append(cond)
-        args += cond_args
-    if q.group_by is not None:
-        return _query_groups(conn, q, where, args)
-    if q.step is not None:
-        return _query_series(conn, q, where, args, bucket_seconds)
-    sql = "SELECT * FROM flow_buckets"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY bucket_start DESC, tx_bytes + rx_bytes DESC LIMIT ? OFFSET ?"
-    args += [q.limit, q.offset]
-    cur = conn.execute(sql, args)
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, row, strict=True)) for row in cur]
+def _merge(c: str) -> str:
+    """How a row already stored for a key absorbs another one for it."""
+    if c in _COUNTERS or c in ("connections", "opened", "closed", "durations",
+                               "duration_ms_sum", "rtt_samples"):  # fmt: skip
+        return f"{c} = {c} + excluded.{c}"
+    if c in ("rtt_min_us", "duration_ms_max", "rtt_max_us"):
+        f = "min" if c == "rtt_min_us" else "max"
+        return f"{c} = {f}(coalesce({c}, excluded.{c}), coalesce(excluded.{c}, {c}))"
+    if c == "rtt_avg_us":
+        return (
+            "rtt_avg_us = (coalesce(rtt_avg_us, 0) * rtt_samples + coalesce(excluded.rtt_avg_us, 0)"
+            " * excluded.rtt_samples) / nullif(rtt_samples + excluded.rtt_samples, 0)"
+        )
+    if c == "remote_name":
+        return (
+            "remote_name = CASE excluded.remote_name WHEN '' THEN remote_name "
+            "ELSE excluded.remote_name END"
+        )
+    return f"{c} = excluded.{c}"
+
+
+def upsert_sql(table: str) -> str:
+    """INSERT of (bucket_start, bucket_seconds, *ROW_COLUMNS) into a table
+    of rows, summing into the row already there for the key."""
+    cols = ", ".join(ROW_COLUMNS)
+    marks = ", ".join("?" for _ in range(len(ROW_COLUMNS) + 2))
+    updates = ", ".join(_merge(c) for c in ROW_COLUMNS if c not in _KEY_COLUMNS)
+    return (
+        f"INSERT INTO {table} (bucket_start, bucket_seconds, {cols}) VALUES ({marks}) "
+        f"ON CONFLICT ({_KEY_COLUMNS}) DO UPDATE SET {updates}"
+    )
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -300,15 +347,40 @@ class Store:
                 self._close_bucket_locked()
             self._open_bucket = bucket
             for s in samples:
-                if not any(getattr(s, c) for c in _COUNTERS):
-                    continue
-                row = self._pending.get(s.key())
-                if row is None:
-                    self._pending[s.key()] = asdict(s)
-                else:
-                    for c in _COUNTERS:
-                        row[c] += getattr(s, c)
-                    row["remote_name"] = s.remote_name or row["remote_name"]
+                self._add_locked(s)
+
+    def _add_locked(self, s: FlowSample) -> None:
+        key = s.key()
+        row = self._pending.get(key)
+        if row is None:
+            if not (s.new or s.closed or any(getattr(s, c) for c in _COUNTERS)):
+                return
+            row = self._pending[key] = {c: getattr(s, c, 0) for c in ROW_COLUMNS}
+            row.update(connections=0, opened=0, closed=0, durations=0, duration_ms_sum=0,
+                       duration_ms_max=None, rtt_min_us=None, rtt_avg_us=None, rtt_max_us=None,
+                       rtt_samples=0, _conns=set())  # fmt: skip
+        else:
+            for c in _COUNTERS:
+                row[c] += getattr(s, c)
+            row["remote_name"] = s.remote_name or row["remote_name"]
+        conns: set[int] = row["_conns"]
+        conn = s.conn or hash(key)
+        if conn not in conns:
+            conns.add(conn)
+            row["connections"] += 1
+        row["opened"] += s.new
+        if s.closed:
+            row["closed"] += 1
+            if s.duration_ms is not None:
+                row["durations"] += 1
+                row["duration_ms_sum"] += s.duration_ms
+                row["duration_ms_max"] = max(row["duration_ms_max"] or 0, s.duration_ms)
+        if s.rtt_us is not None:
+            n = row["rtt_samples"]
+            row["rtt_min_us"] = min(row["rtt_min_us"] or s.rtt_us, s.rtt_us)
+            row["rtt_max_us"] = max(row["rtt_max_us"] or 0, s.rtt_us)
+            row["rtt_avg_us"] = ((row["rtt_avg_us"] or 0) * n + s.rtt_us) / (n + 1)
+            row["rtt_samples"] = n + 1
 
     def _close_bucket_locked(self) -> None:
         if self._open_bucket is not None and self._pending:
@@ -344,26 +416,31 @@ class Store:
                 log.error("history write failed: %s", self.last_error)
 
     def _write_bucket(self, bucket: int, rows: Sequence[dict[str, Any]]) -> None:
-        cols = [f.name for f in fields(FlowSample)]
-        placeholders = ", ".join("?" for _ in range(len(cols) + 2))
-        updates = ", ".join(f"{c} = {c} + excluded.{c}" for c in _COUNTERS)
-        sql = (
-            f"INSERT INTO flow_buckets (bucket_start, bucket_seconds, {', '.join(cols)}) "
-            f"VALUES ({placeholders}) "
-            "ON CONFLICT (bucket_start, proto, laddr, lport, raddr, rport, pid) "
-            f"DO UPDATE SET {updates}"
-        )
+        values = [
+            tuple(
+                round(r[c]) if c == "rtt_avg_us" and r[c] is not None else r[c] for c in ROW_COLUMNS
+            )
+            for r in rows
+        ]
+        hour = bucket - bucket % HOUR
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             self._conn.executemany(
-                sql, [(bucket, self.bucket_seconds, *(r[c] for c in cols)) for r in rows]
+                upsert_sql("flow_buckets"), [(bucket, self.bucket_seconds, *v) for v in values]
             )
+            # the hourly rollup, in the same transaction: never out of step
+            self._conn.executemany(upsert_sql("flow_hours"), [(hour, HOUR, *v) for v in values])
             self._conn.execute("COMMIT")
         except BaseException:
             self._conn.execute("ROLLBACK")
             raise
         self.rows_written += len(rows)
         self.buckets_written += 1
+        if self.buckets_written % 360 == 1:
+            # fresh planner statistics (sampled: cheap) once an hour, so
+            # queries pick the index by process or remote where it pays
+            self._conn.execute("PRAGMA analysis_limit=400")
+            self._conn.execute("ANALYZE")
 
     def size_bytes(self) -> int:
         page_count = self._reader.execute("PRAGMA page_count").fetchone()[0]
@@ -373,6 +450,8 @@ class Store:
     def _apply_retention(self) -> None:
         cutoff = self._bucket_of(self._clock() - self.retention_seconds)
         self._conn.execute("DELETE FROM flow_buckets WHERE bucket_start < ?", (cutoff,))
+        # an hour leaves the rollup once all of it is past the cutoff
+        self._conn.execute("DELETE FROM flow_hours WHERE bucket_start + ? <= ?", (HOUR, cutoff))
         # By size: drop the oldest buckets until the data fits, then give
         # the freed pages back to the filesystem.
         while self.size_bytes() > self.max_bytes:
@@ -381,6 +460,10 @@ class Store:
             if oldest is None or oldest == newest:
                 break  # never delete the bucket just written
             self._conn.execute("DELETE FROM flow_buckets WHERE bucket_start = ?", (oldest,))
+            self._conn.execute(
+                "DELETE FROM flow_hours WHERE bucket_start + ? <= ?",
+                (HOUR, oldest + self.bucket_seconds),
+            )
             self._conn.execute("PRAGMA incremental_vacuum")
         self._conn.execute("PRAGMA incremental_vacuum")
 
@@ -388,6 +471,10 @@ class Store:
 
     def query(self, q: HistoryQuery) -> list[dict[str, Any]]:
         return query_history(self._reader, q, self.bucket_seconds)
+
+    def page(self, q: HistoryQuery, cursor: str | None = None) -> HistoryPage:
+        """One page of ``q`` from ``cursor`` (keyset: stable while writing)."""
+        return query_page(self._reader, q, self.bucket_seconds, cursor)
 
     def stats(self) -> dict[str, Any]:
         count = self._reader.execute("SELECT count(*) FROM flow_buckets").fetchone()[0]
@@ -433,82 +520,6 @@ def _explain(path: Path, exc: sqlite3.DatabaseError) -> str:
     return f"history file {path}: {text}"
 
 
-def _query_groups(
-    conn: sqlite3.Connection, q: HistoryQuery, where: list[str], args: list[Any]
-) -> list[dict[str, Any]]:
-    """One row per group (flowgroup's keys as SQL): distinct flows, bytes
-    each way, and rates over the window asked for (since..until, or now),
-    else over the buckets found."""
-    assert q.group_by is not None
-    sql = (
-        f"SELECT {group_sql(q.group_by)} AS key, "
-        f"count(DISTINCT {_FLOW_KEY}) AS connections, "
-        "sum(tx_bytes) AS tx_bytes, sum(rx_bytes) AS rx_bytes, "
-        "min(bucket_start) AS first, max(bucket_start + bucket_seconds) AS last "
-        "FROM flow_buckets"
-    )
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " GROUP BY key ORDER BY sum(tx_bytes) + sum(rx_bytes) DESC, key LIMIT ? OFFSET ?"
-    rows = conn.execute(sql, [*args, q.limit, q.offset]).fetchall()
-    if not rows:
-        return []
-    if q.since is not None:
-        end = q.until if q.until is not None else time.time()
-        window = max(end - q.since, 1.0)
-    else:
-        window = max(max(r[5] for r in rows) - min(r[4] for r in rows), 1)
-    return [
-        {
-            "group_by": q.group_by,
-            "key": key,
-            "connections": conns,
-            "tx_bytes": tx,
-            "rx_bytes": rx,
-            "tx_rate": round(tx / window, 3),
-            "rx_rate": round(rx / window, 3),
-        }
-        for key, conns, tx, rx, _first, _last in rows
-    ]
-
-
-_FLOW_KEY: Final = (
-    "proto || '|' || laddr || '|' || lport || '|' || raddr || '|' || rport || '|' || pid"
-)
-
-
-def _query_series(
-    conn: sqlite3.Connection,
-    q: HistoryQuery,
-    where: list[str],
-    args: list[Any],
-    bucket_seconds: int,
-) -> list[dict[str, Any]]:
-    """Totals of the selected flows per step (a whole number of buckets),
-    oldest first: what a chart of one group (its filter) draws."""
-    assert q.step is not None
-    step = max(bucket_seconds, q.step - q.step % bucket_seconds)
-    sql = (
-        f"SELECT bucket_start - bucket_start % {step} AS t, count(DISTINCT {_FLOW_KEY}), "
-        "sum(tx_bytes), sum(rx_bytes) FROM flow_buckets"
-    )
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " GROUP BY t ORDER BY t LIMIT ? OFFSET ?"
-    return [
-        {
-            "time": t,
-            "step": step,
-            "connections": conns,
-            "tx_bytes": tx,
-            "rx_bytes": rx,
-            "tx_rate": round(tx / step, 3),
-            "rx_rate": round(rx / step, 3),
-        }
-        for t, conns, tx, rx in conn.execute(sql, [*args, q.limit, q.offset])
-    ]
-
-
 class HistoryReader:
     """A read-only view of a history file for ``bpfscope history``: no
     migrations, no writer thread, nothing written; works while the agent
@@ -544,8 +555,14 @@ class HistoryReader:
         self.bucket_seconds = int(row[0]) if row else 10
 
     def query(self, q: HistoryQuery) -> list[dict[str, Any]]:
+        return self._run(query_history, q)  # type: ignore[no-any-return]
+
+    def page(self, q: HistoryQuery, cursor: str | None = None) -> HistoryPage:
+        return self._run(query_page, q, cursor)  # type: ignore[no-any-return]
+
+    def _run(self, fn: Any, q: HistoryQuery, *args: Any) -> Any:
         try:
-            return query_history(self._conn, q, self.bucket_seconds)
+            return fn(self._conn, q, self.bucket_seconds, *args)
         except sqlite3.DatabaseError as exc:
             raise StoreError(_explain(self.path, exc)) from None
 
