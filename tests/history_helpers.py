@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from bpfscope.flowquery import register_sql
+from bpfscope.historyquery import ROLLUPS
 from bpfscope.store import MIGRATIONS, ROW_COLUMNS, FlowSample, upsert_sql
 
 
@@ -47,7 +48,7 @@ def unique_flows(recs: Iterable[Rec]) -> list[Rec]:
 
 
 def memory_history(rows: Iterable[tuple[int, FlowSample]]) -> sqlite3.Connection:
-    """flow_buckets (and its hourly rollup) with the given (bucket_start,
+    """flow_buckets (and its rollups) with the given (bucket_start,
     sample) rows, 10 s buckets, written with the Store's own upsert; a flow
     counts as a new connection where it is first seen, as the sink says."""
     conn = sqlite3.connect(":memory:")
@@ -63,5 +64,6 @@ def memory_history(rows: Iterable[tuple[int, FlowSample]]) -> sqlite3.Connection
         seen.add(s.key())
         values.append((b, *(row[c] for c in ROW_COLUMNS)))
     conn.executemany(upsert_sql("flow_buckets"), [(b, 10, *v) for b, *v in values])
-    conn.executemany(upsert_sql("flow_hours"), [(b - b % 3600, 3600, *v) for b, *v in values])
+    for table, size in ROLLUPS:
+        conn.executemany(upsert_sql(table), [(b - b % size, size, *v) for b, *v in values])
     return conn

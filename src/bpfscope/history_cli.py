@@ -185,10 +185,11 @@ def history(
         "local",
         "remote",
         "class",
+        "conns",
         "tx",
         "rx",
     ):
-        table.add_column(col, justify="right" if col in ("pid", "tx", "rx") else "left")
+        table.add_column(col, justify="right" if col in ("pid", "conns", "tx", "rx") else "left")
     for r in rows:
         table.add_row(
             datetime.fromtimestamp(r["bucket_start"]).strftime("%Y-%m-%d %H:%M:%S"),
@@ -196,9 +197,11 @@ def history(
             r["comm"],
             r["container"],
             r["proto"],
-            f"{r['laddr']}:{r['lport']}",
-            f"{r['raddr']}:{r['rport']}" if r["raddr"] else "?",
+            # port 0: the client's ephemeral ports, summed in this row
+            f"{r['laddr']}:{r['lport'] or '*'}",
+            f"{r['raddr']}:{r['rport'] or '*'}" if r["raddr"] else "?",
             r.get("remote_name") or r.get("remote_class") or "",
+            str(r.get("connections", 1)),
             human_bytes(r["tx_bytes"]),
             human_bytes(r["rx_bytes"]),
         )

@@ -1,12 +1,13 @@
 """Reading the flow history: rows, groups and time series over a time range,
 with keyset cursors.
 
-Two tables hold the same data: ``flow_buckets`` (one row per history key
-per bucket) and ``flow_hours`` (the same rows summed per hour, written with
-each bucket). A query reads whole hours inside its range from
-``flow_hours`` and only the ragged edges from ``flow_buckets``, so a day
-costs 24 rollup rows per key instead of 8,640 bucket rows. Both tables have
-the same column names, so the filter's SQL (:meth:`FlowFilter.sql`) and the
+Three tables hold the same data: ``flow_buckets`` (one row per history key
+per bucket), and the same rows summed per hour (``flow_hours``) and per 5
+minutes (``flow_5min``), written with each bucket. A query reads whole
+hours inside its range from ``flow_hours``, the rest in whole 5 minutes
+from ``flow_5min``, and only the ragged edges from ``flow_buckets``, so a
+day costs about 24 rollup rows per key instead of 8,640 bucket rows. All
+have the same column names, so the filter's SQL (:meth:`FlowFilter.sql`) and the
 group keys (:func:`group_sql`) apply to either.
 
 Paging is by keyset, not offset: the first page pins the newest bucket
@@ -27,9 +28,11 @@ from typing import Any, Final
 from .flowgroup import group_sql
 from .flowquery import BadQuery, FlowFilter
 
-__all__ = ["HOUR", "HistoryPage", "HistoryQuery", "query_history", "query_page"]
+__all__ = ["HOUR", "ROLLUPS", "HistoryPage", "HistoryQuery", "query_history", "query_page"]
 
 HOUR: Final = 3600
+# The rollup tables, coarsest first: the same rows summed per unit of time.
+ROLLUPS: Final = (("flow_hours", HOUR), ("flow_5min", 300))
 
 # One SQLite integer; anything beyond is a forged cursor.
 _MAX_INT: Final = 2**62
@@ -56,23 +59,28 @@ def _bucket_floor(t: float, bucket_seconds: int) -> int:
     return int(t) - int(t) % bucket_seconds
 
 
-def _ranges(
-    q: HistoryQuery, bucket_seconds: int, newest: int
-) -> tuple[tuple[int, int] | None, list[tuple[int, int]]]:
-    """Whole hours [h0, h1) to read from flow_hours, and the bucket_start
-    ranges [a, b] (inclusive) to read from flow_buckets."""
-    lo = _bucket_floor(q.since, bucket_seconds) if q.since is not None else None
-    hi = int(min(q.until, newest)) if q.until is not None else newest
-    # no since: from the oldest, every hour whose last bucket is in range
-    h0 = None if lo is None else -(-lo // HOUR) * HOUR
-    # an hour is whole when its last bucket starts at or before hi
-    h1 = (hi + bucket_seconds) // HOUR * HOUR
-    if bucket_seconds > HOUR or HOUR % bucket_seconds or (h0 is not None and h0 >= h1):
-        return None, [(lo if lo is not None else -_MAX_INT, hi)]
-    edges = [(h1, hi)]
-    if h0 is None:
-        return (-_MAX_INT, h1), edges
-    return (h0, h1), [(lo if lo is not None else h0, h0 - 1), *edges]
+def _plan(
+    lo: int, hi: int, bucket_seconds: int, levels: tuple[tuple[str, int], ...]
+) -> list[tuple[str, int, int]]:
+    """(table, first, last) bucket_start ranges that cover the buckets
+    lo..hi (inclusive) exactly: whole units of the coarsest rollup, the
+    ragged edges from finer ones, the rest from flow_buckets."""
+    if lo > hi:
+        return []
+    usable = [(t, size) for t, size in levels if size % bucket_seconds == 0]
+    if not usable:
+        return [("flow_buckets", lo, hi)]
+    (table, size), finer = usable[0], tuple(usable[1:])
+    first = -(-lo // size) * size
+    # a unit is whole when its last bucket starts at or before hi
+    end = (hi + bucket_seconds) // size * size
+    if first >= end:
+        return _plan(lo, hi, bucket_seconds, finer)
+    return [
+        *_plan(lo, first - 1, bucket_seconds, finer),
+        (table, first, end - 1),
+        *_plan(end, hi, bucket_seconds, finer),
+    ]
 
 
 def _where(q: HistoryQuery, time_cond: str, time_args: list[Any]) -> tuple[str, list[Any]]:
@@ -83,27 +91,19 @@ def _where(q: HistoryQuery, time_cond: str, time_args: list[Any]) -> tuple[str, 
 
 
 def _union(
-    q: HistoryQuery, select: str, bucket_seconds: int, newest: int, rollup: bool = True
+    q: HistoryQuery, select: str, bucket_seconds: int, newest: int, coarsest: int = HOUR
 ) -> tuple[str, list[Any]]:
-    """``select`` (a column list) over rollup hours and edge buckets of q's
-    range (without ``rollup``: over buckets only)."""
-    if rollup:
-        hours, edges = _ranges(q, bucket_seconds, newest)
-    else:
-        hi = int(min(q.until, newest)) if q.until is not None else newest
-        lo = _bucket_floor(q.since, bucket_seconds) if q.since is not None else -_MAX_INT
-        hours, edges = None, [(lo, hi)]
+    """``select`` (a column list) over q's range: rollups no coarser than
+    ``coarsest`` seconds where they cover whole units, buckets elsewhere."""
+    hi = int(min(q.until, newest)) if q.until is not None else newest
+    # no since: from Unix time 0, which every rollup unit is aligned to
+    lo = _bucket_floor(q.since, bucket_seconds) if q.since is not None else 0
+    levels = tuple((t, size) for t, size in ROLLUPS if size <= coarsest)
     parts: list[str] = []
     args: list[Any] = []
-    if hours is not None:
-        w, a = _where(q, "bucket_start >= ? AND bucket_start < ?", list(hours))
-        parts.append(f"SELECT {select} FROM flow_hours WHERE {w}")
-        args += a
-    for lo, hi in edges:
-        if lo > hi:
-            continue
-        w, a = _where(q, "bucket_start BETWEEN ? AND ?", [lo, hi])
-        parts.append(f"SELECT {select} FROM flow_buckets WHERE {w}")
+    for table, first, last in _plan(lo, hi, bucket_seconds, levels):
+        w, a = _where(q, "bucket_start BETWEEN ? AND ?", [first, last])
+        parts.append(f"SELECT {select} FROM {table} WHERE {w}")
         args += a
     if not parts:
         return f"SELECT {select} FROM flow_buckets WHERE 0", []
@@ -183,16 +183,13 @@ def _query_groups(
 ) -> list[dict[str, Any]]:
     """One row per group (flowgroup's keys as SQL): connections begun in the
     range, bytes each way, health, and rates over the window asked for
-    (since..until, or now), else over the buckets found."""
+    (since..until, or now), else over the history up to until."""
     assert q.group_by is not None
     inner, args = _union(
-        q, f"{group_sql(q.group_by)} AS key, bucket_start, bucket_seconds, {_SUM_INPUTS}",
+        q, f"{group_sql(q.group_by)} AS key, {_SUM_INPUTS}",
         bucket_seconds, newest,
     )  # fmt: skip
-    sql = (
-        f"SELECT key, {_SUMS}, min(bucket_start) AS first, "
-        f"max(bucket_start + bucket_seconds) AS last FROM ({inner}) GROUP BY key"
-    )
+    sql = f"SELECT key, {_SUMS} FROM ({inner}) GROUP BY key"
     if q.after is not None:
         total = "sum(tx_bytes) + sum(rx_bytes)"
         sql += f" HAVING {total} < ? OR ({total} = ? AND key > ?)"
@@ -207,7 +204,10 @@ def _query_groups(
         end = q.until if q.until is not None else time.time()
         window = max(end - q.since, 1.0)
     else:
-        window = max(max(r["last"] for r in rows) - min(r["first"] for r in rows), 1)
+        # the whole history up to until: from its oldest bucket
+        oldest = conn.execute("SELECT min(bucket_start) FROM flow_buckets").fetchone()[0]
+        end = min(q.until, newest) if q.until is not None else newest
+        window = max(end + bucket_seconds - oldest, 1)
     return [
         {
             "group_by": q.group_by,
@@ -231,10 +231,9 @@ def _query_series(
     whole hours read the hourly rollup."""
     assert q.step is not None
     step = max(bucket_seconds, q.step - q.step % bucket_seconds)
-    # steps of whole hours can read the rollup; finer ones need the buckets
-    inner, args = _union(
-        q, f"bucket_start, {_SUM_INPUTS}", bucket_seconds, newest, rollup=step % HOUR == 0
-    )
+    # a rollup serves the steps it divides; finer steps read the buckets
+    coarsest = max((size for _, size in ROLLUPS if step % size == 0), default=0)
+    inner, args = _union(q, f"bucket_start, {_SUM_INPUTS}", bucket_seconds, newest, coarsest)
     sql = f"SELECT bucket_start - bucket_start % {step} AS t, {_SUMS} FROM ({inner}) GROUP BY t"
     if q.after is not None:
         sql += " HAVING t > ?"

@@ -24,10 +24,12 @@ from typing import Any, Final
 from urllib.parse import quote
 
 from .flowquery import register_sql
-from .historyquery import HOUR, HistoryPage, HistoryQuery, query_history, query_page
+from .historyquery import ROLLUPS, HistoryPage, HistoryQuery, query_history, query_page
+from .historyschema import COUNTERS, MIGRATIONS, ROW_COLUMNS, SCHEMA_VERSION, upsert_sql
 
 __all__ = [
     "DEFAULT_PATH",
+    "MIGRATIONS",
     "ROW_COLUMNS",
     "SCHEMA_VERSION",
     "FlowSample",
@@ -38,6 +40,7 @@ __all__ = [
     "StoreError",
     "default_path",
     "query_history",
+    "upsert_sql",
 ]
 
 log = logging.getLogger("bpfscope.store")
@@ -101,136 +104,6 @@ class FlowSample:
 
     def key(self) -> tuple[Any, ...]:
         return (self.proto, self.laddr, self.lport, self.raddr, self.rport, self.pid)
-
-
-_COUNTERS: Final = (
-    "tx_bytes",
-    "rx_bytes",
-    "tx_calls",
-    "rx_calls",
-    "retransmits",
-    "resets",
-    "tx_segs",
-    "rx_segs",
-    "retrans_bytes",
-)
-
-# Each step takes the schema from version i to i+1. Never edit a released
-# step; add a new one.
-MIGRATIONS: Final[tuple[str, ...]] = (
-    # 1: buckets of per-flow counters
-    """
-    CREATE TABLE flow_buckets (
-        bucket_start INTEGER NOT NULL,
-        bucket_seconds INTEGER NOT NULL,
-        proto TEXT NOT NULL,
-        family INTEGER NOT NULL,
-        laddr TEXT NOT NULL,
-        lport INTEGER NOT NULL,
-        raddr TEXT NOT NULL,
-        rport INTEGER NOT NULL,
-        pid INTEGER NOT NULL,
-        comm TEXT NOT NULL,
-        container TEXT NOT NULL,
-        tx_bytes INTEGER NOT NULL DEFAULT 0,
-        rx_bytes INTEGER NOT NULL DEFAULT 0,
-        tx_calls INTEGER NOT NULL DEFAULT 0,
-        rx_calls INTEGER NOT NULL DEFAULT 0,
-        retransmits INTEGER NOT NULL DEFAULT 0,
-        resets INTEGER NOT NULL DEFAULT 0,
-        UNIQUE (bucket_start, proto, laddr, lport, raddr, rport, pid)
-    );
-    CREATE INDEX flow_buckets_time ON flow_buckets (bucket_start);
-    """,
-    # 2: IP profiling of the remote end, and lookups by remote and container
-    """
-    ALTER TABLE flow_buckets ADD COLUMN remote_class TEXT NOT NULL DEFAULT '';
-    ALTER TABLE flow_buckets ADD COLUMN remote_name TEXT NOT NULL DEFAULT '';
-    CREATE INDEX flow_buckets_remote ON flow_buckets (raddr, bucket_start);
-    CREATE INDEX flow_buckets_container ON flow_buckets (container, bucket_start);
-    """,
-    # 3: TCP volume from the kernel's socket counters: segments, not calls
-    """
-    ALTER TABLE flow_buckets ADD COLUMN tx_segs INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE flow_buckets ADD COLUMN rx_segs INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE flow_buckets ADD COLUMN retrans_bytes INTEGER NOT NULL DEFAULT 0;
-    """,
-    # 4: one row per (process, local address, remote address, service port):
-    # the client's ephemeral port is stored as 0. Connection counts, closes,
-    # durations and RTT per row; rows of older versions count as one
-    # connection each. flow_hours: the same rows summed per hour, for long
-    # ranges. An index by process for one flow's series.
-    """
-    ALTER TABLE flow_buckets ADD COLUMN direction TEXT NOT NULL DEFAULT '';
-    ALTER TABLE flow_buckets ADD COLUMN connections INTEGER NOT NULL DEFAULT 1;
-    ALTER TABLE flow_buckets ADD COLUMN opened INTEGER NOT NULL DEFAULT 1;
-    ALTER TABLE flow_buckets ADD COLUMN closed INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE flow_buckets ADD COLUMN durations INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE flow_buckets ADD COLUMN duration_ms_sum INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE flow_buckets ADD COLUMN duration_ms_max INTEGER;
-    ALTER TABLE flow_buckets ADD COLUMN rtt_min_us INTEGER;
-    ALTER TABLE flow_buckets ADD COLUMN rtt_avg_us INTEGER;
-    ALTER TABLE flow_buckets ADD COLUMN rtt_max_us INTEGER;
-    ALTER TABLE flow_buckets ADD COLUMN rtt_samples INTEGER NOT NULL DEFAULT 0;
-    CREATE INDEX flow_buckets_pid ON flow_buckets (pid, bucket_start);
-    CREATE TABLE flow_hours AS SELECT * FROM flow_buckets WHERE 0;
-    CREATE UNIQUE INDEX flow_hours_key
-        ON flow_hours (bucket_start, proto, laddr, lport, raddr, rport, pid);
-    CREATE INDEX flow_hours_pid ON flow_hours (pid, bucket_start);
-    CREATE INDEX flow_hours_remote ON flow_hours (raddr, bucket_start);
-    INSERT INTO flow_hours SELECT
-        bucket_start - bucket_start % 3600, 3600, proto, max(family), laddr, lport, raddr,
-        rport, pid, max(comm), max(container), sum(tx_bytes), sum(rx_bytes), sum(tx_calls),
-        sum(rx_calls), sum(retransmits), sum(resets), max(remote_class), max(remote_name),
-        sum(tx_segs), sum(rx_segs), sum(retrans_bytes), '', sum(connections), sum(opened),
-        0, 0, 0, NULL, NULL, NULL, NULL, 0
-        FROM flow_buckets
-        GROUP BY bucket_start - bucket_start % 3600, proto, laddr, lport, raddr, rport, pid;
-    """,
-)
-SCHEMA_VERSION: Final = len(MIGRATIONS)
-
-# The row columns the writer fills besides bucket_start and bucket_seconds.
-ROW_COLUMNS: Final = (
-    "proto", "family", "laddr", "lport", "raddr", "rport", "pid", "comm", "container",
-    *_COUNTERS, "remote_class", "remote_name", "direction", "connections", "opened",
-    "closed", "durations", "duration_ms_sum", "duration_ms_max",
-    "rtt_min_us", "rtt_avg_us", "rtt_max_us", "rtt_samples",
-)  # fmt: skip
-_KEY_COLUMNS: Final = "bucket_start, proto, laddr, lport, raddr, rport, pid"
-
-
-def _merge(c: str) -> str:
-    """How a row already stored for a key absorbs another one for it."""
-    if c in _COUNTERS or c in ("connections", "opened", "closed", "durations",
-                               "duration_ms_sum", "rtt_samples"):  # fmt: skip
-        return f"{c} = {c} + excluded.{c}"
-    if c in ("rtt_min_us", "duration_ms_max", "rtt_max_us"):
-        f = "min" if c == "rtt_min_us" else "max"
-        return f"{c} = {f}(coalesce({c}, excluded.{c}), coalesce(excluded.{c}, {c}))"
-    if c == "rtt_avg_us":
-        return (
-            "rtt_avg_us = (coalesce(rtt_avg_us, 0) * rtt_samples + coalesce(excluded.rtt_avg_us, 0)"
-            " * excluded.rtt_samples) / nullif(rtt_samples + excluded.rtt_samples, 0)"
-        )
-    if c == "remote_name":
-        return (
-            "remote_name = CASE excluded.remote_name WHEN '' THEN remote_name "
-            "ELSE excluded.remote_name END"
-        )
-    return f"{c} = excluded.{c}"
-
-
-def upsert_sql(table: str) -> str:
-    """INSERT of (bucket_start, bucket_seconds, *ROW_COLUMNS) into a table
-    of rows, summing into the row already there for the key."""
-    cols = ", ".join(ROW_COLUMNS)
-    marks = ", ".join("?" for _ in range(len(ROW_COLUMNS) + 2))
-    updates = ", ".join(_merge(c) for c in ROW_COLUMNS if c not in _KEY_COLUMNS)
-    return (
-        f"INSERT INTO {table} (bucket_start, bucket_seconds, {cols}) VALUES ({marks}) "
-        f"ON CONFLICT ({_KEY_COLUMNS}) DO UPDATE SET {updates}"
-    )
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -301,6 +174,9 @@ class Store:
         self.last_error: str | None = None
         self.migrated_from: int = 0
         self._conn = self._open()
+        # counted once here, then kept by the writer: a count(*) per poll
+        # would walk millions of index entries
+        self._rows: int = self._conn.execute("SELECT count(*) FROM flow_buckets").fetchone()[0]
         self._reader = self._open_reader()
         self._writer = threading.Thread(target=self._write_loop, name="bpfscope-store", daemon=True)
         self._writer.start()
@@ -353,14 +229,14 @@ class Store:
         key = s.key()
         row = self._pending.get(key)
         if row is None:
-            if not (s.new or s.closed or any(getattr(s, c) for c in _COUNTERS)):
+            if not (s.new or s.closed or any(getattr(s, c) for c in COUNTERS)):
                 return
             row = self._pending[key] = {c: getattr(s, c, 0) for c in ROW_COLUMNS}
             row.update(connections=0, opened=0, closed=0, durations=0, duration_ms_sum=0,
                        duration_ms_max=None, rtt_min_us=None, rtt_avg_us=None, rtt_max_us=None,
                        rtt_samples=0, _conns=set())  # fmt: skip
         else:
-            for c in _COUNTERS:
+            for c in COUNTERS:
                 row[c] += getattr(s, c)
             row["remote_name"] = s.remote_name or row["remote_name"]
         conns: set[int] = row["_conns"]
@@ -422,18 +298,23 @@ class Store:
             )
             for r in rows
         ]
-        hour = bucket - bucket % HOUR
+        in_bucket = "SELECT count(*) FROM flow_buckets WHERE bucket_start = ?"
         self._conn.execute("BEGIN IMMEDIATE")
         try:
+            before = self._conn.execute(in_bucket, (bucket,)).fetchone()[0]
             self._conn.executemany(
                 upsert_sql("flow_buckets"), [(bucket, self.bucket_seconds, *v) for v in values]
             )
-            # the hourly rollup, in the same transaction: never out of step
-            self._conn.executemany(upsert_sql("flow_hours"), [(hour, HOUR, *v) for v in values])
+            added = self._conn.execute(in_bucket, (bucket,)).fetchone()[0] - before
+            # the rollups, in the same transaction: never out of step
+            for table, size in ROLLUPS:
+                unit = bucket - bucket % size
+                self._conn.executemany(upsert_sql(table), [(unit, size, *v) for v in values])
             self._conn.execute("COMMIT")
         except BaseException:
             self._conn.execute("ROLLBACK")
             raise
+        self._rows += added
         self.rows_written += len(rows)
         self.buckets_written += 1
         if self.buckets_written % 360 == 1:
@@ -449,9 +330,9 @@ class Store:
 
     def _apply_retention(self) -> None:
         cutoff = self._bucket_of(self._clock() - self.retention_seconds)
-        self._conn.execute("DELETE FROM flow_buckets WHERE bucket_start < ?", (cutoff,))
-        # an hour leaves the rollup once all of it is past the cutoff
-        self._conn.execute("DELETE FROM flow_hours WHERE bucket_start + ? <= ?", (HOUR, cutoff))
+        gone = self._conn.execute("DELETE FROM flow_buckets WHERE bucket_start < ?", (cutoff,))
+        self._rows -= gone.rowcount
+        self._trim_rollups(cutoff)
         # By size: drop the oldest buckets until the data fits, then give
         # the freed pages back to the filesystem.
         while self.size_bytes() > self.max_bytes:
@@ -459,13 +340,17 @@ class Store:
             newest = self._conn.execute("SELECT max(bucket_start) FROM flow_buckets").fetchone()[0]
             if oldest is None or oldest == newest:
                 break  # never delete the bucket just written
-            self._conn.execute("DELETE FROM flow_buckets WHERE bucket_start = ?", (oldest,))
-            self._conn.execute(
-                "DELETE FROM flow_hours WHERE bucket_start + ? <= ?",
-                (HOUR, oldest + self.bucket_seconds),
-            )
+            gone = self._conn.execute("DELETE FROM flow_buckets WHERE bucket_start = ?", (oldest,))
+            self._rows -= gone.rowcount
+            self._trim_rollups(oldest + self.bucket_seconds)
             self._conn.execute("PRAGMA incremental_vacuum")
         self._conn.execute("PRAGMA incremental_vacuum")
+
+    def _trim_rollups(self, cutoff: int) -> None:
+        """A rollup unit leaves once all of it is older than ``cutoff`` (the
+        unit the cutoff falls in stays whole)."""
+        for table, size in ROLLUPS:
+            self._conn.execute(f"DELETE FROM {table} WHERE bucket_start + ? <= ?", (size, cutoff))
 
     # -- reading -------------------------------------------------------------
 
@@ -477,7 +362,7 @@ class Store:
         return query_page(self._reader, q, self.bucket_seconds, cursor)
 
     def stats(self) -> dict[str, Any]:
-        count = self._reader.execute("SELECT count(*) FROM flow_buckets").fetchone()[0]
+        count = self._rows
         span = self._reader.execute(
             "SELECT min(bucket_start), max(bucket_start) FROM flow_buckets"
         ).fetchone()
@@ -549,6 +434,7 @@ class HistoryReader:
             )
         register_sql(conn)
         self._conn = conn
+        self.version = version
         row = conn.execute(
             "SELECT bucket_seconds FROM flow_buckets ORDER BY bucket_start DESC LIMIT 1"
         ).fetchone()
@@ -561,6 +447,13 @@ class HistoryReader:
         return self._run(query_page, q, cursor)  # type: ignore[no-any-return]
 
     def _run(self, fn: Any, q: HistoryQuery, *args: Any) -> Any:
+        if self.version < 4 and (q.group_by is not None or q.step is not None):
+            # groups and series need schema 4's columns and rollups; a reader
+            # never migrates (the agent does when it next opens the file)
+            raise StoreError(
+                f"history file {self.path} has schema version {self.version}: groups and "
+                "series need version 4; run `bpfscope serve` on it once to upgrade it"
+            )
         try:
             return fn(self._conn, q, self.bucket_seconds, *args)
         except sqlite3.DatabaseError as exc:

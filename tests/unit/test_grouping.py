@@ -151,8 +151,11 @@ def test_history_cli_group_by(agent: Agent) -> None:
 
 def test_history_pages_with_a_cursor_and_draws_a_series(agent: Agent) -> None:
     with serve_in_thread(create_app(agent)) as url, httpx.Client(base_url=url) as c:
-        # the agent keeps writing 1 s buckets: compare up to one pinned time
+        # the agent keeps writing 1 s buckets (and the one flushed at the start
+        # is written again): compare up to a pinned time before those
+        time.sleep(2.5)
         until = c.get("/api/v1/history", params={"limit": 1}).json()["items"][0]["bucket_start"]
+        until -= 2
         everything = c.get("/api/v1/history", params={"limit": 1000, "until": until}).json()
         assert everything["next_cursor"] is None
         seen: list[tuple[int, int, int]] = []

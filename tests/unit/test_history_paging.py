@@ -17,7 +17,7 @@ from bpfscope.errors import EXIT_USAGE, UserError
 from bpfscope.flowquery import BadQuery
 from bpfscope.store import FlowSample, HistoryQuery, HistoryReader, Store
 
-T0 = int(time.time()) // 10 * 10 - 600
+T0 = int(time.time()) // 60 * 60 - 600  # whole minutes: series steps align
 
 
 def sample(i: int, tx: int) -> FlowSample:
@@ -140,6 +140,8 @@ def test_cli_pages_with_cursor_and_draws_a_series(tmp_path: Path) -> None:
     table = run(["--db", str(db), "--since", "2h", "--step", "20", "--limit", "1"])
     assert table.exit_code == 0, table.output
     assert "more: --cursor" in table.stdout
+    rows_table = run(["--db", str(db), "--since", "2h", "--limit", "1"])
+    assert "10.0.0.1:*" in rows_table.stdout  # the client's ephemeral ports, summed
 
 
 @pytest.mark.parametrize(

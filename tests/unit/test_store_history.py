@@ -190,3 +190,19 @@ def test_tcp_segments_and_retransmitted_bytes_sum_per_bucket(tmp_path: Path) -> 
         4,
         100,
     )
+
+
+def test_row_count_is_kept_exact_without_counting_the_table(tmp_path: Path) -> None:
+    clock = Clock(300_000.0)
+    with Store(tmp_path / "h.db", bucket_seconds=10, retention_seconds=60, clock=clock) as s:
+        s.add([sample(tx=1), sample(tx=2, rport=80)], now=300_000)
+        s.flush()
+        # the same bucket again (after a flush): one key summed, one new
+        s.add([sample(tx=1), sample(tx=3, rport=22)], now=300_001)
+        s.flush()
+        assert s.stats()["rows"] == 3
+        clock.t = 300_100.0  # the first bucket leaves by age on the next write
+        s.add([sample(tx=4)], now=300_100)
+        s.flush()
+        real = s._reader.execute("SELECT count(*) FROM flow_buckets").fetchone()[0]
+        assert s.stats()["rows"] == real == 1
