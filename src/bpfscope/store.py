@@ -350,7 +350,8 @@ class Store:
         """A rollup unit leaves once all of it is older than ``cutoff`` (the
         unit the cutoff falls in stays whole)."""
         for table, size in ROLLUPS:
-            self._conn.execute(f"DELETE FROM {table} WHERE bucket_start + ? <= ?", (size, cutoff))
+            # bucket_start alone on one side: the delete walks the index
+            self._conn.execute(f"DELETE FROM {table} WHERE bucket_start <= ?", (cutoff - size,))
 
     # -- reading -------------------------------------------------------------
 
@@ -363,9 +364,12 @@ class Store:
 
     def stats(self) -> dict[str, Any]:
         count = self._rows
-        span = self._reader.execute(
-            "SELECT min(bucket_start), max(bucket_start) FROM flow_buckets"
-        ).fetchone()
+        # two queries: SQLite answers a lone min() or max() from the index,
+        # but both in one SELECT scan the whole table
+        span = [
+            self._reader.execute(f"SELECT {f}(bucket_start) FROM flow_buckets").fetchone()[0]
+            for f in ("min", "max")
+        ]
         return {
             "path": str(self.path),
             "schema_version": SCHEMA_VERSION,
