@@ -15,6 +15,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from .clikit import comm_option
 from .errors import EXIT_USAGE, UserError
 from .flowgroup import GROUP_KEYS, FlowGroup
 from .flowquery import BadQuery, FlowFilter
@@ -64,9 +65,14 @@ def _when(text: str | None, now: float) -> float | None:
 )
 @click.option("--until", default=None, help="End (default now).")
 @click.option("--cidr", default=None, help="Local or remote address in this network.")
-@click.option("--port", type=click.IntRange(1, 65535), default=None)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Local or remote port (the service port: clients' ephemeral ports are not stored).",
+)
 @click.option("--container", default=None, help="Container id (prefix).")
-@click.option("--comm", default=None, help="Only processes with this command name.")
+@comm_option()
 @click.option("-p", "--pid", type=click.IntRange(min=1), default=None)
 @click.option("-4", "family", flag_value="ipv4", default=None, help="IPv4 only.")
 @click.option("-6", "family", flag_value="ipv6", help="IPv6 only.")

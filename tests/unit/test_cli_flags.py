@@ -27,6 +27,7 @@ FLAGS = {
     "conns": ("-d, --duration", "-n, --count", "-c, --comm", "-p, --pid"),
     "syscalls": ("-i, --interval", "-d, --duration", "-n, --count", "-c, --comm", "-p, --pid",
                  "--limit"),
+    "history": ("-c, --comm", "-p, --pid", "--limit"),
 }  # fmt: skip
 
 
