@@ -9,7 +9,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from bpfscope.flowquery import register_sql
-from bpfscope.store import MIGRATIONS, FlowSample
+from bpfscope.historyquery import ROLLUPS
+from bpfscope.store import MIGRATIONS, ROW_COLUMNS, FlowSample, upsert_sql
 
 
 @dataclass(frozen=True)
@@ -47,15 +48,22 @@ def unique_flows(recs: Iterable[Rec]) -> list[Rec]:
 
 
 def memory_history(rows: Iterable[tuple[int, FlowSample]]) -> sqlite3.Connection:
-    """flow_buckets with the given (bucket_start, sample) rows, 10 s buckets."""
+    """flow_buckets (and its rollups) with the given (bucket_start,
+    sample) rows, 10 s buckets, written with the Store's own upsert; a flow
+    counts as a new connection where it is first seen, as the sink says."""
     conn = sqlite3.connect(":memory:")
     for step in MIGRATIONS:
         conn.executescript(step)
     register_sql(conn)
-    cols = list(FlowSample.__dataclass_fields__)
-    conn.executemany(
-        f"INSERT INTO flow_buckets (bucket_start, bucket_seconds, {', '.join(cols)}) "
-        f"VALUES (?, 10, {', '.join('?' for _ in cols)})",
-        [(b, *(getattr(s, c) for c in cols)) for b, s in rows],
-    )
+    seen: set[tuple[object, ...]] = set()
+    values = []
+    for b, s in rows:
+        row = {c: getattr(s, c, None) for c in ROW_COLUMNS}
+        row.update(connections=1, opened=int(s.key() not in seen), closed=0, durations=0,
+                   duration_ms_sum=0, rtt_samples=0)  # fmt: skip
+        seen.add(s.key())
+        values.append((b, *(row[c] for c in ROW_COLUMNS)))
+    conn.executemany(upsert_sql("flow_buckets"), [(b, 10, *v) for b, *v in values])
+    for table, size in ROLLUPS:
+        conn.executemany(upsert_sql(table), [(b - b % size, size, *v) for b, *v in values])
     return conn

@@ -1,5 +1,7 @@
-"""What the command-line views share: validators for the options every tool
-takes (``--pid``, ``--cgroup``) and the loop that stops cleanly on Ctrl-C or
+"""What the command-line views share: the options for how often and how long
+(``-i/--interval``, ``-d/--duration``, ``-n/--count``), defined once so every
+tool spells and means them the same; validators for the options every tool
+takes (``--pid``, ``--cgroup``); and the loop that stops cleanly on Ctrl-C or
 SIGTERM, so that the last report is printed and everything is detached."""
 
 from __future__ import annotations
@@ -10,10 +12,92 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import click
+
 from . import cgroups, system
 from .errors import EXIT_USAGE, UserError
 
-__all__ = ["parse_cgroup", "sleep_until", "stop_on_signals", "validate_pid"]
+__all__ = [
+    "RunLimits",
+    "comm_option",
+    "count_option",
+    "duration_option",
+    "interval_option",
+    "parse_cgroup",
+    "sleep_until",
+    "stop_on_signals",
+    "validate_pid",
+]
+
+Decorator = Callable[[Callable[..., Any]], Callable[..., Any]]
+
+
+def interval_option(what: str = "reports") -> Decorator:
+    """-i/--interval: seconds between reports (or refreshes)."""
+    return click.option(
+        "-i",
+        "--interval",
+        type=click.FloatRange(0.1),
+        default=1.0,
+        show_default=True,
+        help=f"Seconds between {what}.",
+    )
+
+
+def duration_option(default: float | None = None, help: str | None = None) -> Decorator:
+    """-d/--duration: stop after this many seconds (default: until Ctrl-C)."""
+    return click.option(
+        "-d",
+        "--duration",
+        type=click.FloatRange(0.1),
+        default=default,
+        show_default=default is not None,
+        help=help or "Stop after this many seconds (default: until Ctrl-C).",
+    )
+
+
+def count_option(what: str = "reports") -> Decorator:
+    """-n/--count: stop after N reports (or events)."""
+    return click.option(
+        "-n",
+        "--count",
+        type=click.IntRange(1),
+        default=None,
+        help=f"Stop after N {what} (default: until Ctrl-C or --duration).",
+    )
+
+
+def comm_option(help: str = "Only processes with this command name.") -> Decorator:
+    """-c/--comm: the process's command name."""
+    return click.option("-c", "--comm", metavar="NAME", help=help)
+
+
+class RunLimits:
+    """When a tool stops: after ``duration`` seconds, after ``count`` reports
+    (or events), or on Ctrl-C, whichever comes first."""
+
+    def __init__(
+        self,
+        duration: float | None,
+        count: int | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._clock = clock
+        self.end = clock() + duration if duration else None
+        self.count = count or None
+        self.done = 0
+
+    def deadline(self, wanted: float) -> float:
+        """``wanted`` (monotonic), or the end of the run if that comes first."""
+        return wanted if self.end is None else min(wanted, self.end)
+
+    def add(self, n: int = 1) -> None:
+        self.done += n
+
+    def reached(self) -> bool:
+        if self.count is not None and self.done >= self.count:
+            return True
+        return self.end is not None and self._clock() >= self.end
 
 
 def validate_pid(pid: int, proc: str = "/proc") -> int:

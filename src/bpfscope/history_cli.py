@@ -9,11 +9,13 @@ import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
 from rich.table import Table
 
+from .clikit import comm_option
 from .errors import EXIT_USAGE, UserError
 from .flowgroup import GROUP_KEYS, FlowGroup
 from .flowquery import BadQuery, FlowFilter
@@ -63,9 +65,14 @@ def _when(text: str | None, now: float) -> float | None:
 )
 @click.option("--until", default=None, help="End (default now).")
 @click.option("--cidr", default=None, help="Local or remote address in this network.")
-@click.option("--port", type=click.IntRange(1, 65535), default=None)
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Local or remote port (the service port: clients' ephemeral ports are not stored).",
+)
 @click.option("--container", default=None, help="Container id (prefix).")
-@click.option("--comm", default=None, help="Only processes with this command name.")
+@comm_option()
 @click.option("-p", "--pid", type=click.IntRange(min=1), default=None)
 @click.option("-4", "family", flag_value="ipv4", default=None, help="IPv4 only.")
 @click.option("-6", "family", flag_value="ipv6", help="IPv6 only.")
@@ -78,6 +85,17 @@ def _when(text: str | None, now: float) -> float | None:
     type=click.Choice(GROUP_KEYS),
     default=None,
     help="One row per group over the time range: connections, bytes and mean rates.",
+)
+@click.option(
+    "--step",
+    type=click.IntRange(1, 7 * 86400),
+    default=None,
+    help="A time series: totals per STEP seconds (whole buckets), oldest first.",
+)
+@click.option(
+    "--cursor",
+    default=None,
+    help="Continue after a previous page (the cursor it printed); same query options.",
 )
 @click.option("--json", "as_json", is_flag=True, help="NDJSON, one bucket row per line.")
 def history(
@@ -93,11 +111,20 @@ def history(
     proto: str | None,
     limit: int,
     group_by: str | None,
+    step: int | None,
+    cursor: str | None,
     as_json: bool,
 ) -> None:
     """Flow history recorded by `bpfscope serve`, by time range and filters.
-    Reads the file read-only, so it works while the agent writes."""
+    Reads the file read-only, so it works while the agent writes. When more
+    rows match than --limit, the last line names the --cursor of the next
+    page (on stderr with --json)."""
     now = time.time()
+    if group_by is not None and step is not None:
+        raise UserError(
+            "--group-by and --step exclude each other: filter to one group for a series",
+            EXIT_USAGE,
+        )
     try:
         flt = FlowFilter(
             pid=pid,
@@ -119,15 +146,22 @@ def history(
         filter=flt,
         limit=limit,
         group_by=group_by,
+        step=step,
     )
     try:
         with HistoryReader(path) as reader:
-            rows = reader.query(q)
+            got = reader.page(q, cursor)
+    except BadQuery as exc:
+        raise UserError(str(exc), EXIT_USAGE) from None
     except StoreError as exc:
         raise UserError(str(exc)) from None
+    rows = got.items
+    more = f"more: --cursor {got.next_cursor}" if got.next_cursor else None
     if as_json:
         for r in rows:
             click.echo(json.dumps(r))
+        if more:
+            click.echo(more, err=True)
         return
     # Piped output keeps whole columns rather than wrapping at 80.
     console = Console() if sys.stdout.isatty() else Console(width=240)
@@ -139,6 +173,13 @@ def history(
         ]  # fmt: skip
         console.print(f"flow history from {path}, grouped by {group_by} ({len(rows)} groups)")
         console.print(group_table(groups, group_by))
+        if more:
+            console.print(more)
+        return
+    if step is not None:
+        _print_series(console, path, rows)
+        if more:
+            console.print(more)
         return
     table = Table(title=f"flow history from {path} ({len(rows)} rows)")
     for col in (
@@ -150,10 +191,11 @@ def history(
         "local",
         "remote",
         "class",
+        "conns",
         "tx",
         "rx",
     ):
-        table.add_column(col, justify="right" if col in ("pid", "tx", "rx") else "left")
+        table.add_column(col, justify="right" if col in ("pid", "conns", "tx", "rx") else "left")
     for r in rows:
         table.add_row(
             datetime.fromtimestamp(r["bucket_start"]).strftime("%Y-%m-%d %H:%M:%S"),
@@ -161,10 +203,32 @@ def history(
             r["comm"],
             r["container"],
             r["proto"],
-            f"{r['laddr']}:{r['lport']}",
-            f"{r['raddr']}:{r['rport']}" if r["raddr"] else "?",
+            # port 0: the client's ephemeral ports, summed in this row
+            f"{r['laddr']}:{r['lport'] or '*'}",
+            f"{r['raddr']}:{r['rport'] or '*'}" if r["raddr"] else "?",
             r.get("remote_name") or r.get("remote_class") or "",
+            str(r.get("connections", 1)),
             human_bytes(r["tx_bytes"]),
             human_bytes(r["rx_bytes"]),
+        )
+    console.print(table)
+    if more:
+        console.print(more)
+
+
+def _print_series(console: Console, path: Path, rows: list[dict[str, Any]]) -> None:
+    table = Table(title=f"flow history from {path}: series ({len(rows)} steps)")
+    for col in ("time", "conns", "tx", "rx", "tx/s", "rx/s", "rtt avg"):
+        table.add_column(col, justify="left" if col == "time" else "right")
+    for r in rows:
+        rtt = r.get("rtt_avg_us")
+        table.add_row(
+            datetime.fromtimestamp(r["time"]).strftime("%Y-%m-%d %H:%M:%S"),
+            str(r["connections"]),
+            human_bytes(r["tx_bytes"]),
+            human_bytes(r["rx_bytes"]),
+            human_bytes(round(r["tx_rate"])),
+            human_bytes(round(r["rx_rate"])),
+            f"{rtt} µs" if rtt is not None else "-",
         )
     console.print(table)

@@ -33,8 +33,6 @@ from .flowquery import (
     MAX_PID,
     BadQuery,
     FlowFilter,
-    decode_cursor,
-    encode_cursor,
     page,
     sort_flows,
 )
@@ -339,28 +337,28 @@ def create_app(
                 "oldest first, of the flows the filters select",
             ),
         ] = None,
-        cursor: Annotated[str | None, Query(max_length=64)] = None,
+        cursor: Annotated[str | None, Query(max_length=512)] = None,
     ) -> Response:
         if agent.store is None:
             return JSONResponse(
                 {"detail": f"history is not available: {agent.store_error or 'disabled'}"},
                 status_code=503,
             )
+        if group_by is not None and step is not None:
+            raise BadQuery("group_by and step exclude each other: filter to one group for a series")
         now = time.time()
         q = HistoryQuery(
             since=now + since if since is not None and since < 0 else since,
             until=now + until if until is not None and until < 0 else until,
             filter=flt,
-            limit=limit + 1,  # one more tells whether there is a next page
+            limit=limit,
             group_by=group_by,
-            offset=decode_cursor(cursor),
             step=step,
         )
-        if group_by is not None and step is not None:
-            raise BadQuery("group_by and step exclude each other: filter to one group for a series")
-        rows = agent.store.query(q)
-        nxt = encode_cursor(q.offset + limit) if len(rows) > limit else None
-        return JSONResponse({"items": rows[:limit], "count": len(rows[:limit]), "next_cursor": nxt})
+        got = agent.store.page(q, cursor)  # keyset paging: stable while the agent writes
+        return JSONResponse(
+            {"items": got.items, "count": len(got.items), "next_cursor": got.next_cursor}
+        )
 
     @app.get(
         "/api/v1/syscalls", summary="Syscall counts and errors (latency with --syscall-latency)"

@@ -18,23 +18,29 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
 
-from .flowgroup import group_sql
-from .flowquery import FlowFilter, register_sql
+from .flowquery import register_sql
+from .historyquery import ROLLUPS, HistoryPage, HistoryQuery, query_history, query_page
+from .historyschema import COUNTERS, MIGRATIONS, ROW_COLUMNS, SCHEMA_VERSION, upsert_sql
 
 __all__ = [
     "DEFAULT_PATH",
+    "MIGRATIONS",
+    "ROW_COLUMNS",
     "SCHEMA_VERSION",
     "FlowSample",
+    "HistoryPage",
     "HistoryQuery",
     "HistoryReader",
     "Store",
     "StoreError",
     "default_path",
+    "query_history",
+    "upsert_sql",
 ]
 
 log = logging.getLogger("bpfscope.store")
@@ -59,7 +65,14 @@ class StoreError(RuntimeError):
 
 @dataclass(frozen=True)
 class FlowSample:
-    """Traffic of one flow during one collection interval (deltas)."""
+    """Traffic of one history key during one collection interval (deltas).
+
+    The key is (proto, laddr, lport, raddr, rport, pid); the history sink
+    stores the client's ephemeral port as 0 (see ``sinks.history_key``), so
+    the connections of one client to one service share a key. ``conn``
+    names the connection itself (to count distinct ones), ``new`` says the
+    connection was first seen now, ``closed`` that it closed now.
+    """
 
     proto: str
     family: int
@@ -82,108 +95,15 @@ class FlowSample:
     tx_segs: int = 0
     rx_segs: int = 0
     retrans_bytes: int = 0
+    direction: str = ""  # active (we connected) | passive (we accepted) | "" unknown
+    conn: int = 0  # identity of the connection (0: the key is the connection)
+    new: bool = False
+    closed: bool = False
+    duration_ms: int | None = None  # of a connection that closed, if its open was seen
+    rtt_us: int | None = None  # smoothed RTT at this poll (TCP)
 
     def key(self) -> tuple[Any, ...]:
         return (self.proto, self.laddr, self.lport, self.raddr, self.rport, self.pid)
-
-
-_COUNTERS: Final = (
-    "tx_bytes",
-    "rx_bytes",
-    "tx_calls",
-    "rx_calls",
-    "retransmits",
-    "resets",
-    "tx_segs",
-    "rx_segs",
-    "retrans_bytes",
-)
-
-# Each step takes the schema from version i to i+1. Never edit a released
-# step; add a new one.
-MIGRATIONS: Final[tuple[str, ...]] = (
-    # 1: buckets of per-flow counters
-    """
-    CREATE TABLE flow_buckets (
-        bucket_start INTEGER NOT NULL,
-        bucket_seconds INTEGER NOT NULL,
-        proto TEXT NOT NULL,
-        family INTEGER NOT NULL,
-        laddr TEXT NOT NULL,
-        lport INTEGER NOT NULL,
-        raddr TEXT NOT NULL,
-        rport INTEGER NOT NULL,
-        pid INTEGER NOT NULL,
-        comm TEXT NOT NULL,
-        container TEXT NOT NULL,
-        tx_bytes INTEGER NOT NULL DEFAULT 0,
-        rx_bytes INTEGER NOT NULL DEFAULT 0,
-        tx_calls INTEGER NOT NULL DEFAULT 0,
-        rx_calls INTEGER NOT NULL DEFAULT 0,
-        retransmits INTEGER NOT NULL DEFAULT 0,
-        resets INTEGER NOT NULL DEFAULT 0,
-        UNIQUE (bucket_start, proto, laddr, lport, raddr, rport, pid)
-    );
-    CREATE INDEX flow_buckets_time ON flow_buckets (bucket_start);
-    """,
-    # 2: IP profiling of the remote end, and lookups by remote and container
-    """
-    ALTER TABLE flow_buckets ADD COLUMN remote_class TEXT NOT NULL DEFAULT '';
-    ALTER TABLE flow_buckets ADD COLUMN remote_name TEXT NOT NULL DEFAULT '';
-    CREATE INDEX flow_buckets_remote ON flow_buckets (raddr, bucket_start);
-    CREATE INDEX flow_buckets_container ON flow_buckets (container, bucket_start);
-    """,
-    # 3: TCP volume from the kernel's socket counters: segments, not calls
-    """
-    ALTER TABLE flow_buckets ADD COLUMN tx_segs INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE flow_buckets ADD COLUMN rx_segs INTEGER NOT NULL DEFAULT 0;
-    ALTER TABLE flow_buckets ADD COLUMN retrans_bytes INTEGER NOT NULL DEFAULT 0;
-    """,
-)
-SCHEMA_VERSION: Final = len(MIGRATIONS)
-
-
-@dataclass(frozen=True)
-class HistoryQuery:
-    since: float | None = None
-    until: float | None = None
-    filter: FlowFilter = field(default_factory=FlowFilter)
-    limit: int = 1000
-    group_by: str | None = None  # one of flowgroup.GROUP_KEYS: one row per group
-    offset: int = 0  # rows (or groups, or series points) to skip: paging
-    step: int | None = None  # a time series: totals per step seconds, oldest first
-
-
-def query_history(
-    conn: sqlite3.Connection, q: HistoryQuery, bucket_seconds: int
-) -> list[dict[str, Any]]:
-    """Rows of ``q``, newest bucket first, biggest flow first within one.
-    The filter's SQL comes from :meth:`FlowFilter.sql`, so history and the
-    live views select the same flows."""
-    where: list[str] = []
-    args: list[Any] = []
-    if q.since is not None:
-        where.append("bucket_start >= ?")
-        args.append(int(q.since) - int(q.since) % bucket_seconds)
-    if q.until is not None:
-        where.append("bucket_start <= ?")
-        args.append(q.until)
-    cond, cond_args = q.filter.sql()
-    if cond:
-        where.append(cond)
-        args += cond_args
-    if q.group_by is not None:
-        return _query_groups(conn, q, where, args)
-    if q.step is not None:
-        return _query_series(conn, q, where, args, bucket_seconds)
-    sql = "SELECT * FROM flow_buckets"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY bucket_start DESC, tx_bytes + rx_bytes DESC LIMIT ? OFFSET ?"
-    args += [q.limit, q.offset]
-    cur = conn.execute(sql, args)
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, row, strict=True)) for row in cur]
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -254,6 +174,9 @@ class Store:
         self.last_error: str | None = None
         self.migrated_from: int = 0
         self._conn = self._open()
+        # counted once here, then kept by the writer: a count(*) per poll
+        # would walk millions of index entries
+        self._rows: int = self._conn.execute("SELECT count(*) FROM flow_buckets").fetchone()[0]
         self._reader = self._open_reader()
         self._writer = threading.Thread(target=self._write_loop, name="bpfscope-store", daemon=True)
         self._writer.start()
@@ -300,15 +223,40 @@ class Store:
                 self._close_bucket_locked()
             self._open_bucket = bucket
             for s in samples:
-                if not any(getattr(s, c) for c in _COUNTERS):
-                    continue
-                row = self._pending.get(s.key())
-                if row is None:
-                    self._pending[s.key()] = asdict(s)
-                else:
-                    for c in _COUNTERS:
-                        row[c] += getattr(s, c)
-                    row["remote_name"] = s.remote_name or row["remote_name"]
+                self._add_locked(s)
+
+    def _add_locked(self, s: FlowSample) -> None:
+        key = s.key()
+        row = self._pending.get(key)
+        if row is None:
+            if not (s.new or s.closed or any(getattr(s, c) for c in COUNTERS)):
+                return
+            row = self._pending[key] = {c: getattr(s, c, 0) for c in ROW_COLUMNS}
+            row.update(connections=0, opened=0, closed=0, durations=0, duration_ms_sum=0,
+                       duration_ms_max=None, rtt_min_us=None, rtt_avg_us=None, rtt_max_us=None,
+                       rtt_samples=0, _conns=set())  # fmt: skip
+        else:
+            for c in COUNTERS:
+                row[c] += getattr(s, c)
+            row["remote_name"] = s.remote_name or row["remote_name"]
+        conns: set[int] = row["_conns"]
+        conn = s.conn or hash(key)
+        if conn not in conns:
+            conns.add(conn)
+            row["connections"] += 1
+        row["opened"] += s.new
+        if s.closed:
+            row["closed"] += 1
+            if s.duration_ms is not None:
+                row["durations"] += 1
+                row["duration_ms_sum"] += s.duration_ms
+                row["duration_ms_max"] = max(row["duration_ms_max"] or 0, s.duration_ms)
+        if s.rtt_us is not None:
+            n = row["rtt_samples"]
+            row["rtt_min_us"] = min(row["rtt_min_us"] or s.rtt_us, s.rtt_us)
+            row["rtt_max_us"] = max(row["rtt_max_us"] or 0, s.rtt_us)
+            row["rtt_avg_us"] = ((row["rtt_avg_us"] or 0) * n + s.rtt_us) / (n + 1)
+            row["rtt_samples"] = n + 1
 
     def _close_bucket_locked(self) -> None:
         if self._open_bucket is not None and self._pending:
@@ -344,26 +292,36 @@ class Store:
                 log.error("history write failed: %s", self.last_error)
 
     def _write_bucket(self, bucket: int, rows: Sequence[dict[str, Any]]) -> None:
-        cols = [f.name for f in fields(FlowSample)]
-        placeholders = ", ".join("?" for _ in range(len(cols) + 2))
-        updates = ", ".join(f"{c} = {c} + excluded.{c}" for c in _COUNTERS)
-        sql = (
-            f"INSERT INTO flow_buckets (bucket_start, bucket_seconds, {', '.join(cols)}) "
-            f"VALUES ({placeholders}) "
-            "ON CONFLICT (bucket_start, proto, laddr, lport, raddr, rport, pid) "
-            f"DO UPDATE SET {updates}"
-        )
+        values = [
+            tuple(
+                round(r[c]) if c == "rtt_avg_us" and r[c] is not None else r[c] for c in ROW_COLUMNS
+            )
+            for r in rows
+        ]
+        in_bucket = "SELECT count(*) FROM flow_buckets WHERE bucket_start = ?"
         self._conn.execute("BEGIN IMMEDIATE")
         try:
+            before = self._conn.execute(in_bucket, (bucket,)).fetchone()[0]
             self._conn.executemany(
-                sql, [(bucket, self.bucket_seconds, *(r[c] for c in cols)) for r in rows]
+                upsert_sql("flow_buckets"), [(bucket, self.bucket_seconds, *v) for v in values]
             )
+            added = self._conn.execute(in_bucket, (bucket,)).fetchone()[0] - before
+            # the rollups, in the same transaction: never out of step
+            for table, size in ROLLUPS:
+                unit = bucket - bucket % size
+                self._conn.executemany(upsert_sql(table), [(unit, size, *v) for v in values])
             self._conn.execute("COMMIT")
         except BaseException:
             self._conn.execute("ROLLBACK")
             raise
+        self._rows += added
         self.rows_written += len(rows)
         self.buckets_written += 1
+        if self.buckets_written % 360 == 1:
+            # fresh planner statistics (sampled: cheap) once an hour, so
+            # queries pick the index by process or remote where it pays
+            self._conn.execute("PRAGMA analysis_limit=400")
+            self._conn.execute("ANALYZE")
 
     def size_bytes(self) -> int:
         page_count = self._reader.execute("PRAGMA page_count").fetchone()[0]
@@ -372,7 +330,9 @@ class Store:
 
     def _apply_retention(self) -> None:
         cutoff = self._bucket_of(self._clock() - self.retention_seconds)
-        self._conn.execute("DELETE FROM flow_buckets WHERE bucket_start < ?", (cutoff,))
+        gone = self._conn.execute("DELETE FROM flow_buckets WHERE bucket_start < ?", (cutoff,))
+        self._rows -= gone.rowcount
+        self._trim_rollups(cutoff)
         # By size: drop the oldest buckets until the data fits, then give
         # the freed pages back to the filesystem.
         while self.size_bytes() > self.max_bytes:
@@ -380,20 +340,36 @@ class Store:
             newest = self._conn.execute("SELECT max(bucket_start) FROM flow_buckets").fetchone()[0]
             if oldest is None or oldest == newest:
                 break  # never delete the bucket just written
-            self._conn.execute("DELETE FROM flow_buckets WHERE bucket_start = ?", (oldest,))
+            gone = self._conn.execute("DELETE FROM flow_buckets WHERE bucket_start = ?", (oldest,))
+            self._rows -= gone.rowcount
+            self._trim_rollups(oldest + self.bucket_seconds)
             self._conn.execute("PRAGMA incremental_vacuum")
         self._conn.execute("PRAGMA incremental_vacuum")
+
+    def _trim_rollups(self, cutoff: int) -> None:
+        """A rollup unit leaves once all of it is older than ``cutoff`` (the
+        unit the cutoff falls in stays whole)."""
+        for table, size in ROLLUPS:
+            # bucket_start alone on one side: the delete walks the index
+            self._conn.execute(f"DELETE FROM {table} WHERE bucket_start <= ?", (cutoff - size,))
 
     # -- reading -------------------------------------------------------------
 
     def query(self, q: HistoryQuery) -> list[dict[str, Any]]:
         return query_history(self._reader, q, self.bucket_seconds)
 
+    def page(self, q: HistoryQuery, cursor: str | None = None) -> HistoryPage:
+        """One page of ``q`` from ``cursor`` (keyset: stable while writing)."""
+        return query_page(self._reader, q, self.bucket_seconds, cursor)
+
     def stats(self) -> dict[str, Any]:
-        count = self._reader.execute("SELECT count(*) FROM flow_buckets").fetchone()[0]
-        span = self._reader.execute(
-            "SELECT min(bucket_start), max(bucket_start) FROM flow_buckets"
-        ).fetchone()
+        count = self._rows
+        # two queries: SQLite answers a lone min() or max() from the index,
+        # but both in one SELECT scan the whole table
+        span = [
+            self._reader.execute(f"SELECT {f}(bucket_start) FROM flow_buckets").fetchone()[0]
+            for f in ("min", "max")
+        ]
         return {
             "path": str(self.path),
             "schema_version": SCHEMA_VERSION,
@@ -433,82 +409,6 @@ def _explain(path: Path, exc: sqlite3.DatabaseError) -> str:
     return f"history file {path}: {text}"
 
 
-def _query_groups(
-    conn: sqlite3.Connection, q: HistoryQuery, where: list[str], args: list[Any]
-) -> list[dict[str, Any]]:
-    """One row per group (flowgroup's keys as SQL): distinct flows, bytes
-    each way, and rates over the window asked for (since..until, or now),
-    else over the buckets found."""
-    assert q.group_by is not None
-    sql = (
-        f"SELECT {group_sql(q.group_by)} AS key, "
-        f"count(DISTINCT {_FLOW_KEY}) AS connections, "
-        "sum(tx_bytes) AS tx_bytes, sum(rx_bytes) AS rx_bytes, "
-        "min(bucket_start) AS first, max(bucket_start + bucket_seconds) AS last "
-        "FROM flow_buckets"
-    )
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " GROUP BY key ORDER BY sum(tx_bytes) + sum(rx_bytes) DESC, key LIMIT ? OFFSET ?"
-    rows = conn.execute(sql, [*args, q.limit, q.offset]).fetchall()
-    if not rows:
-        return []
-    if q.since is not None:
-        end = q.until if q.until is not None else time.time()
-        window = max(end - q.since, 1.0)
-    else:
-        window = max(max(r[5] for r in rows) - min(r[4] for r in rows), 1)
-    return [
-        {
-            "group_by": q.group_by,
-            "key": key,
-            "connections": conns,
-            "tx_bytes": tx,
-            "rx_bytes": rx,
-            "tx_rate": round(tx / window, 3),
-            "rx_rate": round(rx / window, 3),
-        }
-        for key, conns, tx, rx, _first, _last in rows
-    ]
-
-
-_FLOW_KEY: Final = (
-    "proto || '|' || laddr || '|' || lport || '|' || raddr || '|' || rport || '|' || pid"
-)
-
-
-def _query_series(
-    conn: sqlite3.Connection,
-    q: HistoryQuery,
-    where: list[str],
-    args: list[Any],
-    bucket_seconds: int,
-) -> list[dict[str, Any]]:
-    """Totals of the selected flows per step (a whole number of buckets),
-    oldest first: what a chart of one group (its filter) draws."""
-    assert q.step is not None
-    step = max(bucket_seconds, q.step - q.step % bucket_seconds)
-    sql = (
-        f"SELECT bucket_start - bucket_start % {step} AS t, count(DISTINCT {_FLOW_KEY}), "
-        "sum(tx_bytes), sum(rx_bytes) FROM flow_buckets"
-    )
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " GROUP BY t ORDER BY t LIMIT ? OFFSET ?"
-    return [
-        {
-            "time": t,
-            "step": step,
-            "connections": conns,
-            "tx_bytes": tx,
-            "rx_bytes": rx,
-            "tx_rate": round(tx / step, 3),
-            "rx_rate": round(rx / step, 3),
-        }
-        for t, conns, tx, rx in conn.execute(sql, [*args, q.limit, q.offset])
-    ]
-
-
 class HistoryReader:
     """A read-only view of a history file for ``bpfscope history``: no
     migrations, no writer thread, nothing written; works while the agent
@@ -538,14 +438,28 @@ class HistoryReader:
             )
         register_sql(conn)
         self._conn = conn
+        self.version = version
         row = conn.execute(
             "SELECT bucket_seconds FROM flow_buckets ORDER BY bucket_start DESC LIMIT 1"
         ).fetchone()
         self.bucket_seconds = int(row[0]) if row else 10
 
     def query(self, q: HistoryQuery) -> list[dict[str, Any]]:
+        return self._run(query_history, q)  # type: ignore[no-any-return]
+
+    def page(self, q: HistoryQuery, cursor: str | None = None) -> HistoryPage:
+        return self._run(query_page, q, cursor)  # type: ignore[no-any-return]
+
+    def _run(self, fn: Any, q: HistoryQuery, *args: Any) -> Any:
+        if self.version < 4 and (q.group_by is not None or q.step is not None):
+            # groups and series need schema 4's columns and rollups; a reader
+            # never migrates (the agent does when it next opens the file)
+            raise StoreError(
+                f"history file {self.path} has schema version {self.version}: groups and "
+                "series need version 4; run `bpfscope serve` on it once to upgrade it"
+            )
         try:
-            return query_history(self._conn, q, self.bucket_seconds)
+            return fn(self._conn, q, self.bucket_seconds, *args)
         except sqlite3.DatabaseError as exc:
             raise StoreError(_explain(self.path, exc)) from None
 

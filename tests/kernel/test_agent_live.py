@@ -118,12 +118,15 @@ def test_flows_connections_metrics_and_history_are_exact(tmp_path: Path) -> None
             r = httpx.get(
                 url + "/api/v1/history", params={"port": port, "since": -600, "limit": 1000}
             )
-            rows = r.json()["items"]
-            return rows if sum(x["rx_bytes"] for x in rows if x["lport"] == cport) == 54_321 else []
+            # the client's row: keyed by the service port, its ephemeral port not stored
+            rows = [x for x in r.json()["items"] if x["direction"] == "active"]
+            return rows if sum(x["rx_bytes"] for x in rows) == 54_321 else []
 
         rows = wait_for(stored, timeout=15)
         assert rows, "history never got the flow"
-        assert sum(x["tx_bytes"] for x in rows if x["lport"] == cport) == 12_345
+        assert sum(x["tx_bytes"] for x in rows) == 12_345
+        assert {(x["lport"], x["rport"]) for x in rows} == {(0, port)}
+        assert sum(x["opened"] for x in rows) == 1
 
 
 def test_sigkill_leaves_nothing_attached_and_history_intact(tmp_path: Path) -> None:

@@ -41,6 +41,8 @@ FEATURES = (
     "server",
     "metrics",
     "store",
+    "historyquery",
+    "historyschema",
     "otlp",
     "tools",
     "doctor",

@@ -137,6 +137,9 @@ def test_reader_does_not_migrate_an_old_file(tmp_path: Path) -> None:
     before = path.read_bytes()
     with HistoryReader(path) as reader:
         assert [r["tx_bytes"] for r in reader.query(HistoryQuery())] == [9]
+        # groups need schema 4: a clear message, not "no such column"
+        with pytest.raises(StoreError, match="run `bpfscope serve` on it once"):
+            reader.query(HistoryQuery(group_by="remote"))
     assert path.read_bytes() == before
     assert int(sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0]) == 1
 

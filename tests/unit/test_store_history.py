@@ -190,3 +190,33 @@ def test_tcp_segments_and_retransmitted_bytes_sum_per_bucket(tmp_path: Path) -> 
         4,
         100,
     )
+
+
+def test_row_count_is_kept_exact_without_counting_the_table(tmp_path: Path) -> None:
+    clock = Clock(300_000.0)
+    with Store(tmp_path / "h.db", bucket_seconds=10, retention_seconds=60, clock=clock) as s:
+        s.add([sample(tx=1), sample(tx=2, rport=80)], now=300_000)
+        s.flush()
+        # the same bucket again (after a flush): one key summed, one new
+        s.add([sample(tx=1), sample(tx=3, rport=22)], now=300_001)
+        s.flush()
+        assert s.stats()["rows"] == 3
+        clock.t = 300_100.0  # the first bucket leaves by age on the next write
+        s.add([sample(tx=4)], now=300_100)
+        s.flush()
+        real = s._reader.execute("SELECT count(*) FROM flow_buckets").fetchone()[0]
+        assert s.stats()["rows"] == real == 1
+
+
+def test_retention_trims_rollups_by_whole_units(tmp_path: Path) -> None:
+    clock = Clock(36_000.0)
+    with Store(tmp_path / "h.db", bucket_seconds=10, retention_seconds=3000, clock=clock) as s:
+        for t in range(28_800, 36_000, 600):  # two hours, every 10 minutes
+            s.add([sample(tx=1)], now=t)
+        s.flush()  # the last write applied retention: cutoff 33_000
+        units = {
+            table: [r[0] for r in s._reader.execute(f"SELECT bucket_start FROM {table}")]
+            for table in ("flow_hours", "flow_5min")
+        }
+    assert units["flow_hours"] == [32_400]  # the hour the cutoff falls in stays whole
+    assert min(units["flow_5min"]) == 33_000

@@ -18,7 +18,17 @@ from typing import Any, Final
 
 import click
 
-from ..clikit import parse_cgroup, sleep_until, stop_on_signals, validate_pid
+from ..clikit import (
+    RunLimits,
+    comm_option,
+    count_option,
+    duration_option,
+    interval_option,
+    parse_cgroup,
+    sleep_until,
+    stop_on_signals,
+    validate_pid,
+)
 from ..errors import EXIT_USAGE, UserError
 from ..features import Mechanism
 from ..flowgroup import GROUP_KEYS, GROUP_SORT_KEYS, FlowGroup, group_flows, sort_groups
@@ -120,9 +130,9 @@ def _filters(f: Callable[..., Any]) -> Callable[..., Any]:
         )
         return f(*args, opts=opts, **kwargs)
 
-    options = [
+    options: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
         click.option("-p", "--pid", type=int, help="Only this process (in the kernel)."),
-        click.option("--comm", help="Only processes with this command name."),
+        comm_option(),
         click.option(
             "--port", type=click.IntRange(1, 65535), help="Local or remote port (in the kernel)."
         ),
@@ -247,15 +257,9 @@ def _peer_namer(no_dns: bool) -> tuple[IpProfiler, Callable[[str | None], str]]:
     show_default=True,
     help="Sort key (largest first).",
 )
-@click.option(
-    "-i",
-    "--interval",
-    type=click.FloatRange(0.1),
-    default=1.0,
-    show_default=True,
-    help="Seconds between refreshes.",
-)
-@click.option("-n", "--count", type=click.IntRange(0), default=0, help="Stop after N refreshes.")
+@interval_option("refreshes")
+@duration_option()
+@count_option("refreshes")
 @click.option("--limit", type=click.IntRange(0), default=None, help="Rows shown (terminal: 40).")
 @click.option("--json", "as_json", is_flag=True, help="NDJSON snapshot per refresh.")
 @click.option(
@@ -277,7 +281,8 @@ def top(
     show_stats: bool,
     sort: str,
     interval: float,
-    count: int,
+    duration: float | None,
+    count: int | None,
     limit: int | None,
     as_json: bool,
     group_by: str,
@@ -290,9 +295,9 @@ def top(
     _check_group_sort(group_by, sort)
     collector = _collector(ctx, opts, max_entries, attach)
     profiler, peer = _peer_namer(no_dns)
+    limits = RunLimits(duration, count)
     with collector, stop_on_signals() as stopped:
         collector.poll()
-        refreshes = 0
         if live:
             from rich.console import Group
             from rich.live import Live
@@ -318,17 +323,17 @@ def top(
 
             with Live(frame(), auto_refresh=False, transient=False) as screen:
                 while not stopped[0]:
-                    sleep_until(
-                        time.monotonic() + interval, stopped, collector.wait_events, step=0.2
-                    )
+                    wake = limits.deadline(time.monotonic() + interval)
+                    sleep_until(wake, stopped, collector.wait_events, step=0.2)
                     collector.poll()
                     screen.update(frame(), refresh=True)
-                    refreshes += 1
-                    if count and refreshes >= count:
+                    limits.add()
+                    if limits.reached():
                         break
             return
         while not stopped[0]:
-            sleep_until(time.monotonic() + interval, stopped, collector.wait_events, step=0.2)
+            wake = limits.deadline(time.monotonic() + interval)
+            sleep_until(wake, stopped, collector.wait_events, step=0.2)
             collector.poll()
             now = time.time()
             if group_by in GROUP_KEYS:
@@ -340,8 +345,8 @@ def top(
                     click.echo(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)))
                     click.echo(plain_group_table(groups, group_by) + "\n")
                 sys.stdout.flush()
-                refreshes += 1
-                if count and refreshes >= count:
+                limits.add()
+                if limits.reached():
                     break
                 continue
             rows = _view(collector.snapshot(), opts, sort, limit)
@@ -357,21 +362,14 @@ def top(
                     click.echo(_stats_text(collector.stats()))
                 click.echo("")
             sys.stdout.flush()
-            refreshes += 1
-            if count and refreshes >= count:
+            limits.add()
+            if limits.reached():
                 break
 
 
 @click.command()
 @_filters
-@click.option(
-    "-d",
-    "--duration",
-    type=click.FloatRange(0.1),
-    default=1.0,
-    show_default=True,
-    help="Seconds to watch before printing the snapshot.",
-)
+@duration_option(default=1.0, help="Seconds to watch before printing the one snapshot.")
 @click.option(
     "-s",
     "--sort",
@@ -452,14 +450,8 @@ def flows(
 
 @click.command()
 @_filters
-@click.option(
-    "-d",
-    "--duration",
-    type=click.FloatRange(0.1),
-    default=None,
-    help="Stop after this many seconds (default: until Ctrl-C).",
-)
-@click.option("-n", "--count", type=click.IntRange(1), default=None, help="Stop after N events.")
+@duration_option()
+@count_option("events")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per event (NDJSON).")
 @click.pass_context
 def conns(

@@ -312,6 +312,7 @@ class FlowRecord:
     retransmits: int = 0
     resets_sent: int = 0
     resets_received: int = 0
+    rtt_us: int | None = None
     state: str | None = None
     direction: str | None = None
     first_seen: float = 0.0

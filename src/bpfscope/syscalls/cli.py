@@ -11,7 +11,17 @@ from typing import Any
 import click
 
 from ..bench.tracer import run_bench
-from ..clikit import parse_cgroup, sleep_until, stop_on_signals, validate_pid
+from ..clikit import (
+    RunLimits,
+    comm_option,
+    count_option,
+    duration_option,
+    interval_option,
+    parse_cgroup,
+    sleep_until,
+    stop_on_signals,
+    validate_pid,
+)
 from ..errors import EXIT_USAGE, UserError
 from ..features import Mechanism
 from ..sysnames import syscall_nr
@@ -41,9 +51,7 @@ def parse_syscalls(values: Sequence[str]) -> frozenset[int]:
 
 @click.command("syscalls")
 @click.option("-p", "--pid", type=click.IntRange(min=1), help="Only this process (tgid).")
-@click.option(
-    "-c", "--comm", metavar="PREFIX", help="Only commands starting with PREFIX (max 15 bytes)."
-)
+@comm_option(help="Only commands starting with NAME (a prefix, max 15 bytes; in the kernel).")
 @click.option("--cgroup", metavar="PATH|ID", help="Only this cgroup v2 (directory or id).")
 @click.option(
     "-s",
@@ -54,20 +62,13 @@ def parse_syscalls(values: Sequence[str]) -> frozenset[int]:
     help="Only these syscalls (repeatable, comma-separated).",
 )
 @click.option("-x", "--failed", is_flag=True, help="Only failed calls (-4095..-1 returned).")
-@click.option(
-    "-i",
-    "--interval",
-    type=click.FloatRange(min=0, min_open=True),
-    default=1.0,
-    show_default=True,
-    help="Seconds per report.",
-)
-@click.option(
-    "-n", "--count", type=click.IntRange(min=1), help="Stop after N reports (default: Ctrl-C)."
-)
+@interval_option()
+@duration_option()
+@count_option()
 @click.option(
     "-T",
     "--top",
+    "--limit",
     type=click.IntRange(min=0),
     default=10,
     show_default=True,
@@ -141,6 +142,7 @@ def syscalls(
     syscall_names: tuple[str, ...],
     failed: bool,
     interval: float,
+    duration: float | None,
     count: int | None,
     top: int,
     sort: str,
@@ -202,16 +204,15 @@ def syscalls(
     with SyscallCollector(
         flt, latency=latency, max_entries=max_entries, force=force, btf_path=btf
     ) as collector:
-        _report_loop(collector.poll, opts, interval, count, as_json)
+        _report_loop(collector.poll, opts, interval, RunLimits(duration, count), as_json)
 
 
 def _report_loop(
-    poll: Callable[[], Any], opts: ViewOptions, interval: float, count: int | None, as_json: bool
+    poll: Callable[[], Any], opts: ViewOptions, interval: float, limits: RunLimits, as_json: bool
 ) -> None:
     from .render import json_snapshot, plain_snapshot, rich_snapshot
 
     live_view = sys.stdout.isatty() and not as_json
-    reports = 0
     with stop_on_signals() as stopped:
         if live_view:
             from rich.console import Console
@@ -226,20 +227,20 @@ def _report_loop(
                 transient=False,
             ) as live:
                 deadline = time.monotonic()
-                while not stopped[0] and (count is None or reports < count):
+                while not stopped[0] and not limits.reached():
                     deadline += interval
-                    sleep_until(deadline, stopped)
+                    sleep_until(limits.deadline(deadline), stopped)
                     live.update(rich_snapshot(poll(), opts), refresh=True)
-                    reports += 1
+                    limits.add()
             return
         deadline = time.monotonic()
-        while not stopped[0] and (count is None or reports < count):
+        while not stopped[0] and not limits.reached():
             deadline += interval
-            sleep_until(deadline, stopped)
+            sleep_until(limits.deadline(deadline), stopped)
             snap = poll()
             if as_json:
                 sys.stdout.write(json.dumps(json_snapshot(snap, opts)) + "\n")
             else:
                 sys.stdout.write(plain_snapshot(snap, opts) + "\n")
             sys.stdout.flush()
-            reports += 1
+            limits.add()
