@@ -30,6 +30,7 @@ from bpfscope.syscalls.programs import (
     default_max_entries,
     load,
     stats_map,
+    table_copies,
 )
 from bpfscope.syscalls.records import Snapshot, SyscallStat, bucket_of
 from bpfscope.sysnames import syscall_nr
@@ -91,6 +92,30 @@ def _run_child(
     finally:
         child.wait(timeout=10)
     return child.pid, snap
+
+
+def _rows_in(collector: SyscallCollector, table: str) -> list[tuple[bytes, bytes]]:
+    """The rows both copies of ``table`` hold now."""
+    obj = collector.tool.obj
+    return [row for name in table_copies(table) for row in obj.map(name).lookup_batch()]
+
+
+def _record_taken(collector: SyscallCollector, table: str) -> list[tuple[bytes, bytes]]:
+    """From now on, every row a poll takes from either copy of ``table``."""
+    taken: list[tuple[bytes, bytes]] = []
+    for name in table_copies(table):
+        m = collector.tool.obj.map(name)
+
+        def drain(
+            chunk: int = 4096,
+            real: Callable[..., list[tuple[bytes, bytes]]] = m.lookup_and_delete_batch,
+        ) -> list[tuple[bytes, bytes]]:
+            rows = real(chunk)
+            taken.extend(rows)
+            return rows
+
+        m.lookup_and_delete_batch = drain  # type: ignore[method-assign]
+    return taken
 
 
 def _stat(snap: Snapshot, pid: int, name: str) -> SyscallStat:
@@ -234,9 +259,8 @@ def test_exited_process_entries_are_deleted_after_their_last_read() -> None:
     with SyscallCollector() as collector:
         pid, snap = _run_child(collector)  # child exits after this
         assert _stat(snap, pid, "close").count == CLOSE_BAD
-        collector.poll()  # child gone before this read: read once more, then delete
-        stats = collector.tool.obj.map("syscalls_counts")
-        pids = {int.from_bytes(k[:4], "little") for k, _ in stats.lookup_batch()}
+        collector.poll()  # its last calls (after "done"): read, and gone from the maps
+        pids = {int.from_bytes(k[:4], "little") for k, _ in _rows_in(collector, "syscalls_counts")}
         assert pid not in pids
         # Deltas stay right for everyone else: no negative or repeated counts.
         assert all(s.count > 0 for s in collector.poll().stats)
@@ -277,9 +301,15 @@ def test_threads_on_two_cpus_are_one_row(latency: bool) -> None:
     if len(os.sched_getaffinity(0)) < 2 or not {0, 1} <= os.sched_getaffinity(0):
         pytest.skip("needs CPUs 0 and 1")
     with SyscallCollector(latency=latency) as collector:
-        pid, snap = _run_child(collector, script=THREADS_CHILD)
-        # The rows are still there (the child was alive at the poll); they
-        # hold everything since the child started.
+        taken = _record_taken(collector, stats_map(latency))
+        taken_err = _record_taken(collector, "syscalls_errnos")
+
+        def forget_startup() -> None:  # what the first poll took, before "go"
+            taken.clear()
+            taken_err.clear()
+
+        pid, snap = _run_child(collector, forget_startup, script=THREADS_CHILD)
+        # The rows the poll after the threads' calls took: one per CPU.
         close = syscall_nr("close")
         rows = {
             (k.tgid, k.nr, k.cpu): v.errors  # count also has start-up's closes
@@ -288,13 +318,13 @@ def test_threads_on_two_cpus_are_one_row(latency: bool) -> None:
                     StatsKey.from_buffer_copy(k),
                     (StatsValue if latency else CountsValue).from_buffer_copy(v),
                 )
-                for k, v in collector.tool.obj.map(stats_map(latency)).lookup_batch()
+                for k, v in taken
             )
-            if k.tgid == pid and k.nr == close
+            if k.tgid == pid and k.nr == close and v.errors
         }
         errno_cpus = {
             ErrnoKey.from_buffer_copy(k).cpu
-            for k, _ in collector.tool.obj.map("syscalls_errnos").lookup_batch()
+            for k, _ in taken_err
             if (ErrnoKey.from_buffer_copy(k).tgid, ErrnoKey.from_buffer_copy(k).nr) == (pid, close)
         }
     stat = _stat(snap, pid, "close")
@@ -338,10 +368,22 @@ def test_maps_are_not_preallocated_and_only_the_modes_map_is_sized(latency: bool
     other mode's (process, syscall) map has a single entry."""
     require("tp_btf")
     with load(latency=latency) as tool:
+        tables = ("syscalls_counts", "syscalls_stats", "syscalls_errnos")
         info = {
-            name: bpf.map_details_from_fd(tool.obj.map(name).fd)
-            for name in ("syscalls_counts", "syscalls_stats", "syscalls_errnos")
+            name: bpf.map_details_from_fd(tool.obj.map(copy).fd)
+            for name in tables
+            for copy in table_copies(name)[:1]
         }
+        # the second copy of each table is the first's twin
+        for name in tables:
+            first, second = (
+                bpf.map_details_from_fd(tool.obj.map(c).fd) for c in table_copies(name)
+            )
+            assert (second.max_entries, second.value_size, second.map_flags) == (
+                first.max_entries,
+                first.value_size,
+                first.map_flags,
+            )
     ours, other = ("syscalls_stats", "syscalls_counts")[:: 1 if latency else -1]
     assert info[ours].max_entries == default_max_entries(latency=latency)
     assert info[other].max_entries == 1
@@ -381,10 +423,7 @@ def test_process_churn_with_defaults_drops_nothing() -> None:
         marker, last = _run_child(collector, churn_and_poll)
         snaps.append(last)
         snaps.append(collector.poll())  # every spawned process gone: entries deleted
-        left = {
-            int.from_bytes(k[:4], "little")
-            for k, _ in collector.tool.obj.map("syscalls_counts").lookup_batch()
-        }
+        left = {int.from_bytes(k[:4], "little") for k, _ in _rows_in(collector, "syscalls_counts")}
     assert len(spawned) == CHURN
     assert len(snaps) >= 3
     drops = snaps[-1].drops
@@ -482,9 +521,7 @@ IDLE_CHILD = textwrap.dedent(
 )
 
 
-def test_idle_rows_of_a_live_process_are_deleted_and_recreated_from_zero() -> None:
-    from bpfscope.syscalls.collector import IDLE_POLLS
-
+def test_rows_of_a_live_process_are_emptied_each_poll_and_count_from_zero() -> None:
     require("tp_btf")
     child = subprocess.Popen(
         [sys.executable, "-c", IDLE_CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
@@ -494,10 +531,9 @@ def test_idle_rows_of_a_live_process_are_deleted_and_recreated_from_zero() -> No
     nr = syscall_nr("getppid")
 
     def rows() -> int:
-        m = collector.tool.obj.map("syscalls_counts")
         return sum(
             1
-            for k, _ in m.lookup_batch()
+            for k, _ in _rows_in(collector, "syscalls_counts")
             if int.from_bytes(k[:4], "little") == child.pid
             and int.from_bytes(k[4:8], "little") == nr
         )
@@ -515,10 +551,8 @@ def test_idle_rows_of_a_live_process_are_deleted_and_recreated_from_zero() -> No
             assert child.stdout.readline().strip() == "ready"
             collector.poll()
             assert _stat(burst(), child.pid, "getppid").count == 300
-            assert rows() >= 1
-            for _ in range(IDLE_POLLS + 1):  # the child is alive and idle
-                collector.poll()
-            assert rows() == 0
+            assert rows() == 0  # the poll took them; the child is alive and idle
+            assert collector.poll().stats == ()
             # its next calls recreate the row, counted from zero
             assert _stat(burst(), child.pid, "getppid").count == 7
     finally:

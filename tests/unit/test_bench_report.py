@@ -85,7 +85,7 @@ def test_bar_fails_honestly() -> None:
     assert b is not None
     assert b["count_within_limit"] is False
     assert b["verdicts"]["count_over_empty"]["verdict"] == "misses"
-    assert "count / empty per repetition 1.20 [1.20-1.20" in "\n".join(report.bar_lines(result))
+    assert "count / empty 1.20 [1.20-1.20" in "\n".join(report.bar_lines(result))
     assert ": MISSES the bar <= 1.15" in "\n".join(report.bar_lines(result))
 
 
@@ -169,3 +169,25 @@ def test_plan_and_interleaving() -> None:
     assert reps == [-1] * 3 + [0] * 3 + [1] * 3 + [2] * 3
     firsts = [c.label for r, _, c in order if r >= 0][::3]
     assert len(set(firsts)) == 3  # each repetition starts somewhere else
+
+
+def test_pooled_bar_judges_every_hook_over_all_syscalls() -> None:
+    """Each syscall's repetitions are more rounds of the same hook and body:
+    pooled, two syscalls x three repetitions give six ratios per hook."""
+    one = _result()
+    two = _result().syscalls[0]
+    two.syscall = "getppid"
+    result = BenchResult(one.options, one.env, [one.syscalls[0], two], seconds=1.0)
+    pooled = {p["hook"]: p for p in report.pooled_bar(result)}
+    assert set(pooled) == {"tracepoint", "raw_tp"}
+    raw = pooled["raw_tp"]
+    assert raw["syscalls"] == ["getpid", "getppid"]
+    assert raw.get("cheapest") is True
+    assert "cheapest" not in pooled["tracepoint"]
+    assert len(raw["count_over_empty"]["round_ratios"]) == 6
+    assert raw["count_over_empty"]["verdict"] == "meets"
+    assert raw["count_over_bpftrace"]["verdict"] == "meets"
+    text = "\n".join(report.bar_lines(result))
+    assert "raw_tp (cheapest): empty +75 ns" in text
+    assert "n=6]: meets the bar <= 1.15" in text
+    assert report.to_json(result)["bar"] == report.pooled_bar(result)

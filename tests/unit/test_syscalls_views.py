@@ -20,7 +20,6 @@ from bpfscope.errors import UserError
 from bpfscope.syscalls.aggregate import aggregate, aggregate_errnos, grouped_json, top
 from bpfscope.syscalls.cli import parse_syscalls
 from bpfscope.syscalls.collector import (
-    IDLE_POLLS,
     ProcessNames,
     SyscallCollector,
     decode_stats,
@@ -38,6 +37,7 @@ from bpfscope.syscalls.programs import (
     idle_bytes,
     map_sizes,
     syscall_mask,
+    table_copies,
 )
 from bpfscope.syscalls.records import (
     Drops,
@@ -466,34 +466,58 @@ def test_help_lists_options() -> None:
 
 
 class FakeMap:
-    def __init__(self, entries: dict[bytes, bytes]) -> None:
+    def __init__(self, entries: dict[bytes, bytes], log: list[str] | None = None, name: str = ""):
         self.entries = entries
-        self.deleted: list[bytes] = []
+        self.log = log if log is not None else []
+        self.name = name
+        self.fd = 3
 
-    def lookup_batch(self, chunk: int = 4096) -> list[tuple[bytes, bytes]]:
-        return list(self.entries.items())
+    def lookup_and_delete_batch(self, chunk: int = 4096) -> list[tuple[bytes, bytes]]:
+        self.log.append(f"take {self.name}")
+        out = list(self.entries.items())
+        self.entries.clear()
+        return out
 
-    def lookup(self, key: Any) -> bytes | None:
-        return self.entries.get(bytes(key))
-
-    def delete(self, key: Any) -> bool:
-        self.deleted.append(bytes(key))
-        return self.entries.pop(bytes(key), None) is not None
-
-    def take(self, key: Any) -> bytes | None:
-        self.deleted.append(bytes(key))
-        return self.entries.pop(bytes(key), None)
+    def update(self, key: Any, value: Any, flags: int = 0) -> None:
+        self.log.append(f"update {self.name}")
 
     def sum_percpu_u64(self, key: Any) -> int:
         return 0
 
 
+class FakeBss(dict[str, int]):
+    def __init__(self, log: list[str]) -> None:
+        super().__init__(syscalls_gen=0)
+        self.log = log
+
+    def __setitem__(self, name: str, value: int) -> None:
+        self.log.append(f"{name}={value}")
+        super().__setitem__(name, value)
+
+
 class FakeTool:
-    def __init__(self, maps: dict[str, FakeMap]) -> None:
-        self.maps = maps
+    """The tracer's maps: both copies of each table, the sync map-in-map,
+    and ``syscalls_gen`` (which copy "programs" write: see :meth:`live`)."""
+
+    def __init__(self, stats: dict[bytes, bytes], errnos: dict[bytes, bytes], latency=False):
+        self.log: list[str] = []
+        self.maps: dict[str, FakeMap] = {}
+        for table, rows in (
+            (("syscalls_stats" if latency else "syscalls_counts"), stats),
+            ("syscalls_errnos", errnos),
+        ):
+            for gen, name in enumerate(table_copies(table)):
+                self.maps[name] = FakeMap(rows if gen == 0 else {}, self.log, name)
+        for name in ("syscalls_drops", "syscalls_sync", "syscalls_sync_in"):
+            self.maps[name] = FakeMap({}, self.log, name)
+        self.bss = FakeBss(self.log)
         self.obj = self
         self.choices: list[Any] = []
         self.closed = False
+
+    def live(self, table: str) -> FakeMap:
+        """The copy of ``table`` programs write now."""
+        return self.maps[table_copies(table)[self.bss["syscalls_gen"]]]
 
     def map(self, name: str) -> FakeMap:
         return self.maps[name]
@@ -509,12 +533,18 @@ class FakeTool:
 
 
 class FakeNames(ProcessNames):
-    def __init__(self, alive: set[int]) -> None:
+    def __init__(self, alive: set[int], log: list[str] | None = None) -> None:
         super().__init__(proc="/nonexistent")
         self.live = alive
+        self.log = log
 
     def alive(self, tgid: int) -> bool:
         return tgid in self.live
+
+    def lookup(self, tgid: int) -> str | None:
+        if self.log is not None:
+            self.log.append(f"proc {tgid}")
+        return super().lookup(tgid)
 
 
 def _key(tgid: int, nr: int, cpu: int = 0) -> bytes:
@@ -532,14 +562,44 @@ def _rows(tgid: int, nr: int, *values: bytes) -> dict[bytes, bytes]:
     return {_key(tgid, nr, cpu): v for cpu, v in enumerate(values) if v}
 
 
-def test_collector_deltas_and_dead_process_cleanup() -> None:
-    close = syscall_nr("close")
-    stats = FakeMap(_rows(1, close, _counts(10, 2, b"one"), _counts(10, 2, b"one")))
-    errnos = FakeMap(
-        {_ekey(1, close, 9, 0): struct.pack("=Q", 3), _ekey(1, close, 9, 1): struct.pack("=Q", 1)}
-    )
+def test_collector_flips_waits_then_reads_the_copy_no_program_writes() -> None:
+    """A poll points programs at the other copy, waits (the sync map's
+    update), then takes both maps of the copy they left, before its own
+    /proc lookups (a failing openat of ours), once per process."""
+    close, read = syscall_nr("close"), syscall_nr("read")
     tool = FakeTool(
-        {"syscalls_counts": stats, "syscalls_errnos": errnos, "syscalls_drops": FakeMap({})}
+        {_key(7, close): _counts(2, 2, b"ls"), _key(7, read): _counts(3, 0, b"ls")},
+        {_ekey(7, close, 2): struct.pack("=Q", 2)},
+    )
+    names = FakeNames(alive=set(), log=tool.log)
+    with SyscallCollector(loader=lambda: tool, names=names) as c:
+        snap = c.poll()
+        assert tool.log == [
+            "syscalls_gen=1",
+            "update syscalls_sync",
+            "take syscalls_counts",
+            "take syscalls_errnos",
+            "proc 7",
+        ]
+        assert {s.comm for s in snap.stats} == {"ls"}  # the kernel's name for a gone process
+        assert [(e.comm, e.errno) for e in snap.errnos] == [("ls", "ENOENT")]
+        tool.log.clear()
+        c.poll()
+        assert tool.log == [
+            "syscalls_gen=0",
+            "update syscalls_sync",
+            "take syscalls_count2",
+            "take syscalls_errno2",
+        ]
+
+
+def test_collector_reports_each_interval_once() -> None:
+    """Each poll reports what the copy it takes holds (the interval's calls,
+    on every CPU), then that copy is empty; the totals add up."""
+    close = syscall_nr("close")
+    tool = FakeTool(
+        _rows(1, close, _counts(10, 2, b"one"), _counts(10, 2, b"one")),
+        {_ekey(1, close, 9, 0): struct.pack("=Q", 3), _ekey(1, close, 9, 1): struct.pack("=Q", 1)},
     )
     names = FakeNames(alive={1})
     with SyscallCollector(loader=lambda: tool, names=names) as c:
@@ -548,69 +608,26 @@ def test_collector_deltas_and_dead_process_cleanup() -> None:
             (1, "one", "close", 20, 4)
         ]
         assert [(e.errno, e.count) for e in first.errnos] == [("EBADF", 4)]
-        # Nothing new: no rows.
-        assert c.poll().stats == ()
-        stats.entries.update(_rows(1, close, _counts(15, 2, b"one"), _counts(15, 2, b"one")))
-        third = c.poll()
-        assert [(s.count, s.errors, s.total_ns) for s in third.stats] == [(10, 0, 0)]
-        assert sum(third.stats[0].hist) == 0
-        # The process dies; its last counts are read, then its entries go.
-        stats.entries.update(_rows(1, close, _counts(16, 2, b"one"), _counts(16, 2, b"one")))
+        assert not tool.maps["syscalls_counts"].entries
+        assert not tool.maps["syscalls_errnos"].entries
+        assert c.poll().stats == ()  # nothing new
+        tool.live("syscalls_counts").entries.update(_rows(1, close, _counts(5), _counts(5)))
+        assert [(s.count, s.errors, s.total_ns) for s in c.poll().stats] == [(10, 0, 0)]
+        # The process dies after its last calls: they are in the next poll.
+        tool.live("syscalls_counts").entries.update(_rows(1, close, _counts(2, 0, b"one")))
         names.live.clear()
-        fourth = c.poll()
-        assert [s.count for s in fourth.stats] == [2]
-        assert stats.entries == {}
-        assert errnos.entries == {}
+        assert [(s.comm, s.count) for s in c.poll().stats] == [("one", 2)]
         assert c.totals.count == {"close": 32}
         assert c.totals.errors == {("close", "EBADF"): 4}
         assert c.totals.hist == {}  # counts mode (the default): nothing timed
         assert c.totals.total_ns == {}
+        assert not any(m.entries for m in tool.maps.values())
     assert tool.closed
-
-
-def test_collector_reads_both_maps_before_its_own_proc_lookups() -> None:
-    """Looking up a gone process in /proc is a failing openat of ours: it
-    happens after both maps are read (or the errno map would count calls
-    the stats map has not), and once per process, not per row."""
-    log: list[str] = []
-
-    class LoggingMap(FakeMap):
-        def __init__(self, name: str, entries: dict[bytes, bytes]) -> None:
-            super().__init__(entries)
-            self.name = name
-
-        def lookup_batch(self, chunk: int = 4096) -> list[tuple[bytes, bytes]]:
-            log.append(f"read {self.name}")
-            return super().lookup_batch(chunk)
-
-    class LoggingNames(FakeNames):
-        def lookup(self, tgid: int) -> str | None:
-            log.append(f"proc {tgid}")
-            return None  # gone
-
-    close, read = syscall_nr("close"), syscall_nr("read")
-    stats = {_key(7, close): _counts(2, 2, b"ls"), _key(7, read): _counts(3, 0, b"ls")}
-    errnos = {_ekey(7, close, 2): struct.pack("=Q", 2)}
-    tool = FakeTool(
-        {
-            "syscalls_counts": LoggingMap("stats", stats),
-            "syscalls_errnos": LoggingMap("errnos", errnos),
-            "syscalls_drops": FakeMap({}),
-        }
-    )
-    with SyscallCollector(loader=lambda: tool, names=LoggingNames(alive={7})) as c:
-        snap = c.poll()
-    assert log == ["read stats", "read errnos", "proc 7"]
-    assert {s.comm for s in snap.stats} == {"ls"}  # the kernel's name for a gone process
-    assert [(e.comm, e.errno) for e in snap.errnos] == [("ls", "ENOENT")]
 
 
 def test_collector_latency_mode_keeps_latency_totals() -> None:
     nr = syscall_nr("read")
-    stats = FakeMap({_key(5, nr): _value(4, 0, 4000, 9)})
-    tool = FakeTool(
-        {"syscalls_stats": stats, "syscalls_errnos": FakeMap({}), "syscalls_drops": FakeMap({})}
-    )
+    tool = FakeTool({_key(5, nr): _value(4, 0, 4000, 9)}, {}, latency=True)
     with SyscallCollector(latency=True, loader=lambda: tool, names=FakeNames({5})) as c:
         snap = c.poll()
         assert snap.latency
@@ -618,139 +635,12 @@ def test_collector_latency_mode_keeps_latency_totals() -> None:
         assert c.totals.hist["read"][9] == 4
 
 
-def test_collector_key_recreated_counts_from_zero() -> None:
-    nr = syscall_nr("read")
-    stats = FakeMap({_key(5, nr): _counts(100)})
-    tool = FakeTool(
-        {"syscalls_counts": stats, "syscalls_errnos": FakeMap({}), "syscalls_drops": FakeMap({})}
-    )
-    with SyscallCollector(loader=lambda: tool, names=FakeNames({5})) as c:
-        c.poll()
-        stats.entries[_key(5, nr)] = _counts(7)  # pid reused: counters restarted
-        assert [s.count for s in c.poll().stats] == [7]
-
-
-def test_errors_added_after_a_read_are_counted_at_the_next_poll() -> None:
-    """The kernel adds to a row's count, then to its errors: a read between
-    the two sees the call and not yet its error. The next poll's delta is
-    (0, 1): an error with no new call, counted, not skipped."""
-    read = syscall_nr("read")
-    tool = _maps(_rows(5, read, _counts(3, 2, b"a")), {})  # 3rd call's error not added yet
-    with SyscallCollector(loader=lambda: tool, names=FakeNames({5})) as c:
-        first = c.poll()
-        tool.maps["syscalls_counts"].entries.update(_rows(5, read, _counts(3, 3, b"a")))
-        second = c.poll()
-        assert [(s.count, s.errors) for s in first.stats] == [(3, 2)]
-        assert [(s.count, s.errors) for s in second.stats] == [(0, 1)]
-        assert sum(s.errors for s in first.stats + second.stats) == 3
-
-
-def test_idle_rows_of_a_live_process_are_deleted_after_idle_polls() -> None:
-    """A row read unchanged at IDLE_POLLS polls in a row is deleted (stats
-    and errno rows alike), not before; a row that changed is kept; a row
-    that moves between the read and the delete is deleted with what it
-    holds then, counted at that poll; a row recreated after its deletion
-    counts from zero."""
-    read, close, openat = syscall_nr("read"), syscall_nr("close"), syscall_nr("openat")
-    stats = {
-        **_rows(5, read, _counts(10, 0, b"a"), _counts(3, 0, b"a")),
-        **_rows(5, close, _counts(4, 1, b"a")),
-        **_rows(5, openat, _counts(6, 2, b"a")),
-    }
-    errnos = {_ekey(5, close, 9): struct.pack("=Q", 1), _ekey(5, openat, 2): struct.pack("=Q", 2)}
-    errno_keys = sorted(errnos)
-    tool = _maps(stats, errnos)
-    counts, errs = tool.maps["syscalls_counts"], tool.maps["syscalls_errnos"]
-    moved = _key(5, openat)
-
-    class MovesBeforeTake(FakeMap):
-        """openat's row moves after the batch read, before it is taken."""
-
-        def take(self, key: Any) -> bytes | None:
-            if bytes(key) == moved:
-                self.entries[moved] = _counts(7, 2, b"a")
-            return super().take(key)
-
-    with SyscallCollector(loader=lambda: tool, names=FakeNames({5})) as c:
-        c.poll()  # first read
-        for i in range(1, IDLE_POLLS):
-            # read on CPU 0 keeps running; the rest is idle
-            counts.entries[_key(5, read, 0)] = _counts(10 + i, 0, b"a")
-            assert [(s.syscall, s.count) for s in c.poll().stats] == [("read", 1)]
-            assert counts.deleted == []
-            assert errs.deleted == []
-        tool.maps["syscalls_counts"] = counts = MovesBeforeTake(counts.entries)
-        counts.entries[_key(5, read, 0)] = _counts(10 + IDLE_POLLS, 0, b"a")
-        # the IDLE_POLLS-th unchanged read of the idle rows: openat's call
-        # that landed meanwhile is in the value taken, and counted now
-        snap = c.poll()
-        assert sorted((s.syscall, s.count) for s in snap.stats) == [("openat", 1), ("read", 1)]
-        assert sorted(counts.deleted) == sorted([_key(5, read, 1), _key(5, close), moved])
-        assert sorted(errs.deleted) == errno_keys
-        assert set(counts.entries) == {_key(5, read, 0)}  # busy: kept
-        assert c.poll().stats == ()
-        # The process calls close again on CPU 0 and read on CPU 1: new rows,
-        # counted from zero (not against the deleted rows' 4 and 3).
-        counts.entries.update(_rows(5, close, _counts(5, 0, b"a")))
-        counts.entries[_key(5, read, 1)] = _counts(4, 0, b"a")
-        errs.entries[_ekey(5, close, 9)] = struct.pack("=Q", 2)
-        snap = c.poll()
-        assert sorted((s.syscall, s.count, s.errors) for s in snap.stats) == [
-            ("close", 5, 0),
-            ("read", 4, 0),
-        ]
-        assert [(e.syscall, e.count) for e in snap.errnos] == [("close", 2)]
-        assert c.totals.count == {"read": 10 + 3 + IDLE_POLLS + 4, "close": 9, "openat": 7}
-
-
-def test_a_call_landing_as_an_idle_row_is_taken_is_counted_in_that_poll() -> None:
-    """The only call a process made in an interval landed on an idle row
-    (stats and errno alike) after the poll's read, as the row was taken:
-    it is in the value taken, counted and named in that poll, and the
-    totals stay exact."""
-    close = syscall_nr("close")
-    tool = _maps(
-        _rows(7, close, _counts(5, 5, b"idle")), {_ekey(7, close, 9): struct.pack("=Q", 5)}
-    )
-
-    class CallLandsBeforeTake(FakeMap):
-        def take(self, key: Any) -> bytes | None:
-            k = bytes(key)
-            self.entries[k] = _counts(6, 6, b"idle") if len(k) == 12 else struct.pack("=Q", 6)
-            return super().take(key)
-
-    with SyscallCollector(loader=lambda: tool, names=FakeNames({7})) as c:
-        for _ in range(IDLE_POLLS):
-            c.poll()
-        tool.maps["syscalls_counts"] = CallLandsBeforeTake(tool.maps["syscalls_counts"].entries)
-        tool.maps["syscalls_errnos"] = CallLandsBeforeTake(tool.maps["syscalls_errnos"].entries)
-        snap = c.poll()
-        assert [(s.tgid, s.comm, s.count, s.errors) for s in snap.stats] == [(7, "idle", 1, 1)]
-        assert [(e.comm, e.errno, e.count) for e in snap.errnos] == [("idle", "EBADF", 1)]
-        assert not tool.maps["syscalls_counts"].entries
-        assert not tool.maps["syscalls_errnos"].entries
-        assert c.totals.count == {"close": 6}
-        assert c.totals.errors == {("close", "EBADF"): 6}
-
-
-def _maps(stats: dict[bytes, bytes], errnos: dict[bytes, bytes]) -> FakeTool:
-    return FakeTool(
-        {
-            "syscalls_counts": FakeMap(stats),
-            "syscalls_errnos": FakeMap(errnos),
-            "syscalls_drops": FakeMap({}),
-        }
-    )
-
-
 def test_gone_fork_exec_process_is_named_by_its_own_command_on_every_row() -> None:
     """A short `ls` forked by bash: the kernel saw its first calls as "bash"
-    (before execve; here most of them) and the rest as "ls". Each row, stats
-    and errno alike, says "ls", whichever row is read first. It exited while
-    a poll read the maps, which saw part of its rows (not its execve): that
-    poll reads them again, reports all of it and deletes its rows."""
+    (before execve; here most of them) and the rest as "ls". It exited in
+    the interval: each row, stats and errno alike, says "ls"."""
     nr = syscall_nr
-    complete = {
+    stats = {
         # before exec on CPU 0 (set_robust_list once after too), then ls's
         # own calls, mostly on CPU 1
         **_rows(42, nr("rt_sigaction"), _counts(60, 0, b"bash")),
@@ -759,25 +649,9 @@ def test_gone_fork_exec_process_is_named_by_its_own_command_on_every_row() -> No
         **_rows(42, nr("openat"), _counts(20, 7, b"ls"), _counts(19, 0, b"ls")),
         **_rows(42, nr("mmap"), b"", _counts(30, 0, b"ls")),
     }
-    missed = (_key(42, nr("execve"), 1), _key(42, nr("mmap"), 1))
-    stats = {k: v for k, v in complete.items() if k not in missed}
-    errnos = {_ekey(42, nr("openat"), 2, 0): struct.pack("=Q", 7)}
-    tool = _maps(stats, errnos)
-    counts = tool.maps["syscalls_counts"]
-
-    class ExitsDuringRead(FakeMap):
-        """The first read misses the rows ls makes before it exits."""
-
-        def lookup_batch(self, chunk: int = 4096) -> list[tuple[bytes, bytes]]:
-            out = counts.lookup_batch(chunk)
-            counts.entries.update(complete)
-            return out
-
-    tool.maps["syscalls_counts"] = ExitsDuringRead(counts.entries)
+    tool = FakeTool(stats, {_ekey(42, nr("openat"), 2, 0): struct.pack("=Q", 7)})
     with SyscallCollector(loader=lambda: tool, names=FakeNames(set())) as c:
         snap = c.poll()
-        assert tool.maps["syscalls_counts"].entries == {}
-        assert tool.maps["syscalls_errnos"].entries == {}
         assert c.poll().stats == ()
     assert {s.syscall: s.comm for s in snap.stats} == {
         "rt_sigaction": "ls",
@@ -792,103 +666,88 @@ def test_gone_fork_exec_process_is_named_by_its_own_command_on_every_row() -> No
     assert [(s.comm, s.count) for s in aggregate(snap.stats, "process")] == [("ls", 132)]
 
 
-def test_process_gone_during_a_read_is_counted_once_from_where_it_was() -> None:
-    """A process that exits during a poll's read (its last calls land after
-    its rows were read) is read again in that poll: counted from the values
-    of the poll before, up to its last call, exactly once."""
-    read = syscall_nr("read")
-    names = FakeNames({5})
-    counts = _rows(5, read, _counts(10, 0, b"a"))
-    tool = _maps(counts, {})
-
-    class ExitDuringRead(FakeMap):
-        def lookup_batch(self, chunk: int = 4096) -> list[tuple[bytes, bytes]]:
-            counts.update(_rows(5, read, _counts(13, 0, b"a"), _counts(4, 0, b"a")))
-            names.live.clear()
-            return super().lookup_batch(chunk)
-
-    with SyscallCollector(loader=lambda: tool, names=names) as c:
-        assert [s.count for s in c.poll().stats] == [10]
-        counts.update(_rows(5, read, _counts(12, 0, b"a"), _counts(3, 0, b"a")))
-        tool.maps["syscalls_errnos"] = ExitDuringRead({})
-        assert [(s.comm, s.count) for s in c.poll().stats] == [("a", 7)]
-        assert counts == {}
-        assert c.poll().stats == ()
-        assert c.totals.count == {"read": 17}
-
-
 def test_live_process_that_execs_is_renamed(tmp_path: Path) -> None:
     """/proc names a running process; a successful execve since the last
-    poll makes the collector read it again instead of its cached name."""
+    poll makes the collector read it again instead of its cached name; the
+    name is forgotten once the process is gone."""
     (tmp_path / "8").mkdir()
     (tmp_path / "8" / "comm").write_text("sh\n")
     execve, read = syscall_nr("execve"), syscall_nr("read")
-    stats = {_key(8, read): _counts(3, 0, b"sh")}
-    tool = _maps(stats, {})
+    tool = FakeTool({_key(8, read): _counts(3, 0, b"sh")}, {})
     names = ProcessNames(proc=str(tmp_path))
+    live = tool.live
+
     with SyscallCollector(loader=lambda: tool, names=names) as c:
         assert {s.comm for s in c.poll().stats} == {"sh"}
         (tmp_path / "8" / "comm").write_text("java\n")
-        stats[_key(8, read)] = _counts(5, 0, b"sh")
+        live("syscalls_counts").entries[_key(8, read)] = _counts(2, 0, b"sh")
         assert {s.comm for s in c.poll().stats} == {"sh"}  # cached: no exec seen
-        stats[_key(8, execve)] = _counts(2, 1, b"java")  # one failed, one exec'd
-        stats[_key(8, read)] = _counts(9, 0, b"sh")
+        live("syscalls_counts").entries[_key(8, execve)] = _counts(2, 1, b"java")
+        live("syscalls_counts").entries[_key(8, read)] = _counts(4, 0, b"sh")
         assert {s.comm for s in c.poll().stats} == {"java"}
         # a failed execve alone renames nothing: no /proc read
         (tmp_path / "8" / "comm").write_text("other\n")
-        stats[_key(8, execve)] = _counts(3, 2, b"java")
+        live("syscalls_counts").entries[_key(8, execve)] = _counts(1, 1, b"java")
         assert {s.comm for s in c.poll().stats} == {"java"}
+        # gone, and silent for a poll: its cached name is dropped
+        (tmp_path / "8" / "comm").unlink()
+        (tmp_path / "8").rmdir()
+        c.poll()
+        assert names.lookup(8) is None
 
 
 def test_collector_merges_cpu_rows_into_one_record_per_process_and_syscall() -> None:
-    """Each CPU's row is a counter of its own; a poll reports their deltas
-    summed, one record per (process, syscall) and per (process, syscall,
-    errno), a row that appears later (another CPU) counted from zero."""
+    """Each CPU's row is a counter of its own; a poll reports them summed,
+    one record per (process, syscall) and per (process, syscall, errno)."""
     read, openat = syscall_nr("read"), syscall_nr("openat")
-    stats = FakeMap(_rows(3, read, _counts(10, 1, b"a")))
-    errnos = FakeMap({_ekey(3, read, 11, 0): struct.pack("=Q", 1)})
     tool = FakeTool(
-        {"syscalls_counts": stats, "syscalls_errnos": errnos, "syscalls_drops": FakeMap({})}
+        {
+            **_rows(3, read, _counts(2, 1, b"a"), _counts(5, 2, b"a")),
+            **_rows(3, openat, b"", _counts(4, 0, b"a")),
+        },
+        {_ekey(3, read, 11, 0): struct.pack("=Q", 1), _ekey(3, read, 11, 1): struct.pack("=Q", 2)},
     )
     with SyscallCollector(loader=lambda: tool, names=FakeNames({3})) as c:
-        assert [(s.syscall, s.count, s.errors) for s in c.poll().stats] == [("read", 10, 1)]
-        stats.entries.update(_rows(3, read, _counts(12, 1, b"a"), _counts(5, 2, b"a")))
-        stats.entries.update(_rows(3, openat, b"", _counts(4, 0, b"a")))
-        errnos.entries[_ekey(3, read, 11, 1)] = struct.pack("=Q", 2)
         snap = c.poll()
         assert sorted((s.syscall, s.count, s.errors) for s in snap.stats) == [
             ("openat", 4, 0),
-            ("read", 7, 2),
+            ("read", 7, 3),
         ]
-        assert [(e.syscall, e.errno, e.count) for e in snap.errnos] == [("read", "EAGAIN", 2)]
-        errnos.entries[_ekey(3, read, 11, 0)] = struct.pack("=Q", 4)
-        errnos.entries[_ekey(3, read, 11, 1)] = struct.pack("=Q", 5)
-        assert [e.count for e in c.poll().errnos] == [6]
+        assert [(e.syscall, e.errno, e.count) for e in snap.errnos] == [("read", "EAGAIN", 3)]
 
 
 def test_map_sizes_per_mode() -> None:
     """The mode's map takes max_entries, the other mode's map one entry;
-    the errno map a quarter (at least 1024)."""
+    the errno map a quarter (at least 1024); both copies of each alike."""
     assert DEFAULT_MAX_ENTRIES == {"counts": 65536, "latency": 16384}
     assert map_sizes(latency=False, ncpu=2) == {
         "syscalls_counts": 65536,
+        "syscalls_count2": 65536,
         "syscalls_stats": 1,
+        "syscalls_stats2": 1,
         "syscalls_errnos": 16384,
+        "syscalls_errno2": 16384,
     }
     assert map_sizes(latency=True, ncpu=2) == {
         "syscalls_stats": 16384,
+        "syscalls_stats2": 16384,
         "syscalls_counts": 1,
+        "syscalls_count2": 1,
         "syscalls_errnos": 4096,
+        "syscalls_errno2": 4096,
     }
     help_text = " ".join(CliRunner().invoke(cli, ["syscalls", "--help"]).output.split())
     assert "(default 65536, or 2048 per possible CPU if more, at most 1048576;" in help_text
     assert "-L: 16384, or 512 per CPU, at most 262144)" in help_text
-    assert "1.25 MiB at 65536 with the errno map, 20 MiB at most" in help_text
-    assert "(-L: 320 KiB to 5 MiB)" in help_text
+    assert "2.5 MiB at 65536 with the errno map and both copies, 40 MiB at most" in help_text
+    assert "(-L: 640 KiB to 10 MiB)" in help_text
     assert map_sizes(latency=False, max_entries=64, ncpu=64) == {
         "syscalls_counts": 64,
+        "syscalls_count2": 64,
         "syscalls_stats": 1,
+        "syscalls_stats2": 1,
         "syscalls_errnos": 1024,
+        "syscalls_errno2": 1024,
     }
 
 
@@ -904,10 +763,11 @@ def test_default_sizes_grow_with_possible_cpus_within_a_cap() -> None:
     assert default_max_entries(latency=True, ncpu=4096) == 1 << 18
     assert map_sizes(latency=False, ncpu=64)["syscalls_errnos"] == 32768
     mib = 1 << 20
-    assert idle_bytes(map_sizes(latency=False, ncpu=2)) // 1024 == 1280  # 1.25 MiB
-    assert idle_bytes(map_sizes(latency=False, ncpu=4096)) // mib == 20
-    assert idle_bytes(map_sizes(latency=True, ncpu=2)) // 1024 == 320
-    assert idle_bytes(map_sizes(latency=True, ncpu=4096)) // mib == 5
+    # both copies of every table
+    assert idle_bytes(map_sizes(latency=False, ncpu=2)) // 1024 == 2560  # 2.5 MiB
+    assert idle_bytes(map_sizes(latency=False, ncpu=4096)) // mib == 40
+    assert idle_bytes(map_sizes(latency=True, ncpu=2)) // 1024 == 640
+    assert idle_bytes(map_sizes(latency=True, ncpu=4096)) // mib == 10
     assert default_max_entries(latency=False) >= 65536  # this host's CPUs
 
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 import csv
 import io
 import math
+import statistics
 from dataclasses import dataclass
 from typing import Any, Final
 
 from ..features import Mechanism
 from .env import summary_line
+from .programs import MECHANISMS
 from .runner import BASELINE, BPFTRACE, BenchResult, Config, SyscallResult
 from .stats import METRICS, Spread, overhead_ns, per_copy_overhead_ns, ratio
 from .verdict import Verdict, added_ratios, judge
@@ -22,6 +24,7 @@ __all__ = [
     "bar",
     "csv_text",
     "derive",
+    "pooled_bar",
     "study_comparison",
     "text_report",
     "to_json",
@@ -170,6 +173,53 @@ def bar(res: SyscallResult, calls: int) -> dict[str, Any] | None:
     return out
 
 
+def _series(res: SyscallResult, config: Config) -> list[float]:
+    row = res.row(config)
+    return [s.metric(BAR_METRIC) for s in row.samples] if row else []
+
+
+def pooled_bar(result: BenchResult) -> list[dict[str, Any]]:
+    """The bar's verdicts, one per hook: the per-repetition ratios of every
+    syscall measured on it, pooled. The program and the hook are the same
+    whichever syscall drives them, so each syscall's repetitions are more
+    rounds of one measurement: 5 syscalls x 9 repetitions narrow the
+    interval of the median about 2.5-fold against one syscall's 9, which is
+    what makes the verdict repeat run after run on a noisy VM. Every hook is
+    judged (which hook is cheapest is itself within noise); ``cheapest``
+    marks the lowest pooled median of the empty program's added cost."""
+    out: list[dict[str, Any]] = []
+    for m in MECHANISMS:
+        empty, count = Config("bpf", m, "empty", 1), Config("bpf", m, "count", 1)
+        over_empty: list[float] = []
+        over_bt: list[float] = []
+        added: list[float] = []
+        names = []
+        for res in result.syscalls:
+            base, e, c = (_series(res, x) for x in (BASELINE, empty, count))
+            if not (base and e and c):
+                continue
+            names.append(res.syscall)
+            over_empty += added_ratios(c, e, base)
+            added += [(x - b) / result.options.calls * 1e9 for x, b in zip(e, base, strict=False)]
+            bt = _series(res, BPFTRACE)
+            if bt:
+                over_bt += added_ratios(c, bt, base)
+        if not names:
+            continue
+        entry: dict[str, Any] = {
+            "hook": str(m),
+            "syscalls": names,
+            "empty_ns_median": statistics.median(added),
+            "count_over_empty": judge(over_empty, BAR_FACTOR).to_json(),
+        }
+        if over_bt:
+            entry["count_over_bpftrace"] = judge(over_bt, 1.0).to_json()
+        out.append(entry)
+    if out:
+        min(out, key=lambda e: e["empty_ns_median"])["cheapest"] = True
+    return out
+
+
 # --------------------------------------------------------------------------
 # compared with the study
 
@@ -282,6 +332,7 @@ def to_json(result: BenchResult) -> dict[str, Any]:
         "notes": result.notes,
         "syscalls": out_syscalls,
         "study_comparison": study_comparison(result),
+        "bar": pooled_bar(result),
     }
 
 
@@ -455,29 +506,33 @@ def _verdict_text(v: dict[str, Any] | None) -> str:
 
 def bar_lines(result: BenchResult) -> list[str]:
     lines = [
-        f"Performance bar ({BAR_METRIC}() ns/call): count on the cheapest hook <= "
-        f"{BAR_FACTOR}x the empty program's overhead there, and below bpftrace's; "
-        "judged on the ratio of added costs in each repetition (meets/MISSES only when "
-        "the interval of their median clears the bar, else INCONCLUSIVE):"
+        f"Performance bar ({BAR_METRIC}() ns/call): count <= {BAR_FACTOR}x the empty "
+        "program's added cost on the same hook, and below bpftrace's; judged per hook on "
+        "the ratio of added costs in each repetition of every syscall, pooled (meets/MISSES "
+        "only when the interval of their median clears the bar, else INCONCLUSIVE):"
     ]
+    pooled = pooled_bar(result)
+    if not pooled:
+        lines.append("  not measured (needs empty and count bodies)")
+    for p in pooled:
+        lines.append(
+            f"  {p['hook']}{' (cheapest)' if p.get('cheapest') else ''}: empty "
+            f"{p['empty_ns_median']:+.0f} ns (median), over {', '.join(p['syscalls'])}"
+        )
+        lines.append(f"    count / empty {_verdict_text(p['count_over_empty'])}")
+        if "count_over_bpftrace" in p:
+            lines.append(f"    count / bpftrace {_verdict_text(p['count_over_bpftrace'])}")
+    lines.append("  each syscall alone (detail; fewer repetitions, wider intervals, no verdict):")
     for res in result.syscalls:
         b = bar(res, result.options.calls)
         if b is None:
-            lines.append(f"  {res.syscall}: not measured (needs empty and count bodies)")
             continue
-        v = b["verdicts"]
+        v = b["verdicts"].get("count_over_empty")
+        detail = _verdict_text(v and {**v, "bar": None})
         lines.append(
-            f"  {res.syscall} on {b['hook']}: empty {b['empty_ns']:+.0f} ns, "
-            f"count {b['count_ns']:+.0f} ns (medians)"
+            f"    {res.syscall} on {b['hook']} (its cheapest): empty {b['empty_ns']:+.0f} ns, "
+            f"count {b['count_ns']:+.0f} ns; count / empty {detail}"
         )
-        lines.append(f"    count / empty per repetition {_verdict_text(v.get('count_over_empty'))}")
-        if "count_over_bpftrace" in v:
-            lines.append(
-                f"    count / bpftrace (bpftrace {b['bpftrace_ns']:+.0f} ns) per repetition "
-                f"{_verdict_text(v['count_over_bpftrace'])}"
-            )
-        else:
-            lines.append("    vs bpftrace: n/a (no bpftrace)")
     return lines
 
 

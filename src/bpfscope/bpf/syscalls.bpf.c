@@ -17,8 +17,17 @@
  * cache-line sharing between CPUs (as a per-CPU hash), one copy per CPU a
  * process actually ran that syscall on (not per possible CPU), and cheap to
  * create. They are BPF_F_NO_PREALLOC: memory follows the live entries, not
- * max_entries. Userspace sums the CPU rows and deletes the rows of exited
- * processes. Measured alternatives: docs/syscalls.md.
+ * max_entries. Userspace sums the CPU rows. Measured alternatives:
+ * docs/syscalls.md.
+ *
+ * Every table has two copies (syscalls_counts/syscalls_count2, ...):
+ * programs write the copy syscalls_gen names, read once per run. A poll
+ * flips syscalls_gen, then waits for every program run that may still hold
+ * the other copy (an update of syscalls_sync, a map-in-map: the kernel
+ * waits for an RCU grace period, so every non-sleepable program that
+ * started before has returned), then reads and empties that copy, which no
+ * program writes any more: no call is lost or counted twice, and a row
+ * holds one interval's counts.
  * Filters (pid, command prefix, cgroup, syscall set, failed only) are
  * const volatile settings: the verifier drops the checks that are off.
  * Both hooks go through the attach ladder tp_btf -> raw_tp -> tracepoint.
@@ -48,30 +57,58 @@ const volatile __s64 exit_group_nr = -1;
 const volatile __s64 execve_nr = -1;
 const volatile __s64 execveat_nr = -1;
 
+/* Which copy of the tables programs write (0 or 1); userspace flips it. */
+volatile __u32 syscalls_gen = 0;
+
 /* Sizes: the defaults of bpfscope.syscalls.tool (load() sets them). */
-struct {
+struct syscalls_counts_map {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 65536);
 	__type(key, struct syscalls_key);
 	__type(value, struct syscalls_counts);
-} syscalls_counts SEC(".maps");
+};
 
-struct {
+struct syscalls_stats_map {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 16384);
 	__type(key, struct syscalls_key);
 	__type(value, struct syscalls_stats);
-} syscalls_stats SEC(".maps");
+};
 
-struct {
+struct syscalls_errnos_map {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 16384);
 	__type(key, struct syscalls_errno_key);
 	__type(value, __u64);
-} syscalls_errnos SEC(".maps");
+};
+
+struct syscalls_counts_map syscalls_counts SEC(".maps"), syscalls_count2 SEC(".maps");
+struct syscalls_stats_map syscalls_stats SEC(".maps"), syscalls_stats2 SEC(".maps");
+struct syscalls_errnos_map syscalls_errnos SEC(".maps"), syscalls_errno2 SEC(".maps");
+
+/*
+ * Never read by programs: userspace updates its one slot (with the same
+ * inner map each time) after flipping syscalls_gen, because the kernel
+ * then waits for running BPF programs (maybe_wait_bpf_programs, 4.20+).
+ */
+struct syscalls_sync_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} syscalls_sync_in SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__array(values, struct syscalls_sync_inner);
+} syscalls_sync SEC(".maps") = {
+	.values = { [0] = &syscalls_sync_in },
+};
 
 /*
  * The call each thread is in, as task-local storage: a lookup is a pointer
@@ -152,18 +189,28 @@ static __always_inline bool comm_matches(void)
 	return true;
 }
 
-static __always_inline void add_errno(__u32 tgid, __u32 nr, __u32 err, __u32 cpu)
+static __always_inline void errno_add(void *map, struct syscalls_errno_key *key)
 {
-	struct syscalls_errno_key key = { .tgid = tgid, .nr = nr, .err = err, .cpu = cpu };
 	__u64 one = 1, *n;
 
-	n = bpf_map_lookup_elem(&syscalls_errnos, &key);
+	n = bpf_map_lookup_elem(map, key);
 	if (n) {
 		*n += 1; /* this CPU's row: no other writer */
 		return;
 	}
-	if (bpf_map_update_elem(&syscalls_errnos, &key, &one, BPF_NOEXIST))
+	if (bpf_map_update_elem(map, key, &one, BPF_NOEXIST))
 		count_drop(SYSCALLS_DROP_ERRNOS); /* full */
+}
+
+/* One call site per copy: each keeps the kernel's inlined map lookup. */
+static __always_inline void add_errno(__u32 gen, __u32 tgid, __u32 nr, __u32 err, __u32 cpu)
+{
+	struct syscalls_errno_key key = { .tgid = tgid, .nr = nr, .err = err, .cpu = cpu };
+
+	if (gen)
+		errno_add(&syscalls_errno2, &key);
+	else
+		errno_add(&syscalls_errnos, &key);
 }
 
 /*
@@ -199,9 +246,13 @@ static __always_inline bool renamed(__u32 nr, __u32 err)
 static __always_inline void record_count(__u32 tgid, __u32 nr, __u32 err)
 {
 	struct syscalls_key key = { .tgid = tgid, .nr = nr, .cpu = bpf_get_smp_processor_id() };
+	__u32 gen = syscalls_gen;
 	struct syscalls_counts *c;
 
-	c = entry_of(&syscalls_counts, &key, &zero_counts);
+	if (gen)
+		c = entry_of(&syscalls_count2, &key, &zero_counts);
+	else
+		c = entry_of(&syscalls_counts, &key, &zero_counts);
 	if (!c)
 		return;
 	if (!c->comm[0] || renamed(nr, err)) /* once per row, and on exec */
@@ -210,7 +261,7 @@ static __always_inline void record_count(__u32 tgid, __u32 nr, __u32 err)
 	if (err) {
 		c->errors += 1;
 		if (track_errnos)
-			add_errno(tgid, nr, err, key.cpu);
+			add_errno(gen, tgid, nr, err, key.cpu);
 	}
 }
 
@@ -221,10 +272,14 @@ static __always_inline void record_count(__u32 tgid, __u32 nr, __u32 err)
 static __always_inline void record(__u32 tgid, __u32 nr, __s64 latency_ns, __u32 err)
 {
 	struct syscalls_key key = { .tgid = tgid, .nr = nr, .cpu = bpf_get_smp_processor_id() };
+	__u32 gen = syscalls_gen;
 	struct syscalls_stats *s;
 	__u64 slot; /* u64: 6.1's verifier loses the bound of a re-extended u32 index */
 
-	s = entry_of(&syscalls_stats, &key, &zero_stats);
+	if (gen)
+		s = entry_of(&syscalls_stats2, &key, &zero_stats);
+	else
+		s = entry_of(&syscalls_stats, &key, &zero_stats);
 	if (!s)
 		return;
 	if (!s->comm[0] || renamed(nr, err)) /* once per row, and on exec */
@@ -240,7 +295,7 @@ static __always_inline void record(__u32 tgid, __u32 nr, __s64 latency_ns, __u32
 	if (err) {
 		s->errors += 1;
 		if (track_errnos)
-			add_errno(tgid, nr, err, key.cpu);
+			add_errno(gen, tgid, nr, err, key.cpu);
 	}
 }
 

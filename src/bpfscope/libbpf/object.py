@@ -22,7 +22,8 @@ __all__ = ["BpfObject", "Globals"]
 
 class Globals:
     """``const volatile`` globals (.rodata) and other data sections of an
-    object, located through the object's BTF and written before load."""
+    object, located through the object's BTF and written before load (the
+    others, .bss and .data, also after it)."""
 
     def __init__(self, obj: BpfObject, section: str) -> None:
         self._obj = obj
@@ -56,6 +57,17 @@ class Globals:
             if len(raw) > size:
                 raise ValueError(f"{name}: {len(raw)} bytes do not fit in {size}")
             raw = raw.ljust(size, b"\0")
+        if self._obj.loaded:
+            # Through the map, not the mmap: libbpf before 1.5 points the
+            # mmap at the kernel's memory only for skeletons, so after a
+            # plain load a write there would never reach the programs.
+            m = self._map()
+            key = b"\0\0\0\0"
+            current = m.lookup(key)
+            if current is None:
+                raise KeyError(f"{self._section} of {self._obj.name} has no value")
+            m.update(key, current[:offset] + raw + current[offset + size :])
+            return
         mapped = self._mapped()
         ctypes.memmove(mapped + offset, raw, size)
 

@@ -106,12 +106,12 @@ def parse_syscalls(values: Sequence[str]) -> frozenset[int]:
 @click.option(
     "--max-entries",
     type=click.IntRange(min=64),
-    help="Most (process, syscall, CPU) rows held at once (default 65536, or 2048 per possible "
-    "CPU if more, at most 1048576; -L: 16384, or 512 per CPU, at most 262144); calls beyond "
-    "are counted as lost. The errno map gets a quarter. Rows are not preallocated: ~100 B "
-    "(-L: ~430 B) each while held (idle rows are deleted after a few polls). The buckets "
-    "are, 16 B per max entry: idle, 1.25 MiB at 65536 with the errno map, 20 MiB at most "
-    "(-L: 320 KiB to 5 MiB).",
+    help="Most (process, syscall, CPU) rows of one interval (default 65536, or 2048 per "
+    "possible CPU if more, at most 1048576; -L: 16384, or 512 per CPU, at most 262144); calls "
+    "beyond are counted as lost. The errno map gets a quarter. Rows are not preallocated: "
+    "~100 B (-L: ~430 B) each while held (each poll empties the tables it reads; there are "
+    "two copies). The buckets are, 16 B per max entry: idle, 2.5 MiB at 65536 with the errno "
+    "map and both copies, 40 MiB at most (-L: 640 KiB to 10 MiB).",
 )
 @click.option(
     "--bench",

@@ -2,8 +2,7 @@
 
 A plain collector (``start()``, ``poll()``, ``close()``) as the design asks:
 it knows nothing about terminals or HTTP. ``poll()`` returns a
-:class:`Snapshot` of what happened since the previous poll (deltas of the
-kernel's cumulative counters); ``totals`` keeps cumulative per-syscall
+:class:`Snapshot` of what happened since the previous poll; ``totals`` keeps cumulative per-syscall
 counters for Prometheus-style consumers (the agent).
 
 The kernel keeps one row per (process, syscall[, errno], CPU), written by
@@ -14,12 +13,13 @@ By default only calls and errors are counted (sys_exit alone); with
 ``latency=True`` every call is also timed, and the records' latency fields
 (``total_ns``, ``hist``) are filled in.
 
-A process that exited since the previous poll is reported in this poll,
-complete (see :meth:`SyscallCollector.poll`), and its kernel rows (on every
-CPU) are deleted after that last read, so the maps only hold live processes; rows of live
-processes unchanged for :data:`IDLE_POLLS` polls in a row are deleted too
-(taken with lookup-and-delete where the kernel can), so a long-lived process holds rows
-for what it does now, not for every (syscall, CPU) it ever used.
+The kernel keeps two copies of its tables; programs write the one
+``syscalls_gen`` names. A poll flips it, waits until no program still
+writes the other (the kernel's wait on a map-in-map update), then reads and
+empties that copy: every call made before the flip is in this poll, exactly
+once, including those of processes that exited in the interval, and the
+maps hold only rows of the current interval (no idle rows to expire, no
+rows of exited processes to delete). See docs/syscalls.md.
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ import ctypes
 import operator
 import os
 import struct
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Protocol
 
 from ..features import Mechanism
 from ..ladder import Choice
@@ -46,6 +47,7 @@ from .programs import (
     SyscallFilter,
     load,
     stats_map,
+    table_copies,
 )
 from .records import (
     CollectorStats,
@@ -57,7 +59,6 @@ from .records import (
 )
 
 __all__ = [
-    "IDLE_POLLS",
     "ProcessNames",
     "SyscallCollector",
     "decode_stats",
@@ -85,10 +86,6 @@ _INVALID_NR = 0xFFFFFFFF
 # syscalls_errno_key; the CPU comes last in both.
 _U32X2 = struct.Struct("=II")
 _U32X3 = struct.Struct("=III")
-
-# Polls in a row a row must be read unchanged before it is deleted (at 1 s
-# polls: idle 5 s). Its next call recreates it, counted from zero.
-IDLE_POLLS: Final = 5
 
 
 _NAMES_BY_NR: dict[int, str] | None = None
@@ -212,24 +209,9 @@ class _ToolLike(Protocol):
     def close(self) -> None: ...
 
 
-def _settle(m: Any, seen: dict[bytes, Any], dead: set[int]) -> None:
-    """Rows of dead processes, read for the last time, leave the map."""
-    for key in list(seen):
-        tgid = _U32X2.unpack_from(key)[0]
-        if tgid in dead:
-            m.delete(key)
-            del seen[key]
-
-
 def _tgids(*rows: Iterable[tuple[bytes, bytes]]) -> dict[int, None]:
     """The processes of map rows, in order of first appearance."""
     return {_U32X2.unpack_from(key)[0]: None for part in rows for key, _ in part}
-
-
-def _reread(m: Any, rows: list[tuple[bytes, bytes]], gone: set[int]) -> list[tuple[bytes, bytes]]:
-    """``rows`` with those of the ``gone`` processes read again from ``m``."""
-    kept = [(k, v) for k, v in rows if _U32X2.unpack_from(k)[0] not in gone]
-    return kept + [(k, v) for k, v in m.lookup_batch() if _U32X2.unpack_from(k)[0] in gone]
 
 
 def _split(d: tuple[int, ...], latency: bool) -> tuple[int, int, int, tuple[int, ...]]:
@@ -237,12 +219,6 @@ def _split(d: tuple[int, ...], latency: bool) -> tuple[int, int, int, tuple[int,
     if not latency:
         d = d + _NOT_TIMED
     return d[0], d[1], d[2], d[3:]
-
-
-def _delta(cur: tuple[int, ...], prev: tuple[int, ...] | None) -> tuple[int, ...]:
-    if prev is None or any(c < p for c, p in zip(cur, prev, strict=True)):
-        return cur  # new key, or the key was recreated (pid reuse)
-    return tuple(c - p for c, p in zip(cur, prev, strict=True))
 
 
 class SyscallCollector:
@@ -280,9 +256,8 @@ class SyscallCollector:
         )
         self.names = names or ProcessNames()
         self._tool: _ToolLike | None = None
-        self._prev: dict[bytes, tuple[int, ...]] = {}
-        self._prev_err: dict[bytes, int] = {}
-        self._idle: dict[bytes, int] = {}  # key -> polls in a row read unchanged (both maps)
+        self._gen = 0  # the copy of the tables programs write (syscalls_gen)
+        self._named: set[int] = set()  # processes whose name ProcessNames may cache
         self._last = 0.0
         self._polls = 0
         self._drops = Drops()
@@ -329,60 +304,49 @@ class SyscallCollector:
             skipped=self.tool.skipped_runs(),
         )
 
+    def _swap(self) -> tuple[Any, Any]:
+        """Point programs at the other copy of the tables and wait until no
+        program still writes the one they used; return that copy (calls
+        map, errno map), complete and unchanging from here on."""
+        obj = self.tool.obj
+        old, self._gen = self._gen, self._gen ^ 1
+        obj.bss["syscalls_gen"] = self._gen
+        # Updating a map-in-map makes the kernel wait for every running
+        # non-sleepable BPF program (an RCU grace period) before it returns:
+        # a program that read the old syscalls_gen has finished its writes.
+        inner = obj.map("syscalls_sync_in").fd
+        obj.map("syscalls_sync").update(b"\0\0\0\0", inner.to_bytes(4, sys.byteorder))
+        return (
+            obj.map(table_copies(stats_map(self.latency))[old]),
+            obj.map(table_copies("syscalls_errnos")[old]),
+        )
+
     def poll(self) -> Snapshot:
         """Everything counted since the previous poll (or since start)."""
-        obj = self.tool.obj
         now = time.monotonic()
         elapsed = now - self._last
         self._last = now
-        calls_map = obj.map(stats_map(self.latency))
-        errnos_map = obj.map("syscalls_errnos")
 
-        # Processes already gone before this read made their last update, so
-        # their entries can be deleted once read.
-        dead = {_U32X2.unpack_from(k)[0] for k in self._prev}
-        dead |= {_U32X2.unpack_from(k)[0] for k in self._prev_err}
-        dead = {t for t in dead if not self.names.alive(t)}
-
-        # Both maps first, back to back: what this process does while
-        # decoding (reading /proc) is counted too, and must not land in one
-        # map's read and not the other's.
-        stats_raw = list(calls_map.lookup_batch())
-        errnos_raw = list(errnos_map.lookup_batch()) if self._track_errnos else []
-
-        # A process first seen in this read and gone now ran and exited
-        # since the previous poll; it may have exited during the read, which
-        # is not a snapshot (its execve row missed, say). Its rows are read
-        # again, now that it can no longer change them: complete, reported
-        # in this poll (the interval it ran in, and the last one, which has
-        # no next poll), then deleted like any dead process's. /proc is read
-        # once per process and poll (a gone process's failed open is a
-        # syscall of ours), after both maps; its name is cached, so a live
-        # process costs no stat.
+        # The copy programs wrote until now is read and emptied: each row
+        # holds what its (process, syscall, CPU) did since the last poll, so
+        # a process that exited in the interval is complete here, and
+        # nothing is read twice or lost (no program writes it meanwhile).
+        # Both maps before /proc: a gone process's failed open is a syscall
+        # of ours, counted in the next interval.
+        calls_map, errnos_map = self._swap()
+        stats_raw = calls_map.lookup_and_delete_batch()
+        errnos_raw = errnos_map.lookup_and_delete_batch() if self._track_errnos else []
         proc_names = {t: self.names.lookup(t) for t in _tgids(stats_raw, errnos_raw)}
-        gone = {
-            t
-            for t, name in proc_names.items()
-            if name is None and t not in dead and not self.names.alive(t)
-        }
-        if gone:
-            stats_raw = _reread(calls_map, stats_raw, gone)
-            if self._track_errnos:
-                errnos_raw = _reread(errnos_map, errnos_raw, gone)
-            dead |= gone
 
-        # Deltas per row (tgid, nr, cpu), summed per (tgid, nr).
+        # Rows (tgid, nr, cpu) summed per (tgid, nr).
         merged: dict[tuple[int, int], tuple[int, ...]] = {}
         raws: dict[int, list[tuple[int, bytes]]] = {}  # tgid -> its (nr, value)s
-        seen: dict[bytes, tuple[int, ...]] = {}
         lay = _STATS if self.latency else _COUNTS
         for key, raw in stats_raw:
-            cur = sum_percpu(raw, lay.words, lay.stride)  # kept short: counts mode has 2
-            seen[key] = cur
+            d = sum_percpu(raw, lay.words, lay.stride)  # kept short: counts mode has 2
             tgid, nr = _U32X2.unpack_from(key)
             raws.setdefault(tgid, []).append((nr, raw))
-            d = _delta(cur, self._prev.get(key))
-            if not any(d):  # a read between the kernel's count and errors adds: (0, 1, ...)
+            if not any(d):
                 continue
             prev = merged.get((tgid, nr))
             merged[tgid, nr] = d if prev is None else tuple(map(operator.add, prev, d))
@@ -393,32 +357,11 @@ class SyscallCollector:
                 proc_names[tgid] = self.names.lookup(tgid)
 
         err_counts: dict[tuple[int, int, int], int] = {}  # (tgid, nr, err): summed CPU rows
-        seen_err: dict[bytes, int] = {}
         for key, raw in errnos_raw:
-            total = sum(memoryview(raw).cast("Q"))
-            seen_err[key] = total
-            prev_n = self._prev_err.get(key, 0)
-            n = total - prev_n if total >= prev_n else total
+            n = sum(memoryview(raw).cast("Q"))
             if n:
                 k = _U32X3.unpack_from(key)
                 err_counts[k] = err_counts.get(k, 0) + n
-
-        # Dead processes' rows leave the maps; idle rows too, before the
-        # records are made: what landed on one since the read above is in
-        # the value taken, counted now.
-        idle: dict[bytes, int] = {}
-        _settle(calls_map, seen, dead)
-        for key, was, taken in self._expire_idle(calls_map, stats_raw, seen, self._prev, idle):
-            d = _delta(sum_percpu(taken, lay.words, lay.stride), was)
-            tgid, nr = _U32X2.unpack_from(key)
-            prev = merged.get((tgid, nr))
-            merged[tgid, nr] = d if prev is None else tuple(map(operator.add, prev, d))
-        _settle(errnos_map, seen_err, dead)
-        for key, was, taken in self._expire_idle(
-            errnos_map, errnos_raw, seen_err, self._prev_err, idle
-        ):
-            k = _U32X3.unpack_from(key)
-            err_counts[k] = err_counts.get(k, 0) + sum(memoryview(taken).cast("Q")) - was
 
         # One name per process and poll, the same on its stats and errno
         # rows: /proc while it runs, else what the kernel saw (kernel_name:
@@ -435,11 +378,7 @@ class SyscallCollector:
             ErrnoStat(tgid, named[tgid], nr, name_of(nr), err, errno_name(err), n)
             for (tgid, nr, err), n in err_counts.items()
         ]
-
-        for tgid in dead:
-            self.names.forget(tgid)
-        self._idle = idle
-        self._prev, self._prev_err = seen, seen_err
+        self._forget_gone(proc_names)
 
         snap = Snapshot(
             time=time.time(),
@@ -456,37 +395,17 @@ class SyscallCollector:
         self._drops = snap.drops
         return snap
 
+    def _forget_gone(self, proc_names: dict[int, str | None]) -> None:
+        """Drop the cached names of processes that have exited: those /proc
+        no longer has now, and those seen before and not in this poll that
+        are gone (a silent process is checked once per poll, as before)."""
+        gone = {t for t, name in proc_names.items() if name is None}
+        quiet = self._named - proc_names.keys()
+        gone |= {t for t in quiet if not self.names.alive(t)}
+        for tgid in gone:
+            self.names.forget(tgid)
+        self._named = (self._named | proc_names.keys()) - gone
+
     def stats(self) -> CollectorStats:
         """Rungs, and the drops the last poll read (no kernel call)."""
         return CollectorStats(self.tool.rungs(), self.mechanism, self._polls, self._drops)
-
-    def _expire_idle(
-        self,
-        m: Any,
-        rows: list[tuple[bytes, bytes]],
-        seen: dict[bytes, Any],
-        prev: dict[bytes, Any],
-        idle: dict[bytes, int],
-    ) -> list[tuple[bytes, Any, bytes]]:
-        """Delete the rows of ``m`` read unchanged at :data:`IDLE_POLLS` polls
-        in a row (counting them in ``idle``), each read and deleted in one
-        step where the kernel can (lookup-and-delete; else read, then
-        deleted: an update between the two is lost). Returns (key, value as
-        read, value taken) of the rows that moved since ``rows`` was read,
-        for the caller to count. A deleted row's previous value is dropped
-        from ``seen`` so that a row the process recreates counts from zero."""
-        raw_of: dict[bytes, bytes] = {}
-        moved = []
-        for key, cur in list(seen.items()):
-            if key not in prev or prev[key] != cur:
-                continue
-            n = self._idle.get(key, 0) + 1
-            if n < IDLE_POLLS:
-                idle[key] = n
-                continue
-            raw_of = raw_of or dict(rows)
-            taken = m.take(key)
-            if taken is not None and taken != raw_of[key]:
-                moved.append((key, cur, taken))
-            del seen[key]
-        return moved

@@ -46,6 +46,7 @@ __all__ = [
     "map_sizes",
     "stats_map",
     "syscall_mask",
+    "table_copies",
 ]
 
 OBJECT: Final = "syscalls"
@@ -61,8 +62,8 @@ DROP_SLOTS: Final = {"inflight_nomem": 0, "stats_full": 1, "errnos_full": 2}
 
 
 # Entries of the (process, syscall, CPU) map per mode: a process holds one
-# entry per syscall and CPU it made that syscall on (the collector deletes
-# entries idle for a few polls, and those of exited processes). No map is
+# entry per syscall and CPU it made that syscall on in the current interval
+# (each poll empties the copy it reads; there are two copies). No map is
 # preallocated: an entry costs ~100 B (counts mode: 32 B value; -L: 360 B
 # value, ~430 B) only while it is held; what is allocated from the start is
 # the hash's bucket array, 16 B per max entry (rounded up to a power of
@@ -210,8 +211,21 @@ def _rodata(flt: SyscallFilter, track_errnos: bool) -> dict[str, int | bytes]:
 
 
 def stats_map(latency: bool) -> str:
-    """The (process, syscall, CPU) map of a mode."""
+    """The (process, syscall, CPU) map of a mode (its first copy)."""
     return "syscalls_stats" if latency else "syscalls_counts"
+
+
+# Every table's second copy (the kernel keeps 15 characters of a map name).
+_SECOND: Final = {
+    "syscalls_counts": "syscalls_count2",
+    "syscalls_stats": "syscalls_stats2",
+    "syscalls_errnos": "syscalls_errno2",
+}
+
+
+def table_copies(name: str) -> tuple[str, str]:
+    """The two copies of a table (``syscalls_gen`` 0 and 1) by its first's name."""
+    return name, _SECOND[name]
 
 
 def default_max_entries(*, latency: bool, ncpu: int | None = None) -> int:
@@ -231,13 +245,14 @@ def map_sizes(
     """max_entries of each map at load: the mode's map ``max_entries``
     (default :func:`default_max_entries` for ``ncpu``), the errno map a
     quarter of it (at least 1024), the other mode's map a single entry (it
-    is never written)."""
+    is never written); each table's two copies alike."""
     n = max_entries or default_max_entries(latency=latency, ncpu=ncpu)
-    return {
+    first = {
         stats_map(latency): n,
         stats_map(not latency): 1,
         "syscalls_errnos": max(1024, n // 4),
     }
+    return {copy: size for name, size in first.items() for copy in table_copies(name)}
 
 
 def idle_bytes(sizes: dict[str, int]) -> int:
