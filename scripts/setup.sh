@@ -19,6 +19,7 @@ STAMP="$VENV/.setup-stamp"
 #  qemu-system-x86 busybox-static the kernel matrix (matrix/run): other kernels in qemu
 #  chromium chromium-driver        the web view's browser tests (Selenium)
 #  prometheus                     evaluates the Grafana dashboards' queries in tests
+#  nginx-light wrk                the agent's connection-churn bench (bench agent --churn)
 # The container image test (tests/kernel/test_container_image.py) installs
 # what only it needs, docker.io, debootstrap and prometheus, through
 # scripts/container-engine when it runs as root, not here for everyone.
@@ -29,6 +30,7 @@ PACKAGES=(
   linux-libc-dev-arm64-cross
   qemu-system-x86 busybox-static
   chromium chromium-driver prometheus
+  nginx-light wrk
 )
 
 missing=()

@@ -11,8 +11,9 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
+from .flows.events import ConnTally, EventBatch
 from .flows.records import ConnEvent, FlowRecord
 from .ipprofile import IpProfiler
 from .store import FlowSample, Store
@@ -53,9 +54,13 @@ class PollChanges:
 
     time: float  # wall clock of the poll
     flows: list[FlowRecord]  # flows that changed since the previous poll
-    events: list[ConnEvent]  # lifecycle events that arrived
+    events: list[ConnEvent]  # lifecycle events that arrived, as objects
     syscalls: Snapshot | None  # the syscall interval (None: collector off or failed)
     self_metrics: dict[str, Any]  # bpfscope's own programs, drops and collectors
+    # lifecycle events at any rate: raw (decoded when read), and counted per
+    # group (None: the collector hands events as objects only)
+    batches: list[EventBatch] = field(default_factory=list)
+    tallies: list[ConnTally] | None = None
 
 
 @dataclass(frozen=True)
@@ -64,24 +69,97 @@ class EventEntry:
     event: ConnEvent
 
 
-class EventBuffer:
-    """The most recent lifecycle events, numbered for clients that follow them."""
+# What one event object holds in memory (a ConnEvent with its strings),
+# measured with tracemalloc: the byte bound of objects handed in decoded.
+EVENT_OBJECT_BYTES: Final = 1200
 
-    def __init__(self, max_events: int = 10_000) -> None:
-        self._events: deque[EventEntry] = deque(maxlen=max_events)
+
+class _Chunk:
+    """Events numbered from ``first``: a raw batch or decoded objects."""
+
+    def __init__(self, first: int, events: EventBatch | list[ConnEvent]) -> None:
+        self.first = first
+        self.events = events
+        self.skip = 0  # leading events trimmed away
+        self.count = len(events)
+        self.per_event = (
+            events.nbytes // max(1, self.count)
+            if isinstance(events, EventBatch)
+            else EVENT_OBJECT_BYTES
+        )
+
+    def entries(self, start: int, stop: int) -> list[EventEntry]:
+        """Entries with index in [start, stop) of this chunk."""
+        start = max(start, self.skip)
+        if start >= stop:
+            return []
+        if isinstance(self.events, EventBatch):
+            decoded = self.events.decode(start, stop)
+        else:
+            decoded = self.events[start:stop]
+        return [EventEntry(self.first + start + i, e) for i, e in enumerate(decoded)]
+
+
+class EventBuffer:
+    """The most recent lifecycle events, numbered for clients that follow
+    them. Bounded in events and in bytes; raw batches are decoded only for
+    the entries a reader asks for, so the buffer costs nothing per event
+    while nobody reads it."""
+
+    def __init__(self, max_events: int = 10_000, max_bytes: int = 8 << 20) -> None:
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self._chunks: deque[_Chunk] = deque()
+        self._count = 0
+        self._bytes = 0
         self._seq = 0
         self._lock = threading.Lock()
 
     def consume(self, changes: PollChanges) -> None:
+        sources: list[EventBatch | list[ConnEvent]] = [changes.events, *changes.batches]
         with self._lock:
-            for e in changes.events:
-                self._seq += 1
-                self._events.append(EventEntry(self._seq, e))
+            for events in sources:
+                if len(events):
+                    self._add(events)
+
+    def _add(self, events: EventBatch | list[ConnEvent]) -> None:
+        chunk = _Chunk(self._seq + 1, events)
+        self._seq += chunk.count
+        self._chunks.append(chunk)
+        self._count += chunk.count
+        self._bytes += chunk.count * chunk.per_event
+        # the oldest go first, by whole chunks or a leading part of one
+        while self._chunks and (self._count > self.max_events or self._bytes > self.max_bytes):
+            old = self._chunks[0]
+            over = max(
+                self._count - self.max_events,
+                -(-(self._bytes - self.max_bytes) // max(1, old.per_event)),
+            )
+            n = min(old.count - old.skip, max(1, over))
+            old.skip += n
+            self._count -= n
+            self._bytes -= n * old.per_event
+            if old.skip >= old.count:
+                self._chunks.popleft()
+
+    @property
+    def nbytes(self) -> int:
+        with self._lock:
+            return self._bytes
 
     def since(self, seq: int = 0, limit: int | None = None) -> list[EventEntry]:
         with self._lock:
-            out = [e for e in self._events if e.seq > seq]
-        return out[-limit:] if limit else out
+            chunks = list(self._chunks)
+            last = self._seq
+        first_wanted = seq + 1
+        if limit:
+            first_wanted = max(first_wanted, last - limit + 1)
+        out: list[EventEntry] = []
+        for c in chunks:
+            if c.first + c.count <= first_wanted:
+                continue
+            out += c.entries(first_wanted - c.first, c.count)
+        return out
 
     @property
     def last_seq(self) -> int:
