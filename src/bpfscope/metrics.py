@@ -162,6 +162,7 @@ class FlowMetrics(Collector):
         # events lost per source as of the scrape (the agent's live figures;
         # else those of the last poll)
         self.live_drops: Callable[[], dict[str, int]] | None = None
+        self._classes: dict[str | None, str] = {}  # remote class per address, this poll
 
     def _labels(
         self,
@@ -176,11 +177,17 @@ class FlowMetrics(Collector):
         values = {
             "container": container or "",
             "comm": comm,
-            "remote_class": str(self._remote_class(raddr)),
+            "remote_class": self._class_of(raddr),
             "remote_addr": raddr or "",
             "remote_port": "" if rport is None or direction == "passive" else str(rport),
         }
         return tuple(values[n] for n in self.label_names)
+
+    def _class_of(self, raddr: str | None) -> str:
+        cls = self._classes.get(raddr)
+        if cls is None:
+            cls = self._classes[raddr] = str(self._remote_class(raddr))
+        return cls
 
     def _series_count(self) -> int:
         return len(self._counters) + len(self._hist)
@@ -200,6 +207,7 @@ class FlowMetrics(Collector):
     def consume(self, changes: PollLike) -> None:
         """A sink of the agent: this poll's flows and events, and the
         agent's own figures (shown until the next poll)."""
+        self._classes.clear()  # one poll's worth: names may change between polls
         tallies = changes.tallies
         if tallies is None:
             self.ingest(changes.flows, changes.events)

@@ -167,7 +167,7 @@ class EventBuffer:
             return self._seq
 
 
-def flow_sample(rec: FlowRecord, profiler: IpProfiler | None) -> FlowSample:
+def flow_sample(rec: FlowRecord, profiler: IpProfiler | _PollProfiles | None) -> FlowSample:
     """The store's view of one interval of one flow."""
     prof = profiler.profile(rec.raddr) if profiler else None
     return FlowSample(
@@ -195,4 +195,20 @@ class HistorySink:
         self.profiler = profiler
 
     def consume(self, changes: PollChanges) -> None:
-        self.store.add((flow_sample(r, self.profiler) for r in changes.flows), now=changes.time)
+        profiler = _PollProfiles(self.profiler) if self.profiler is not None else None
+        self.store.add((flow_sample(r, profiler) for r in changes.flows), now=changes.time)
+
+
+class _PollProfiles:
+    """One poll's remote profiles: at churn rates many flows share a peer,
+    and a profile costs an address parse and lookups."""
+
+    def __init__(self, profiler: IpProfiler) -> None:
+        self._profiler = profiler
+        self._seen: dict[str | None, Any] = {}
+
+    def profile(self, ip: str | None) -> Any:
+        prof = self._seen.get(ip)
+        if prof is None:
+            prof = self._seen[ip] = self._profiler.profile(ip)
+        return prof

@@ -68,6 +68,8 @@ __all__ = [
 log = logging.getLogger("bpfscope.flows")
 
 DEFAULT_MAX_ENTRIES: Final = 262144
+# Ring bytes: ~350 ms of events at 20,000 connections/s (80,000 events/s)
+DEFAULT_EVENTS_SIZE: Final = 4 << 20
 FLOW_MAP: Final = "flows"
 # Least seconds between two sweeps for sockets without an owner.
 SWEEP_INTERVAL: Final = 10.0
@@ -127,7 +129,7 @@ class FlowCollector:
         force: Mechanism | None = None,
         btf_path: str | None = None,
         drain: str = "batch",
-        events_size: int | None = None,
+        events_size: int | None = DEFAULT_EVENTS_SIZE,
         udp: bool = True,
         tcp_counters: bool = True,
         loader: Callable[[], AttachedObject] | None = None,
@@ -137,16 +139,14 @@ class FlowCollector:
     ) -> None:
         """``loader`` (the attached tool) and ``ring`` (the event ring buffer
         over its map, one callback per record) exist for tests; by default
-        the real BPF object is loaded and its ring buffer drained in bulk on
-        a thread of its own (libbpf's callback consumer where bulk reading
-        is not safe). ``events``: see ``EVENT_MODES``; ``event_buffer_bytes``
-        bounds the raw events held between two polls."""
+        the ring is drained in bulk on a thread of its own (libbpf's callback
+        consumer where bulk reading is not safe). ``events``: see
+        ``EVENT_MODES``; ``event_buffer_bytes`` bounds raw events between polls."""
         if max_entries < 1:
             raise ValueError("max_entries must be positive")
         if events not in EVENT_MODES:
             raise ValueError(f"events must be one of {', '.join(EVENT_MODES)}")
-        self.events = events
-        self.event_buffer_bytes = event_buffer_bytes
+        self.events, self.event_buffer_bytes = events, event_buffer_bytes
         if drain not in ("batch", "per-key"):
             raise ValueError("drain must be 'batch' or 'per-key'")
         self.kernel_filter = kernel_filter or KernelFilter()
@@ -589,7 +589,7 @@ class FlowCollector:
 
 
 def _growth(now: int, before: int) -> int:
-    return now - before if now >= before else now
+    return now - before if now >= before else now  # a wrap or a reused socket
 
 
 def flows_of(records: Iterable[Record]) -> list[FlowRecord]:
