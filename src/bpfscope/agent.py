@@ -71,8 +71,8 @@ class SyscallSource(Collector[Snapshot], Protocol):
 # Poll durations (seconds): bpfscope_collector_poll_duration_seconds.
 POLL_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # Closed flows lingering in the current view are bounded in bytes (a
-# FlowRecord with its strings, measured with tracemalloc: ~2 KB).
-FLOW_RECORD_BYTES: Final = 2048
+# FlowRecord with its strings and key, measured with tracemalloc: ~2.1 KB).
+FLOW_RECORD_BYTES: Final = 2100
 
 
 @dataclass

@@ -71,7 +71,7 @@ class EventEntry:
 
 # What one event object holds in memory (a ConnEvent with its strings),
 # measured with tracemalloc: the byte bound of objects handed in decoded.
-EVENT_OBJECT_BYTES: Final = 1200
+EVENT_OBJECT_BYTES: Final = 512
 
 
 class _Chunk:

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/prctl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -97,6 +98,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "bad arguments\n");
 		return 2;
 	}
+	/* the command name the agent's metrics carry, whatever the binary's name */
+	prctl(PR_SET_NAME, "bpfscope-churn", 0, 0, 0);
 	int fds[2];
 	if (pipe(fds) < 0)
 		return 1;

@@ -137,17 +137,20 @@ def _rss_peak_mb(pid: int) -> float:
     return 0.0
 
 
-def _history(db: Path) -> tuple[int, int]:
-    """(rows in the fullest bucket, distinct (process, peer, service port))."""
+def _history(db: Path, services: tuple[int, ...]) -> tuple[int, int]:
+    """(rows in the fullest bucket, distinct (process, peer, service port)):
+    the service port is whichever end is one of ``services`` (the ports
+    listening here), else the lower one."""
+    known = ",".join(str(p) for p in services)
     with sqlite3.connect(db) as con:
         rows = con.execute(
             "SELECT coalesce(max(c), 0) FROM"
             " (SELECT count(*) c FROM flow_buckets GROUP BY bucket_start)"
         ).fetchone()[0]
-        # the service port: the lower of the two (ephemeral ports are high)
         groups = con.execute(
-            "SELECT count(*) FROM (SELECT DISTINCT comm, raddr, min(lport, rport)"
-            " FROM flow_buckets)"
+            "SELECT count(*) FROM (SELECT DISTINCT comm, raddr,"
+            f" CASE WHEN lport IN ({known}) THEN lport WHEN rport IN ({known}) THEN rport"
+            " ELSE min(lport, rport) END FROM flow_buckets)"
         ).fetchone()[0]
     return int(rows), int(groups)
 
@@ -188,7 +191,7 @@ def _one_rate(exe: Path, nginx_port: int, rate: int, seconds: float, procs: int)
         finally:
             agent.send_signal(signal.SIGTERM)
             agent.wait(timeout=60)
-        rows, groups = _history(db)
+        rows, groups = _history(db, (nginx_port, port))
 
     def delta(name: str, **labels: str) -> int:
         return _counter(after, name, **labels) - _counter(before, name, **labels)
@@ -217,7 +220,7 @@ def _one_rate(exe: Path, nginx_port: int, rate: int, seconds: float, procs: int)
 def run(
     rates: tuple[int, ...] = DEFAULT_RATES,
     seconds: float = 20.0,
-    procs: int = 2,
+    procs: int = 8,
     progress: Any = None,
 ) -> list[RateResult]:
     exe = _generator()

@@ -344,9 +344,9 @@ def _rates(text: str) -> tuple[int, ...]:
 @click.option(
     "--procs",
     type=click.IntRange(1, 64),
-    default=2,
+    default=8,
     show_default=True,
-    help="--churn: generator processes.",
+    help="--churn: generator processes (each paced at rate/procs; blocking connects).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable result.")
 @click.pass_context
