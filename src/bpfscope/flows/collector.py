@@ -68,8 +68,8 @@ __all__ = [
 log = logging.getLogger("bpfscope.flows")
 
 DEFAULT_MAX_ENTRIES: Final = 262144
-# Ring bytes: ~350 ms of events at 20,000 connections/s (80,000 events/s)
-DEFAULT_EVENTS_SIZE: Final = 4 << 20
+# Ring bytes: ~1.4 s of events at 20,000 connections/s (80,000 events/s)
+DEFAULT_EVENTS_SIZE: Final = 16 << 20
 FLOW_MAP: Final = "flows"
 # Least seconds between two sweeps for sockets without an owner.
 SWEEP_INTERVAL: Final = 10.0
