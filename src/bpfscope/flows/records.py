@@ -548,6 +548,7 @@ class CollectorStats:
         return (
             f"flows {self.flows_in_map}/{self.map_capacity} ({self.map_fill:.1%}) · "
             f"events dropped {self.events_dropped} · skipped {self.events_skipped} · "
+            f"not kept {self.events_unbuffered} · "
             f"evicted {self.flows_evicted} · "
             f"update failures {self.update_failures} · udp remote unknown "
             f"{self.udp_remote_unknown} · drain {self.drain} {self.drain_seconds * 1e3:.1f} ms"
