@@ -24,6 +24,7 @@ STAMP="$VENV/.setup-stamp"
 #                                 (second stage through qemu-user and binfmt_misc)
 #  chromium chromium-driver        the web view's browser tests (Selenium)
 #  prometheus                     evaluates the Grafana dashboards' queries in tests
+#  nginx-light wrk                the agent's connection-churn bench (bench agent --churn)
 # The container image test (tests/kernel/test_container_image.py) installs
 # what only it needs, docker.io, debootstrap and prometheus, through
 # scripts/container-engine when it runs as root, not here for everyone.
@@ -35,6 +36,7 @@ PACKAGES=(
   qemu-system-x86 busybox-static
   qemu-system-arm qemu-user-static debootstrap debian-archive-keyring
   chromium chromium-driver prometheus
+  nginx-light wrk
 )
 
 missing=()

@@ -10,16 +10,19 @@ the kernel or the database.
 
 from __future__ import annotations
 
+import bisect
 import copy
+import itertools
 import logging
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from . import libbpf as bpf
 from .flows.collector import Record, events_of, flows_of
+from .flows.events import ConnTally, EventBatch
 from .flows.records import FlowRecord
 from .ipprofile import IpProfiler
 from .ladder import AttachedObject, Choice, chosen_parts
@@ -29,7 +32,15 @@ from .sinks import EventBuffer, EventEntry, HistorySink, PollChanges, Published,
 from .store import Store
 from .syscalls.records import Snapshot, SyscallTotals
 
-__all__ = ["Agent", "CollectorState", "EventEntry", "FlowSource", "SyscallSource", "flow_sample"]
+__all__ = [
+    "POLL_BUCKETS",
+    "Agent",
+    "CollectorState",
+    "EventEntry",
+    "FlowSource",
+    "SyscallSource",
+    "flow_sample",
+]
 
 log = logging.getLogger("bpfscope.agent")
 
@@ -57,6 +68,13 @@ class SyscallSource(Collector[Snapshot], Protocol):
     def tool(self) -> _Attached: ...
 
 
+# Poll durations (seconds): bpfscope_collector_poll_duration_seconds.
+POLL_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Closed flows lingering in the current view are bounded in bytes (a
+# FlowRecord with its strings and key, measured with tracemalloc: ~2.1 KB).
+FLOW_RECORD_BYTES: Final = 2100
+
+
 @dataclass
 class CollectorState:
     name: str
@@ -65,6 +83,29 @@ class CollectorState:
     polls: int = 0
     last_poll: float | None = None
     poll_seconds: float = 0.0
+    # monotonic end of the last completed poll (start of the agent before one)
+    last_done: float = field(default_factory=time.monotonic)
+    longest_poll: float = 0.0
+    longest_gap: float = 0.0  # most seconds between two completed polls
+    poll_buckets: list[int] = field(default_factory=lambda: [0] * (len(POLL_BUCKETS) + 1))
+    poll_seconds_total: float = 0.0
+
+    def done(self, seconds: float, wall: float) -> None:
+        """A poll completed that took ``seconds``."""
+        now = time.monotonic()
+        if self.polls:
+            self.longest_gap = max(self.longest_gap, now - self.last_done)
+        self.polls += 1
+        self.last_poll = wall
+        self.last_done = now
+        self.poll_seconds = seconds
+        self.longest_poll = max(self.longest_poll, seconds)
+        self.poll_seconds_total += seconds
+        self.poll_buckets[bisect.bisect_left(POLL_BUCKETS, seconds)] += 1
+
+    def age(self) -> float:
+        """Seconds since the last completed poll (since start before one)."""
+        return time.monotonic() - self.last_done
 
 
 def _flow_key(r: FlowRecord) -> tuple[Any, ...]:
@@ -89,6 +130,7 @@ class Agent:
     # connection is visible to a client that polls less often than the
     # collector deletes closed flows (history and events keep them anyway).
     closed_linger: float = 10.0
+    closed_linger_bytes: int = 16 << 20  # at most this much of them (oldest go first)
     local_containers: Any | None = None  # kube.LocalContainers
     kube: Any | None = None  # kube.KubeDirectory
 
@@ -115,6 +157,7 @@ class Agent:
         if self.store is not None:
             self._sinks.append(HistorySink(self.store, self.profiler))
         if self.metrics is not None:
+            self.metrics.live_drops = self.live_drops
             self._sinks.append(self.metrics)
         self._sinks += self.sinks
 
@@ -182,11 +225,17 @@ class Agent:
         records = self.flows.poll()
         changed = flows_of(records)
         events = events_of(records)
+        batches = [r for r in records if isinstance(r, EventBatch)]
         now = time.time()
         view = list(self.flows.snapshot())
         for r in changed:
             if r.closed is not None:
                 self._closed[_flow_key(r)] = (now + self.closed_linger, r)
+        # bounded in bytes: at churn rates closed flows come faster than they age out
+        excess = len(self._closed) - self.closed_linger_bytes // FLOW_RECORD_BYTES
+        if excess > 0:
+            for key in list(itertools.islice(self._closed, excess)):
+                del self._closed[key]
         if self._closed:
             live = {_flow_key(r) for r in view}
             for key, (until, r) in list(self._closed.items()):
@@ -198,9 +247,7 @@ class Agent:
             self.local_containers.update(view)
         with self._lock:
             self._view = view
-        self.state.polls += 1
-        self.state.last_poll = now
-        self.state.poll_seconds = time.monotonic() - t0
+        self.state.done(time.monotonic() - t0, now)
         snap = self._poll_syscalls() if self.syscalls is not None and self.sys_state.alive else None
         published = self._read_own()
         changes = PollChanges(
@@ -211,6 +258,8 @@ class Agent:
             self_metrics=published.self_metrics(
                 self.state.alive, self.sys_state.alive if self.syscalls is not None else None
             ),
+            batches=batches,
+            tallies=[r for r in records if isinstance(r, ConnTally)] if batches else None,
         )
         for sink in self._sinks:
             sink.consume(changes)
@@ -253,9 +302,7 @@ class Agent:
         with self._lock:
             self._sys_snapshot = snap
             self._sys_totals = totals
-        self.sys_state.polls += 1
-        self.sys_state.last_poll = snap.time
-        self.sys_state.poll_seconds = time.monotonic() - t0
+        self.sys_state.done(time.monotonic() - t0, snap.time)
         return snap
 
     # -- what the views read ---------------------------------------------------
@@ -352,11 +399,17 @@ class Agent:
                 "polls": self.sys_state.polls,
                 "last_poll": self.sys_state.last_poll,
                 "poll_seconds": round(self.sys_state.poll_seconds, 6),
+                **self._poll_health(self.sys_state),
                 "rungs": sys_stats.get("rungs", {}) if self.sys_state.alive else {},
                 "events_dropped": sys_stats.get("events_dropped", 0),
             }
+        alive = all(c["alive"] for c in collectors.values())
+        lagging = [n for n, c in collectors.items() if c.get("lagging")]
         return {
-            "ok": all(c["alive"] for c in collectors.values()),
+            # lagging polls are not ok either: the probes see a 503
+            "ok": alive and not lagging,
+            "status": "ok" if alive and not lagging else "degraded" if alive else "failed",
+            "lagging": lagging,
             "uptime_seconds": round(time.time() - self.started, 3),
             "collectors": collectors,
             "store": store,
@@ -372,13 +425,52 @@ class Agent:
             "bpf_stats": self.bpf_stats,
         }
 
+    def _poll_health(self, state: CollectorState) -> dict[str, Any]:
+        """How late the polls are, as of now (not as of the last poll)."""
+        age = state.age()
+        lag = max(0.0, age - self.interval)
+        return {
+            "last_poll_age_seconds": round(age, 3),
+            "lag_seconds": round(lag, 3),
+            "lagging": state.alive and lag > 3 * self.interval,
+            "longest_poll_seconds": round(state.longest_poll, 6),
+            "longest_gap_seconds": round(state.longest_gap, 3),
+        }
+
+    def poll_timing(self) -> dict[str, dict[str, Any]]:
+        """Per collector: lag (now), and the poll-duration histogram."""
+        states = [self.state] + ([self.sys_state] if self.syscalls is not None else [])
+        return {
+            s.name: {
+                "lag_seconds": max(0.0, s.age() - self.interval),
+                "buckets": list(s.poll_buckets),
+                "sum": s.poll_seconds_total,
+                "count": s.polls,
+            }
+            for s in states
+        }
+
+    def live_drops(self) -> dict[str, int]:
+        """Cumulative events lost per source, as of now (the flow
+        collector's event thread keeps its figures current)."""
+        drops = dict(self.published.self_metrics(True, True)["events_dropped"])
+        counts = getattr(self.flows, "event_counts", None)
+        if counts is not None:
+            c = counts()
+            skipped = self.published.flow_stats.get("events_skipped", 0)
+            drops["flows"] = c["events_dropped"] + skipped
+        return drops
+
     def _flows_health(self, stats: dict[str, Any]) -> dict[str, Any]:
+        counts = getattr(self.flows, "event_counts", None)
+        live = counts() if counts is not None else {}
         return {
             "alive": self.state.alive,
             "error": self.state.error,
             "polls": self.state.polls,
             "last_poll": self.state.last_poll,
             "poll_seconds": round(self.state.poll_seconds, 6),
+            **self._poll_health(self.state),
             "rungs": stats.get("rungs", {}),
             "tcp_accounting": stats.get("tcp_accounting"),
             "unattributed": stats.get("unattributed", 0),
@@ -388,8 +480,11 @@ class Agent:
                 if stats.get("udp_shares_tcp_hooks")
                 else None
             ),
-            "events_dropped": stats.get("events_dropped", 0),
+            "events_dropped": live.get("events_dropped", stats.get("events_dropped", 0)),
             "events_skipped": stats.get("events_skipped", 0),
+            "events_received": live.get("events_received", stats.get("events_received", 0)),
+            # read, counted in the metrics, but not kept for /api/v1/connections
+            "events_unbuffered": live.get("events_unbuffered", 0),
             "flows_evicted": stats.get("flows_evicted", 0),
             "map_fill": stats.get("map_fill", 0.0),
             "flows_tracked": stats.get("flows_tracked", 0),

@@ -12,7 +12,7 @@ label sets, never over the flows.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -24,18 +24,16 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from .flows.events import DURATION_BUCKETS
+
 __all__ = [
     "DURATION_BUCKETS",
     "LABEL_SETS",
     "FlowMetrics",
     "PollLike",
+    "PollTimingMetrics",
     "SyscallMetrics",
 ]
-
-# TCP connection lifetimes: from loopback RPCs to long-lived streams.
-DURATION_BUCKETS: Final = (
-    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 1800.0, 3600.0,
-)  # fmt: skip
 
 LABEL_SETS: Final[dict[str, tuple[str, ...]]] = {
     "default": ("container", "comm", "remote_class"),
@@ -64,6 +62,8 @@ class FlowLike(Protocol):
     def rx_segs_delta(self) -> int: ...
     @property
     def retrans_bytes_delta(self) -> int: ...
+    @property
+    def direction(self) -> str | None: ...
 
 
 class EventLike(Protocol):
@@ -83,6 +83,31 @@ class EventLike(Protocol):
     def duration(self) -> float | None: ...
 
 
+class TallyLike(Protocol):
+    """Events of one group in one poll (bpfscope.flows.events.ConnTally)."""
+
+    @property
+    def type(self) -> str: ...
+    @property
+    def comm(self) -> str: ...
+    @property
+    def container(self) -> str | None: ...
+    @property
+    def raddr(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def direction(self) -> str | None: ...
+    @property
+    def count(self) -> int: ...
+    @property
+    def duration_sum(self) -> float: ...
+    @property
+    def duration_count(self) -> int: ...
+    @property
+    def buckets(self) -> list[int]: ...
+
+
 class PollLike(Protocol):
     """What the agent hands its sinks at each poll (bpfscope.sinks.PollChanges)."""
 
@@ -92,6 +117,8 @@ class PollLike(Protocol):
     def events(self) -> Sequence[EventLike]: ...
     @property
     def self_metrics(self) -> dict[str, Any]: ...
+    @property
+    def tallies(self) -> Sequence[TallyLike] | None: ...
 
 
 @dataclass
@@ -132,18 +159,35 @@ class FlowMetrics(Collector):
         self._counters: dict[tuple[str, tuple[str, ...]], float] = {}
         self._hist: dict[tuple[str, ...], _Histogram] = {}
         self.series_dropped = 0
+        # events lost per source as of the scrape (the agent's live figures;
+        # else those of the last poll)
+        self.live_drops: Callable[[], dict[str, int]] | None = None
+        self._classes: dict[str | None, str] = {}  # remote class per address, this poll
 
     def _labels(
-        self, comm: str, container: str | None, raddr: str | None, rport: int | None
+        self,
+        comm: str,
+        container: str | None,
+        raddr: str | None,
+        rport: int | None,
+        direction: str | None = None,
     ) -> tuple[str, ...]:
+        # the remote port of a connection we accepted is the client's
+        # ephemeral port: never a label (one series per connection)
         values = {
             "container": container or "",
             "comm": comm,
-            "remote_class": str(self._remote_class(raddr)),
+            "remote_class": self._class_of(raddr),
             "remote_addr": raddr or "",
-            "remote_port": "" if rport is None else str(rport),
+            "remote_port": "" if rport is None or direction == "passive" else str(rport),
         }
         return tuple(values[n] for n in self.label_names)
+
+    def _class_of(self, raddr: str | None) -> str:
+        cls = self._classes.get(raddr)
+        if cls is None:
+            cls = self._classes[raddr] = str(self._remote_class(raddr))
+        return cls
 
     def _series_count(self) -> int:
         return len(self._counters) + len(self._hist)
@@ -163,16 +207,43 @@ class FlowMetrics(Collector):
     def consume(self, changes: PollLike) -> None:
         """A sink of the agent: this poll's flows and events, and the
         agent's own figures (shown until the next poll)."""
-        self.ingest(changes.flows, changes.events)
+        self._classes.clear()  # one poll's worth: names may change between polls
+        tallies = changes.tallies
+        if tallies is None:
+            self.ingest(changes.flows, changes.events)
+        else:  # events counted per group by the collector: exact at any rate
+            self.ingest(changes.flows, ())
+            self.ingest_tallies(tallies)
         with self._lock:
             self._self = changes.self_metrics
+
+    def ingest_tallies(self, tallies: Iterable[TallyLike]) -> None:
+        with self._lock:
+            for t in tallies:
+                port = None if t.direction == "passive" else t.port
+                labels = self._labels(t.comm, t.container, t.raddr, port, t.direction)
+                if t.type == "retransmit":
+                    self._add("tcp_retransmits", labels, t.count)
+                elif t.type in ("reset_sent", "reset_received"):
+                    self._add("tcp_resets", (*labels, t.type.removeprefix("reset_")), t.count)
+                elif t.type == "open":
+                    self._add(
+                        "tcp_connections_opened", (*labels, t.direction or "unknown"), t.count
+                    )
+                elif t.type == "close":
+                    self._add("tcp_connections_closed", labels, t.count)
+                    if t.duration_count and self._admit(labels in self._hist):
+                        h = self._hist.setdefault(labels, _Histogram())
+                        h.buckets = [a + b for a, b in zip(h.buckets, t.buckets, strict=True)]
+                        h.count += t.duration_count
+                        h.total += t.duration_sum
 
     def ingest(self, flows: Iterable[FlowLike], events: Iterable[EventLike]) -> None:
         with self._lock:
             for f in flows:
                 if not (f.tx_delta or f.rx_delta):
                     continue
-                labels = self._labels(f.comm, f.container, f.raddr, f.rport)
+                labels = self._labels(f.comm, f.container, f.raddr, f.rport, f.direction)
                 proto = f.proto if f.proto in ("tcp", "udp") else "other"
                 if f.tx_delta:
                     self._add(f"{proto}_sent_bytes", labels, f.tx_delta)
@@ -186,7 +257,7 @@ class FlowMetrics(Collector):
                 if f.retrans_bytes_delta:
                     self._add("tcp_retransmitted_bytes", labels, f.retrans_bytes_delta)
             for e in events:
-                labels = self._labels(e.comm, e.container, e.raddr, e.rport)
+                labels = self._labels(e.comm, e.container, e.raddr, e.rport, e.direction)
                 if e.type == "retransmit":
                     self._add("tcp_retransmits", labels, 1)
                 elif e.type in ("reset_sent", "reset_received"):
@@ -223,6 +294,8 @@ class FlowMetrics(Collector):
             hist = {k: (list(v.buckets), v.count, v.total) for k, v in self._hist.items()}
             dropped = self.series_dropped
             own = self._self
+        if own is not None and self.live_drops is not None:
+            own = {**own, "events_dropped": self.live_drops()}
         names = list(self.label_names)
         for metric, help_text in self._COUNTER_HELP.items():
             extra = self._EXTRA_LABEL.get(metric)
@@ -292,6 +365,42 @@ def _self_families(data: dict[str, Any]) -> Iterator[Metric]:
     for name, alive in data.get("collectors", {}).items():
         up.add_metric([name], 1 if alive else 0)
     yield up
+
+
+class PollTimingSource(Protocol):
+    def poll_timing(self) -> dict[str, dict[str, Any]]: ...
+
+
+class PollTimingMetrics(Collector):
+    """How long the agent's polls take and how late they are, as of the
+    scrape: bpfscope_collector_poll_duration_seconds (histogram) and
+    bpfscope_collector_lag_seconds (seconds the next poll is overdue)."""
+
+    def __init__(self, source: PollTimingSource, buckets: Sequence[float]) -> None:
+        self._source = source
+        self._bounds = tuple(buckets)
+
+    def collect(self) -> Iterator[Metric]:
+        timing = self._source.poll_timing()
+        hist = HistogramMetricFamily(
+            "bpfscope_collector_poll_duration_seconds",
+            "Time one poll of a collector took (drain, decode, sinks).",
+            labels=["collector"],
+        )
+        lag = GaugeMetricFamily(
+            "bpfscope_collector_lag_seconds",
+            "Seconds since a collector's last completed poll, beyond one interval.",
+            labels=["collector"],
+        )
+        for name, t in sorted(timing.items()):
+            cumulative, running = [], 0
+            for bound, n in zip((*self._bounds, float("inf")), t["buckets"], strict=True):
+                running += n
+                cumulative.append((_bound(bound), running))
+            hist.add_metric([name], cumulative, t["sum"])
+            lag.add_metric([name], t["lag_seconds"])
+        yield hist
+        yield lag
 
 
 # Log2 slot i of the syscall tracer holds latencies in [2^i, 2^(i+1)) ns.

@@ -229,8 +229,13 @@ def serve(
             store_error = str(exc)
             click.echo(f"bpfscope: warning: {exc}; serving live data without history", err=True)
 
+    # events in batches: counted per group, decoded only when read
     collector = FlowCollector(
-        max_entries=max_flows, force=mechanism, btf_path=ctx.obj.get("btf"), udp=udp
+        max_entries=max_flows,
+        force=mechanism,
+        btf_path=ctx.obj.get("btf"),
+        udp=udp,
+        events="batches",
     )
     metrics = FlowMetrics(
         labels=metrics_labels,

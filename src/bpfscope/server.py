@@ -27,7 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.process_collector import ProcessCollector
 
 from . import __version__
-from .agent import Agent
+from .agent import POLL_BUCKETS, Agent
 from .flowgroup import GROUP_KEYS, group_flows, sort_groups
 from .flowquery import (
     MAX_PID,
@@ -36,7 +36,7 @@ from .flowquery import (
     page,
     sort_flows,
 )
-from .metrics import SyscallMetrics
+from .metrics import PollTimingMetrics, SyscallMetrics
 from .store import HistoryQuery
 from .syscalls.aggregate import aggregate, aggregate_errnos, grouped_json, top
 from .sysnames import UnknownSyscall, syscall_nr
@@ -151,6 +151,7 @@ def create_app(
             registry.register(agent.metrics)
         if agent.syscalls is not None:
             registry.register(SyscallMetrics(agent, latency=agent.syscalls.latency))
+        registry.register(PollTimingMetrics(agent, POLL_BUCKETS))
         ProcessCollector(namespace="bpfscope", registry=registry)
 
     query_names: dict[str, set[str]] = {}

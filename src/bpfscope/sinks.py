@@ -13,6 +13,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from .flows.events import ConnTally, EventBatch
 from .flows.records import ConnEvent, FlowRecord
 from .ipprofile import IpProfiler
 from .store import FlowSample, Store
@@ -53,9 +54,13 @@ class PollChanges:
 
     time: float  # wall clock of the poll
     flows: list[FlowRecord]  # flows that changed since the previous poll
-    events: list[ConnEvent]  # lifecycle events that arrived
+    events: list[ConnEvent]  # lifecycle events that arrived, as objects
     syscalls: Snapshot | None  # the syscall interval (None: collector off or failed)
     self_metrics: dict[str, Any]  # bpfscope's own programs, drops and collectors
+    # lifecycle events at any rate: raw (decoded when read), and counted per
+    # group (None: the collector hands events as objects only)
+    batches: list[EventBatch] = field(default_factory=list)
+    tallies: list[ConnTally] | None = None
 
 
 @dataclass(frozen=True)
@@ -64,24 +69,97 @@ class EventEntry:
     event: ConnEvent
 
 
-class EventBuffer:
-    """The most recent lifecycle events, numbered for clients that follow them."""
+# What one event object holds in memory (a ConnEvent with its strings),
+# measured with tracemalloc: the byte bound of objects handed in decoded.
+EVENT_OBJECT_BYTES: Final = 512
 
-    def __init__(self, max_events: int = 10_000) -> None:
-        self._events: deque[EventEntry] = deque(maxlen=max_events)
+
+class _Chunk:
+    """Events numbered from ``first``: a raw batch or decoded objects."""
+
+    def __init__(self, first: int, events: EventBatch | list[ConnEvent]) -> None:
+        self.first = first
+        self.events = events
+        self.skip = 0  # leading events trimmed away
+        self.count = len(events)
+        self.per_event = (
+            events.nbytes // max(1, self.count)
+            if isinstance(events, EventBatch)
+            else EVENT_OBJECT_BYTES
+        )
+
+    def entries(self, start: int, stop: int) -> list[EventEntry]:
+        """Entries with index in [start, stop) of this chunk."""
+        start = max(start, self.skip)
+        if start >= stop:
+            return []
+        if isinstance(self.events, EventBatch):
+            decoded = self.events.decode(start, stop)
+        else:
+            decoded = self.events[start:stop]
+        return [EventEntry(self.first + start + i, e) for i, e in enumerate(decoded)]
+
+
+class EventBuffer:
+    """The most recent lifecycle events, numbered for clients that follow
+    them. Bounded in events and in bytes; raw batches are decoded only for
+    the entries a reader asks for, so the buffer costs nothing per event
+    while nobody reads it."""
+
+    def __init__(self, max_events: int = 10_000, max_bytes: int = 8 << 20) -> None:
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self._chunks: deque[_Chunk] = deque()
+        self._count = 0
+        self._bytes = 0
         self._seq = 0
         self._lock = threading.Lock()
 
     def consume(self, changes: PollChanges) -> None:
+        sources: list[EventBatch | list[ConnEvent]] = [changes.events, *changes.batches]
         with self._lock:
-            for e in changes.events:
-                self._seq += 1
-                self._events.append(EventEntry(self._seq, e))
+            for events in sources:
+                if len(events):
+                    self._add(events)
+
+    def _add(self, events: EventBatch | list[ConnEvent]) -> None:
+        chunk = _Chunk(self._seq + 1, events)
+        self._seq += chunk.count
+        self._chunks.append(chunk)
+        self._count += chunk.count
+        self._bytes += chunk.count * chunk.per_event
+        # the oldest go first, by whole chunks or a leading part of one
+        while self._chunks and (self._count > self.max_events or self._bytes > self.max_bytes):
+            old = self._chunks[0]
+            over = max(
+                self._count - self.max_events,
+                -(-(self._bytes - self.max_bytes) // max(1, old.per_event)),
+            )
+            n = min(old.count - old.skip, max(1, over))
+            old.skip += n
+            self._count -= n
+            self._bytes -= n * old.per_event
+            if old.skip >= old.count:
+                self._chunks.popleft()
+
+    @property
+    def nbytes(self) -> int:
+        with self._lock:
+            return self._bytes
 
     def since(self, seq: int = 0, limit: int | None = None) -> list[EventEntry]:
         with self._lock:
-            out = [e for e in self._events if e.seq > seq]
-        return out[-limit:] if limit else out
+            chunks = list(self._chunks)
+            last = self._seq
+        first_wanted = seq + 1
+        if limit:
+            first_wanted = max(first_wanted, last - limit + 1)
+        out: list[EventEntry] = []
+        for c in chunks:
+            if c.first + c.count <= first_wanted:
+                continue
+            out += c.entries(first_wanted - c.first, c.count)
+        return out
 
     @property
     def last_seq(self) -> int:
@@ -121,7 +199,11 @@ def service_direction(rec: FlowRecord, ephemeral: tuple[int, int] = EPHEMERAL) -
 
 
 def flow_sample(
-    rec: FlowRecord, profiler: IpProfiler | None, *, new: bool = True, closed: bool = False
+    rec: FlowRecord,
+    profiler: IpProfiler | _PollProfiles | None,
+    *,
+    new: bool = True,
+    closed: bool = False,
 ) -> FlowSample:
     """The store's view of one interval of one flow, keyed without the
     client's ephemeral port: (process, local address, remote address,
@@ -184,13 +266,14 @@ class HistorySink:
 
     def consume(self, changes: PollChanges) -> None:
         now = changes.time
+        profiler = _PollProfiles(self.profiler) if self.profiler is not None else None
         samples = []
         closed_now: set[tuple[object, ...]] = set()
         for r in changes.flows:
             cid = _conn_id(r)
             if cid in self._closed:  # its close was counted in the previous poll
                 closed_now.add(cid)
-                samples.append(flow_sample(r, self.profiler, new=False))
+                samples.append(flow_sample(r, profiler, new=False))
                 continue
             new = cid not in self._seen
             if r.closed is not None:
@@ -198,10 +281,25 @@ class HistorySink:
                 closed_now.add(cid)
             else:
                 self._seen[cid] = now
-            samples.append(flow_sample(r, self.profiler, new=new, closed=r.closed is not None))
+            samples.append(flow_sample(r, profiler, new=new, closed=r.closed is not None))
         self._closed = closed_now
         if now - self._last_prune >= 60:
             # connections that vanished without a close (UDP, evictions)
             self._seen = {c: t for c, t in self._seen.items() if now - t < FORGET_SECONDS}
             self._last_prune = now
         self.store.add(samples, now=now)
+
+
+class _PollProfiles:
+    """One poll's remote profiles: at churn rates many flows share a peer,
+    and a profile costs an address parse and lookups."""
+
+    def __init__(self, profiler: IpProfiler) -> None:
+        self._profiler = profiler
+        self._seen: dict[str | None, Any] = {}
+
+    def profile(self, ip: str | None) -> Any:
+        prof = self._seen.get(ip)
+        if prof is None:
+            prof = self._seen[ip] = self._profiler.profile(ip)
+        return prof

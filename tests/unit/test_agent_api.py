@@ -3,9 +3,11 @@ kernel): filters, paging, validation, token, read-only, health, metrics."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -231,3 +233,55 @@ def test_api_docs_need_no_cdn(api: httpx.Client) -> None:
         assert api.get(f"/{ref}").status_code == 200, ref
     assert api.get("/docs/assets/index.html").status_code == 404  # only what the page needs
     assert api.get("/redoc").status_code == 404  # ReDoc would load from a CDN too
+
+
+class SlowFlows(FakeFlows):
+    """A collector whose polls stall (as under connection churn)."""
+
+    def __init__(self) -> None:
+        super().__init__([make_flow(1)])
+        self.stall = threading.Event()
+
+    def poll(self, timeout: float = 0.0) -> list[Any]:
+        if self.polls >= 2:
+            self.stall.wait(5)  # the third poll hangs until released
+        return super().poll(timeout)
+
+
+def test_lagging_polls_make_health_degraded_and_503() -> None:
+    source = SlowFlows()
+    a = Agent(flows=source, interval=0.05)
+    with a, serve_in_thread(create_app(a)) as url:
+        deadline = time.monotonic() + 5
+        while source.polls < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.4)  # > 3 intervals late
+        r = httpx.get(url + "/api/v1/health")
+        flows = r.json()["collectors"]["flows"]
+        assert r.status_code == 503
+        assert r.json()["status"] == "degraded"
+        assert r.json()["lagging"] == ["flows"]
+        assert flows["alive"]
+        assert flows["lagging"]
+        assert flows["last_poll_age_seconds"] >= 0.35
+        assert flows["lag_seconds"] >= 0.3
+        text = httpx.get(url + "/metrics").text
+        lag = [
+            s.value
+            for f in text_string_to_metric_families(text)
+            if f.name == "bpfscope_collector_lag_seconds"
+            for s in f.samples
+        ]
+        assert lag
+        assert lag[0] >= 0.3
+        assert 'bpfscope_collector_poll_duration_seconds_count{collector="flows"}' in text
+        source.stall.set()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            r = httpx.get(url + "/api/v1/health")
+            if r.status_code == 200:
+                break
+            time.sleep(0.02)
+        assert r.status_code == 200
+        assert r.json()["status"] == "ok"
+        assert r.json()["collectors"]["flows"]["longest_gap_seconds"] >= 0.35

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent_helpers import FakeFlows, make_event, make_flow, serve_in_thread
@@ -176,3 +177,40 @@ def test_both_collectors_satisfy_the_collector_protocol() -> None:
     for cls in (FlowCollector, SyscallCollector):
         for name in ("start", "poll", "stats", "close"):
             assert callable(getattr(cls, name)), (cls, name)
+
+
+def test_metrics_count_tallies_exactly_and_never_label_client_ports() -> None:
+    """Per-group tallies (the agent's event path at churn rates) add up to
+    the exact count; a passive connection's remote port (the client's
+    ephemeral port) is no label even with --metrics-labels remote."""
+    from bpfscope.flows.events import ConnTally
+    from bpfscope.sinks import PollChanges
+
+    m = FlowMetrics(labels="remote")
+    tallies = [
+        ConnTally("open", 1, "nginx", 5, "ipv4", "127.0.0.1", 8080, "passive", count=7000),
+        ConnTally("open", 2, "wrk", 5, "ipv4", "127.0.0.1", 8080, "active", count=7000),
+    ]
+    closes = ConnTally("close", 2, "wrk", 5, "ipv4", "127.0.0.1", 8080, "active", count=7000)
+    closes.duration_count, closes.duration_sum = 7000, 7.0
+    closes.buckets[3] = 7000
+    for _ in range(3):
+        m.consume(
+            PollChanges(
+                time=0.0, flows=[], events=[], syscalls=None, self_metrics={},
+                tallies=[*tallies, closes],
+            )
+        )  # fmt: skip
+    fams = {f.name: f for f in m.collect()}
+    opened = {
+        (s.labels["comm"], s.labels["remote_port"]): s.value
+        for s in fams["bpfscope_tcp_connections_opened"].samples
+    }
+    assert opened == {("nginx", ""): 21000, ("wrk", "8080"): 21000}
+    hist = {
+        s.name: s.value
+        for s in fams["bpfscope_tcp_connection_duration_seconds"].samples
+        if not s.labels.get("le")
+    }
+    assert hist["bpfscope_tcp_connection_duration_seconds_count"] == 21000
+    assert hist["bpfscope_tcp_connection_duration_seconds_sum"] == pytest.approx(21.0)

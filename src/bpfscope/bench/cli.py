@@ -304,22 +304,86 @@ def bench_flows(seconds: float, rounds: int, pin: bool, as_json: bool) -> None:
     flows_bench(seconds=seconds, rounds=rounds, as_json=as_json, pin=pin)
 
 
+def _rates(text: str) -> tuple[int, ...]:
+    out = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        if part == "max":
+            out.append(0)
+        elif part.isdigit() and int(part) > 0:
+            out.append(int(part))
+        else:
+            raise click.BadParameter(f"{part!r} is not a rate (a positive number or 'max')")
+    return tuple(out)
+
+
 @bench.command("agent")
 @click.option("--flows", type=click.IntRange(1), default=100_000, show_default=True)
 @click.option("--requests", type=click.IntRange(1), default=200, show_default=True)
 @click.option("--clients", type=click.IntRange(1), default=50, show_default=True)
 @click.option("--seconds", type=click.FloatRange(1.0), default=30.0, show_default=True)
+@click.option(
+    "--churn",
+    is_flag=True,
+    help="Connection churn instead: nginx and a fixed-rate TCP load generator, "
+    "a fresh agent per rate (counts, drops, CPU, polls, RSS, history rows).",
+)
+@click.option(
+    "--rates",
+    default="1000,5000,10000,20000,max",
+    show_default=True,
+    help="--churn: connections per second, comma-separated ('max': unpaced).",
+)
+@click.option(
+    "--rate-seconds",
+    type=click.FloatRange(1.0),
+    default=20.0,
+    show_default=True,
+    help="--churn: seconds per rate.",
+)
+@click.option(
+    "--procs",
+    type=click.IntRange(1, 64),
+    default=8,
+    show_default=True,
+    help="--churn: generator processes (each paced at rate/procs; blocking connects).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable result.")
 @click.pass_context
 def bench_agent(
-    ctx: click.Context, flows: int, requests: int, clients: int, seconds: float, as_json: bool
+    ctx: click.Context,
+    flows: int,
+    requests: int,
+    clients: int,
+    seconds: float,
+    churn: bool,
+    rates: str,
+    rate_seconds: float,
+    procs: int,
+    as_json: bool,
 ) -> None:
     """Load benchmark of `bpfscope serve`: N real loopback UDP flows, API
-    latency, /metrics scrape time, C concurrent clients for T seconds.
-    Exit status 1 when a bar is not met."""
+    latency, /metrics scrape time, C concurrent clients for T seconds; or
+    (--churn) connection churn at fixed rates. Exit status 1 when a bar is
+    not met."""
+    require_privileges()
+    if churn:
+        from . import churn as churn_bench
+
+        wanted = _rates(rates)
+        say = None if as_json else (lambda msg: click.echo(msg, err=True))
+        results = churn_bench.run(wanted, seconds=rate_seconds, procs=procs, progress=say)
+        if as_json:
+            click.echo(json.dumps(churn_bench.as_json(results), indent=2))
+        else:
+            click.echo(churn_bench.table(results))
+        ok = all(all(churn_bench.bars(r).values()) for r in results)
+        click.echo(f"bars: {'met' if ok else 'NOT met'}", err=True)
+        if not ok:
+            ctx.exit(1)
+        return
     from .agent import bars_met, run
 
-    require_privileges()
     result = run(flows=flows, requests=requests, clients=clients, seconds=seconds)
     if as_json:
         click.echo(json.dumps(result, indent=2))

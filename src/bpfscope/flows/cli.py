@@ -488,5 +488,5 @@ def conns(
             if (count and seen >= count) or (end is not None and time.monotonic() >= end):
                 break
         stats = collector.stats()
-    if show_stats or stats.events_dropped:
+    if show_stats or stats.events_dropped or stats.events_unbuffered:
         click.echo(_stats_text(stats), err=True)

@@ -30,13 +30,14 @@ import struct
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final
 
 from .. import libbpf as bpf
 from ..features import Mechanism
 from ..ladder import AttachedObject, Choice, Hook, choose, load_object
 from . import programs
 from .attribution import Attribution
+from .events import CallbackEvents, ConnTally, EventBatch, EventPump, Ring, tallies_of
 from .netns import NetnsRunner
 from .records import (
     AF_INET,
@@ -67,11 +68,17 @@ __all__ = [
 log = logging.getLogger("bpfscope.flows")
 
 DEFAULT_MAX_ENTRIES: Final = 262144
+# Ring bytes: ~1.4 s of events at 20,000 connections/s (80,000 events/s)
+DEFAULT_EVENTS_SIZE: Final = 16 << 20
 FLOW_MAP: Final = "flows"
 # Least seconds between two sweeps for sockets without an owner.
 SWEEP_INTERVAL: Final = 10.0
 
-Record = FlowRecord | ConnEvent
+# "objects": every lifecycle event as a ConnEvent (the CLI's conns view);
+# "batches": one EventBatch per poll (decoded when read) and exact ConnTally
+# counts per group: what the agent uses at any connection rate
+Record = FlowRecord | ConnEvent | EventBatch | ConnTally
+EVENT_MODES: Final = ("objects", "batches")
 
 # struct flow_value, little-endian (BPF is host-endian; x86_64/arm64 here)
 _VALUE: Final = struct.Struct("<9Q3IBB2x16s")
@@ -100,14 +107,6 @@ class KernelFilter:
         }
 
 
-class _Ring(Protocol):
-    """The ring buffer of lifecycle events, as the collector drains it."""
-
-    def poll(self, timeout_ms: int = ...) -> int: ...
-    def consume(self) -> int: ...
-    def close(self) -> None: ...
-
-
 @dataclass
 class _Tracked:
     meta: FlowMeta
@@ -130,17 +129,24 @@ class FlowCollector:
         force: Mechanism | None = None,
         btf_path: str | None = None,
         drain: str = "batch",
-        events_size: int | None = None,
+        events_size: int | None = DEFAULT_EVENTS_SIZE,
         udp: bool = True,
         tcp_counters: bool = True,
         loader: Callable[[], AttachedObject] | None = None,
-        ring: Callable[[Any, Callable[[bytes], None]], _Ring] | None = None,
+        ring: Callable[[Any, Callable[[bytes], None]], Ring] | None = None,
+        events: str = "objects",
+        event_buffer_bytes: int = 32 << 20,
     ) -> None:
         """``loader`` (the attached tool) and ``ring`` (the event ring buffer
-        over its map) exist for tests; by default the real BPF object is
-        loaded and its ring buffer opened."""
+        over its map, one callback per record) exist for tests; by default
+        the ring is drained in bulk on a thread of its own (libbpf's callback
+        consumer where bulk reading is not safe). ``events``: see
+        ``EVENT_MODES``; ``event_buffer_bytes`` bounds raw events between polls."""
         if max_entries < 1:
             raise ValueError("max_entries must be positive")
+        if events not in EVENT_MODES:
+            raise ValueError(f"events must be one of {', '.join(EVENT_MODES)}")
+        self.events, self.event_buffer_bytes = events, event_buffer_bytes
         if drain not in ("batch", "per-key"):
             raise ValueError("drain must be 'batch' or 'per-key'")
         self.kernel_filter = kernel_filter or KernelFilter()
@@ -157,17 +163,16 @@ class FlowCollector:
         self._counters_mode = False
         self._loader = loader or self._load_auto
         self._open_ring = ring or bpf.RingBuffer
+        self._bulk = ring is None and bpf.bulk_supported()
+        self._events: EventPump | CallbackEvents | None = None
         self._tool: AttachedObject | None = None
         self._counters: bpf.Link | None = None  # iter/tcp: TCP volume from socket counters
         self._sweep: bpf.Link | None = None  # iter/task_file: owners of unowned sockets
         self._netns: NetnsRunner | None = None
         self._last_sweep = 0.0
-        self._ring: _Ring | None = None
         self._flows: dict[bytes, _Tracked] = {}
-        self._events: list[ConnEvent] = []
         self._removed = 0
         self._evicted_seen = 0
-        self._events_received = 0
         self._last_poll = 0.0
         self._wall_offset = time.time() - time.monotonic()
         self._stats = CollectorStats(map_capacity=max_entries, drain=drain)
@@ -235,7 +240,17 @@ class FlowCollector:
                 self._netns = NetnsRunner()
                 # sockets older than the collector: owners now, counted from now
                 self._run_sweep(time.monotonic())
-            self._ring = self._open_ring(obj.map("flow_events"), self._on_event)
+            ring = obj.map("flow_events")
+            tallies = self.events == "batches"
+            if self._bulk:
+                self._events = EventPump(
+                    bpf.BulkRing(ring),
+                    max_bytes=self.event_buffer_bytes,
+                    tallies=tallies,
+                    on_drain=self._count_drops,
+                ).start()
+            else:
+                self._events = CallbackEvents(lambda cb: self._open_ring(ring, cb), tallies=tallies)
         except BaseException:
             self._tool.close()
             self._tool = None
@@ -267,9 +282,9 @@ class FlowCollector:
         self._stats.sweep_seconds = time.monotonic() - t0
 
     def close(self) -> None:
-        if self._ring is not None:
-            self._ring.close()
-            self._ring = None
+        if self._events is not None:
+            self._events.close()
+            self._events = None
         self._counters = self._sweep = None  # links of the object: destroyed with it
         if self._netns is not None:
             self._netns.close()
@@ -299,9 +314,29 @@ class FlowCollector:
 
     # events ----------------------------------------------------------------
 
-    def _on_event(self, raw: bytes) -> None:
-        self._events_received += 1
-        self._events.append(ConnEvent.decode(raw, self._wall_offset, self._counters_mode))
+    def _count_drops(self) -> None:
+        """After each drain (event thread): the kernel's cumulative drop count,
+        so health tells it even while a poll runs long."""
+        if self._tool is not None:
+            self._stats.events_dropped = self._tool.obj.map("flow_events_dropped").sum_percpu_u64(
+                bytes(4)
+            )
+
+    def _take_events(self) -> list[Record]:
+        """The lifecycle events since the last poll, as this collector's
+        ``events`` mode wants them."""
+        assert self._events is not None, "collector is not started"
+        blob, groups = self._events.take()
+        batch = EventBatch(blob, self._wall_offset, self._counters_mode, self._enrich_event)
+        if self.events == "objects":
+            return list(batch.decode())
+        out: list[Record] = [batch]
+        for t in tallies_of(groups):
+            if self.resolve:
+                cg = self.attribution.cgroup(t.cgroup_id, t.pid)
+                t.container, t.cgroup = cg.short_container, cg.path
+            out.append(t)
+        return out
 
     def _enrich_event(self, e: ConnEvent) -> ConnEvent:
         if not self.resolve:
@@ -325,8 +360,8 @@ class FlowCollector:
     def wait_events(self, timeout: float) -> None:
         """Wait up to ``timeout`` seconds for lifecycle events (kept for the
         next ``poll``), without reading the flow table."""
-        assert self._ring is not None, "collector is not started"
-        self._ring.poll(max(0, int(timeout * 1000)))
+        assert self._events is not None, "collector is not started"
+        self._events.wait(timeout)
 
     def poll(self, timeout: float = 0.0) -> list[Record]:
         """Wait up to ``timeout`` seconds for events, then read the table.
@@ -334,10 +369,8 @@ class FlowCollector:
         Returns the flows that changed since the previous poll and the
         lifecycle events that arrived, in that order.
         """
-        assert self._ring is not None, "collector is not started"
         if timeout > 0:
-            self._ring.poll(int(timeout * 1000))
-        self._ring.consume()
+            self.wait_events(timeout)
         t0 = time.monotonic()
         if self._counters is not None:
             self._read_counters(t0)
@@ -373,8 +406,7 @@ class FlowCollector:
             self._evicted_seen += 1
         removed, moved = self._expire(now, dt)
         changed.extend(moved)
-        events = [self._enrich_event(e) for e in self._events]
-        self._events.clear()
+        events = self._take_events()
         self._refresh_stats(len(items) - removed)
         out: list[Record] = list(changed)
         out.extend(events)
@@ -529,7 +561,11 @@ class FlowCollector:
         s.flows_evicted = max(0, s.flows_inserted - self._removed - present)
         s.events_dropped = obj.map("flow_events_dropped").sum_percpu_u64(bytes(4))
         s.events_skipped = self.attached.skipped_runs()
-        s.events_received = self._events_received
+        if self._events is not None:
+            s.events_received = self._events.received
+            s.events_unbuffered = self._events.unbuffered
+            s.event_drains = self._events.drains
+            s.event_drain_seconds_max = self._events.longest_drain
 
     # snapshot access ---------------------------------------------------------
 
@@ -540,9 +576,20 @@ class FlowCollector:
     def stats(self) -> CollectorStats:
         return dataclasses.replace(self._stats, rungs=dict(self._stats.rungs))
 
+    def event_counts(self) -> dict[str, int]:
+        """Cumulative event counters as of now (the event thread keeps them
+        current while a poll runs): received, dropped by the kernel,
+        unbuffered (read but not kept for per-connection views)."""
+        src = self._events
+        return {
+            "events_received": src.received if src else 0,
+            "events_dropped": self._stats.events_dropped,
+            "events_unbuffered": src.unbuffered if src else 0,
+        }
+
 
 def _growth(now: int, before: int) -> int:
-    return now - before if now >= before else now
+    return now - before if now >= before else now  # a wrap or a reused socket
 
 
 def flows_of(records: Iterable[Record]) -> list[FlowRecord]:

@@ -107,6 +107,7 @@ from .maps import (
 from .object import BpfObject, Globals
 from .programs import AttachKind, Link, Program
 from .ringbuf import RingBuffer
+from .ringbulk import BulkRing, bulk_supported
 
 __all__ = [
     "BPF_ANY",
@@ -144,6 +145,7 @@ __all__ = [
     "BpfProgInfoStruct",
     "Btf",
     "BtfMember",
+    "BulkRing",
     "Globals",
     "LibbpfUnavailable",
     "Link",
@@ -163,6 +165,7 @@ __all__ = [
     "btf_int_encoding",
     "btf_ref_type",
     "btf_type_count",
+    "bulk_supported",
     "create_map",
     "enable_run_time_stats",
     "have_lookup_and_delete",
