@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -293,3 +294,23 @@ def test_cost_per_run_divides_by_programs_on_path() -> None:
     assert cost.added_ns_per_call == 60.0
     assert cost.added_ns == 20.0
     assert cost.to_json()["added_ns_per_run"] == 20.0
+
+
+def test_a_link_still_being_attached_is_left_out_of_a_listing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The kernel answers EAGAIN for a link id whose link is not settled yet
+    (a tool attaching while the links are listed); other errors still raise."""
+
+    def busy(link_id: int) -> None:
+        raise bpf.BpfError(f"open link {link_id}", errno.EAGAIN)
+
+    monkeypatch.setattr(inventory.bpf, "link_info_by_id", busy)
+    assert inventory.read_link(303, KernelNames({})) is None
+
+    def denied(link_id: int) -> None:
+        raise bpf.BpfError(f"open link {link_id}", errno.EPERM)
+
+    monkeypatch.setattr(inventory.bpf, "link_info_by_id", denied)
+    with pytest.raises(bpf.BpfError):
+        inventory.read_link(303, KernelNames({}))

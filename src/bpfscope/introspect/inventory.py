@@ -312,7 +312,9 @@ def read_link(link_id: int, names: KernelNames) -> LinkRecord | None:
     try:
         info = bpf.link_info_by_id(link_id)
     except bpf.BpfError as exc:
-        if _gone(exc):
+        # EAGAIN: the id is taken but the link is still being attached
+        # (not settled yet); a listing is a snapshot without it
+        if _gone(exc) or exc.errno == errno.EAGAIN:
             return None
         raise
     if info is None:
