@@ -269,6 +269,22 @@ class AttachedObject:
 _FAILED_PROG = re.compile(r"prog '([^']+)': failed to load")
 
 
+def preallocate_hash_maps(obj: bpf.BpfObject) -> list[str]:
+    """Make the object's run-time allocated hash maps preallocated.
+
+    Before 6.1 (no BPF memory allocator) the verifier accepts a tracing
+    program on a BPF_F_NO_PREALLOC hash map but fires a kernel WARN ("trace
+    type programs with run-time allocated hash maps are unsafe"), which
+    panics hosts with panic_on_warn. There the maps keep their full size
+    from the start instead."""
+    changed = []
+    for name, m in obj.maps.items():
+        if m.map_type == bpf.MapType.HASH and m.map_flags & bpf.BPF_F_NO_PREALLOC:
+            m.map_flags = m.map_flags & ~bpf.BPF_F_NO_PREALLOC
+            changed.append(name)
+    return changed
+
+
 def _open_configured(
     tool: str,
     choices: list[Choice],
@@ -289,6 +305,8 @@ def _open_configured(
             obj.rodata[key] = value
         for map_name, n in max_entries.items():
             obj.map(map_name).max_entries = n
+        if not system.tracing_may_allocate():
+            preallocate_hash_maps(obj)
     except BaseException:
         obj.close()
         raise

@@ -86,6 +86,12 @@ def kernel_info() -> KernelInfo:
     return KernelInfo(uname.release, uname.version, uname.machine)
 
 
+def tracing_may_allocate(kernel: KernelInfo | None = None) -> bool:
+    """Whether tracing programs may use run-time allocated hash maps without
+    a kernel warning: Linux 6.1 added the BPF memory allocator for them."""
+    return (kernel or kernel_info()).release_tuple[:2] >= (6, 1)
+
+
 def arch() -> str:
     """Machine name as the packaged objects are named (x86_64, aarch64)."""
     return platform.machine()

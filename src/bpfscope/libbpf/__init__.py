@@ -97,6 +97,7 @@ from .introspect import (
 from .maps import (
     BPF_ANY,
     BPF_EXIST,
+    BPF_F_NO_PREALLOC,
     BPF_NOEXIST,
     Map,
     MapType,
@@ -112,6 +113,7 @@ from .ringbulk import BulkRing, bulk_supported
 __all__ = [
     "BPF_ANY",
     "BPF_EXIST",
+    "BPF_F_NO_PREALLOC",
     "BPF_NOEXIST",
     "BTF_INT_BOOL",
     "BTF_INT_CHAR",

@@ -235,6 +235,8 @@ SIGNATURES: Final[dict[str, tuple[Any, list[Any]]]] = {
     "bpf_map__value_size": (_u32, [_vp]),
     "bpf_map__max_entries": (_u32, [_vp]),
     "bpf_map__set_max_entries": (_int, [_vp, _u32]),
+    "bpf_map__map_flags": (_u32, [_vp]),
+    "bpf_map__set_map_flags": (_int, [_vp, _u32]),
     "bpf_map__initial_value": (_vp, [_vp, ctypes.POINTER(_sz)]),
     "bpf_map__btf_key_type_id": (_u32, [_vp]),
     "bpf_map__btf_value_type_id": (_u32, [_vp]),

@@ -21,6 +21,7 @@ from .ffi import BatchOpts, libbpf
 __all__ = [
     "BPF_ANY",
     "BPF_EXIST",
+    "BPF_F_NO_PREALLOC",
     "BPF_NOEXIST",
     "Map",
     "MapType",
@@ -29,6 +30,7 @@ __all__ = [
     "num_possible_cpus",
 ]
 
+BPF_F_NO_PREALLOC: Final = 1 << 0  # map_flags: allocate elements on update
 BPF_ANY: Final = 0
 BPF_NOEXIST: Final = 1
 BPF_EXIST: Final = 2
@@ -122,6 +124,21 @@ class Map:
         check_ret(
             libbpf().bpf_map__set_max_entries(self._ptr, n),
             f"set max_entries of {self.name}",
+        )
+
+    @property
+    def map_flags(self) -> int:
+        if self._ptr is None:
+            raise ValueError("map_flags are known only for a map of an object")
+        return int(libbpf().bpf_map__map_flags(self._ptr))
+
+    @map_flags.setter
+    def map_flags(self, flags: int) -> None:
+        if self._ptr is None:
+            raise ValueError("map_flags can only be set on a map of an unloaded object")
+        check_ret(
+            libbpf().bpf_map__set_map_flags(self._ptr, flags),
+            f"set map_flags of {self.name}",
         )
 
     def initial_value_address(self) -> int | None:
