@@ -29,7 +29,15 @@ from .sinks import EventBuffer, EventEntry, HistorySink, PollChanges, Published,
 from .store import Store
 from .syscalls.records import Snapshot, SyscallTotals
 
-__all__ = ["Agent", "CollectorState", "EventEntry", "FlowSource", "SyscallSource", "flow_sample"]
+__all__ = [
+    "Agent",
+    "CollectorState",
+    "DropSource",
+    "EventEntry",
+    "FlowSource",
+    "SyscallSource",
+    "flow_sample",
+]
 
 log = logging.getLogger("bpfscope.agent")
 
@@ -52,6 +60,20 @@ class SyscallSource(Collector[Snapshot], Protocol):
 
     latency: bool
     totals: SyscallTotals
+
+    @property
+    def tool(self) -> _Attached: ...
+
+
+class DropSource(Collector[list[Any]], Protocol):
+    """The packet-drop collector as the agent uses it (drops.collector):
+    records of what grew at each poll, every record it keeps, cumulative
+    totals by (reason, protocol label)."""
+
+    totals: dict[tuple[str, str], int]
+    reasons: Any  # drops.records.ReasonNames
+
+    def snapshot(self) -> list[Any]: ...
 
     @property
     def tool(self) -> _Attached: ...
@@ -91,9 +113,15 @@ class Agent:
     closed_linger: float = 10.0
     local_containers: Any | None = None  # kube.LocalContainers
     kube: Any | None = None  # kube.KubeDirectory
+    drops: DropSource | None = None  # packet drops (--no-drops: off)
 
     state: CollectorState = field(default_factory=lambda: CollectorState("flows"))
     sys_state: CollectorState = field(default_factory=lambda: CollectorState("syscalls"))
+    drop_state: CollectorState = field(default_factory=lambda: CollectorState("drops"))
+    _drop_view: tuple[list[Any], dict[tuple[str, str], int]] = field(
+        default_factory=lambda: ([], {})
+    )
+    _drop_stats: dict[str, Any] = field(default_factory=dict)
     _closed: dict[tuple[Any, ...], tuple[float, FlowRecord]] = field(default_factory=dict)
     _sys_snapshot: Snapshot | None = None
     _sys_totals: SyscallTotals | None = None
@@ -132,6 +160,7 @@ class Agent:
                 self.flows.close()
                 raise
             self.sys_state.alive = True
+        self._start_drops()
         if self.kube is not None:
             self.kube.start()
         self._published = self._read_own()  # health has its figures before the first poll
@@ -148,6 +177,9 @@ class Agent:
         if self.syscalls is not None:
             self.syscalls.close()
             self.sys_state.alive = False
+        if self.drops is not None:
+            self.drops.close()
+            self.drop_state.alive = False
         if self.store is not None:
             self.store.close()
         if self.profiler is not None:
@@ -202,6 +234,8 @@ class Agent:
         self.state.last_poll = now
         self.state.poll_seconds = time.monotonic() - t0
         snap = self._poll_syscalls() if self.syscalls is not None and self.sys_state.alive else None
+        if self.drops is not None and self.drop_state.alive:
+            self._poll_drops()
         published = self._read_own()
         changes = PollChanges(
             time=now,
@@ -258,7 +292,44 @@ class Agent:
         self.sys_state.poll_seconds = time.monotonic() - t0
         return snap
 
+    def _start_drops(self) -> None:
+        """Drops are an extra: a kernel that refuses their programs leaves
+        the agent running without them (health says why)."""
+        if self.drops is None:
+            return
+        try:
+            self.drops.start()
+        except Exception as exc:
+            log.warning("packet drops are off: %s", exc)
+            self.drop_state.error = f"{type(exc).__name__}: {exc}"
+            return
+        self.drop_state.alive = True
+
+    def _poll_drops(self) -> None:
+        assert self.drops is not None
+        t0 = time.monotonic()
+        try:
+            self.drops.poll()
+        except Exception as exc:  # the drop collector is dead; flows go on
+            log.exception("drop collector failed")
+            self.drop_state.alive = False
+            self.drop_state.error = f"{type(exc).__name__}: {exc}"
+            return
+        view = (self.drops.snapshot(), dict(self.drops.totals))
+        stats = self.drops.stats().to_json()
+        with self._lock:
+            self._drop_view = view
+            self._drop_stats = stats
+        self.drop_state.polls += 1
+        self.drop_state.last_poll = time.time()
+        self.drop_state.poll_seconds = time.monotonic() - t0
+
     # -- what the views read ---------------------------------------------------
+
+    def drop_view(self) -> tuple[list[Any], dict[tuple[str, str], int]]:
+        """(drop records kept, cumulative drops by (reason, protocol label))."""
+        with self._lock:
+            return self._drop_view
 
     def syscall_view(self) -> tuple[Snapshot | None, SyscallTotals | None]:
         """(last interval's Snapshot, cumulative SyscallTotals) or (None, None)."""
@@ -302,6 +373,8 @@ class Agent:
             tools.append(("flows", attached))
         if self.syscalls is not None and self.sys_state.alive:
             tools.append(("syscalls", self.syscalls.tool))
+        if self.drops is not None and self.drop_state.alive:
+            tools.append(("drops", self.drops.tool))
         return tools
 
     def _read_programs(self) -> list[dict[str, Any]]:
@@ -355,8 +428,13 @@ class Agent:
                 "rungs": sys_stats.get("rungs", {}) if self.sys_state.alive else {},
                 "events_dropped": sys_stats.get("events_dropped", 0),
             }
+        if self.drops is not None:
+            collectors["drops"] = self._drops_health()
+        # drops that never started (the kernel refused them) are reported,
+        # not a failure of the agent; drops that died are
+        started = self.drop_state.alive or self.drop_state.polls > 0
         return {
-            "ok": all(c["alive"] for c in collectors.values()),
+            "ok": all(c["alive"] for n, c in collectors.items() if n != "drops" or started),
             "uptime_seconds": round(time.time() - self.started, 3),
             "collectors": collectors,
             "store": store,
@@ -370,6 +448,18 @@ class Agent:
                 else None
             ),
             "bpf_stats": self.bpf_stats,
+        }
+
+    def _drops_health(self) -> dict[str, Any]:
+        assert self.drops is not None
+        alive = self.drop_state.alive
+        return {
+            "alive": alive,
+            "error": self.drop_state.error,
+            "polls": self.drop_state.polls,
+            "last_poll": self.drop_state.last_poll,
+            "poll_seconds": round(self.drop_state.poll_seconds, 6),
+            **(self._drop_stats if alive else {}),
         }
 
     def _flows_health(self, stats: dict[str, Any]) -> dict[str, Any]:
