@@ -113,7 +113,7 @@ def per_drop_cost(datagrams: int = 200_000) -> dict[str, Any]:
     }
 
 
-def run(seconds: float = 3.0, rounds: int = 5, pin: bool = True) -> dict[str, Any]:
+def run(seconds: float = 2.0, rounds: int = 5, pin: bool = True) -> dict[str, Any]:
     cpu = bench_cpu() if pin else None
     return {
         "seconds": seconds,
