@@ -36,6 +36,7 @@ __all__ = [
     "POLL_BUCKETS",
     "Agent",
     "CollectorState",
+    "DropSource",
     "EventEntry",
     "FlowSource",
     "SyscallSource",
@@ -73,6 +74,20 @@ POLL_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 
 # Closed flows lingering in the current view are bounded in bytes (a
 # FlowRecord with its strings and key, measured with tracemalloc: ~2.1 KB).
 FLOW_RECORD_BYTES: Final = 2100
+
+
+class DropSource(Collector[list[Any]], Protocol):
+    """The packet-drop collector as the agent uses it (drops.collector):
+    records of what grew at each poll, every record it keeps, cumulative
+    totals by (reason, protocol label)."""
+
+    totals: dict[tuple[str, str], int]
+    reasons: Any  # drops.records.ReasonNames
+
+    def snapshot(self) -> list[Any]: ...
+
+    @property
+    def tool(self) -> _Attached: ...
 
 
 @dataclass
@@ -133,9 +148,15 @@ class Agent:
     closed_linger_bytes: int = 16 << 20  # at most this much of them (oldest go first)
     local_containers: Any | None = None  # kube.LocalContainers
     kube: Any | None = None  # kube.KubeDirectory
+    drops: DropSource | None = None  # packet drops (--no-drops: off)
 
     state: CollectorState = field(default_factory=lambda: CollectorState("flows"))
     sys_state: CollectorState = field(default_factory=lambda: CollectorState("syscalls"))
+    drop_state: CollectorState = field(default_factory=lambda: CollectorState("drops"))
+    _drop_view: tuple[list[Any], dict[tuple[str, str], int]] = field(
+        default_factory=lambda: ([], {})
+    )
+    _drop_stats: dict[str, Any] = field(default_factory=dict)
     _closed: dict[tuple[Any, ...], tuple[float, FlowRecord]] = field(default_factory=dict)
     _sys_snapshot: Snapshot | None = None
     _sys_totals: SyscallTotals | None = None
@@ -175,6 +196,7 @@ class Agent:
                 self.flows.close()
                 raise
             self.sys_state.alive = True
+        self._start_drops()
         if self.kube is not None:
             self.kube.start()
         self._published = self._read_own()  # health has its figures before the first poll
@@ -191,6 +213,9 @@ class Agent:
         if self.syscalls is not None:
             self.syscalls.close()
             self.sys_state.alive = False
+        if self.drops is not None:
+            self.drops.close()
+            self.drop_state.alive = False
         if self.store is not None:
             self.store.close()
         if self.profiler is not None:
@@ -249,6 +274,8 @@ class Agent:
             self._view = view
         self.state.done(time.monotonic() - t0, now)
         snap = self._poll_syscalls() if self.syscalls is not None and self.sys_state.alive else None
+        if self.drops is not None and self.drop_state.alive:
+            self._poll_drops()
         published = self._read_own()
         changes = PollChanges(
             time=now,
@@ -305,7 +332,42 @@ class Agent:
         self.sys_state.done(time.monotonic() - t0, snap.time)
         return snap
 
+    def _start_drops(self) -> None:
+        """Drops are an extra: a kernel that refuses their programs leaves
+        the agent running without them (health says why)."""
+        if self.drops is None:
+            return
+        try:
+            self.drops.start()
+        except Exception as exc:
+            log.warning("packet drops are off: %s", exc)
+            self.drop_state.error = f"{type(exc).__name__}: {exc}"
+            return
+        self.drop_state.alive = True
+
+    def _poll_drops(self) -> None:
+        assert self.drops is not None
+        t0 = time.monotonic()
+        try:
+            self.drops.poll()
+        except Exception as exc:  # the drop collector is dead; flows go on
+            log.exception("drop collector failed")
+            self.drop_state.alive = False
+            self.drop_state.error = f"{type(exc).__name__}: {exc}"
+            return
+        view = (self.drops.snapshot(), dict(self.drops.totals))
+        stats = self.drops.stats().to_json()
+        with self._lock:
+            self._drop_view = view
+            self._drop_stats = stats
+        self.drop_state.done(time.monotonic() - t0, time.time())
+
     # -- what the views read ---------------------------------------------------
+
+    def drop_view(self) -> tuple[list[Any], dict[tuple[str, str], int]]:
+        """(drop records kept, cumulative drops by (reason, protocol label))."""
+        with self._lock:
+            return self._drop_view
 
     def syscall_view(self) -> tuple[Snapshot | None, SyscallTotals | None]:
         """(last interval's Snapshot, cumulative SyscallTotals) or (None, None)."""
@@ -349,6 +411,8 @@ class Agent:
             tools.append(("flows", attached))
         if self.syscalls is not None and self.sys_state.alive:
             tools.append(("syscalls", self.syscalls.tool))
+        if self.drops is not None and self.drop_state.alive:
+            tools.append(("drops", self.drops.tool))
         return tools
 
     def _read_programs(self) -> list[dict[str, Any]]:
@@ -403,7 +467,12 @@ class Agent:
                 "rungs": sys_stats.get("rungs", {}) if self.sys_state.alive else {},
                 "events_dropped": sys_stats.get("events_dropped", 0),
             }
-        alive = all(c["alive"] for c in collectors.values())
+        if self.drops is not None:
+            collectors["drops"] = self._drops_health()
+        # drops that never started (the kernel refused them) are reported,
+        # not a failure of the agent; drops that died are
+        started = self.drop_state.alive or self.drop_state.polls > 0
+        alive = all(c["alive"] for n, c in collectors.items() if n != "drops" or started)
         lagging = [n for n, c in collectors.items() if c.get("lagging")]
         return {
             # lagging polls are not ok either: the probes see a 503
@@ -460,6 +529,18 @@ class Agent:
             skipped = self.published.flow_stats.get("events_skipped", 0)
             drops["flows"] = c["events_dropped"] + skipped
         return drops
+
+    def _drops_health(self) -> dict[str, Any]:
+        assert self.drops is not None
+        alive = self.drop_state.alive
+        return {
+            "alive": alive,
+            "error": self.drop_state.error,
+            "polls": self.drop_state.polls,
+            "last_poll": self.drop_state.last_poll,
+            "poll_seconds": round(self.drop_state.poll_seconds, 6),
+            **(self._drop_stats if alive else {}),
+        }
 
     def _flows_health(self, stats: dict[str, Any]) -> dict[str, Any]:
         counts = getattr(self.flows, "event_counts", None)

@@ -31,6 +31,7 @@ SUBCOMMANDS: Final[dict[str, str]] = {
     "top": "bpfscope.flows.cli:top",
     "flows": "bpfscope.flows.cli:flows",
     "conns": "bpfscope.flows.cli:conns",
+    "drops": "bpfscope.drops.cli:drops",
     "serve": "bpfscope.serve_cli:serve",
     "history": "bpfscope.history_cli:history",
 }

@@ -29,6 +29,7 @@ from .flows.events import DURATION_BUCKETS
 __all__ = [
     "DURATION_BUCKETS",
     "LABEL_SETS",
+    "DropMetrics",
     "FlowMetrics",
     "PollLike",
     "PollTimingMetrics",
@@ -464,3 +465,28 @@ def _log2_buckets(slots: list[int]) -> list[tuple[str, float]]:
         cumulative.append((repr(2**exp / 1e9), running))
     cumulative.append(("+Inf", running + sum(slots[i:])))
     return cumulative
+
+
+class DropTotalsSource(Protocol):
+    def drop_view(self) -> tuple[Any, dict[tuple[str, str], int]]: ...
+
+
+class DropMetrics(Collector):
+    """bpfscope_packet_drops_total{reason,protocol}: cumulative packet drops
+    from the drop collector. Bounded: reason is the kernel's drop-reason
+    enum (or UNKNOWN where the kernel gives none), protocol one of a fixed
+    set (drops.records.PROTOCOL_LABELS); never addresses or ports."""
+
+    def __init__(self, source: DropTotalsSource) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        _, totals = self._source.drop_view()
+        drops = CounterMetricFamily(
+            "bpfscope_packet_drops",
+            "Packets the kernel dropped (skb:kfree_skb), by drop reason and protocol.",
+            labels=["reason", "protocol"],
+        )
+        for (reason, protocol), n in sorted(totals.items()):
+            drops.add_metric([reason, protocol], n)
+        yield drops

@@ -124,6 +124,14 @@ def _convert(kind: str, fn: Any, value: str) -> Any:
     "leaves TCP with no bpfscope program per message; /api/v1/health says which).",
 )
 @click.option(
+    "--drops/--no-drops",
+    "with_drops",
+    default=True,
+    show_default=True,
+    help="Count packet drops with the kernel's reason (skb:kfree_skb; costs per drop, "
+    "not per packet; see docs/drops.md): /api/v1/drops, bpfscope_packet_drops_total.",
+)
+@click.option(
     "--otlp-endpoint",
     default=None,
     envvar="BPFSCOPE_OTLP_ENDPOINT",
@@ -155,6 +163,7 @@ def serve(
     kube_api: str | None,
     kube_token_file: str | None,
     udp: bool,
+    with_drops: bool,
     otlp_endpoint: str | None,
 ) -> None:
     """Run the agent: collectors, JSON API, Prometheus /metrics and history."""
@@ -247,6 +256,11 @@ def serve(
         from .syscalls.collector import SyscallCollector
 
         syscalls = SyscallCollector(latency=syscall_latency, btf_path=ctx.obj.get("btf"))
+    drops = None
+    if with_drops:
+        from .drops.collector import DropCollector
+
+        drops = DropCollector(btf_path=ctx.obj.get("btf"))
     exporter = None
     if otlp_endpoint is not None:
         from .otlp import FlowExporter
@@ -255,6 +269,7 @@ def serve(
     agent = Agent(
         flows=collector,
         syscalls=syscalls,
+        drops=drops,
         interval=interval_s,
         store=store,
         store_error=store_error,
@@ -273,6 +288,8 @@ def serve(
         rungs = ", ".join(f"{k}={v}" for k, v in collector.rungs().items())
         if syscalls is not None:
             rungs += f"; syscalls: {syscalls.mechanism}"
+        if drops is not None and drops.attached is not None:
+            rungs += f"; drops: {drops.attached.rungs_summary()}"
         shown = f"[{host}]" if ":" in host else host
         click.echo(f"bpfscope agent on http://{shown}:{port} (hooks: {rungs})", err=True)
 

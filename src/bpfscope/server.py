@@ -36,7 +36,7 @@ from .flowquery import (
     page,
     sort_flows,
 )
-from .metrics import PollTimingMetrics, SyscallMetrics
+from .metrics import DropMetrics, PollTimingMetrics, SyscallMetrics
 from .store import HistoryQuery
 from .syscalls.aggregate import aggregate, aggregate_errnos, grouped_json, top
 from .sysnames import UnknownSyscall, syscall_nr
@@ -129,6 +129,35 @@ def _event_json(seq: int, event: Any, agent: Agent) -> dict[str, Any]:
     return data
 
 
+def _drops_response(agent: Agent, flt: FlowFilter, reasons: list[str], limit: int) -> Response:
+    from .drops.cli import reason_filter, select
+
+    if agent.drops is None:
+        return JSONResponse(
+            {"detail": "the drop collector is off (the agent runs with --no-drops)"},
+            status_code=404,
+        )
+    if not agent.drop_state.alive and agent.drop_state.polls == 0:
+        return JSONResponse(
+            {"detail": f"packet drops are not available: {agent.drop_state.error}"},
+            status_code=503,
+        )
+    wanted = reason_filter(agent.drops.reasons, reasons)
+    records, totals = agent.drop_view()
+    chosen = select(records, flt, wanted)
+    return JSONResponse(
+        {
+            "total": len(chosen),
+            "items": [r.to_json() for r in chosen[:limit]],
+            "totals": [
+                {"reason": reason, "protocol": proto, "count": n}
+                for (reason, proto), n in sorted(totals.items(), key=lambda kv: -kv[1])
+                if not wanted or reason in wanted
+            ],
+        }
+    )
+
+
 def create_app(
     agent: Agent,
     *,
@@ -152,6 +181,8 @@ def create_app(
         if agent.syscalls is not None:
             registry.register(SyscallMetrics(agent, latency=agent.syscalls.latency))
         registry.register(PollTimingMetrics(agent, POLL_BUCKETS))
+        if agent.drops is not None:
+            registry.register(DropMetrics(agent))
         ProcessCollector(namespace="bpfscope", registry=registry)
 
     query_names: dict[str, set[str]] = {}
@@ -422,6 +453,16 @@ def create_app(
                 "drops": snap.drops.to_json(),
             }
         )
+
+    @app.get("/api/v1/drops", summary="Packet drops by reason, flow, interface")
+    def drops(
+        flt: Filter,
+        reason: Annotated[
+            list[str] | None, Query(max_length=64, description="drop reason (repeatable)")
+        ] = None,
+        limit: Limit = 100,
+    ) -> Response:
+        return _drops_response(agent, flt, reason or [], limit)
 
     @app.get("/api/v1/programs", summary="bpfscope's own BPF programs")
     def programs() -> dict[str, Any]:

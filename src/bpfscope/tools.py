@@ -21,6 +21,7 @@ __all__ = ["TOOL_MODULES", "ToolSpec", "registered_tools"]
 TOOL_MODULES: Final = (
     "bpfscope.flows.programs",
     "bpfscope.syscalls.programs",
+    "bpfscope.drops.programs",
     "bpfscope.bench.tool",
     "bpfscope.selftest",
 )

@@ -31,7 +31,9 @@ def agent(tmp_path: Path) -> Iterator[Agent]:
     metrics = FlowMetrics(remote_class=lambda ip: profiler.profile(ip).remote_class)
     a = Agent(
         flows=FakeFlows(flows, events),
-        interval=0.05,
+        # Each poll writes 500 flows to the history; on a loaded machine that
+        # can take over 3 x 50 ms, which health rightly calls lagging (503).
+        interval=0.25,
         store=Store(tmp_path / "h.db", bucket_seconds=1),
         profiler=profiler,
         metrics=metrics,

@@ -35,6 +35,7 @@ FOUNDATIONS = (
 FEATURES = (
     "flows",
     "syscalls",
+    "drops",
     "introspect",
     "bench",
     "agent",
