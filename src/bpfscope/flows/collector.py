@@ -35,7 +35,7 @@ from typing import Any, Final, Protocol
 from .. import libbpf as bpf
 from ..features import Mechanism
 from ..ladder import AttachedObject, Choice, Hook, choose, load_object
-from . import programs
+from . import health, programs
 from .attribution import Attribution
 from .netns import NetnsRunner
 from .records import (
@@ -68,6 +68,7 @@ log = logging.getLogger("bpfscope.flows")
 
 DEFAULT_MAX_ENTRIES: Final = 262144
 FLOW_MAP: Final = "flows"
+HEALTH_MAP: Final = "flow_health"  # counters path: TCP health per flow
 # Least seconds between two sweeps for sockets without an owner.
 SWEEP_INTERVAL: Final = 10.0
 
@@ -114,6 +115,7 @@ class _Tracked:
     raw: bytes
     record: FlowRecord
     changed_at: float  # monotonic seconds of the last change
+    chrono: health.Chrono | None = None  # TCP: the last health reading's chrono times
 
 
 class FlowCollector:
@@ -205,7 +207,7 @@ class FlowCollector:
         return self._load(counters=False)
 
     def _load(self, counters: bool) -> AttachedObject:
-        sizes = {FLOW_MAP: self.max_entries}
+        sizes = {FLOW_MAP: self.max_entries, HEALTH_MAP: min(self.max_entries, 65536)}
         if self.events_size is not None:
             sizes["flow_events"] = self.events_size  # ring buffer bytes: power of 2 pages
         rodata = self.kernel_filter.rodata()
@@ -371,6 +373,8 @@ class FlowCollector:
         for key in [k for k in flows if k not in present]:
             del flows[key]
             self._evicted_seen += 1
+        if self._counters is not None:
+            self._read_health()
         removed, moved = self._expire(now, dt)
         changed.extend(moved)
         events = [self._enrich_event(e) for e in self._events]
@@ -403,6 +407,21 @@ class FlowCollector:
         self._stats.unattributed = len(out)  # one byte per socket without an owner
         if (out or gone) and now - self._last_sweep >= SWEEP_INTERVAL:
             self._run_sweep(now)
+
+    def _read_health(self) -> None:
+        """Each TCP flow's latest health (its socket's tcp_info, read by the
+        counters pass or at CLOSE), with time fractions since the previous
+        reading. Updates records in place: health alone is not a change."""
+        for key, raw in self.attached.obj.map(HEALTH_MAP).lookup_batch():
+            tracked = self._flows.get(key)
+            if tracked is None:
+                continue
+            h = health.TcpHealthC.from_buffer_copy(raw)
+            if tracked.chrono is not None and tracked.chrono.jiffies == h.jiffies:
+                continue  # not read again since (closed): keep the fractions
+            fields, tracked.chrono = health.decode(h, tracked.chrono)
+            for name, value in fields.items():
+                setattr(tracked.record, name, value)
 
     def _new_record(self, meta: FlowMeta, raw: bytes) -> FlowRecord:
         comm = _VALUE.unpack_from(raw)[14].rstrip(b"\0").decode(errors="replace")
@@ -487,6 +506,7 @@ class FlowCollector:
         had moved meanwhile.
         """
         m = self.attached.obj.map(FLOW_MAP)
+        health_map = self.attached.obj.map(HEALTH_MAP) if self._counters_mode else None
         doomed = [
             key
             for key, t in self._flows.items()
@@ -498,6 +518,8 @@ class FlowCollector:
         for key in doomed:
             tracked = self._flows.pop(key)
             value = m.take(key)
+            if health_map is not None:
+                health_map.delete(key)
             if value is None:
                 continue  # the kernel evicted it meanwhile: counted as evicted
             deleted += 1

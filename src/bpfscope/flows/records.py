@@ -15,6 +15,9 @@ import socket
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final
 
+from . import health
+from .health import TcpHealthC
+
 __all__ = [
     "AF_INET",
     "AF_INET6",
@@ -135,7 +138,9 @@ class SkOwnerC(ctypes.Structure):
         ("comm", ctypes.c_char * 16),
         ("closed", ctypes.c_uint8),
         ("pending_accept", ctypes.c_uint8),
-        ("pad", ctypes.c_uint8 * 6),
+        ("has_est_jiffies", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8),
+        ("est_jiffies", ctypes.c_uint32),
         ("est_ns", ctypes.c_uint64),
         ("c_tx", ctypes.c_uint64),
         ("c_retrans", ctypes.c_uint64),
@@ -196,6 +201,7 @@ class FlowEventC(ctypes.Structure):
         ("retrans_bytes", ctypes.c_uint64),
         ("tx_segs", ctypes.c_uint64),
         ("rx_segs", ctypes.c_uint64),
+        ("health", TcpHealthC),
     ]
 
 
@@ -206,6 +212,7 @@ MIRRORS: Final[dict[str, type[ctypes.Structure]]] = {
     "listen_key": ListenKeyC,
     "udp_dest": UdpDestC,
     "flow_event": FlowEventC,
+    "tcp_health": TcpHealthC,
 }
 
 
@@ -324,6 +331,23 @@ class FlowRecord:
     runtime: str | None = None
     pod_uid: str | None = None
     unit: str | None = None
+    # TCP health (counters accounting; None elsewhere, and for UDP): see
+    # flows/health.py. Fractions cover the last interval (close events: the
+    # lifetime); limited_by is the verdict over them.
+    rtt_us: int | None = None
+    rtt_var_us: int | None = None
+    min_rtt_us: int | None = None
+    cwnd: int | None = None
+    ssthresh: int | None = None  # None also while in slow start (infinite)
+    lost: int | None = None
+    delivery_rate: int | None = None  # bytes/s
+    rcv_wnd: int | None = None
+    snd_wnd: int | None = None
+    rwnd_limited_frac: float | None = None
+    sndbuf_limited_frac: float | None = None
+    network_limited_frac: float | None = None
+    app_limited_frac: float | None = None
+    limited_by: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -383,6 +407,23 @@ class ConnEvent:
     tx_segs: int | None = None
     rx_segs: int | None = None
     retrans_bytes: int | None = None
+    # TCP health (counters accounting; None elsewhere, and for UDP): see
+    # flows/health.py. Fractions cover the lifetime (ESTABLISHED to CLOSE);
+    # limited_by is the verdict over them.
+    rtt_us: int | None = None
+    rtt_var_us: int | None = None
+    min_rtt_us: int | None = None
+    cwnd: int | None = None
+    ssthresh: int | None = None  # None also while in slow start (infinite)
+    lost: int | None = None
+    delivery_rate: int | None = None  # bytes/s
+    rcv_wnd: int | None = None
+    snd_wnd: int | None = None
+    rwnd_limited_frac: float | None = None
+    sndbuf_limited_frac: float | None = None
+    network_limited_frac: float | None = None
+    app_limited_frac: float | None = None
+    limited_by: str | None = None
 
     @property
     def local(self) -> str:
@@ -402,6 +443,7 @@ class ConnEvent:
         kind = EVENT_TYPES.get(e.type, str(e.type))
         is_close = kind == "close"
         has_duration = e.duration_ns > 0 and kind in ("open", "close")
+        final = health.decode(e.health)[0] if is_counted else health.empty()
         return cls(
             time=e.ts_ns / 1e9 + wall_offset,
             type=kind,
@@ -425,6 +467,7 @@ class ConnEvent:
             tx_segs=e.tx_segs if is_counted else None,
             rx_segs=e.rx_segs if is_counted else None,
             retrans_bytes=e.retrans_bytes if is_counted else None,
+            **final,
         )
 
 
