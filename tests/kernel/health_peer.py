@@ -7,8 +7,8 @@ the peer closes (``read``) or on ``quit`` from stdin.
 client ADDR PORT MODE SECONDS: connects, prints ``connected LPORT``, then
 sends for SECONDS: ``bulk`` (64 KiB writes back to back), ``chunks``
 (1000-byte writes with 50 ms pauses), ``sndbuf`` (SO_SNDBUF 4096 before
-connect, bulk writes), ``idle`` (one 1000-byte write). Then prints
-``sent N`` and waits for a line on stdin before closing.
+connect, bulk writes), ``idle`` (one 1000-byte write, then an abortive close: SO_LINGER 0).
+Then prints ``sent N`` and waits for a line on stdin before closing.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import select
 import socket
+import struct
 import sys
 import time
 
@@ -67,6 +68,8 @@ def client(addr: str, port: int, mode: str, seconds: float) -> None:
         s.setblocking(True)
     say(f"sent {sent}")
     sys.stdin.readline()
+    if mode == "idle":  # abort: no FIN exchange after the idle period
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     s.close()
 
 

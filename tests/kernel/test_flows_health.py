@@ -5,6 +5,7 @@ joined by a veth; tbf shapes one path (netem is not available here)."""
 
 from __future__ import annotations
 
+import json
 import secrets
 import subprocess
 import sys
@@ -15,11 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from flows_support import run
+from test_agent_live import agent, wait_for
 
 from bpfscope.flows import ConnEvent, FlowCollector, FlowRecord
-from bpfscope.flows.health import HEALTH_FIELDS
+from bpfscope.flows.health import FRACTIONS, HEALTH_FIELDS
 from kernel_require import require
 
 pytestmark = pytest.mark.kernel
@@ -269,3 +272,96 @@ def test_tiny_send_buffer(coll: FlowCollector) -> None:
         )
     assert r.close.limited_by == "sndbuf", health_of(r.close)
     assert median([h["sndbuf_limited_frac"] for h in r.live]) >= 0.5
+
+
+# the values a connection keeps while idle: equal wherever they are read
+EXACT = (
+    "rtt_us", "rtt_var_us", "min_rtt_us", "cwnd", "ssthresh", "lost",
+    "delivery_rate", "rcv_wnd", "snd_wnd", "retrans_bytes",
+)  # fmt: skip
+
+
+def cli_flows(*args: str) -> list[dict[str, Any]]:
+    r = subprocess.run(
+        [sys.executable, "-m", "bpfscope.cli", "flows", "--json", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+
+
+def test_same_health_in_flows_json_api_and_close_event(tmp_path: Path) -> None:
+    """An idle connection (1000 bytes, then nothing, then an abortive close
+    that exchanges no more segments) reads the same in `flows --json`,
+    /api/v1/flows and its close event; fractions are interval shares live
+    and lifetime shares at close, so those compare by verdict."""
+    require("tp_btf")
+    with net() as n, agent(tmp_path) as (url, _proc):
+        server = Proc(n.server_ns, "server", SERVER, "read")
+        client = None
+        try:
+            port = int(server.line()[1])
+            client = Proc(n.client_ns, "client", SERVER, str(port), "idle", "0")
+            lport = int(client.line()[1])
+            assert int(client.line()[1]) == 1000
+            time.sleep(1.0)  # delayed ACKs and the last RTT sample settle
+
+            def api_flow() -> dict[str, Any] | None:
+                items = httpx.get(url + "/api/v1/flows", params={"port": port}).json()["items"]
+                mine = [f for f in items if f["pid"] == client.pid and f["lport"] == lport]
+                if mine and mine[0]["limited_by"] is not None:
+                    return dict(mine[0])
+                return None
+
+            api = wait_for(api_flow)
+            assert api is not None, "the agent never showed the flow's health"
+            cli = [
+                f
+                for f in cli_flows("--port", str(port), "-d", "1.5", "--no-udp")
+                if f["pid"] == client.pid and f["lport"] == lport
+            ]
+            assert len(cli) == 1, cli
+            api_after = api_flow()  # still idle: nothing may have moved
+            assert api_after is not None
+            client.tell()
+
+            def close_event() -> dict[str, Any] | None:
+                items = httpx.get(
+                    url + "/api/v1/connections", params={"port": port, "limit": 1000}
+                ).json()["items"]
+                mine = [
+                    e
+                    for e in items
+                    if e["type"] == "close" and e["pid"] == client.pid and e["lport"] == lport
+                ]
+                return mine[0] if mine else None
+
+            close = wait_for(close_event)
+            assert close is not None, "no close event"
+        finally:
+            server.stop()
+            if client is not None:
+                client.stop()
+    print("flows --json:", {k: cli[0][k] for k in HEALTH_FIELDS})
+    print("/api/v1/flows:", {k: api[k] for k in HEALTH_FIELDS})
+    print("close event:", {k: close[k] for k in HEALTH_FIELDS})
+    for name in HEALTH_FIELDS:
+        assert name in cli[0], name
+        assert name in api, name
+        assert name in close, name
+    for name in EXACT:
+        assert cli[0][name] == api[name] == api_after[name] == close[name], name
+    assert api["rtt_us"] is not None
+    assert api["rtt_us"] > 0
+    assert api["delivery_rate"] > 0
+    # idle: every live interval is all application time
+    for live in (cli[0], api, api_after):
+        assert live["limited_by"] == "app"
+        assert live["app_limited_frac"] == 1.0
+        assert live["network_limited_frac"] == live["rwnd_limited_frac"] == 0.0
+    assert close["limited_by"] == "app"
+    assert close["app_limited_frac"] > 0.9
+    assert sum(close[f] for f in FRACTIONS) == pytest.approx(1.0, abs=1e-3)

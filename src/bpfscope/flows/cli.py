@@ -452,6 +452,7 @@ def flows(
     collector = _collector(ctx, opts, max_entries, attach)
     profiler, peer = _peer_namer(no_dns)
     with collector, stop_on_signals() as stopped:
+        collector.poll()  # a first reading: TCP health's time shares then cover --duration
         sleep_until(time.monotonic() + duration, stopped, collector.wait_events, step=0.2)
         collector.poll()
         snapshot = collector.snapshot()

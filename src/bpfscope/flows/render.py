@@ -206,10 +206,13 @@ def event_line(e: ConnEvent) -> str:
         kind = "close(failed)"
     tx = human_bytes(e.tx_bytes) if e.tx_bytes is not None else "-"
     rx = human_bytes(e.rx_bytes) if e.rx_bytes is not None else "-"
-    return (
+    line = (
         f"{ts:<12} {kind:<14} {e.pid:>7} {e.comm:<16} {e.direction or '-':<7} "
         f"{e.local:<24} {e.remote:<24} {human_duration(e.duration):>9} {tx:>9} {rx:>9}"
     )
+    if e.rtt_us is not None or e.limited_by is not None:  # close, counters path
+        line += f"  rtt {human_us(e.rtt_us)} limited by {e.limited_by or '-'}"
+    return line
 
 
 def stats_line(s: CollectorStats) -> str:
