@@ -6,12 +6,13 @@ joined by a veth; tbf shapes one path (netem is not available here)."""
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from kernel_require import require
 pytestmark = pytest.mark.kernel
 
 PEER = str(Path(__file__).with_name("health_peer.py"))
+BPFSCOPE = (sys.executable, "-m", "bpfscope.cli")
 # client ns -- router ns -- server ns; the router forwards, so a shaper on
 # its egress is a real bottleneck queue (the sender's own qdisc would be
 # kept short by TCP small queues)
@@ -46,7 +48,7 @@ class Net:
 
 
 @contextmanager
-def net(shaped: bool = False) -> Iterator[Net]:
+def net(shaped: bool = False, one_segment_skbs: bool = False) -> Iterator[Net]:
     tag = secrets.token_hex(3)
     n = Net(f"bpfshc{tag}", f"bpfshr{tag}", f"bpfshs{tag}")
     c_dev, rc_dev, rs_dev, s_dev = (f"bh{x}{tag}" for x in ("c", "rc", "rs", "s"))
@@ -70,6 +72,8 @@ def net(shaped: bool = False) -> Iterator[Net]:
         ):
             run("ip", "-n", ns, "addr", "add", addr, "dev", dev)
             run("ip", "-n", ns, "link", "set", dev, "up")
+        if one_segment_skbs:  # no GSO: a send buffer holds segments, not one 64 KB skb
+            run("ip", "-n", n.client_ns, "link", "set", c_dev, "gso_max_segs", "1")
         run("ip", "-n", n.client_ns, "route", "add", "default", "via", "10.232.1.254")
         run("ip", "-n", n.server_ns, "route", "add", "default", "via", "10.232.2.254")
         run("ip", "netns", "exec", n.router_ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
@@ -260,7 +264,7 @@ def test_tiny_send_buffer(coll: FlowCollector) -> None:
     counts sndbuf-limited time only when everything written has been sent
     (tcp_cwnd_validate), in jiffies: periods shorter than a tick vanish,
     hence a path whose RTT spans several ticks."""
-    with net(shaped=True) as n:
+    with net(shaped=True, one_segment_skbs=True) as n:
         r = transfer(coll, n, "read", "sndbuf", 4)
     show("tiny SO_SNDBUF", r)
     assert r.close is not None
@@ -281,16 +285,20 @@ EXACT = (
 )  # fmt: skip
 
 
-def cli_flows(*args: str) -> list[dict[str, Any]]:
-    r = subprocess.run(
-        [sys.executable, "-m", "bpfscope.cli", "flows", "--json", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert r.returncode == 0, r.stderr
-    return [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+def attached(proc: subprocess.Popen[str], timeout: float = 30) -> None:
+    """Wait until a bpfscope process holds its BPF links (it is counting)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        links = 0
+        for fd in Path(f"/proc/{proc.pid}/fd").glob("*"):
+            with suppress(OSError):  # fds come and go
+                links += os.readlink(fd) == "anon_inode:bpf_link"
+        if links >= 3:
+            time.sleep(1.0)  # the remaining hooks and the first reading
+            return
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.1)
+    raise AssertionError("bpfscope flows never attached")
 
 
 def test_same_health_in_flows_json_api_and_close_event(tmp_path: Path) -> None:
@@ -304,6 +312,15 @@ def test_same_health_in_flows_json_api_and_close_event(tmp_path: Path) -> None:
         client = None
         try:
             port = int(server.line()[1])
+            # flows --json sees the connection start (an idle connection older
+            # than the collector moves no counter, so it would not be listed)
+            cli_proc = subprocess.Popen(
+                [*BPFSCOPE, "flows", "--json", "--no-udp", "--port", str(port), "-d", "5"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            attached(cli_proc)
             client = Proc(n.client_ns, "client", SERVER, str(port), "idle", "0")
             lport = int(client.line()[1])
             assert int(client.line()[1]) == 1000
@@ -318,9 +335,11 @@ def test_same_health_in_flows_json_api_and_close_event(tmp_path: Path) -> None:
 
             api = wait_for(api_flow)
             assert api is not None, "the agent never showed the flow's health"
+            out, err = cli_proc.communicate(timeout=60)
+            assert cli_proc.returncode == 0, err
             cli = [
                 f
-                for f in cli_flows("--port", str(port), "-d", "1.5", "--no-udp")
+                for f in map(json.loads, out.splitlines())
                 if f["pid"] == client.pid and f["lport"] == lport
             ]
             assert len(cli) == 1, cli

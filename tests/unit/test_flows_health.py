@@ -199,3 +199,14 @@ def test_rtt_histogram_by_remote_class_only() -> None:
     }
     assert le["0.0005"] == 1
     assert le["0.05"] == 2
+
+
+def test_sort_by_rtt_puts_flows_without_it_last() -> None:
+    from bpfscope.flowquery import sort_flows
+
+    flows = [
+        make_flow(1, proto="tcp", rtt_us=500),
+        make_flow(2, proto="udp"),
+        make_flow(4, proto="tcp", rtt_us=90_000),
+    ]
+    assert [f.rtt_us for f in sort_flows(flows, "rtt")] == [90_000, 500, None]
