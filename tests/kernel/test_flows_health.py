@@ -272,7 +272,8 @@ def test_tiny_send_buffer(coll: FlowCollector) -> None:
     if not any(sndbuf):
         pytest.skip(
             "the kernel's chrono counted no sndbuf-limited time for a 4 KiB SO_SNDBUF "
-            f"(per poll: {sndbuf}; verdicts {[h['limited_by'] for h in r.live]})"
+            f"(per poll: {sndbuf}; verdicts {[h['limited_by'] for h in r.live]}; "
+            f"cwnd {[h['cwnd'] for h in r.live]}; rtt_us {[h['rtt_us'] for h in r.live]})"
         )
     assert r.close.limited_by == "sndbuf", health_of(r.close)
     assert median([h["sndbuf_limited_frac"] for h in r.live]) >= 0.5

@@ -1020,6 +1020,10 @@ static __always_inline void note_health(struct sock *sk, struct tcp_sock *tp, st
 		return;
 	read_health(tp, o, &h);
 	bpf_map_update_elem(&flow_health, &k, &h, BPF_ANY);
+	/* data waiting (unsent or unacknowledged) with counters standing still
+	 * is a stalled flow, not an idle one: list it with what it moved so far */
+	if (tp->write_seq != tp->snd_una)
+		flow_get(&k, o->comm, tick_now());
 }
 
 /*

@@ -115,7 +115,6 @@ class _Tracked:
     raw: bytes
     record: FlowRecord
     changed_at: float  # monotonic seconds of the last change
-    chrono: health.Chrono | None = None  # TCP: the last health reading's chrono times
 
 
 class FlowCollector:
@@ -166,6 +165,8 @@ class FlowCollector:
         self._last_sweep = 0.0
         self._ring: _Ring | None = None
         self._flows: dict[bytes, _Tracked] = {}
+        # TCP health: each flow's last chrono reading (also before its record exists)
+        self._chrono: dict[bytes, health.Chrono | None] = {}
         self._events: list[ConnEvent] = []
         self._removed = 0
         self._evicted_seen = 0
@@ -412,16 +413,20 @@ class FlowCollector:
         """Each TCP flow's latest health (its socket's tcp_info, read by the
         counters pass or at CLOSE), with time fractions since the previous
         reading. Updates records in place: health alone is not a change."""
+        readings: dict[bytes, health.Chrono | None] = {}
         for key, raw in self.attached.obj.map(HEALTH_MAP).lookup_batch():
-            tracked = self._flows.get(key)
-            if tracked is None:
-                continue
             h = health.TcpHealthC.from_buffer_copy(raw)
-            if tracked.chrono is not None and tracked.chrono.jiffies == h.jiffies:
-                continue  # not read again since (closed): keep the fractions
-            fields, tracked.chrono = health.decode(h, tracked.chrono)
+            before = self._chrono.get(key)
+            tracked = self._flows.get(key)
+            if tracked is None or (before is not None and before.jiffies == h.jiffies):
+                # no record yet (its first interval starts here), or not read
+                # again since (closed): keep what the record shows
+                readings[key] = before if tracked is not None else health.chrono_of(h)
+                continue
+            fields, readings[key] = health.decode(h, before)
             for name, value in fields.items():
                 setattr(tracked.record, name, value)
+        self._chrono = readings
 
     def _new_record(self, meta: FlowMeta, raw: bytes) -> FlowRecord:
         comm = _VALUE.unpack_from(raw)[14].rstrip(b"\0").decode(errors="replace")

@@ -26,6 +26,7 @@ __all__ = [
     "LIMITS",
     "Chrono",
     "TcpHealthC",
+    "chrono_of",
     "decode",
     "empty",
     "fractions",
