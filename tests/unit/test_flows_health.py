@@ -210,3 +210,19 @@ def test_sort_by_rtt_puts_flows_without_it_last() -> None:
         make_flow(4, proto="tcp", rtt_us=90_000),
     ]
     assert [f.rtt_us for f in sort_flows(flows, "rtt")] == [90_000, 500, None]
+
+
+def test_only_time_passed_means_idle() -> None:
+    a = reading(jiffies=100)
+    a.chrono[0] = 40
+    b = reading(jiffies=150)
+    b.chrono[0] = 40
+    assert health.only_time_passed(bytes(b), bytes(a))  # 50 jiffies, no chrono
+    assert not health.only_time_passed(bytes(a), bytes(a))  # not read again
+    b.chrono[0] = 41  # the busy chrono ran: a real interval
+    assert not health.only_time_passed(bytes(b), bytes(a))
+    fields = health.decode_raw(bytes(b), bytes(a))
+    assert fields["network_limited_frac"] == 0.02
+    assert fields["limited_by"] == "app"
+    assert health.IDLE["limited_by"] == "app"
+    assert health.decode_raw(bytes(b), None)["limited_by"] is None

@@ -165,8 +165,8 @@ class FlowCollector:
         self._last_sweep = 0.0
         self._ring: _Ring | None = None
         self._flows: dict[bytes, _Tracked] = {}
-        # TCP health: each flow's last chrono reading (also before its record exists)
-        self._chrono: dict[bytes, health.Chrono | None] = {}
+        # TCP health: each socket's last reading (also before its flow has a record)
+        self._health_raw: dict[bytes, bytes] = {}
         self._events: list[ConnEvent] = []
         self._removed = 0
         self._evicted_seen = 0
@@ -413,20 +413,27 @@ class FlowCollector:
         """Each TCP flow's latest health (its socket's tcp_info, read by the
         counters pass or at CLOSE), with time fractions since the previous
         reading. Updates records in place: health alone is not a change."""
-        readings: dict[bytes, health.Chrono | None] = {}
-        for key, raw in self.attached.obj.map(HEALTH_MAP).lookup_batch():
-            h = health.TcpHealthC.from_buffer_copy(raw)
-            before = self._chrono.get(key)
+        # per-flow work only where a socket changed more than the clock: an
+        # idle socket's reading differs from the last one in jiffies alone
+        last = self._health_raw
+        readings = self.attached.obj.map(HEALTH_MAP).lookup_batch()
+        for key, raw in readings:
             tracked = self._flows.get(key)
-            if tracked is None or (before is not None and before.jiffies == h.jiffies):
-                # no record yet (its first interval starts here), or not read
-                # again since (closed): keep what the record shows
-                readings[key] = before if tracked is not None else health.chrono_of(h)
-                continue
-            fields, readings[key] = health.decode(h, before)
-            for name, value in fields.items():
-                setattr(tracked.record, name, value)
-        self._chrono = readings
+            if tracked is None:
+                continue  # its reading stays the start of its first interval
+            rec = tracked.record
+            prev = last.get(key)
+            if prev is not None and rec.cwnd is not None:
+                if raw == prev:
+                    continue  # not read again since (closed): keep what it shows
+                if health.only_time_passed(raw, prev):
+                    if rec.limited_by != "app" or rec.app_limited_frac != 1.0:
+                        for name, value in health.IDLE.items():
+                            setattr(rec, name, value)
+                    continue
+            for name, value in health.decode_raw(raw, prev).items():
+                setattr(rec, name, value)
+        self._health_raw = dict(readings)
 
     def _new_record(self, meta: FlowMeta, raw: bytes) -> FlowRecord:
         comm = _VALUE.unpack_from(raw)[14].rstrip(b"\0").decode(errors="replace")

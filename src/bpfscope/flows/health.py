@@ -28,6 +28,7 @@ __all__ = [
     "TcpHealthC",
     "chrono_of",
     "decode",
+    "decode_raw",
     "empty",
     "fractions",
     "verdict",
@@ -158,3 +159,32 @@ def decode(h: TcpHealthC, before: Chrono | None = None) -> tuple[dict[str, Any],
         out[name] = round(fracs[name], 4) if fracs else None
     out["limited_by"] = verdict(fracs)
     return out, now
+
+
+# struct tcp_health bytes around `jiffies`: equal before and after means the
+# socket changed nothing but the clock, and its chrono ran for no limit
+_JIFFIES: Final = slice(TcpHealthC.jiffies.offset, TcpHealthC.jiffies.offset + 4)
+
+
+def only_time_passed(raw: bytes, prev: bytes) -> bool:
+    """Two readings differ in nothing but the jiffies they were taken at:
+    no chrono accrued in between, so the whole interval was idle (app)."""
+    return raw[_JIFFIES] != prev[_JIFFIES] and (
+        raw[: _JIFFIES.start] == prev[: _JIFFIES.start]
+        and raw[_JIFFIES.stop :] == prev[_JIFFIES.stop :]
+    )
+
+
+IDLE: Final[dict[str, Any]] = {
+    "rwnd_limited_frac": 0.0,
+    "sndbuf_limited_frac": 0.0,
+    "network_limited_frac": 0.0,
+    "app_limited_frac": 1.0,
+    "limited_by": "app",
+}
+
+
+def decode_raw(raw: bytes, prev: bytes | None) -> dict[str, Any]:
+    """:func:`decode` of a map value, with fractions since the reading ``prev``."""
+    before = chrono_of(TcpHealthC.from_buffer_copy(prev)) if prev is not None else None
+    return decode(TcpHealthC.from_buffer_copy(raw), before)[0]
