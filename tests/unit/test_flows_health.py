@@ -226,3 +226,23 @@ def test_only_time_passed_means_idle() -> None:
     assert fields["limited_by"] == "app"
     assert health.IDLE["limited_by"] == "app"
     assert health.decode_raw(bytes(b), None)["limited_by"] is None
+
+
+def test_apply_readings_decodes_only_what_changed() -> None:
+    rec = make_flow(1, proto="tcp")
+    first = reading(jiffies=100)
+    later = reading(jiffies=200)  # only the clock moved
+    last: dict[bytes, bytes] = {}
+    health.apply_readings(lambda key: None, last, [(b"k", bytes(first))])  # no record yet
+    last = {b"k": bytes(first)}
+    health.apply_readings(lambda key: rec, last, [(b"k", bytes(later))])
+    assert rec.rtt_us == 2500
+    assert rec.limited_by == "app"  # the interval since the kept reading: idle
+    assert rec.app_limited_frac == 1.0
+    busy = reading(jiffies=300)
+    busy.chrono[1] = 100  # all of the next 100 jiffies: receive window
+    health.apply_readings(lambda key: rec, {b"k": bytes(later)}, [(b"k", bytes(busy))])
+    assert rec.limited_by == "receiver"
+    rec.rtt_us = -1  # not read again (closed): nothing is rewritten
+    health.apply_readings(lambda key: rec, {b"k": bytes(busy)}, [(b"k", bytes(busy))])
+    assert rec.rtt_us == -1

@@ -413,26 +413,13 @@ class FlowCollector:
         """Each TCP flow's latest health (its socket's tcp_info, read by the
         counters pass or at CLOSE), with time fractions since the previous
         reading. Updates records in place: health alone is not a change."""
-        # per-flow work only where a socket changed more than the clock: an
-        # idle socket's reading differs from the last one in jiffies alone
-        last = self._health_raw
         readings = self.attached.obj.map(HEALTH_MAP).lookup_batch()
-        for key, raw in readings:
-            tracked = self._flows.get(key)
-            if tracked is None:
-                continue  # its reading stays the start of its first interval
-            rec = tracked.record
-            prev = last.get(key)
-            if prev is not None and rec.cwnd is not None:
-                if raw == prev:
-                    continue  # not read again since (closed): keep what it shows
-                if health.only_time_passed(raw, prev):
-                    if rec.limited_by != "app" or rec.app_limited_frac != 1.0:
-                        for name, value in health.IDLE.items():
-                            setattr(rec, name, value)
-                    continue
-            for name, value in health.decode_raw(raw, prev).items():
-                setattr(rec, name, value)
+        flows = self._flows
+        health.apply_readings(
+            lambda key: t.record if (t := flows.get(key)) is not None else None,
+            self._health_raw,
+            readings,
+        )
         self._health_raw = dict(readings)
 
     def _new_record(self, meta: FlowMeta, raw: bytes) -> FlowRecord:

@@ -17,15 +17,18 @@ application is the limit (idle). ``limited_by`` is :func:`verdict`.
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
 __all__ = [
     "FRACTIONS",
     "HEALTH_FIELDS",
+    "IDLE",
     "LIMITS",
     "Chrono",
     "TcpHealthC",
+    "apply_readings",
     "chrono_of",
     "decode",
     "decode_raw",
@@ -188,3 +191,30 @@ def decode_raw(raw: bytes, prev: bytes | None) -> dict[str, Any]:
     """:func:`decode` of a map value, with fractions since the reading ``prev``."""
     before = chrono_of(TcpHealthC.from_buffer_copy(prev)) if prev is not None else None
     return decode(TcpHealthC.from_buffer_copy(raw), before)[0]
+
+
+def apply_readings(
+    record_of: Callable[[bytes], Any],
+    last: dict[bytes, bytes],
+    readings: list[tuple[bytes, bytes]],
+) -> None:
+    """Set the health fields of each flow's record (``record_of(key)``, None:
+    no record yet) from this poll's readings, with fractions since ``last``
+    (the previous poll's readings by key). Per-flow work only where a
+    socket changed more than the clock: an idle socket's reading differs
+    from the last one in jiffies alone."""
+    for key, raw in readings:
+        rec = record_of(key)
+        if rec is None:
+            continue  # its reading stays the start of its first interval
+        prev = last.get(key)
+        if prev is not None and rec.cwnd is not None:
+            if raw == prev:
+                continue  # not read again since (closed): keep what it shows
+            if only_time_passed(raw, prev):
+                if rec.limited_by != "app" or rec.app_limited_frac != 1.0:
+                    for name, value in IDLE.items():
+                        setattr(rec, name, value)
+                continue
+        for name, value in decode_raw(raw, prev).items():
+            setattr(rec, name, value)
