@@ -911,9 +911,14 @@ static __always_inline void emit(struct sock *sk, const struct flow_key *k,
 		/* probe read: to the verifier sk is a sock, not a tcp_sock */
 		e->retrans = BPF_CORE_READ(tp, total_retrans);
 		if (tcp_counters) {
-			/* final health; the flow's entry too, so its last poll agrees */
-			read_health(tp, o, &e->health);
-			bpf_map_update_elem(&flow_health, k, &e->health, BPF_ANY);
+			/* final health; the flow's entry too, so its last poll agrees
+			 * (from the stack: before 6.x a map value may not come from
+			 * ring buffer memory) */
+			struct tcp_health h = {};
+
+			read_health(tp, o, &h);
+			e->health = h;
+			bpf_map_update_elem(&flow_health, k, &h, BPF_ANY);
 		}
 	}
 	bpf_ringbuf_submit(e, 0);
