@@ -214,6 +214,9 @@ SORT_KEYS: Final[dict[str, Callable[[Any], Any]]] = {
     "comm": lambda r: r.comm,
     "age": lambda r: -(r.opened or r.first_seen),
     "last_seen": lambda r: r.last_seen,
+    # TCP health (counters accounting; flows without it sort last)
+    "rtt": lambda r: getattr(r, "rtt_us", None) or 0,
+    "retrans_bytes": lambda r: getattr(r, "retrans_bytes", None) or 0,
 }
 
 

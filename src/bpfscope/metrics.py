@@ -29,12 +29,18 @@ from .flows.events import DURATION_BUCKETS
 __all__ = [
     "DURATION_BUCKETS",
     "LABEL_SETS",
+    "RTT_BUCKETS",
     "DropMetrics",
     "FlowMetrics",
     "PollLike",
     "PollTimingMetrics",
     "SyscallMetrics",
 ]
+
+# TCP smoothed RTT: from loopback (tens of microseconds) to satellite links.
+RTT_BUCKETS: Final = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
 
 LABEL_SETS: Final[dict[str, tuple[str, ...]]] = {
     "default": ("container", "comm", "remote_class"),
@@ -65,6 +71,8 @@ class FlowLike(Protocol):
     def retrans_bytes_delta(self) -> int: ...
     @property
     def direction(self) -> str | None: ...
+    @property
+    def rtt_us(self) -> int | None: ...
 
 
 class EventLike(Protocol):
@@ -124,12 +132,16 @@ class PollLike(Protocol):
 
 @dataclass
 class _Histogram:
-    buckets: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
+    bounds: tuple[float, ...] = DURATION_BUCKETS
+    buckets: list[int] = field(default_factory=list)
     count: int = 0
     total: float = 0.0
 
+    def __post_init__(self) -> None:
+        self.buckets = self.buckets or [0] * (len(self.bounds) + 1)
+
     def observe(self, value: float) -> None:
-        for i, bound in enumerate(DURATION_BUCKETS):
+        for i, bound in enumerate(self.bounds):
             if value <= bound:
                 self.buckets[i] += 1
                 break
@@ -159,6 +171,8 @@ class FlowMetrics(Collector):
         # (metric, labels) -> value
         self._counters: dict[tuple[str, tuple[str, ...]], float] = {}
         self._hist: dict[tuple[str, ...], _Histogram] = {}
+        # smoothed RTT of TCP flows, by remote class only: bounded by design
+        self._rtt: dict[str, _Histogram] = {}
         self.series_dropped = 0
         # events lost per source as of the scrape (the agent's live figures;
         # else those of the last poll)
@@ -257,6 +271,11 @@ class FlowMetrics(Collector):
                     self._add("tcp_received_segments", labels, f.rx_segs_delta)
                 if f.retrans_bytes_delta:
                     self._add("tcp_retransmitted_bytes", labels, f.retrans_bytes_delta)
+                # one RTT observation per TCP flow per poll in which it moved data
+                rtt = getattr(f, "rtt_us", None)
+                if proto == "tcp" and rtt is not None:
+                    cls = str(self._remote_class(f.raddr))
+                    self._rtt.setdefault(cls, _Histogram(RTT_BUCKETS)).observe(rtt / 1e6)
             for e in events:
                 labels = self._labels(e.comm, e.container, e.raddr, e.rport, e.direction)
                 if e.type == "retransmit":
@@ -293,6 +312,7 @@ class FlowMetrics(Collector):
         with self._lock:
             counters = dict(self._counters)
             hist = {k: (list(v.buckets), v.count, v.total) for k, v in self._hist.items()}
+            rtt = {k: (list(v.buckets), v.total) for k, v in self._rtt.items()}
             dropped = self.series_dropped
             own = self._self
         if own is not None and self.live_drops is not None:
@@ -313,12 +333,17 @@ class FlowMetrics(Collector):
             labels=names,
         )
         for labels, (buckets, _count, total) in hist.items():
-            cumulative, running = [], 0
-            for bound, n in zip((*DURATION_BUCKETS, float("inf")), buckets, strict=True):
-                running += n
-                cumulative.append((_bound(bound), running))
-            h.add_metric(list(labels), cumulative, total)
+            h.add_metric(list(labels), _cumulative(DURATION_BUCKETS, buckets), total)
         yield h
+        rtt_fam = HistogramMetricFamily(
+            "bpfscope_tcp_rtt_seconds",
+            "Smoothed RTT of TCP flows (the kernel's srtt), one observation per flow "
+            "per poll in which it moved data, by remote address class.",
+            labels=["remote_class"],
+        )
+        for cls, (buckets, total) in rtt.items():
+            rtt_fam.add_metric([cls], _cumulative(RTT_BUCKETS, buckets), total)
+        yield rtt_fam
         dropped_fam = CounterMetricFamily(
             "bpfscope_metrics_series_dropped",
             "Samples not exported because the series cap was reached (--max-series).",
@@ -327,6 +352,14 @@ class FlowMetrics(Collector):
         yield dropped_fam
         if own is not None:
             yield from _self_families(own)
+
+
+def _cumulative(bounds: tuple[float, ...], buckets: list[int]) -> list[tuple[str, float]]:
+    out, running = [], 0
+    for bound, n in zip((*bounds, float("inf")), buckets, strict=True):
+        running += n
+        out.append((_bound(bound), float(running)))
+    return out
 
 
 def _bound(b: float) -> str:

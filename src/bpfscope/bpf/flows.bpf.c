@@ -789,6 +789,60 @@ int BPF_KPROBE(udp_recv_kprobe, struct sock *sk, struct sk_buff *skb, int len)
 }
 
 /* ---------------------------------------------------------------------- */
+/* TCP health (counters path): read with the counters, no per-packet cost  */
+
+#define TCP_INFINITE_SSTHRESH 0x7fffffff
+#define TCP_CHRONO_BUSY 1
+#define TCP_CHRONO_SNDBUF_LIMITED 3
+
+/* Latest health of each TCP flow (the iterator each poll, CLOSE last). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct flow_key);
+	__type(value, struct tcp_health);
+} flow_health SEC(".maps");
+
+/*
+ * What tcp_info reports (tcp_get_info): RTT, windows, delivery rate, and
+ * the chrono times with the running period added as
+ * tcp_get_info_chrono_stats does. Probe reads: chrono_type is a bitfield on
+ * older kernels, and the close hook's sk is not a BTF pointer on every rung.
+ */
+static __always_inline void read_health(struct tcp_sock *tp, const struct sk_owner *o,
+					struct tcp_health *h)
+{
+	__u32 now = (__u32)bpf_jiffies64();
+	__u32 type = BPF_CORE_READ_BITFIELD_PROBED(tp, chrono_type);
+	__u32 start = BPF_CORE_READ(tp, chrono_start);
+	__u32 rate = BPF_CORE_READ(tp, rate_delivered);
+	__u32 intv = BPF_CORE_READ(tp, rate_interval_us);
+	__u32 i;
+
+	h->mss = BPF_CORE_READ(tp, mss_cache);
+	h->delivery_rate = rate && intv ? (__u64)rate * h->mss * 1000000ULL / intv : 0;
+	h->jiffies = now;
+	if (o->has_est_jiffies) {
+		h->start_jiffies = o->est_jiffies;
+		h->flags |= HEALTH_F_START;
+	}
+	for (i = 0; i < 3; i++) {
+		h->chrono[i] = BPF_CORE_READ(tp, chrono_stat[i]);
+		if (type == i + TCP_CHRONO_BUSY)
+			h->chrono[i] += now - start;
+	}
+	h->srtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
+	h->rttvar_us = BPF_CORE_READ(tp, mdev_us) >> 2;
+	h->min_rtt_us = BPF_CORE_READ(tp, rtt_min.s[0].v);
+	h->cwnd = BPF_CORE_READ(tp, snd_cwnd);
+	h->ssthresh = BPF_CORE_READ(tp, snd_ssthresh);
+	h->lost = BPF_CORE_READ(tp, lost);
+	h->rcv_wnd = BPF_CORE_READ(tp, rcv_wnd);
+	h->snd_wnd = BPF_CORE_READ(tp, snd_wnd);
+	h->flags |= HEALTH_F_READ;
+}
+
+/* ---------------------------------------------------------------------- */
 /* TCP lifecycle                                                           */
 
 /*
@@ -856,6 +910,16 @@ static __always_inline void emit(struct sock *sk, const struct flow_key *k,
 		}
 		/* probe read: to the verifier sk is a sock, not a tcp_sock */
 		e->retrans = BPF_CORE_READ(tp, total_retrans);
+		if (tcp_counters) {
+			/* final health; the flow's entry too, so its last poll agrees
+			 * (from the stack: before 6.x a map value may not come from
+			 * ring buffer memory) */
+			struct tcp_health h = {};
+
+			read_health(tp, o, &h);
+			e->health = h;
+			bpf_map_update_elem(&flow_health, k, &h, BPF_ANY);
+		}
 	}
 	bpf_ringbuf_submit(e, 0);
 }
@@ -950,6 +1014,23 @@ static __always_inline struct sock *tcp_sk_of(struct tcp_sock *tp)
 	return (struct sock *)tp;
 }
 
+/* The socket's health into its flow's entry (every owned socket, each pass:
+ * a stalled flow's counters stand still while its chrono runs). */
+static __always_inline void note_health(struct sock *sk, struct tcp_sock *tp, struct sk_owner *o)
+{
+	struct tcp_health h = {};
+	struct flow_key k = {};
+
+	if (!o->established || !owned_key(sk, o, &k, true))
+		return;
+	read_health(tp, o, &h);
+	bpf_map_update_elem(&flow_health, &k, &h, BPF_ANY);
+	/* data waiting (unsent or unacknowledged) with counters standing still
+	 * is a stalled flow, not an idle one: list it with what it moved so far */
+	if (tp->write_seq != tp->snd_una)
+		flow_get(&k, o->comm, tick_now());
+}
+
 /*
  * Run by the collector before each drain. One byte of output per TCP
  * socket that has no owner yet (older than the collector and not swept
@@ -982,6 +1063,7 @@ int tcp_counters_iter(struct bpf_iter__tcp *ctx)
 		return 0;
 	}
 	fold_counts(tcp_sk_of(tp), tp, o, true);
+	note_health(tcp_sk_of(tp), tp, o);
 	return 0;
 }
 
@@ -1060,8 +1142,13 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
 			stat_inc(FLOW_STAT_NO_OWNER);
 		return 0;
 	}
-	if (newstate == TCP_ESTABLISHED)
+	if (newstate == TCP_ESTABLISHED) {
 		o->est_ns = now;
+		if (tcp_counters) { /* iter/tcp kernels (5.9+) have bpf_jiffies64 */
+			o->est_jiffies = (__u32)bpf_jiffies64();
+			o->has_est_jiffies = 1;
+		}
+	}
 	if (o->pending_accept && newstate == TCP_ESTABLISHED) {
 		/* the accepting process is not known yet: its accept emits open */
 		o->established = 1;

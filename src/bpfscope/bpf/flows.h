@@ -98,7 +98,9 @@ struct sk_owner {
 	char comm[FLOWS_COMM_LEN];
 	__u8 closed; /* went to CLOSE; kept for a reset sent after it, until destroy */
 	__u8 pending_accept; /* passive, not accepted yet: owner provisional, not folded */
-	__u8 pad[6];
+	__u8 has_est_jiffies;
+	__u8 pad;
+	__u32 est_jiffies; /* tcp_jiffies32 at ESTABLISHED: the chrono clock */
 	__u64 est_ns; /* when it reached ESTABLISHED (a deferred open event's time) */
 	/* counters path: the socket's tcp_sock counters already credited to its
 	 * flow (zero for sockets bpfscope saw start; the values at adoption for
@@ -125,6 +127,34 @@ struct udp_dest {
 	__u16 rport; /* host order */
 	__u8 family;
 	__u8 pad[3];
+};
+
+/* tcp_health.flags */
+#define HEALTH_F_READ 0x1  /* filled from the socket */
+#define HEALTH_F_START 0x2 /* start_jiffies known (reached ESTABLISHED while watched) */
+
+/*
+ * TCP health of one socket, as tcp_info reports it (counters path): written
+ * by the iterator each poll into flow_health, and at CLOSE into the close
+ * event. chrono[] is in jiffies, the running period included, so the
+ * collector computes time fractions as deltas over `jiffies` without HZ.
+ */
+struct tcp_health {
+	__u64 delivery_rate; /* bytes/s: rate_delivered * mss_cache / rate_interval_us */
+	__u32 jiffies;       /* tcp_jiffies32 when read */
+	__u32 start_jiffies; /* tcp_jiffies32 at ESTABLISHED (HEALTH_F_START) */
+	__u32 chrono[3];     /* jiffies busy, rwnd-limited, sndbuf-limited */
+	__u32 srtt_us;       /* smoothed RTT (srtt_us >> 3) */
+	__u32 rttvar_us;     /* mdev_us >> 2 */
+	__u32 min_rtt_us;
+	__u32 cwnd;          /* segments */
+	__u32 ssthresh;      /* segments (>= 0x7fffffff: still in slow start) */
+	__u32 lost;          /* data segments marked lost, total */
+	__u32 rcv_wnd;       /* window we advertise, bytes */
+	__u32 snd_wnd;       /* window the peer advertises, bytes */
+	__u32 mss;           /* mss_cache */
+	__u8 flags;          /* HEALTH_F_* */
+	__u8 pad[7];
 };
 
 /* Lifecycle event (ring buffer). */
@@ -154,6 +184,7 @@ struct flow_event {
 	__u64 retrans_bytes;
 	__u64 tx_segs;
 	__u64 rx_segs;
+	struct tcp_health health; /* CLOSE on the counters path: final values */
 };
 
 #endif /* BPFSCOPE_FLOWS_H */

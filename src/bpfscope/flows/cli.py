@@ -271,6 +271,13 @@ def _peer_namer(no_dns: bool) -> tuple[IpProfiler, Callable[[str | None], str]]:
     help="One row per group. auto: on a terminal, group by process when the flows "
     "do not fit the rows shown.",
 )
+@click.option(
+    "-H",
+    "--health",
+    is_flag=True,
+    help="TCP health columns (RTT, MIN RTT, RETR %, LOST, RATE, LIMITED); "
+    "on a terminal the h key switches views.",
+)
 @_NO_DNS
 @click.pass_context
 def top(
@@ -286,6 +293,7 @@ def top(
     limit: int | None,
     as_json: bool,
     group_by: str,
+    health: bool,
     no_dns: bool,
 ) -> None:
     """Live per-flow traffic: who talks to whom, how much, and how it goes."""
@@ -303,6 +311,10 @@ def top(
             from rich.live import Live
             from rich.text import Text
 
+            from .keys import keypresses
+
+            view = {"health": health}
+
             def frame() -> Group:
                 snapshot = collector.snapshot()
                 footer = Text(_stats_text(collector.stats()), style="dim")
@@ -311,20 +323,30 @@ def top(
                     f"bpfscope top · {len(snapshot)} flows · every {interval:g}s "
                     f"· sort {sort}"
                     + (f" · grouped by {by}{note}" if by else "")
-                    + " · Ctrl-C to quit",
+                    + (" · health" if view["health"] else "")
+                    + " · h: health/traffic · Ctrl-C to quit",
                     style="bold",
                 )
                 if by:
                     table = group_table(_groups(snapshot, opts, by, sort, limit, peer), by)
                     return Group(head, table, footer)
-                return Group(
-                    head, flow_table(_view(snapshot, opts, sort, limit), peer=peer), footer
-                )
+                rows = _view(snapshot, opts, sort, limit)
+                return Group(head, flow_table(rows, peer=peer, health=view["health"]), footer)
 
-            with Live(frame(), auto_refresh=False, transient=False) as screen:
+            with (
+                keypresses() as key,
+                Live(frame(), auto_refresh=False, transient=False) as screen,
+            ):
+
+                def wait(seconds: float) -> None:
+                    collector.wait_events(seconds)
+                    if key() in ("h", "H"):
+                        view["health"] = not view["health"]
+                        screen.update(frame(), refresh=True)
+
                 while not stopped[0]:
                     wake = limits.deadline(time.monotonic() + interval)
-                    sleep_until(wake, stopped, collector.wait_events, step=0.2)
+                    sleep_until(wake, stopped, wait, step=0.2)
                     collector.poll()
                     screen.update(frame(), refresh=True)
                     limits.add()
@@ -357,7 +379,7 @@ def top(
                     click.echo(json.dumps(data))
             else:
                 click.echo(time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)))
-                click.echo(plain_table(rows, now=now, peer=peer))
+                click.echo(plain_table(rows, now=now, peer=peer, health=health))
                 if show_stats:
                     click.echo(_stats_text(collector.stats()))
                 click.echo("")
@@ -420,6 +442,7 @@ def flows(
     collector = _collector(ctx, opts, max_entries, attach)
     profiler, peer = _peer_namer(no_dns)
     with collector, stop_on_signals() as stopped:
+        collector.poll()  # a first reading: TCP health's time shares then cover --duration
         sleep_until(time.monotonic() + duration, stopped, collector.wait_events, step=0.2)
         collector.poll()
         snapshot = collector.snapshot()

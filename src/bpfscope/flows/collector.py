@@ -35,13 +35,12 @@ from typing import Any, Final
 from .. import libbpf as bpf
 from ..features import Mechanism
 from ..ladder import AttachedObject, Choice, Hook, choose, load_object
-from . import programs
+from . import health, programs
 from .attribution import Attribution
 from .events import CallbackEvents, ConnTally, EventBatch, EventPump, Ring, tallies_of
+from .layout import KernelFilter
 from .netns import NetnsRunner
 from .records import (
-    AF_INET,
-    AF_INET6,
     DIRECTIONS,
     STAT_ADOPTED,
     STAT_INSERTS,
@@ -71,6 +70,7 @@ DEFAULT_MAX_ENTRIES: Final = 262144
 # Ring bytes: ~1.4 s of events at 20,000 connections/s (80,000 events/s)
 DEFAULT_EVENTS_SIZE: Final = 16 << 20
 FLOW_MAP: Final = "flows"
+HEALTH_MAP: Final = "flow_health"  # counters path: TCP health per flow
 # Least seconds between two sweeps for sockets without an owner.
 SWEEP_INTERVAL: Final = 10.0
 
@@ -83,28 +83,6 @@ EVENT_MODES: Final = ("objects", "batches")
 # struct flow_value, little-endian (BPF is host-endian; x86_64/arm64 here)
 _VALUE: Final = struct.Struct("<9Q3IBB2x16s")
 assert _VALUE.size == 104
-
-
-@dataclass(frozen=True)
-class KernelFilter:
-    """Filters applied in the kernel (``const volatile``, set before load)."""
-
-    pid: int | None = None
-    cgroup_id: int | None = None
-    port: int | None = None
-    family: int | None = None  # socket.AF_INET / AF_INET6
-
-    def rodata(self) -> dict[str, int]:
-        if self.family not in (None, AF_INET, AF_INET6):
-            raise ValueError(f"family must be AF_INET or AF_INET6, not {self.family}")
-        if self.port is not None and not 0 < self.port < 65536:
-            raise ValueError(f"port must be 1-65535, not {self.port}")
-        return {
-            "filter_tgid": self.pid or 0,
-            "filter_cgroup": self.cgroup_id or 0,
-            "filter_port": self.port or 0,
-            "filter_family": self.family or 0,
-        }
 
 
 @dataclass
@@ -171,6 +149,8 @@ class FlowCollector:
         self._netns: NetnsRunner | None = None
         self._last_sweep = 0.0
         self._flows: dict[bytes, _Tracked] = {}
+        # TCP health: each socket's last reading (also before its flow has a record)
+        self._health_raw: dict[bytes, bytes] = {}
         self._removed = 0
         self._evicted_seen = 0
         self._last_poll = 0.0
@@ -210,7 +190,7 @@ class FlowCollector:
         return self._load(counters=False)
 
     def _load(self, counters: bool) -> AttachedObject:
-        sizes = {FLOW_MAP: self.max_entries}
+        sizes = {FLOW_MAP: self.max_entries, HEALTH_MAP: min(self.max_entries, 65536)}
         if self.events_size is not None:
             sizes["flow_events"] = self.events_size  # ring buffer bytes: power of 2 pages
         rodata = self.kernel_filter.rodata()
@@ -404,6 +384,8 @@ class FlowCollector:
         for key in [k for k in flows if k not in present]:
             del flows[key]
             self._evicted_seen += 1
+        if self._counters is not None:
+            self._read_health()
         removed, moved = self._expire(now, dt)
         changed.extend(moved)
         events = self._take_events()
@@ -435,6 +417,19 @@ class FlowCollector:
         self._stats.unattributed = len(out)  # one byte per socket without an owner
         if (out or gone) and now - self._last_sweep >= SWEEP_INTERVAL:
             self._run_sweep(now)
+
+    def _read_health(self) -> None:
+        """Each TCP flow's latest health (its socket's tcp_info, read by the
+        counters pass or at CLOSE), with time fractions since the previous
+        reading. Updates records in place: health alone is not a change."""
+        readings = self.attached.obj.map(HEALTH_MAP).lookup_batch()
+        flows = self._flows
+        health.apply_readings(
+            lambda key: t.record if (t := flows.get(key)) is not None else None,
+            self._health_raw,
+            readings,
+        )
+        self._health_raw = dict(readings)
 
     def _new_record(self, meta: FlowMeta, raw: bytes) -> FlowRecord:
         comm = _VALUE.unpack_from(raw)[14].rstrip(b"\0").decode(errors="replace")
@@ -519,6 +514,7 @@ class FlowCollector:
         had moved meanwhile.
         """
         m = self.attached.obj.map(FLOW_MAP)
+        health_map = self.attached.obj.map(HEALTH_MAP) if self._counters_mode else None
         doomed = [
             key
             for key, t in self._flows.items()
@@ -530,6 +526,8 @@ class FlowCollector:
         for key in doomed:
             tracked = self._flows.pop(key)
             value = m.take(key)
+            if health_map is not None:
+                health_map.delete(key)
             if value is None:
                 continue  # the kernel evicted it meanwhile: counted as evicted
             deleted += 1

@@ -232,7 +232,8 @@ def tcp_counters(choices: Sequence[Choice]) -> Extras:
     return Extras(
         rodata={"tcp_counters": 1, "accept_hooked": int("accept4" in chosen)},
         programs=frozenset({COUNTERS_ITER, SWEEP_ITER}),
-        description="TCP volume from the kernel's socket counters",
+        # the same iterator reads TCP health (RTT, windows, chrono): no extra hook
+        description="TCP volume and health from the kernel's socket counters",
     )
 
 

@@ -1,27 +1,66 @@
-"""Typed records of the flow monitor, and ctypes mirrors of ``flows.h``.
-
-The ctypes structures mirror the kernel/user structs byte for byte (a test
-checks every size and offset against the object's BTF). Everything above the
-collector consumes the dataclasses: ``FlowRecord`` (one flow, cumulative
+"""Typed records of the flow monitor (the byte layouts they are decoded
+from are in layout.py). Everything above the collector consumes the
+dataclasses: ``FlowRecord`` (one flow, cumulative
 counters plus the delta and rate of the last interval), ``ConnEvent`` (one
 TCP lifecycle event) and ``CollectorStats``.
 """
 
 from __future__ import annotations
 
-import ctypes
 import ipaddress
 import socket
-import struct
 from dataclasses import asdict, dataclass, field
-from typing import Any, Final
+from typing import Any
+
+from . import health
+from .layout import (
+    AF_INET,
+    AF_INET6,
+    DIRECTIONS,
+    EV,
+    EVENT,
+    EVENT_TYPES,
+    FLOW_F_REMOTE_UNKNOWN,
+    IPPROTO_TCP,
+    IPPROTO_UDP,
+    MIRRORS,
+    STAT_ADOPTED,
+    STAT_INSERTS,
+    STAT_NO_OWNER,
+    STAT_SK_UPDATE_FAILED,
+    STAT_SLOTS,
+    STAT_UDP_DEST_HIT,
+    STAT_UDP_DEST_MISS,
+    STAT_UPDATE_FAILED,
+    TCP_STATES,
+    FlowEventC,
+    FlowKeyC,
+    FlowValueC,
+    ListenKeyC,
+    SkOwnerC,
+    UdpDestC,
+    struct_of,
+)
 
 __all__ = [
     "AF_INET",
     "AF_INET6",
+    "DIRECTIONS",
     "EV",
     "EVENT",
     "EVENT_TYPES",
+    "FLOW_F_REMOTE_UNKNOWN",
+    "IPPROTO_TCP",
+    "IPPROTO_UDP",
+    "MIRRORS",
+    "STAT_ADOPTED",
+    "STAT_INSERTS",
+    "STAT_NO_OWNER",
+    "STAT_SK_UPDATE_FAILED",
+    "STAT_SLOTS",
+    "STAT_UDP_DEST_HIT",
+    "STAT_UDP_DEST_MISS",
+    "STAT_UPDATE_FAILED",
     "TCP_STATES",
     "CollectorStats",
     "ConnEvent",
@@ -37,230 +76,6 @@ __all__ = [
     "format_addr",
     "struct_of",
 ]
-
-AF_INET: Final = socket.AF_INET.value
-AF_INET6: Final = socket.AF_INET6.value
-IPPROTO_TCP: Final = 6
-IPPROTO_UDP: Final = 17
-
-FLOW_F_REMOTE_UNKNOWN: Final = 0x1
-
-DIRECTIONS: Final = {0: None, 1: "active", 2: "passive"}
-EVENT_TYPES: Final = {
-    1: "open",
-    2: "close",
-    3: "retransmit",
-    4: "reset_sent",
-    5: "reset_received",
-}
-TCP_STATES: Final = {
-    1: "ESTABLISHED",
-    2: "SYN_SENT",
-    3: "SYN_RECV",
-    4: "FIN_WAIT1",
-    5: "FIN_WAIT2",
-    6: "TIME_WAIT",
-    7: "CLOSE",
-    8: "CLOSE_WAIT",
-    9: "LAST_ACK",
-    10: "LISTEN",
-    11: "CLOSING",
-    12: "NEW_SYN_RECV",
-}
-
-# stats slots of the per-CPU array flows_stats (FLOW_STAT_* in flows.h)
-STAT_INSERTS: Final = 0
-STAT_UPDATE_FAILED: Final = 1
-STAT_SK_UPDATE_FAILED: Final = 2
-STAT_NO_OWNER: Final = 3
-STAT_UDP_DEST_HIT: Final = 4
-STAT_UDP_DEST_MISS: Final = 5
-STAT_ADOPTED: Final = 6
-STAT_SLOTS: Final = 7
-
-
-class FlowKeyC(ctypes.Structure):
-    """Mirror of ``struct flow_key``."""
-
-    _fields_ = [
-        ("cgroup_id", ctypes.c_uint64),
-        ("netns", ctypes.c_uint32),
-        ("tgid", ctypes.c_uint32),
-        ("laddr", ctypes.c_uint8 * 16),
-        ("raddr", ctypes.c_uint8 * 16),
-        ("lport", ctypes.c_uint16),
-        ("rport", ctypes.c_uint16),
-        ("family", ctypes.c_uint8),
-        ("proto", ctypes.c_uint8),
-        ("flags", ctypes.c_uint8),
-        ("pad", ctypes.c_uint8),
-    ]
-
-
-class FlowValueC(ctypes.Structure):
-    """Mirror of ``struct flow_value``."""
-
-    _fields_ = [
-        ("tx_bytes", ctypes.c_uint64),
-        ("rx_bytes", ctypes.c_uint64),
-        ("tx_calls", ctypes.c_uint64),
-        ("rx_calls", ctypes.c_uint64),
-        ("first_ns", ctypes.c_uint64),
-        ("last_ns", ctypes.c_uint64),
-        ("open_ns", ctypes.c_uint64),
-        ("close_ns", ctypes.c_uint64),
-        ("retrans_bytes", ctypes.c_uint64),
-        ("retrans", ctypes.c_uint32),
-        ("resets_sent", ctypes.c_uint32),
-        ("resets_recv", ctypes.c_uint32),
-        ("state", ctypes.c_uint8),
-        ("direction", ctypes.c_uint8),
-        ("pad", ctypes.c_uint8 * 2),
-        ("comm", ctypes.c_char * 16),
-    ]
-
-
-class SkOwnerC(ctypes.Structure):
-    """Mirror of ``struct sk_owner``."""
-
-    _fields_ = [
-        ("cgroup_id", ctypes.c_uint64),
-        ("open_ns", ctypes.c_uint64),
-        ("tgid", ctypes.c_uint32),
-        ("netns", ctypes.c_uint32),
-        ("laddr", ctypes.c_uint8 * 16),
-        ("raddr", ctypes.c_uint8 * 16),
-        ("lport", ctypes.c_uint16),
-        ("rport", ctypes.c_uint16),
-        ("family", ctypes.c_uint8),
-        ("direction", ctypes.c_uint8),
-        ("established", ctypes.c_uint8),
-        ("has_tuple", ctypes.c_uint8),
-        ("comm", ctypes.c_char * 16),
-        ("closed", ctypes.c_uint8),
-        ("pending_accept", ctypes.c_uint8),
-        ("pad", ctypes.c_uint8 * 6),
-        ("est_ns", ctypes.c_uint64),
-        ("c_tx", ctypes.c_uint64),
-        ("c_retrans", ctypes.c_uint64),
-        ("c_rx", ctypes.c_uint64),
-        ("c_segs_out", ctypes.c_uint32),
-        ("c_segs_in", ctypes.c_uint32),
-    ]
-
-
-class ListenKeyC(ctypes.Structure):
-    """Mirror of ``struct listen_key``."""
-
-    _fields_ = [
-        ("netns", ctypes.c_uint32),
-        ("port", ctypes.c_uint16),
-        ("family", ctypes.c_uint8),
-        ("pad", ctypes.c_uint8),
-    ]
-
-
-class UdpDestC(ctypes.Structure):
-    """Mirror of ``struct udp_dest``."""
-
-    _fields_ = [
-        ("raddr", ctypes.c_uint8 * 16),
-        ("lport", ctypes.c_uint16),
-        ("rport", ctypes.c_uint16),
-        ("family", ctypes.c_uint8),
-        ("pad", ctypes.c_uint8 * 3),
-    ]
-
-
-class FlowEventC(ctypes.Structure):
-    """Mirror of ``struct flow_event`` (ring buffer record)."""
-
-    _fields_ = [
-        ("ts_ns", ctypes.c_uint64),
-        ("cgroup_id", ctypes.c_uint64),
-        ("duration_ns", ctypes.c_uint64),
-        ("tx_bytes", ctypes.c_uint64),
-        ("rx_bytes", ctypes.c_uint64),
-        ("netns", ctypes.c_uint32),
-        ("tgid", ctypes.c_uint32),
-        ("laddr", ctypes.c_uint8 * 16),
-        ("raddr", ctypes.c_uint8 * 16),
-        ("lport", ctypes.c_uint16),
-        ("rport", ctypes.c_uint16),
-        ("family", ctypes.c_uint8),
-        ("proto", ctypes.c_uint8),
-        ("type", ctypes.c_uint8),
-        ("direction", ctypes.c_uint8),
-        ("oldstate", ctypes.c_uint8),
-        ("newstate", ctypes.c_uint8),
-        ("established", ctypes.c_uint8),
-        ("pad", ctypes.c_uint8),
-        ("retrans", ctypes.c_uint32),
-        ("comm", ctypes.c_char * 16),
-        ("retrans_bytes", ctypes.c_uint64),
-        ("tx_segs", ctypes.c_uint64),
-        ("rx_segs", ctypes.c_uint64),
-    ]
-
-
-_STRUCT_CODES: Final[dict[Any, str]] = {
-    ctypes.c_uint64: "Q",
-    ctypes.c_uint32: "I",
-    ctypes.c_uint16: "H",
-    ctypes.c_uint8: "B",
-}
-
-
-def struct_of(mirror: type[ctypes.Structure]) -> tuple[struct.Struct, dict[str, int]]:
-    """A ``struct`` format for a ctypes mirror (byte arrays and strings as
-    ``bytes``, padding skipped) and each field's index in the unpacked
-    tuple: bulk decoding follows the one definition the layout test checks."""
-    fmt = ["<"]
-    index: dict[str, int] = {}
-    pos = 0
-    for name, ctype, *_bits in mirror._fields_:
-        off = getattr(mirror, name).offset
-        if off > pos:
-            fmt.append(f"{off - pos}x")
-        code = _STRUCT_CODES.get(ctype)
-        if code is None:  # arrays of bytes / chars
-            code = f"{ctypes.sizeof(ctype)}s"
-        if name != "pad":
-            index[name] = len(index)
-            fmt.append(code)
-        else:
-            fmt.append(f"{ctypes.sizeof(ctype)}x")
-        pos = off + ctypes.sizeof(ctype)
-    if ctypes.sizeof(mirror) > pos:
-        fmt.append(f"{ctypes.sizeof(mirror) - pos}x")
-    packed = struct.Struct("".join(fmt))
-    assert packed.size == ctypes.sizeof(mirror), mirror
-    return packed, index
-
-
-class _Fields:
-    """Field indices of an unpacked record, as attributes (``EV.tgid``)."""
-
-    def __init__(self, index: dict[str, int]) -> None:
-        self.__dict__.update(index)
-
-    def __getattr__(self, name: str) -> int:  # for mypy: every field is an int index
-        raise AttributeError(name)
-
-
-MIRRORS: Final[dict[str, type[ctypes.Structure]]] = {
-    "flow_key": FlowKeyC,
-    "flow_value": FlowValueC,
-    "sk_owner": SkOwnerC,
-    "listen_key": ListenKeyC,
-    "udp_dest": UdpDestC,
-    "flow_event": FlowEventC,
-}
-
-
-# struct flow_event as one struct.Struct, and its fields' indices
-EVENT, _EVENT_INDEX = struct_of(FlowEventC)
-EV: Final = _Fields(_EVENT_INDEX)
 
 
 def format_addr(family: int, raw: bytes) -> str:
@@ -367,7 +182,6 @@ class FlowRecord:
     retransmits: int = 0
     resets_sent: int = 0
     resets_received: int = 0
-    rtt_us: int | None = None
     state: str | None = None
     direction: str | None = None
     first_seen: float = 0.0
@@ -380,6 +194,23 @@ class FlowRecord:
     runtime: str | None = None
     pod_uid: str | None = None
     unit: str | None = None
+    # TCP health (counters accounting; None elsewhere, and for UDP): see
+    # flows/health.py. Fractions cover the last interval (close events: the
+    # lifetime); limited_by is the verdict over them.
+    rtt_us: int | None = None
+    rtt_var_us: int | None = None
+    min_rtt_us: int | None = None
+    cwnd: int | None = None
+    ssthresh: int | None = None  # None also while in slow start (infinite)
+    lost: int | None = None
+    delivery_rate: int | None = None  # bytes/s
+    rcv_wnd: int | None = None
+    snd_wnd: int | None = None
+    rwnd_limited_frac: float | None = None
+    sndbuf_limited_frac: float | None = None
+    network_limited_frac: float | None = None
+    app_limited_frac: float | None = None
+    limited_by: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -439,6 +270,23 @@ class ConnEvent:
     tx_segs: int | None = None
     rx_segs: int | None = None
     retrans_bytes: int | None = None
+    # TCP health (counters accounting; None elsewhere, and for UDP): see
+    # flows/health.py. Fractions cover the lifetime (ESTABLISHED to CLOSE);
+    # limited_by is the verdict over them.
+    rtt_us: int | None = None
+    rtt_var_us: int | None = None
+    min_rtt_us: int | None = None
+    cwnd: int | None = None
+    ssthresh: int | None = None  # None also while in slow start (infinite)
+    lost: int | None = None
+    delivery_rate: int | None = None  # bytes/s
+    rcv_wnd: int | None = None
+    snd_wnd: int | None = None
+    rwnd_limited_frac: float | None = None
+    sndbuf_limited_frac: float | None = None
+    network_limited_frac: float | None = None
+    app_limited_frac: float | None = None
+    limited_by: str | None = None
 
     @property
     def local(self) -> str:
@@ -468,6 +316,7 @@ class ConnEvent:
         has_duration = duration_ns > 0 and kind in ("open", "close")
         family = e[f.family]
         comm = e[f.comm]
+        final = health.decode_raw(e[f.health], None) if is_counted else health.empty()
         return cls(
             time=e[f.ts_ns] / 1e9 + wall_offset,
             type=kind,
@@ -491,6 +340,7 @@ class ConnEvent:
             tx_segs=e[f.tx_segs] if is_counted else None,
             rx_segs=e[f.rx_segs] if is_counted else None,
             retrans_bytes=e[f.retrans_bytes] if is_counted else None,
+            **final,
         )
 
 
