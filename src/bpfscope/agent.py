@@ -391,6 +391,7 @@ class Agent:
             "events_dropped": stats.get("events_dropped", 0),
             "events_skipped": stats.get("events_skipped", 0),
             "flows_evicted": stats.get("flows_evicted", 0),
+            "flow_inserts_refused": stats.get("update_failures", 0),
             "map_fill": stats.get("map_fill", 0.0),
             "flows_tracked": stats.get("flows_tracked", 0),
         }

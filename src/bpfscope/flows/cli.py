@@ -456,7 +456,7 @@ def flows(
             click.echo(json.dumps({"stats": stats.to_json()}), err=True)
         return
     click.echo(plain_table(rows, peer=peer))
-    if show_stats or stats.events_dropped or stats.flows_evicted:
+    if show_stats or stats.events_dropped or stats.flows_evicted or stats.update_failures:
         click.echo(_stats_text(stats), err=True)
 
 
