@@ -286,9 +286,13 @@ def bench_tracer(
 
 @bench.command("flows")
 @click.option(
-    "--seconds", type=click.FloatRange(0.5), default=3.0, show_default=True, help="Per run."
+    "--seconds",
+    type=click.FloatRange(0.5),
+    default=1.5,
+    show_default=True,
+    help="Per configuration and round (best of 3 sub-runs).",
 )
-@click.option("--rounds", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--rounds", type=click.IntRange(1), default=9, show_default=True)
 @click.option(
     "--pin/--no-pin",
     default=True,

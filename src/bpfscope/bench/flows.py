@@ -400,7 +400,7 @@ while time.monotonic() < end:
     return CpuResult(flows, interval, wall, cpu)
 
 
-def run(seconds: float = 3.0, rounds: int = 3, pin: bool = True) -> BenchResult:
+def run(seconds: float = 1.5, rounds: int = 9, pin: bool = True) -> BenchResult:
     cpu = bench_cpu() if pin else None
     notes = [
         f"host: {os.uname().release} {os.uname().machine}, {os.cpu_count()} CPUs",
@@ -495,7 +495,7 @@ def report(r: BenchResult) -> str:
 
 
 def main(
-    seconds: float = 3.0, rounds: int = 3, as_json: bool = False, pin: bool = True
+    seconds: float = 1.5, rounds: int = 9, as_json: bool = False, pin: bool = True
 ) -> BenchResult:
     result = run(seconds, rounds, pin)
     if as_json:

@@ -404,7 +404,7 @@ def top(
     is_flag=True,
     help="Run the flow monitor's overhead benchmark instead (= bpfscope bench flows).",
 )
-@click.option("--bench-seconds", type=click.FloatRange(0.5), default=3.0, show_default=True)
+@click.option("--bench-seconds", type=click.FloatRange(0.5), default=1.5, show_default=True)
 @click.pass_context
 def flows(
     ctx: click.Context,
