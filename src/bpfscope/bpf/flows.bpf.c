@@ -1112,7 +1112,7 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
 		v->last_ns = now;
 	}
 	/* a reset may still follow (SO_LINGER 0 sends it after CLOSE): keep the
-	 * owner until tcp_destroy_sock (or LRU eviction where that is missing) */
+	 * owner until tcp_destroy_sock (4.15+: wherever this hook, 4.16+, is) */
 	if (newstate == TCP_CLOSE)
 		o->closed = 1;
 	return 0;
