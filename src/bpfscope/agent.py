@@ -567,6 +567,7 @@ class Agent:
             # read, counted in the metrics, but not kept for /api/v1/connections
             "events_unbuffered": live.get("events_unbuffered", 0),
             "flows_evicted": stats.get("flows_evicted", 0),
+            "flow_inserts_refused": stats.get("update_failures", 0),
             "map_fill": stats.get("map_fill", 0.0),
             "flows_tracked": stats.get("flows_tracked", 0),
         }

@@ -19,10 +19,10 @@ def test_every_configuration_runs_on_the_same_rung() -> None:
     if mech not in programs.TRACEPOINT_RUNGS:
         pytest.skip(f"traffic stands on {mech} here: the floor has tracepoint rungs only")
     results = bench.traffic_bench(
-        seconds=0.3, rounds=1, configs=("baseline", "empty", "bpfscope"), cpu=bench.bench_cpu()
+        seconds=0.3, rounds=1, configs=("baseline", "empty", "tcp_only"), cpu=bench.bench_cpu()
     )
     assert [r.mode for r in results] == ["rr", "stream"]
     for r in results:
-        for config in ("baseline", "empty", "bpfscope"):
+        for config in ("baseline", "empty", "tcp_only"):
             assert len(r.cpu_samples[config]) == 1
             assert r.cpu_samples[config][0] > 0, (r.mode, config)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from bpfscope.bench import flows as bench
 
 
@@ -12,44 +14,95 @@ def _result() -> bench.TrafficResult:
     return bench.TrafficResult(
         "rr",
         "round trips/s",
-        samples={"baseline": [100.0, 90.0, 110.0], "bpfscope": [95.0, 80.0, 100.0]},
-        cpu_samples={"baseline": [200.0, 200.0, 200.0], "bpfscope": [196.0, 190.0, 198.0]},
+        samples={"baseline": [100.0, 90.0, 110.0], "tcp_only": [95.0, 80.0, 100.0]},
+        cpu_samples={"baseline": [200.0, 200.0, 200.0], "tcp_only": [198.0, 194.0, 199.0]},
     )
 
 
 def test_ratios_on_both_measures_and_spread() -> None:
     r = _result()
-    assert r.ratio("bpfscope") == 95.0 / 100.0
-    assert r.ratio("bpfscope", cpu=True) == 196.0 / 200.0
-    assert r.round_ratios("bpfscope", cpu=True) == [0.98, 0.95, 0.99]
-    # median 0.98 >= 0.97, but one round at 0.95: the rounds straddle the bar
+    assert r.ratio("tcp_only") == 95.0 / 100.0
+    assert r.ratio("tcp_only", cpu=True) == 198.0 / 200.0
+    assert r.round_ratios("tcp_only", cpu=True) == [0.99, 0.97, 0.995]
+    # median 0.99 >= 0.99, but one round at 0.97: the rounds straddle the bar
     assert r.bar_met() is None
-    v = r.verdict()
-    assert v is not None
-    assert (v.outcome, v.low, v.high) == ("inconclusive", 0.95, 0.99)
-    r.cpu_samples["bpfscope"] = [196.0, 198.0, 199.0]
-    assert r.bar_met() is True  # every round >= 0.97, judged per CPU second
-    r.cpu_samples["bpfscope"] = [190.0, 190.0, 190.0]
+    v = r.verdicts()["tcp_only_vs_baseline"]
+    assert (v.outcome, v.low, v.high) == ("inconclusive", 0.97, 0.995)
+    r.cpu_samples["tcp_only"] = [199.0, 198.0, 200.0]
+    assert r.bar_met() is True  # every round >= 0.99, judged per CPU second
+    r.cpu_samples["tcp_only"] = [190.0, 190.0, 190.0]
     assert r.bar_met() is False
+
+
+def test_aa_band_floor_and_bpftrace_bars() -> None:
+    r = _result()
+    r.cpu_samples["baseline_aa"] = [202.0, 196.0, 200.0]  # A/A: 1.01, 0.98, 1.0
+    r.cpu_samples["empty"] = [192.0, 192.0, 192.0]  # floor 0.96
+    r.cpu_samples["everything"] = [190.0, 189.0, 191.0]  # 0.95, 0.945, 0.955
+    r.cpu_samples["bpftrace"] = [160.0, 160.0, 160.0]
+    band = r.noise_band()
+    assert band is not None
+    assert (band.low, band.median, band.high) == (0.98, 1.0, 1.01)
+    assert r.in_noise_band("tcp_only") is True  # median 0.99 >= 0.98
+    v = r.verdicts()
+    # everything - floor per round: -0.01, -0.015, -0.005 against >= -0.01
+    floor = v["everything_vs_floor"]
+    assert floor.outcome == "inconclusive"
+    assert floor.low == pytest.approx(-0.015)
+    assert floor.high == pytest.approx(-0.005)
+    assert v["everything_vs_bpftrace"].outcome == "meets"
+    assert v["tcp_only_vs_bpftrace"].outcome == "meets"
+    assert "everything_vs_baseline" not in v  # rr holds everything to the floor only
+    r.cpu_samples["everything"] = [170.0, 170.0, 170.0]
+    assert r.verdicts()["everything_vs_floor"].outcome == "misses"
+    assert r.bar_met() is False
+
+
+def test_stream_holds_both_configurations_to_the_bar() -> None:
+    r = bench.TrafficResult(
+        "stream",
+        "bytes/s",
+        samples={},
+        cpu_samples={
+            "baseline": [100.0, 100.0, 100.0],
+            "tcp_only": [100.0, 99.5, 101.0],
+            "everything": [95.0, 96.0, 97.0],
+        },
+    )
+    v = r.verdicts()
+    assert v["tcp_only_vs_baseline"].outcome == "meets"
+    assert v["everything_vs_baseline"].outcome == "misses"
+    assert "everything_vs_floor" not in v
 
 
 def test_report_says_which_bars_are_met() -> None:
     r = _result()
     r.samples["bpftrace"] = [80.0, 80.0, 80.0]
     r.cpu_samples["bpftrace"] = [150.0, 150.0, 150.0]
+    r.samples["baseline_aa"] = [100.0, 90.0, 110.0]
+    r.cpu_samples["baseline_aa"] = [202.0, 196.0, 200.0]
     text = bench.report(bench.BenchResult([r], None, None, ["n"]))
-    assert "x0.980 [0.950-0.990]" in text
+    assert "TCP only" in text
+    assert "A/A" in text
+    assert "x0.990 [0.970-0.995]" in text
     assert (
-        "bar: bpfscope / baseline per CPU second, per round 0.980 [0.950-0.990, "
-        "75% CI of the median, n=3]: INCONCLUSIVE for the bar >= 0.97"
+        "noise band: A/A (baseline / baseline) per CPU second, per round 1.000 [0.980-1.010"
     ) in text
-    # 196/150, 190/150, 198/150: every round above 1
-    assert "(bpfscope / bpftrace per CPU second), per round 1.307 [1.267-1.320" in text
+    assert (
+        "bar: TCP only / baseline per CPU second, per round 0.990 [0.970-0.995, "
+        "75% CI of the median, n=3]: INCONCLUSIVE for the bar >= 0.99 "
+        "(median inside the A/A band)"
+    ) in text
+    # 198/150, 194/150, 199/150: every round above 1
+    assert "TCP only / bpftrace (not slower than bpftrace) per CPU second, per round 1.320" in (
+        text
+    )
     assert ": meets the bar >= 1" in text
     out = bench.BenchResult([r], None, None).to_json()["traffic"][0]
     assert out["bar_met"] is None
-    assert out["verdicts"]["bpfscope_vs_baseline"]["verdict"] == "inconclusive"
-    assert out["verdicts"]["bpfscope_vs_bpftrace"]["verdict"] == "meets"
+    assert out["noise_band"]["interval"] == [0.98, 1.01]
+    assert out["verdicts"]["tcp_only_vs_baseline"]["verdict"] == "inconclusive"
+    assert out["verdicts"]["tcp_only_vs_bpftrace"]["verdict"] == "meets"
 
 
 def test_netbench_output_parsed_and_pinned(tmp_path: Path) -> None:
@@ -64,8 +117,8 @@ def test_netbench_output_parsed_and_pinned(tmp_path: Path) -> None:
 def test_report_shows_the_empty_program_floor() -> None:
     r = _result()
     r.samples["empty"] = [98.0, 98.0, 98.0]
-    r.cpu_samples["empty"] = [196.0, 196.0, 196.0]
+    r.cpu_samples["empty"] = [198.0, 198.0, 198.0]
     text = bench.report(bench.BenchResult([r], None, None))
-    # bpfscope 196/200 = 0.98 over a floor of 196/200: its own work costs nothing
-    assert "floor: empty programs on the same hooks x0.980; bpfscope's own work" in text
+    # TCP only 198/200 = 0.99 over a floor of 198/200: its own work costs nothing
+    assert "floor: empty programs on the traffic hooks x0.990; TCP only on top" in text
     assert "on top of them x1.000" in text

@@ -56,8 +56,17 @@ const volatile __u8 accept_hooked = 0;
 /* --no-udp where TCP still needs the traffic hooks (the table path). */
 const volatile __u8 skip_udp = 0;
 
+/*
+ * The flow table and the owner table hold one entry per live flow / TCP
+ * socket: not preallocated, so their memory follows the load (a bucket
+ * array of 16 bytes per slot at start, then per entry) instead of the full
+ * capacity at start (~81 MiB as preallocated LRUs). Nothing is evicted:
+ * the collector deletes closed and idle flows, tcp_destroy_sock the owner
+ * records; an insert into a full table is refused and counted.
+ */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 262144);
 	__type(key, struct flow_key);
 	__type(value, struct flow_value);
@@ -65,7 +74,8 @@ struct {
 
 /* Owner of each TCP socket, keyed by the struct sock address. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 131072);
 	__type(key, __u64);
 	__type(value, struct sk_owner);
@@ -1189,7 +1199,7 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
 		v->last_ns = now;
 	}
 	/* a reset may still follow (SO_LINGER 0 sends it after CLOSE): keep the
-	 * owner until tcp_destroy_sock (or LRU eviction where that is missing) */
+	 * owner until tcp_destroy_sock (4.15+: wherever this hook, 4.16+, is) */
 	if (newstate == TCP_CLOSE)
 		o->closed = 1;
 	return 0;

@@ -414,7 +414,7 @@ def top(
     is_flag=True,
     help="Run the flow monitor's overhead benchmark instead (= bpfscope bench flows).",
 )
-@click.option("--bench-seconds", type=click.FloatRange(0.5), default=3.0, show_default=True)
+@click.option("--bench-seconds", type=click.FloatRange(0.5), default=1.5, show_default=True)
 @click.pass_context
 def flows(
     ctx: click.Context,
@@ -467,7 +467,7 @@ def flows(
             click.echo(json.dumps({"stats": stats.to_json()}), err=True)
         return
     click.echo(plain_table(rows, peer=peer))
-    if show_stats or stats.events_dropped or stats.flows_evicted:
+    if show_stats or stats.events_dropped or stats.flows_evicted or stats.update_failures:
         click.echo(_stats_text(stats), err=True)
 
 

@@ -351,8 +351,8 @@ class CollectorStats:
     rungs: dict[str, str | None] = field(default_factory=dict)
     events_dropped: int = 0  # ring buffer reservations that failed
     events_skipped: int = 0  # program runs the kernel skipped (recursion guard)
-    flows_evicted: int = 0  # LRU evictions by the kernel (table full)
-    update_failures: int = 0  # flow inserts the kernel refused
+    flows_evicted: int = 0  # entries gone without the collector (0 on a non-LRU table)
+    update_failures: int = 0  # flow inserts the kernel refused (table full)
     socket_update_failures: int = 0
     no_owner: int = 0  # softirq events on sockets with no recorded owner
     udp_remote_seen: int = 0
