@@ -171,7 +171,7 @@ def test_bad_flags_are_clear(tmp_path: Path) -> None:
         (["--listen", "nohost:99999"], "invalid"),
         (["--interval", "0s"], "--interval"),
         (["--token-file", str(tmp_path / "missing")], "--token-file"),
-        (["--attach", "warp"], "unknown mechanism"),
+        (["--attach", "warp"], "Invalid value for '--attach'"),
         (["--metrics-labels", "everything"], "Invalid value"),
     ):
         out = subprocess.run(
