@@ -109,7 +109,7 @@ def test_netbench_output_parsed_and_pinned(tmp_path: Path) -> None:
     fake = tmp_path / "netbench"
     fake.write_text('#!/bin/sh\necho "$1 1000 2.0 0.5 $#" > "$0.args"\necho "$1 1000 2.0 0.5"\n')
     fake.chmod(0o755)
-    assert bench._run_netbench(fake, "rr", 2.0, cpu=1) == (500.0, 2000.0)
+    assert bench.run_netbench(fake, "rr", 2.0, cpu=1) == (500.0, 2000.0)
     assert Path(f"{fake}.args").read_text().split()[-1] == "3"  # mode, seconds, cpu
     assert bench.bench_cpu() in os.sched_getaffinity(0)
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import socket
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -25,7 +24,7 @@ from typing import Any
 
 from .. import libbpf as bpf
 from ..drops.collector import DropCollector
-from .flows import _netbench, _run_netbench
+from .flows import netbench, polled, run_netbench
 from .pinning import bench_cpu, interleave
 from .verdict import judge, paired_ratios
 
@@ -39,20 +38,11 @@ def _drops(runs: list[int]) -> Iterator[None]:
     """The collector as the agent runs it; appends how many times its
     program ran meanwhile (drops counted + consumed skbs skipped, from the
     program's own counters: no bpf_stats needed)."""
-    stop = threading.Event()
     with DropCollector() as collector:
-
-        def loop() -> None:
-            while not stop.wait(1.0):
-                collector.poll()
-
-        t = threading.Thread(target=loop, daemon=True)
-        t.start()
         try:
-            yield
+            with polled(collector):
+                yield
         finally:
-            stop.set()
-            t.join()
             collector.poll()
             stats = collector.stats()
             runs.append(stats.seen + stats.consumed_skipped)
@@ -63,7 +53,7 @@ def _on_tp_btf(collector: DropCollector) -> bool:
 
 
 def no_drop_workload(seconds: float, rounds: int, cpu: int | None) -> dict[str, Any]:
-    exe = _netbench()
+    exe = netbench()
     out: dict[str, Any] = {}
     for mode in ("rr", "stream"):
         samples: dict[str, list[float]] = {c: [] for c in CONFIGS}
@@ -71,7 +61,7 @@ def no_drop_workload(seconds: float, rounds: int, cpu: int | None) -> dict[str, 
         for _, config in interleave(CONFIGS, rounds):
             monitor = _drops(runs) if config == "drops" else nullcontext()
             with monitor:
-                _wall, per_cpu = _run_netbench(exe, mode, seconds, cpu)
+                _wall, per_cpu = run_netbench(exe, mode, seconds, cpu)
             samples[config].append(per_cpu)
         ratios = paired_ratios(samples["drops"], samples["off"])
         verdict = judge(ratios)

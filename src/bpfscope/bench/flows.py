@@ -97,13 +97,13 @@ LABELS: Final = {
 # the workload binary
 
 
-def _netbench() -> Path:
+def netbench() -> Path:
     """The workload, built once into the lab's cache."""
     src = resources.files(__package__).joinpath("netbench.c").read_bytes()
     return driver.build_c(src, "netbench")
 
 
-def _run_netbench(
+def run_netbench(
     exe: Path, mode: str, seconds: float, cpu: int | None = None
 ) -> tuple[float, float]:
     """Round trips (rr) or bytes (stream) per wall-clock second and per CPU second."""
@@ -125,7 +125,7 @@ def _best_netbench(
     and steal time all inflate the CPU time the workload is charged), so the
     fastest sub-run is the least disturbed estimate, for every configuration
     alike."""
-    runs = [_run_netbench(exe, mode, seconds / parts, cpu) for _ in range(parts)]
+    runs = [run_netbench(exe, mode, seconds / parts, cpu) for _ in range(parts)]
     return max(r[0] for r in runs), max(r[1] for r in runs)
 
 
@@ -134,22 +134,29 @@ def _best_netbench(
 
 
 @contextmanager
+def polled(collector: Any, interval: float = 1.0) -> Iterator[None]:
+    """Poll ``collector`` every ``interval`` seconds on a thread while the
+    body runs, as the agent does."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(interval):
+            collector.poll()
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join()
+
+
+@contextmanager
 def _bpfscope(udp: bool = True) -> Iterator[None]:
     """The collector as the agent runs it: loaded, polled every second."""
-    stop = threading.Event()
-    with FlowCollector(udp=udp) as collector:
-
-        def loop() -> None:
-            while not stop.wait(1.0):
-                collector.poll()
-
-        t = threading.Thread(target=loop, daemon=True)
-        t.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            t.join()
+    with FlowCollector(udp=udp) as collector, polled(collector):
+        yield
 
 
 def traffic_mechanism() -> Mechanism | None:
@@ -313,7 +320,7 @@ def traffic_bench(
     """``cpu``: pin both ends of the workload to that CPU (None: let the
     scheduler place them; on a VM, cross-CPU wakeups then make round trips
     vary several-fold from run to run)."""
-    exe = _netbench()
+    exe = netbench()
     monitors: dict[str, Callable[[], Any]] = {
         "baseline": nullcontext,
         "baseline_aa": nullcontext,
