@@ -190,7 +190,11 @@ def _kprobe_unavailable_reason() -> str | None:
     pmu = Path("/sys/bus/event_source/devices/kprobe")
     tracefs = system.tracefs_path()
     legacy = Path(tracefs, "kprobe_events") if tracefs else None
-    if not pmu.exists() and (legacy is None or not legacy.exists()):
+    try:
+        no_legacy = legacy is None or not legacy.exists()
+    except OSError:  # tracefs is root's: a non-root agent cannot tell
+        return None
+    if not pmu.exists() and no_legacy:
         return (
             "kprobes are not built into this kernel (CONFIG_KPROBES is off: "
             "no kprobe PMU and no kprobe_events in tracefs)"

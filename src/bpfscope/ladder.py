@@ -174,7 +174,8 @@ def choose(
     choices = []
     for hook in hooks:
         rungs = hook.rungs
-        if force is not None and any(r.mechanism is force for r in rungs):
+        forced = force is not None and any(r.mechanism is force for r in rungs)
+        if forced:
             rungs = tuple(r for r in rungs if r.mechanism is force)
         skipped: list[tuple[Rung, str]] = []
         chosen = None
@@ -192,7 +193,8 @@ def choose(
                 continue
             chosen = rung
             break
-        if chosen is None and (hook.required or force is not None):
+        # an optional hook without a rung of the forced mechanism stays optional
+        if chosen is None and (hook.required or forced):
             reasons = "; ".join(f"{r.describe()}: {why}" for r, why in skipped)
             prefix = f"--attach {force}: " if force is not None else ""
             raise LadderError(f"{prefix}no usable rung for hook {hook.name!r}: {reasons}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
 import struct
 import sys
@@ -121,10 +122,13 @@ def sendfile_server(path: str, recv_n: int) -> None:
     say("done")
 
 
-def prefork_server(workers: int, per_worker: int) -> None:
+def prefork_server(workers: int, per_worker: int, close: str = "after-peer") -> None:
     """A listener made by the parent; forked workers accept. Each connection
     says how many bytes it sends (8-byte header included in the count); the
-    worker answers with reply_of(n) bytes and reports what it served."""
+    worker answers with reply_of(n) bytes and reports what it served.
+    ``close``: ``after-peer`` (wait for the client's FIN, then close),
+    ``first`` (close at once: FIN_WAIT1), ``abort`` (close with unread data
+    the client sent after the reply: a reset; counted as received)."""
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(16)
@@ -140,7 +144,11 @@ def prefork_server(workers: int, per_worker: int) -> None:
                     recv_exact(conn, n - 8)
                     reply = n // 3 + 7
                     conn.sendall(b"w" * reply)
-                    conn.recv(1)  # the client's close
+                    if close == "after-peer":
+                        conn.recv(1)  # the client's close
+                    elif close == "abort":
+                        select.select([conn], [], [], 10)  # unread bytes are here
+                        n += len(conn.recv(65536, socket.MSG_PEEK))
                     conn.close()
                     say(f"served {os.getpid()} {peer[1]} {n} {reply}")
             finally:
@@ -196,7 +204,7 @@ def main(argv: list[str]) -> None:
     elif cmd == "sendfile-server":
         sendfile_server(a[0], int(a[1]))
     elif cmd == "prefork-server":
-        prefork_server(int(a[0]), int(a[1]))
+        prefork_server(int(a[0]), int(a[1]), *a[2:3])
     elif cmd == "early-client":
         early_client(int(a[0]), int(a[1]), int(a[2]))
     elif cmd == "ack-server":

@@ -381,13 +381,20 @@ def _choices(**mechanisms: Mechanism) -> list[Choice]:
     ]
 
 
-def test_counters_extras_follow_the_accept_hooks() -> None:
+def test_counters_extras_and_the_accept_hook_without_syscall_tracepoints() -> None:
+    """The accept hook stands on function rungs only: any syscall tracepoint
+    would slow every syscall of every task on the host."""
     base = _choices(state=Mechanism.TP_BTF, destroy=Mechanism.TP_BTF)
-    off = programs.tcp_counters(base)
-    assert off.programs == {programs.COUNTERS_ITER, programs.SWEEP_ITER}
-    assert off.rodata == {"tcp_counters": 1, "accept_hooked": 0}
-    on = programs.tcp_counters(base + _choices(accept4=Mechanism.TRACEPOINT))
-    assert on.rodata == {"tcp_counters": 1, "accept_hooked": 1}
+    extras = programs.tcp_counters(base)
+    assert extras.programs == {programs.COUNTERS_ITER, programs.SWEEP_ITER}
+    assert extras.rodata == {"tcp_counters": 1}
+    (accept,) = programs.accept_hooks()
+    assert not accept.required
+    assert {r.mechanism for r in accept.rungs} == {Mechanism.FEXIT, Mechanism.KRETPROBE}
+    for hook in programs.hooks():
+        for rung in hook.rungs:
+            for part in rung.parts():
+                assert not part.target.startswith(("syscalls:", "raw_syscalls:")), part
 
 
 def test_udp_hooks_on_the_counters_path_run_no_tcp_program() -> None:
@@ -399,10 +406,7 @@ def test_udp_hooks_on_the_counters_path_run_no_tcp_program() -> None:
                 assert not [p for p in rung.programs if p.startswith("tcp_")], rung
                 assert all(p.startswith("udp") for p in rung.programs), rung
     names = {h.name for h in programs.counters_hooks(udp=False)}
-    assert names == {"state", "retransmit", "send_reset", "receive_reset", "destroy"} | {
-        "accept4",
-        "accept",
-    }
+    assert names == {"state", "retransmit", "send_reset", "receive_reset", "destroy", "accept"}
     assert {"send", "recv"} <= {h.name for h in programs.counters_hooks(udp=True)}
 
 

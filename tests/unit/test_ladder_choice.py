@@ -84,6 +84,28 @@ def test_required_hook_without_rung_fails_and_optional_is_off() -> None:
     assert len(c.skipped) == len(LADDER)
 
 
+def test_force_keeps_an_optional_hook_without_that_mechanism_optional() -> None:
+    """``--attach tracepoint`` with an accept hook of function rungs only
+    that cannot load here: the hook is off, not an error; an optional hook
+    whose forced rung fails is an error (the user asked for that rung)."""
+    accept = Hook(
+        "accept",
+        (
+            Rung(Mechanism.FEXIT, "p_fexit", "inet_csk_accept"),
+            Rung(Mechanism.KRETPROBE, "p_kretprobe", "inet_csk_accept"),
+        ),
+        required=False,
+    )
+    avail = {Mechanism.TRACEPOINT}
+    _, c = choose(
+        [SEND, accept], verdict=fake(avail), missing=no_missing, force=Mechanism.TRACEPOINT
+    )
+    assert c.rung is None
+    optional_send = Hook("send", LADDER, required=False)
+    with pytest.raises(LadderError, match="--attach raw_tp: no usable rung for hook 'send'"):
+        choose([optional_send], verdict=fake(avail), missing=no_missing, force=Mechanism.RAW_TP)
+
+
 def test_refused_program_is_excluded_on_retry() -> None:
     avail = set(Mechanism)
     [c] = choose([SEND], verdict=fake(avail), missing=no_missing, excluded=frozenset({"p_fentry"}))

@@ -38,6 +38,7 @@
 #define TCP_CLOSE 7
 #define TCP_LISTEN 10
 
+#define SK_SHUTDOWN_BOTH 3 /* SHUTDOWN_MASK: RCV_SHUTDOWN | SEND_SHUTDOWN */
 #define DIR_TX 0
 #define DIR_RX 1
 
@@ -50,9 +51,6 @@ const volatile __u8 filter_family = 0;
  * socket's tcp_sock counters (iterator each poll, CLOSE, destroy) and the
  * traffic hooks, if loaded at all, skip TCP. */
 const volatile __u8 tcp_counters = 0;
-/* The accept hooks stand: a passive socket's owner is the process that
- * accepts it (its open event waits for that), not the listener's creator. */
-const volatile __u8 accept_hooked = 0;
 /* --no-udp where TCP still needs the traffic hooks (the table path). */
 const volatile __u8 skip_udp = 0;
 
@@ -1088,6 +1086,57 @@ static __always_inline void fresh_owner(struct sk_owner *o, __u8 direction, __u6
 	bpf_get_current_comm(o->comm, sizeof(o->comm));
 }
 
+/*
+ * A passive socket's owner is the process that takes it from its listener
+ * (pre-fork servers: the worker that accepts, not the listener's creator).
+ * Its open event, held since ESTABLISHED, goes out now with the
+ * handshake's time and duration. comm NULL: the current task's.
+ */
+static __always_inline void adopt_pending(struct sock *sk, struct sk_owner *o, __u32 tgid,
+					  __u64 cgroup_id, const char *comm, bool direct)
+{
+	struct flow_key k = {};
+	struct flow_value *v;
+
+	o->tgid = tgid;
+	o->cgroup_id = cgroup_id;
+	if (comm)
+		__builtin_memcpy(o->comm, comm, FLOWS_COMM_LEN);
+	else
+		bpf_get_current_comm(o->comm, sizeof(o->comm));
+	o->pending_accept = 0;
+	if (!o->established || o->closed || !owned_key(sk, o, &k, direct))
+		return;
+	v = flow_get(&k, o->comm, o->est_ns);
+	emit(sk, &k, o, v, FLOW_EV_OPEN, o->est_ns, TCP_SYN_RECV, TCP_ESTABLISHED, direct);
+	if (v) {
+		v->state = SK_READ(direct, sk, __sk_common.skc_state);
+		v->direction = FLOW_DIR_PASSIVE;
+		if (!v->open_ns)
+			v->open_ns = o->open_ns;
+		v->close_ns = 0;
+		v->last_ns = o->est_ns;
+	}
+}
+
+/*
+ * Transitions only the holder's close() or shutdown() makes, in its own
+ * context: tcp_close_state's, and __tcp_close's abort (unread data, or
+ * SO_LINGER 0), which marks the socket shut both ways before CLOSE; a reset
+ * from the peer (softirq, any task current) marks it only after CLOSE.
+ */
+static __always_inline bool closed_by_current(struct sock *sk, int oldstate, int newstate,
+					      bool direct)
+{
+	if (oldstate == TCP_ESTABLISHED && newstate == TCP_FIN_WAIT1)
+		return true;
+	if (oldstate == TCP_CLOSE_WAIT && newstate == TCP_LAST_ACK)
+		return true;
+	if (newstate != TCP_CLOSE || (oldstate != TCP_ESTABLISHED && oldstate != TCP_CLOSE_WAIT))
+		return false;
+	return BPF_CORE_READ_BITFIELD_PROBED(sk, sk_shutdown) == SK_SHUTDOWN_BOTH;
+}
+
 static __always_inline int on_state(struct sock *sk, int oldstate, int newstate, bool direct)
 {
 	struct flow_key k = {};
@@ -1137,10 +1186,12 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
 			__builtin_memcpy(&fresh, lo, sizeof(fresh));
 		/* else: owner unknown (tgid 0) until the socket is used in
 		 * process context (or accepted, or swept); events meanwhile are
-		 * counted as no_owner */
+		 * counted as no_owner. On the counters path the owner is the
+		 * process that takes the socket: the accept hook where one loads,
+		 * else the sweep or the taker's close (adopt_pending) */
 		fresh.direction = FLOW_DIR_PASSIVE;
 		fresh.open_ns = now;
-		fresh.pending_accept = accept_hooked;
+		fresh.pending_accept = tcp_counters;
 		if (bpf_map_update_elem(&flow_socks, &skp, &fresh, BPF_ANY))
 			stat_inc(FLOW_STAT_SK_UPDATE_FAILED);
 		return 0;
@@ -1152,6 +1203,9 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
 			stat_inc(FLOW_STAT_NO_OWNER);
 		return 0;
 	}
+	if (o->pending_accept && closed_by_current(sk, oldstate, newstate, direct))
+		adopt_pending(sk, o, bpf_get_current_pid_tgid() >> 32, bpf_get_current_cgroup_id(),
+			      NULL, direct);
 	if (newstate == TCP_ESTABLISHED) {
 		o->est_ns = now;
 		if (tcp_counters) { /* iter/tcp kernels (5.9+) have bpf_jiffies64 */
@@ -1160,8 +1214,11 @@ static __always_inline int on_state(struct sock *sk, int oldstate, int newstate,
 		}
 	}
 	if (o->pending_accept && newstate == TCP_ESTABLISHED) {
-		/* the accepting process is not known yet: its accept emits open */
+		/* the accepting process is not known yet: its adoption emits open.
+		 * Remember the tuple now: an abort's CLOSE comes without the port */
 		o->established = 1;
+		if (!o->has_tuple && sk_tuple(sk, &k, direct) && k.lport && k.rport)
+			remember_tuple(o, &k);
 		return 0;
 	}
 	if (o->tgid == 0) {
@@ -1242,38 +1299,20 @@ int destroy_tracepoint(struct trace_event_raw_tcp_event_sk *ctx)
 /* Attribution without per-message hooks (counters path)                   */
 
 /*
- * accept()/accept4() returned fd in the current process: that process owns
- * the socket (pre-fork servers: the worker that accepts, not the listener's
- * creator). The passive socket's open event, held since ESTABLISHED, goes
- * out now with the handshake's time and duration.
+ * inet_csk_accept returned a socket to the current process. A function
+ * hook, not the accept syscalls' tracepoints: enabling any syscall
+ * tracepoint sends every syscall of every task through the kernel's
+ * syscall-tracing slow path (~55 ns each here), a cost on the whole host.
+ * Where neither rung loads, the sweep and closed_by_current adopt.
  */
-static __always_inline int on_accept(long fd)
+static __always_inline int on_accept(struct sock *sk)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	struct sk_owner fresh = {};
-	struct flow_key k = {};
-	struct flow_value *v;
-	struct fdtable *fdt;
-	struct file **fds;
-	struct file *f = NULL;
-	struct socket *so;
 	struct sk_owner *o;
-	struct sock *sk;
-	__u64 skp;
+	__u64 skp = (__u64)sk;
 
-	if (fd < 0)
-		return 0;
-	fdt = BPF_CORE_READ(task, files, fdt);
-	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
-		return 0;
-	fds = BPF_CORE_READ(fdt, fd);
-	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) || !f)
-		return 0;
-	so = BPF_CORE_READ(f, private_data);
-	sk = BPF_CORE_READ(so, sk);
 	if (!sk || sk_proto(sk, false) != IPPROTO_TCP)
 		return 0;
-	skp = (__u64)sk;
 	o = bpf_map_lookup_elem(&flow_socks, &skp);
 	if (!o) {
 		/* queued before bpfscope started: count from now */
@@ -1284,37 +1323,26 @@ static __always_inline int on_accept(long fd)
 			stat_inc(FLOW_STAT_SK_UPDATE_FAILED);
 		return 0;
 	}
-	if (!o->pending_accept)
-		return 0;
-	o->tgid = bpf_get_current_pid_tgid() >> 32;
-	o->cgroup_id = bpf_get_current_cgroup_id();
-	bpf_get_current_comm(o->comm, sizeof(o->comm));
-	o->pending_accept = 0;
-	if (!o->established || o->closed || !owned_key(sk, o, &k, false))
-		return 0;
-	v = flow_get(&k, o->comm, o->est_ns);
-	emit(sk, &k, o, v, FLOW_EV_OPEN, o->est_ns, TCP_SYN_RECV, TCP_ESTABLISHED, false);
-	if (v) {
-		v->state = BPF_CORE_READ(sk, __sk_common.skc_state);
-		v->direction = FLOW_DIR_PASSIVE;
-		if (!v->open_ns)
-			v->open_ns = o->open_ns;
-		v->close_ns = 0;
-		v->last_ns = o->est_ns;
-	}
+	if (o->pending_accept)
+		adopt_pending(sk, o, bpf_get_current_pid_tgid() >> 32, bpf_get_current_cgroup_id(),
+			      NULL, false);
 	return 0;
 }
 
-SEC("tracepoint/syscalls/sys_exit_accept4")
-int accept4_exit(struct trace_event_raw_sys_exit *ctx)
+/* the returned socket: its argument list changed in 6.10, the return did not */
+SEC("fexit/inet_csk_accept")
+int BPF_PROG(accept_fexit)
 {
-	return on_accept(ctx->ret);
+	__u64 ret = 0;
+
+	bpf_get_func_ret(ctx, &ret);
+	return on_accept((struct sock *)ret);
 }
 
-SEC("tracepoint/syscalls/sys_exit_accept")
-int accept_exit(struct trace_event_raw_sys_exit *ctx)
+SEC("kretprobe/inet_csk_accept")
+int BPF_KRETPROBE(accept_kretprobe, struct sock *sk)
 {
-	return on_accept(ctx->ret);
+	return on_accept(sk);
 }
 
 /*
@@ -1366,16 +1394,14 @@ int sweep_owners(struct bpf_iter__task_file *ctx)
 	if (o && o->tgid && !o->pending_accept)
 		return 0;
 	if (o) {
-		o->tgid = fresh.tgid;
-		o->cgroup_id = fresh.cgroup_id;
-		__builtin_memcpy(o->comm, fresh.comm, FLOWS_COMM_LEN);
-		o->pending_accept = 0;
-	} else {
-		fresh.established = state != TCP_SYN_SENT && state != TCP_SYN_RECV;
-		baseline_counts(tp, &fresh, true);
-		if (bpf_map_update_elem(&flow_socks, &skp, &fresh, BPF_NOEXIST))
-			return 0;
+		adopt_pending(tcp_sk_of(tp), o, fresh.tgid, fresh.cgroup_id, fresh.comm, true);
+		stat_inc(FLOW_STAT_ADOPTED);
+		return 0;
 	}
+	fresh.established = state != TCP_SYN_SENT && state != TCP_SYN_RECV;
+	baseline_counts(tp, &fresh, true);
+	if (bpf_map_update_elem(&flow_socks, &skp, &fresh, BPF_NOEXIST))
+		return 0;
 	stat_inc(FLOW_STAT_ADOPTED);
 	return 0;
 }

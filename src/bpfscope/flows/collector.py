@@ -37,9 +37,9 @@ from ..features import Mechanism
 from ..ladder import AttachedObject, Choice, Hook, choose, load_object
 from . import health, programs
 from .attribution import Attribution
+from .counters import CountersPass
 from .events import CallbackEvents, ConnTally, EventBatch, EventPump, Ring, tallies_of
 from .layout import KernelFilter
-from .netns import NetnsRunner
 from .records import (
     DIRECTIONS,
     STAT_ADOPTED,
@@ -71,8 +71,6 @@ DEFAULT_MAX_ENTRIES: Final = 262144
 DEFAULT_EVENTS_SIZE: Final = 16 << 20
 FLOW_MAP: Final = "flows"
 HEALTH_MAP: Final = "flow_health"  # counters path: TCP health per flow
-# Least seconds between two sweeps for sockets without an owner.
-SWEEP_INTERVAL: Final = 10.0
 
 # "objects": every lifecycle event as a ConnEvent (the CLI's conns view);
 # "batches": one EventBatch per poll (decoded when read) and exact ConnTally
@@ -144,10 +142,7 @@ class FlowCollector:
         self._bulk = ring is None and bpf.bulk_supported()
         self._events: EventPump | CallbackEvents | None = None
         self._tool: AttachedObject | None = None
-        self._counters: bpf.Link | None = None  # iter/tcp: TCP volume from socket counters
-        self._sweep: bpf.Link | None = None  # iter/task_file: owners of unowned sockets
-        self._netns: NetnsRunner | None = None
-        self._last_sweep = 0.0
+        self._counters: CountersPass | None = None  # TCP volume from socket counters
         self._flows: dict[bytes, _Tracked] = {}
         # TCP health: each socket's last reading (also before its flow has a record)
         self._health_raw: dict[bytes, bytes] = {}
@@ -214,12 +209,10 @@ class FlowCollector:
         try:
             obj = self._tool.obj
             if self._counters_mode:
-                self._counters = obj.program(programs.COUNTERS_ITER).attach()
-                self._sweep = obj.program(programs.SWEEP_ITER).attach()
+                self._counters = CountersPass(obj, self._stats)
                 self._stats.tcp_accounting = "counters"
-                self._netns = NetnsRunner()
                 # sockets older than the collector: owners now, counted from now
-                self._run_sweep(time.monotonic())
+                self._counters.sweep(time.monotonic())
             ring = obj.map("flow_events")
             tallies = self.events == "batches"
             if self._bulk:
@@ -234,7 +227,9 @@ class FlowCollector:
         except BaseException:
             self._tool.close()
             self._tool = None
-            self._counters = self._sweep = None
+            if self._counters is not None:
+                self._counters.close()
+                self._counters = None
             raise
         self._last_poll = time.monotonic()
         self._stats.rungs = self.rungs()
@@ -250,25 +245,13 @@ class FlowCollector:
             rungs.get(h) in {m.value for m in programs.TRACEPOINT_RUNGS} for h in ("send", "recv")
         )
 
-    def _run_sweep(self, now: float) -> None:
-        assert self._sweep is not None
-        t0 = time.monotonic()
-        try:
-            self._sweep.run_iter()
-        except OSError as exc:
-            log.warning("sweeping for socket owners failed: %s", exc)
-        self._last_sweep = now
-        self._stats.sweeps += 1
-        self._stats.sweep_seconds = time.monotonic() - t0
-
     def close(self) -> None:
         if self._events is not None:
             self._events.close()
             self._events = None
-        self._counters = self._sweep = None  # links of the object: destroyed with it
-        if self._netns is not None:
-            self._netns.close()
-            self._netns = None
+        if self._counters is not None:  # its links: destroyed with the object
+            self._counters.close()
+            self._counters = None
         if self._tool is not None:
             self._tool.close()
             self._tool = None
@@ -353,7 +336,7 @@ class FlowCollector:
             self.wait_events(timeout)
         t0 = time.monotonic()
         if self._counters is not None:
-            self._read_counters(t0)
+            self._counters.read(t0)
             t1 = time.monotonic()
             self._stats.counters_seconds = t1 - t0
             t0 = t1
@@ -393,30 +376,6 @@ class FlowCollector:
         out: list[Record] = list(changed)
         out.extend(events)
         return out
-
-    def _read_counters(self, now: float) -> None:
-        """Credit every owned TCP socket's counter growth to its flow; sweep
-        (rate-limited) when some sockets have no owner yet."""
-        assert self._counters is not None
-        assert self._netns is not None
-        ns_map = self.attached.obj.map("flow_netns")
-        namespaces = [
-            (struct.unpack("=I", k)[0], struct.unpack("=I", v)[0]) for k, v in ns_map.lookup_batch()
-        ]
-        try:
-            # iter/tcp sees the namespace it is created in: one pass per namespace
-            out, gone = self._netns.run(self._counters.run_iter, namespaces)
-        except OSError as exc:
-            # the sockets' counters keep their growth: the next pass credits it
-            self._stats.counters_failures += 1
-            log.warning("reading TCP socket counters failed: %s", exc)
-            return
-        for inode in gone:
-            ns_map.delete(struct.pack("=I", inode))
-        self._stats.netns_visited = 1 + self._netns.entered
-        self._stats.unattributed = len(out)  # one byte per socket without an owner
-        if (out or gone) and now - self._last_sweep >= SWEEP_INTERVAL:
-            self._run_sweep(now)
 
     def _read_health(self) -> None:
         """Each TCP flow's latest health (its socket's tcp_info, read by the

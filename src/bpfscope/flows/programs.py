@@ -181,16 +181,20 @@ SWEEP_ITER: Final = "sweep_owners"
 
 
 def accept_hooks() -> list[Hook]:
-    """``accept``/``accept4`` returns: the accepting process owns the socket
-    (syscall tracepoints; optional: without them a passive socket keeps the
-    listener's owner until the sweep finds who holds it)."""
+    """``inet_csk_accept`` returns: the accepting process owns the socket.
+    Function rungs only: a syscall tracepoint (``sys_exit_accept4``) would
+    send every syscall of every task through the kernel's syscall-tracing
+    slow path. Optional: without it a passive socket is adopted by the sweep
+    or by its holder's close, and its open event waits until then."""
     return [
         Hook(
-            name,
-            (Rung(Mechanism.TRACEPOINT, f"{name}_exit", f"syscalls:sys_exit_{name}"),),
+            "accept",
+            (
+                Rung(Mechanism.FEXIT, "accept_fexit", "inet_csk_accept"),
+                Rung(Mechanism.KRETPROBE, "accept_kretprobe", "inet_csk_accept"),
+            ),
             required=False,
         )
-        for name in ("accept4", "accept")
     ]
 
 
@@ -228,9 +232,8 @@ def tcp_counters(choices: Sequence[Choice]) -> Extras:
     (both ``iter/*`` programs, attached by the collector). A kernel that
     refuses them (before 5.9, or no BTF) gets the same rungs without them,
     and the collector then loads the per-event table path instead."""
-    chosen = {c.hook.name for c in choices if c.rung is not None}
     return Extras(
-        rodata={"tcp_counters": 1, "accept_hooked": int("accept4" in chosen)},
+        rodata={"tcp_counters": 1},
         programs=frozenset({COUNTERS_ITER, SWEEP_ITER}),
         # the same iterator reads TCP health (RTT, windows, chrono): no extra hook
         description="TCP volume and health from the kernel's socket counters",
