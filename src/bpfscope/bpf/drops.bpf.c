@@ -78,6 +78,58 @@ static __always_inline void stat_inc(__u32 slot)
 		*v += 1;
 }
 
+#define NEXTHDR_HOP 0
+#define NEXTHDR_ROUTING 43
+#define NEXTHDR_FRAGMENT 44
+#define NEXTHDR_AUTH 51
+#define NEXTHDR_DEST 60
+#define IPV6_MAX_EXT 6
+
+/*
+ * IPv6 extension headers before the transport header (hop-by-hop, routing,
+ * destination options, fragment, AH), at most IPV6_MAX_EXT of them: the
+ * upper protocol, with *off moved to its header; *off = NO_HEADER when the
+ * ports are not in this packet (a fragment other than the first) or a
+ * header could not be read.
+ */
+static __always_inline __u8 ipv6_skip_ext(unsigned char *head, __u8 proto, __u16 *off)
+{
+	__u8 eh[2];
+	__u16 frag;
+	int i;
+
+#pragma clang loop unroll(full)
+	for (i = 0; i < IPV6_MAX_EXT; i++) {
+		if (proto != NEXTHDR_HOP && proto != NEXTHDR_ROUTING && proto != NEXTHDR_DEST &&
+		    proto != NEXTHDR_FRAGMENT && proto != NEXTHDR_AUTH)
+			return proto;
+		if (bpf_probe_read_kernel(eh, sizeof(eh), head + *off)) {
+			*off = NO_HEADER;
+			return proto;
+		}
+		if (proto == NEXTHDR_FRAGMENT) {
+			if (bpf_probe_read_kernel(&frag, sizeof(frag), head + *off + 2)) {
+				*off = NO_HEADER;
+				return proto;
+			}
+			*off += 8;
+			if (bpf_ntohs(frag) & 0xfff8) {
+				*off = NO_HEADER; /* offset > 0: the transport header is elsewhere */
+				return eh[0];
+			}
+		} else if (proto == NEXTHDR_AUTH) {
+			*off += (eh[1] + 2) * 4;
+		} else {
+			*off += (eh[1] + 1) * 8;
+		}
+		proto = eh[0];
+	}
+	if (proto == NEXTHDR_HOP || proto == NEXTHDR_ROUTING || proto == NEXTHDR_DEST ||
+	    proto == NEXTHDR_FRAGMENT || proto == NEXTHDR_AUTH)
+		*off = NO_HEADER; /* more headers than walked: no ports */
+	return proto;
+}
+
 /* The packet's addresses and ports from its headers, where they are set. */
 static __always_inline void parse_headers(struct sk_buff *skb, struct drop_key *k)
 {
@@ -118,11 +170,13 @@ static __always_inline void parse_headers(struct sk_buff *skb, struct drop_key *
 			return;
 		k->l3proto = ETH_P_IPV6;
 		k->family = AF_INET6;
-		k->proto = ip6.nexthdr; /* extension headers are not walked */
 		__builtin_memcpy(k->saddr, &ip6.saddr, 16);
 		__builtin_memcpy(k->daddr, &ip6.daddr, 16);
 		k->flags |= DROP_F_HEADERS;
 		l4off = nh + sizeof(ip6);
+		k->proto = ipv6_skip_ext(head, ip6.nexthdr, &l4off);
+		if (l4off == NO_HEADER)
+			return; /* not the first fragment, or unreadable: no ports */
 	} else {
 		return;
 	}
