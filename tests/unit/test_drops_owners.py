@@ -81,3 +81,14 @@ def test_the_sweep_names_the_rest_and_only_when_they_grew() -> None:
     sweep.runs = 0
     resolve([drop(sock_ino=0), drop(socket=False)], None, sweep)
     assert sweep.runs == 0  # nothing a sweep could find
+
+
+def test_the_flow_index_is_built_only_when_a_drop_waits() -> None:
+    class Untouchable:
+        def __iter__(self) -> object:
+            raise AssertionError("the flows were indexed for nothing")
+
+    owners = FlowOwners(Untouchable())  # type: ignore[arg-type]
+    named = drop(pid=9, comm="known")
+    assert resolve([named, drop(delta=0), drop(socket=False)], owners, None) == 0
+    assert named.owner_from is None  # not ours to name: the kernel named it

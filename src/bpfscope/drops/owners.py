@@ -59,21 +59,31 @@ class FlowOwners:
     listener's port) the only owner of its netns, protocol and local port."""
 
     def __init__(self, flows: Iterable[_FlowLike]) -> None:
-        self.exact: dict[_Exact, tuple[int, str]] = {}
-        local: dict[_Local, set[tuple[int, str]]] = {}
-        for f in flows:
-            if not f.pid:
-                continue
-            owner = (f.pid, f.comm)
-            self.exact[(f.netns, f.proto, f.laddr, f.lport, f.raddr, f.rport)] = owner
-            local.setdefault((f.netns, f.proto, f.lport), set()).add(owner)
-        self.local = {k: next(iter(v)) for k, v in local.items() if len(v) == 1}
+        self._flows = flows
+        self._exact: dict[_Exact, tuple[int, str]] | None = None
+        self._local: dict[_Local, tuple[int, str]] = {}
+
+    def _index(self) -> dict[_Exact, tuple[int, str]]:
+        """Built on the first question only: most polls have no drop that
+        waits for an owner, and the agent may hold 100,000 flows."""
+        if self._exact is None:
+            self._exact = {}
+            local: dict[_Local, set[tuple[int, str]]] = {}
+            for f in self._flows:
+                if not f.pid:
+                    continue
+                owner = (f.pid, f.comm)
+                self._exact[(f.netns, f.proto, f.laddr, f.lport, f.raddr, f.rport)] = owner
+                local.setdefault((f.netns, f.proto, f.lport), set()).add(owner)
+            self._local = {k: next(iter(v)) for k, v in local.items() if len(v) == 1}
+        return self._exact
 
     def owner(self, r: DropRecord) -> tuple[int, str] | None:
         if not r.socket:
             return None
-        found = self.exact.get((r.netns, r.proto, r.laddr, r.lport, r.raddr, r.rport))
-        return found or self.local.get((r.netns, r.proto, r.lport))
+        exact = self._index()
+        found = exact.get((r.netns, r.proto, r.laddr, r.lport, r.raddr, r.rport))
+        return found or self._local.get((r.netns, r.proto, r.lport))
 
 
 class OwnerSweep:
@@ -113,18 +123,17 @@ class OwnerSweep:
 def resolve(
     records: Iterable[DropRecord], flows: FlowOwners | None, sweep: OwnerSweep | None
 ) -> int:
-    """Give an owner to the records of a socket that wait for one; how many
-    got one. The sweep runs only if a record that grew in this poll is
-    still waiting (a closed socket's record is not swept for again and
-    again)."""
-    waiting = [r for r in records if r.socket and not r.pid]
+    """Give an owner to the records of a socket that wait for one and grew
+    in this poll (a closed socket's record is not looked up again and
+    again); how many got one. The sweep runs only if one still waits."""
+    waiting = [r for r in records if r.socket and not r.pid and r.delta]
     if flows is not None:
         for r in waiting:
             found = flows.owner(r)
             if found:
                 r.pid, r.comm = found
                 r.owner_from = "flows"
-    waiting = [r for r in waiting if not r.pid and r.sock_ino and r.delta]
+    waiting = [r for r in waiting if not r.pid and r.sock_ino]
     if waiting and sweep is not None and sweep.due(time.monotonic()) and sweep.run():
         for r in waiting:
             found = sweep.owner(r.sock_ino)
