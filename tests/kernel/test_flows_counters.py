@@ -221,7 +221,28 @@ def test_connection_older_than_the_collector_counts_from_its_start() -> None:
         assert (cflow.tx_bytes, cflow.rx_bytes) == (after, 1)
         assert (sflow.tx_bytes, sflow.rx_bytes) == (1, after)
         assert cflow.comm == sflow.comm
+        # no transition seen before the close: the state is the socket's
+        assert cflow.state == sflow.state == "CLOSE"
         assert cflow.comm.startswith("python")
+
+
+def test_connection_older_than_the_collector_shows_its_state() -> None:
+    """No transition of it was seen: the counters pass gives the state."""
+    srv, cl, conn = pair()
+    port = srv.getsockname()[1]
+    try:
+        with counters_collector() as c:
+            c.poll()
+            cl.sendall(b"s" * 1000)
+            drain(conn, 1000)
+            live = [f for f in flows_of(c.poll()) if port in (f.lport, f.rport)]
+            assert sorted((f.tx_bytes, f.state) for f in live) == [
+                (0, "ESTABLISHED"),
+                (1000, "ESTABLISHED"),
+            ]
+    finally:
+        for s in (cl, conn, srv):
+            s.close()
 
 
 def test_concurrent_senders_and_polls_lose_nothing(collector: FlowCollector) -> None:

@@ -995,6 +995,8 @@ static __always_inline void fold_counts(struct sock *sk, struct tcp_sock *tp, st
 		__sync_fetch_and_add(&v->tx_calls, GROWTH(c.segs_out, o->c_segs_out));
 		__sync_fetch_and_add(&v->rx_calls, GROWTH(c.segs_in, o->c_segs_in));
 		v->last_ns = tick_now(); /* as precise as the folds */
+		if (!v->state) /* a socket older than the collector: no transition seen */
+			v->state = SK_READ(direct, sk, __sk_common.skc_state);
 	}
 	o->c_tx = c.tx;
 	o->c_rx = c.rx;
