@@ -202,10 +202,12 @@ def serve(
     from .flows.collector import FlowCollector
     from .ipprofile import IpProfiler
     from .kube import KubeDirectory, KubeUnavailable, LocalContainers
+    from .memory import tune_malloc
     from .metrics import FlowMetrics
     from .server import create_app
     from .store import Store, StoreError, default_path
 
+    tune_malloc()  # before any thread starts: RSS near what the agent holds
     directory = None
     if kube != "off":
         try:
@@ -245,6 +247,7 @@ def serve(
         btf_path=ctx.obj.get("btf"),
         udp=udp,
         events="batches",
+        fold_closed=True,  # churn costs per group, not per connection
     )
     metrics = FlowMetrics(
         labels=metrics_labels,

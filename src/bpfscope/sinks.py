@@ -216,7 +216,9 @@ def flow_sample(
     elif direction == "passive":
         rport = 0
     duration = None
-    if closed and rec.closed is not None and rec.opened is not None:
+    if rec.folded:
+        duration = rec.folded_duration_ms_max if rec.folded_durations else None
+    elif closed and rec.closed is not None and rec.opened is not None:
         duration = max(0, round((rec.closed - rec.opened) * 1000))
     return FlowSample(
         proto=rec.proto,
@@ -241,6 +243,9 @@ def flow_sample(
         closed=closed,
         duration_ms=duration,
         rtt_us=rec.rtt_us,
+        folded=rec.folded,
+        durations=rec.folded_durations,
+        duration_ms_sum=rec.folded_duration_ms_sum,
     )
 
 
@@ -270,6 +275,9 @@ class HistorySink:
         samples = []
         closed_now: set[tuple[object, ...]] = set()
         for r in changes.flows:
+            if r.folded:  # short connections, each opened and closed now
+                samples.append(flow_sample(r, profiler))
+                continue
             cid = _conn_id(r)
             if cid in self._closed:  # its close was counted in the previous poll
                 closed_now.add(cid)

@@ -101,6 +101,11 @@ class FlowSample:
     closed: bool = False
     duration_ms: int | None = None  # of a connection that closed, if its open was seen
     rtt_us: int | None = None  # smoothed RTT at this poll (TCP)
+    # short connections this sample folds (each opened and closed in the
+    # interval; 0: the sample is one connection), with their lifetimes
+    folded: int = 0
+    durations: int = 0
+    duration_ms_sum: int = 0
 
     def key(self) -> tuple[Any, ...]:
         return (self.proto, self.laddr, self.lport, self.raddr, self.rport, self.pid)
@@ -239,6 +244,15 @@ class Store:
             for c in COUNTERS:
                 row[c] += getattr(s, c)
             row["remote_name"] = s.remote_name or row["remote_name"]
+        if s.folded:
+            row["connections"] += s.folded
+            row["opened"] += s.folded
+            row["closed"] += s.folded
+            if s.durations:
+                row["durations"] += s.durations
+                row["duration_ms_sum"] += s.duration_ms_sum
+                row["duration_ms_max"] = max(row["duration_ms_max"] or 0, s.duration_ms or 0)
+            return
         conns: set[int] = row["_conns"]
         conn = s.conn or hash(key)
         if conn not in conns:

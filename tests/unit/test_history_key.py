@@ -81,6 +81,30 @@ def test_churn_is_one_row_per_side_per_bucket(tmp_path: Path) -> None:
         assert 52 <= r["rtt_avg_us"] <= 54
 
 
+def test_folded_short_connections_count_as_many_connections(tmp_path: Path) -> None:
+    """The collector folds short connections into one record per group
+    (FlowRecord.folded): the history counts each of them, in the same row
+    as the connections it saw one by one."""
+    with Store(tmp_path / "h.db", bucket_seconds=10) as store:
+        sink = HistorySink(store)
+        t = T0 + 1
+        client = conn_pair(0, t, closed=True)[0]
+        client.lport = 0
+        client.folded, client.folded_durations = 500, 400
+        client.folded_duration_ms_sum, client.folded_duration_ms_max = 4000, 30
+        client.tx_delta = 500 * 100
+        poll(sink, t, [client])
+        poll(sink, t + 1, [client])  # the next poll's fold: 500 more, not a repeat
+        poll(sink, t + 2, conn_pair(1, t, closed=False))  # one seen open
+        poll(sink, t + 3, conn_pair(1, t, closed=True))
+        store.flush()
+        [row] = store.query(HistoryQuery(filter=WRK))
+    assert (row["lport"], row["rport"], row["direction"]) == (0, 8080, "active")
+    assert (row["connections"], row["opened"], row["closed"]) == (1001, 1001, 1001)
+    assert (row["durations"], row["duration_ms_sum"], row["duration_ms_max"]) == (801, 8250, 250)
+    assert row["tx_bytes"] == 2 * 500 * 100 + 2 * 100
+
+
 def test_groups_and_series_count_each_connection_once(tmp_path: Path) -> None:
     with Store(tmp_path / "h.db", bucket_seconds=10) as store:
         sink = HistorySink(store)

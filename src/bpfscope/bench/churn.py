@@ -139,6 +139,7 @@ def _rss_peak_mb(pid: int) -> float:
 
 def _history(db: Path, services: tuple[int, ...]) -> tuple[int, int]:
     """(rows in the fullest bucket, distinct (process, peer, service port)):
+    a process is a pid (with its command name), as in the history's key;
     the service port is whichever end is one of ``services`` (the ports
     listening here), else the lower one."""
     known = ",".join(str(p) for p in services)
@@ -148,7 +149,7 @@ def _history(db: Path, services: tuple[int, ...]) -> tuple[int, int]:
             " (SELECT count(*) c FROM flow_buckets GROUP BY bucket_start)"
         ).fetchone()[0]
         groups = con.execute(
-            "SELECT count(*) FROM (SELECT DISTINCT comm, raddr,"
+            "SELECT count(*) FROM (SELECT DISTINCT pid, comm, raddr,"
             f" CASE WHEN lport IN ({known}) THEN lport WHEN rport IN ({known}) THEN rport"
             " ELSE min(lport, rport) END FROM flow_buckets)"
         ).fetchone()[0]

@@ -39,6 +39,7 @@ from . import health, programs
 from .attribution import Attribution
 from .counters import CountersPass
 from .events import CallbackEvents, ConnTally, EventBatch, EventPump, Ring, tallies_of
+from .fold import PROTO_AT, TCP, VALUE, fold_closed
 from .layout import KernelFilter
 from .records import (
     DIRECTIONS,
@@ -67,8 +68,10 @@ __all__ = [
 log = logging.getLogger("bpfscope.flows")
 
 DEFAULT_MAX_ENTRIES: Final = 262144
-# Ring bytes: ~1.4 s of events at 20,000 connections/s (80,000 events/s)
-DEFAULT_EVENTS_SIZE: Final = 16 << 20
+# Ring bytes: ~0.7 s of events at 20,000 connections/s (80,000 events/s),
+# read every 10 ms by the event thread; each byte is resident twice (the
+# data pages are mapped twice), so the ring is ~16 MB of the agent's RSS
+DEFAULT_EVENTS_SIZE: Final = 8 << 20
 FLOW_MAP: Final = "flows"
 HEALTH_MAP: Final = "flow_health"  # counters path: TCP health per flow
 
@@ -78,9 +81,7 @@ HEALTH_MAP: Final = "flow_health"  # counters path: TCP health per flow
 Record = FlowRecord | ConnEvent | EventBatch | ConnTally
 EVENT_MODES: Final = ("objects", "batches")
 
-# struct flow_value, little-endian (BPF is host-endian; x86_64/arm64 here)
-_VALUE: Final = struct.Struct("<9Q3IBB2x16s")
-assert _VALUE.size == 104
+_VALUE: Final = VALUE  # struct flow_value
 
 
 @dataclass
@@ -112,17 +113,22 @@ class FlowCollector:
         ring: Callable[[Any, Callable[[bytes], None]], Ring] | None = None,
         events: str = "objects",
         event_buffer_bytes: int = 32 << 20,
+        fold_closed: bool = False,
     ) -> None:
         """``loader`` (the attached tool) and ``ring`` (the event ring buffer
         over its map, one callback per record) exist for tests; by default
         the ring is drained in bulk on a thread of its own (libbpf's callback
         consumer where bulk reading is not safe). ``events``: see
-        ``EVENT_MODES``; ``event_buffer_bytes`` bounds raw events between polls."""
+        ``EVENT_MODES``; ``event_buffer_bytes`` bounds raw events between polls.
+        ``fold_closed``: TCP connections that opened and closed between two
+        polls become one record per group and poll (``FlowRecord.folded``),
+        not a flow each (what the agent uses: churn then costs per group)."""
         if max_entries < 1:
             raise ValueError("max_entries must be positive")
         if events not in EVENT_MODES:
             raise ValueError(f"events must be one of {', '.join(EVENT_MODES)}")
         self.events, self.event_buffer_bytes = events, event_buffer_bytes
+        self.fold_closed = fold_closed
         if drain not in ("batch", "per-key"):
             raise ValueError("drain must be 'batch' or 'per-key'")
         self.kernel_filter = kernel_filter or KernelFilter()
@@ -348,6 +354,8 @@ class FlowCollector:
         changed: list[FlowRecord] = []
         present: set[bytes] = set()
         flows = self._flows
+        short: list[tuple[bytes, bytes]] = []  # closed before this poll first saw them
+        fold = self.fold_closed
         for key, raw in items:
             present.add(key)
             tracked = flows.get(key)
@@ -358,6 +366,9 @@ class FlowCollector:
                 rec.tx_rate = rec.rx_rate = 0.0
                 continue
             if tracked is None:
+                if fold and key[PROTO_AT] == TCP and _VALUE.unpack_from(raw)[7]:
+                    short.append((key, raw))
+                    continue
                 meta = decode_key(key)
                 tracked = _Tracked(meta, b"", self._new_record(meta, raw), now)
                 flows[key] = tracked
@@ -367,15 +378,40 @@ class FlowCollector:
         for key in [k for k in flows if k not in present]:
             del flows[key]
             self._evicted_seen += 1
+        folded, taken = self._fold_short(short, dt) if short else ([], 0)
+        changed.extend(folded)
         if self._counters is not None:
             self._read_health()
         removed, moved = self._expire(now, dt)
         changed.extend(moved)
         events = self._take_events()
-        self._refresh_stats(len(items) - removed)
+        self._refresh_stats(len(items) - removed - taken)
         out: list[Record] = list(changed)
         out.extend(events)
         return out
+
+    def _fold_short(
+        self, short: list[tuple[bytes, bytes]], dt: float
+    ) -> tuple[list[FlowRecord], int]:
+        """TCP connections that opened and closed between two polls: folded
+        into one record per group (``fold.fold_closed``), then deleted from
+        the kernel table (and their health) in one batch. Returns the
+        records and how many keys were deleted.
+
+        Their values as read are final (the close credited the last
+        counters); a key the kernel evicted meanwhile is not deleted again,
+        and is counted as evicted."""
+        obj = self.attached.obj
+        keys = [k for k, _ in short]
+        taken = obj.map(FLOW_MAP).delete_batch(keys)
+        if self._counters_mode:
+            obj.map(HEALTH_MAP).delete_batch(keys)
+        records = fold_closed(
+            short, self._new_record, self._wall, counters=self._counters_mode, dt=dt
+        )
+        self._removed += taken
+        self._stats.flows_folded += len(short)
+        return records, taken
 
     def _read_health(self) -> None:
         """Each TCP flow's latest health (its socket's tcp_info, read by the
