@@ -88,6 +88,14 @@ class _Chunk:
             else EVENT_OBJECT_BYTES
         )
 
+    def compact(self) -> None:
+        """Keep only the events not trimmed away, numbered as before."""
+        assert isinstance(self.events, EventBatch)
+        self.events = self.events.tail(self.skip)
+        self.first += self.skip
+        self.count -= self.skip
+        self.skip = 0
+
     def entries(self, start: int, stop: int) -> list[EventEntry]:
         """Entries with index in [start, stop) of this chunk."""
         start = max(start, self.skip)
@@ -141,6 +149,8 @@ class EventBuffer:
             self._bytes -= n * old.per_event
             if old.skip >= old.count:
                 self._chunks.popleft()
+            elif isinstance(old.events, EventBatch) and old.skip * 2 >= old.count:
+                old.compact()  # a poll's batch trimmed to its tail: free the rest
 
     @property
     def nbytes(self) -> int:

@@ -72,6 +72,8 @@ class RateResult:
     rss_peak_mb: float
     history_rows_max: int  # rows in the fullest history bucket
     history_groups: int  # distinct (process, peer, service port) in the history
+    history_opened: int = 0  # the generator's connections the history counted opened
+    history_closed: int = 0  # ... and closed
 
     @property
     def achieved(self) -> float:
@@ -137,8 +139,9 @@ def _rss_peak_mb(pid: int) -> float:
     return 0.0
 
 
-def _history(db: Path, services: tuple[int, ...]) -> tuple[int, int]:
-    """(rows in the fullest bucket, distinct (process, peer, service port)):
+def _history(db: Path, services: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """(rows in the fullest bucket, distinct (process, peer, service port),
+    the generator's connections opened and closed):
     a process is a pid (with its command name), as in the history's key;
     the service port is whichever end is one of ``services`` (the ports
     listening here), else the lower one."""
@@ -153,7 +156,12 @@ def _history(db: Path, services: tuple[int, ...]) -> tuple[int, int]:
             f" CASE WHEN lport IN ({known}) THEN lport WHEN rport IN ({known}) THEN rport"
             " ELSE min(lport, rport) END FROM flow_buckets)"
         ).fetchone()[0]
-    return int(rows), int(groups)
+        opened, closed = con.execute(
+            "SELECT coalesce(sum(opened), 0), coalesce(sum(closed), 0) FROM flow_buckets"
+            " WHERE comm = ? AND direction = 'active'",
+            (COMM,),
+        ).fetchone()
+    return int(rows), int(groups), int(opened), int(closed)
 
 
 def _one_rate(exe: Path, nginx_port: int, rate: int, seconds: float, procs: int) -> RateResult:
@@ -192,7 +200,7 @@ def _one_rate(exe: Path, nginx_port: int, rate: int, seconds: float, procs: int)
         finally:
             agent.send_signal(signal.SIGTERM)
             agent.wait(timeout=60)
-        rows, groups = _history(db, (nginx_port, port))
+        rows, groups, h_opened, h_closed = _history(db, (nginx_port, port))
 
     def delta(name: str, **labels: str) -> int:
         return _counter(after, name, **labels) - _counter(before, name, **labels)
@@ -215,6 +223,8 @@ def _one_rate(exe: Path, nginx_port: int, rate: int, seconds: float, procs: int)
         rss_peak_mb=rss,
         history_rows_max=rows,
         history_groups=groups,
+        history_opened=h_opened,
+        history_closed=h_closed,
     )
 
 

@@ -75,7 +75,7 @@ class ConnTally:
 GroupKey = tuple[int, int, bytes, int, int, bytes, int, int]
 
 
-def tally(blob: bytes, into: dict[GroupKey, list[Any]]) -> int:
+def tally(blob: bytes | bytearray, into: dict[GroupKey, list[Any]]) -> int:
     """Count the events in ``blob`` (whole ``struct flow_event`` records) per
     group into ``into``: key -> [count, duration_ns sum, duration count,
     bucket counts]. Returns how many events there were."""
@@ -136,7 +136,7 @@ class EventBatch:
 
     def __init__(
         self,
-        blob: bytes,
+        blob: bytes | bytearray,
         wall_offset: float,
         counters: bool,
         enrich: Callable[[ConnEvent], ConnEvent] | None = None,
@@ -168,6 +168,12 @@ class EventBatch:
 
     def __iter__(self) -> Iterator[ConnEvent]:
         return iter(self.decode())
+
+    def tail(self, start: int) -> EventBatch:
+        """The events from ``start`` on, in a buffer of their own (the rest
+        of this batch's memory is freed once it is dropped)."""
+        blob = bytes(memoryview(self.blob)[start * EVENT.size :])
+        return EventBatch(blob, self.wall_offset, self.counters, self.enrich)
 
 
 class Ring(Protocol):
@@ -201,7 +207,7 @@ class CallbackEvents:
     def wait(self, timeout: float) -> None:
         self.ring.poll(max(0, int(timeout * 1000)))
 
-    def take(self) -> tuple[bytes, dict[GroupKey, list[Any]]]:
+    def take(self) -> tuple[bytes | bytearray, dict[GroupKey, list[Any]]]:
         self.ring.consume()
         self.drains += 1
         blob = b"".join(self._raw)
@@ -249,8 +255,9 @@ class EventPump:
         self.drains = 0
         self.longest_drain = 0.0
         self._last_hook = 0.0
-        self._pending: list[bytes] = []
-        self._pending_bytes = 0
+        # raw events since the last take, appended in place: taking them
+        # hands this buffer over (no joined copy of a poll's events)
+        self._pending = bytearray()
         self._groups: dict[GroupKey, list[Any]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -285,9 +292,8 @@ class EventPump:
                 self.received += n
                 if self.tallies:
                     tally(blob, self._groups)
-                if self._pending_bytes + len(blob) <= self.max_bytes:
-                    self._pending.append(blob)
-                    self._pending_bytes += len(blob)
+                if len(self._pending) + len(blob) <= self.max_bytes:
+                    self._pending += blob
                 else:
                     self.unbuffered += n
         if self.on_drain is not None and t0 - self._last_hook >= 0.1:
@@ -297,15 +303,14 @@ class EventPump:
         self.longest_drain = max(self.longest_drain, time.monotonic() - t0)
         return n
 
-    def take(self) -> tuple[bytes, dict[GroupKey, list[Any]]]:
+    def take(self) -> tuple[bytes | bytearray, dict[GroupKey, list[Any]]]:
         """What arrived since the last take: raw events and group counts."""
         if self.error is not None:
             raise RuntimeError(f"event drain failed: {self.error}") from self.error
         with self._lock:
-            blob = b"".join(self._pending)
+            blob = self._pending
             groups = self._groups
-            self._pending = []
-            self._pending_bytes = 0
+            self._pending = bytearray()
             self._groups = {}
         return blob, groups
 
