@@ -8,6 +8,7 @@ The metrics (:class:`bpfscope.metrics.FlowMetrics`) and the OTLP exporter
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -19,7 +20,15 @@ from .ipprofile import IpProfiler
 from .store import FlowSample, Store
 from .syscalls.records import Snapshot
 
-__all__ = ["EventBuffer", "EventEntry", "HistorySink", "PollChanges", "Published", "flow_sample"]
+__all__ = [
+    "EventBuffer",
+    "EventEntry",
+    "HistorySink",
+    "PollChanges",
+    "Published",
+    "flow_sample",
+    "tally_sample",
+]
 
 
 @dataclass(frozen=True)
@@ -214,10 +223,13 @@ def flow_sample(
     *,
     new: bool = True,
     closed: bool = False,
+    counts: bool = True,
 ) -> FlowSample:
     """The store's view of one interval of one flow, keyed without the
     client's ephemeral port: (process, local address, remote address,
-    service port, direction)."""
+    service port, direction). A record of folded short connections is an
+    aggregate sample: each of them active, and (``counts``: no lifecycle
+    events count them) opened and closed."""
     prof = profiler.profile(rec.raddr) if profiler else None
     direction = service_direction(rec)
     lport, rport = rec.lport, rec.rport or 0
@@ -253,9 +265,42 @@ def flow_sample(
         closed=closed,
         duration_ms=duration,
         rtt_us=rec.rtt_us,
+        aggregate=bool(rec.folded),
         folded=rec.folded,
-        durations=rec.folded_durations,
-        duration_ms_sum=rec.folded_duration_ms_sum,
+        opened_n=rec.folded if counts else 0,
+        closed_n=rec.folded if counts else 0,
+        durations=rec.folded_durations if counts else 0,
+        duration_ms_sum=rec.folded_duration_ms_sum if counts else 0,
+    )
+
+
+_COUNTED: Final = ("open", "close")
+
+
+def tally_sample(t: ConnTally, profiler: IpProfiler | _PollProfiles | None) -> FlowSample:
+    """The store's view of one group's TCP opens or closes in one poll,
+    keyed like the flows' samples (the client's port 0)."""
+    prof = profiler.profile(t.raddr) if profiler else None
+    active = t.direction != "passive"
+    closes = t.type == "close"
+    return FlowSample(
+        proto="tcp",
+        family=4 if t.family == "ipv4" else 6,
+        laddr=t.laddr,
+        lport=0 if active else t.port,
+        raddr=t.raddr,
+        rport=t.port if active else 0,
+        pid=t.pid,
+        comm=t.comm,
+        container=t.container or "",
+        remote_class=str(prof.remote_class) if prof else "",
+        remote_name=(prof.name or "") if prof else "",
+        direction=t.direction or "",
+        aggregate=True,
+        opened_n=0 if closes else t.count,
+        closed_n=t.count if closes else 0,
+        durations=t.duration_count if closes else 0,
+        duration_ms_sum=round(t.duration_sum * 1000) if closes else 0,
     )
 
 
@@ -284,9 +329,22 @@ class HistorySink:
         profiler = _PollProfiles(self.profiler) if self.profiler is not None else None
         samples = []
         closed_now: set[tuple[object, ...]] = set()
+        # TCP opens and closes counted from the lifecycle events (exact at
+        # any rate: the kernel's flow table merges connections that reuse a
+        # client port between two polls); the flows then carry bytes only
+        exact = changes.tallies is not None
+        if changes.tallies:
+            samples += [tally_sample(t, profiler) for t in changes.tallies if t.type in _COUNTED]
         for r in changes.flows:
             if r.folded:  # short connections, each opened and closed now
-                samples.append(flow_sample(r, profiler))
+                samples.append(flow_sample(r, profiler, counts=not exact))
+                continue
+            if exact and r.proto == "tcp":
+                sample = flow_sample(r, profiler, new=False)
+                if r.closed is not None and r.opened is not None:
+                    duration = max(0, round((r.closed - r.opened) * 1000))
+                    sample = dataclasses.replace(sample, duration_ms=duration)
+                samples.append(sample)
                 continue
             cid = _conn_id(r)
             if cid in self._closed:  # its close was counted in the previous poll

@@ -63,6 +63,7 @@ class ConnTally:
     port: int
     direction: str | None
     count: int = 0
+    laddr: str = ""
     duration_sum: float = 0.0  # close: seconds summed over ``duration_count``
     duration_count: int = 0
     # close: connections per DURATION_BUCKETS slot (last: above every bound)
@@ -71,8 +72,9 @@ class ConnTally:
     cgroup: str | None = None
 
 
-# group key: (type, tgid, comm, cgroup_id, family, raddr, service port, direction)
-GroupKey = tuple[int, int, bytes, int, int, bytes, int, int]
+# group key: (type, tgid, comm, cgroup_id, family, raddr, service port,
+# direction, laddr)
+GroupKey = tuple[int, int, bytes, int, int, bytes, int, int, bytes]
 
 
 def tally(blob: bytes | bytearray, into: dict[GroupKey, list[Any]]) -> int:
@@ -80,9 +82,9 @@ def tally(blob: bytes | bytearray, into: dict[GroupKey, list[Any]]) -> int:
     group into ``into``: key -> [count, duration_ns sum, duration count,
     bucket counts]. Returns how many events there were."""
     n = 0
-    t, tg, cm, cg, fam, ra, lp, rp, dr, dur = (
+    t, tg, cm, cg, fam, ra, lp, rp, dr, dur, la = (
         EV.type, EV.tgid, EV.comm, EV.cgroup_id, EV.family,
-        EV.raddr, EV.lport, EV.rport, EV.direction, EV.duration_ns,
+        EV.raddr, EV.lport, EV.rport, EV.direction, EV.duration_ns, EV.laddr,
     )  # fmt: skip
     bounds = _BOUNDS_NS
     for e in EVENT.iter_unpack(blob):
@@ -91,7 +93,7 @@ def tally(blob: bytes | bytearray, into: dict[GroupKey, list[Any]]) -> int:
         direction = e[dr]
         key = (
             kind, e[tg], e[cm], e[cg], e[fam], e[ra],
-            e[lp] if direction == _PASSIVE else e[rp], direction,
+            e[lp] if direction == _PASSIVE else e[rp], direction, e[la],
         )  # fmt: skip
         slot = into.get(key)
         if slot is None:
@@ -109,7 +111,8 @@ def tally(blob: bytes | bytearray, into: dict[GroupKey, list[Any]]) -> int:
 
 def tallies_of(groups: dict[GroupKey, list[Any]]) -> list[ConnTally]:
     out = []
-    for (kind, tgid, comm, cgroup_id, family, raddr, port, direction), slot in groups.items():
+    for key, slot in groups.items():
+        kind, tgid, comm, cgroup_id, family, raddr, port, direction, laddr = key
         count, dur_sum, dur_count, buckets = slot
         end = comm.find(b"\0")
         out.append(
@@ -123,6 +126,7 @@ def tallies_of(groups: dict[GroupKey, list[Any]]) -> list[ConnTally]:
                 port=port,
                 direction=DIRECTIONS.get(direction),
                 count=count,
+                laddr=format_addr(family, laddr),
                 duration_sum=dur_sum / 1e9,
                 duration_count=dur_count,
                 buckets=buckets or [0] * (len(DURATION_BUCKETS) + 1),
