@@ -199,7 +199,7 @@ def serve(
     import uvicorn
 
     from .agent import Agent
-    from .flows.collector import FlowCollector
+    from .flows.collector import FOLD_AT, FlowCollector
     from .ipprofile import IpProfiler
     from .kube import KubeDirectory, KubeUnavailable, LocalContainers
     from .memory import tune_malloc
@@ -247,7 +247,10 @@ def serve(
         btf_path=ctx.obj.get("btf"),
         udp=udp,
         events="batches",
-        fold_closed=True,  # churn costs per group, not per connection
+        # churn costs per group, not per connection (a few short
+        # connections per poll stay flows of their own)
+        fold_closed=True,
+        fold_at=FOLD_AT,
     )
     metrics = FlowMetrics(
         labels=metrics_labels,

@@ -275,3 +275,22 @@ def test_without_folding_every_connection_is_a_flow() -> None:
         flows.entries[key(port)] = value(100, 10, closed_ns=4_001_000)
     c = collector(tool)
     assert sorted(changed(c)) == list(range(50000, 50005))
+
+
+def test_a_few_short_connections_per_poll_stay_flows_of_their_own() -> None:
+    """Below ``fold_at`` a poll keeps short connections one by one (with
+    their client port); at it, it folds them."""
+    tool = FakeTool()
+    flows = tool.obj.maps[FLOW_MAP]
+    c = collector(tool, fold_closed=True, fold_at=10)
+    for port in range(50000, 50009):
+        flows.entries[key(port)] = value(100, 10, closed_ns=4_001_000)
+    assert sorted(changed(c)) == list(range(50000, 50009))
+    assert c.stats().flows_folded == 0
+    time.sleep(0.001)
+    changed(c)  # reported: deleted now
+    for port in range(51000, 51010):
+        flows.entries[key(port)] = value(100, 10, closed_ns=4_001_000)
+    [agg] = flows_of(c.poll())
+    assert (agg.lport, agg.folded) == (0, 10)
+    assert flows.entries == {}

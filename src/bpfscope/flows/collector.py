@@ -16,10 +16,9 @@ The kernel keeps cumulative counters per flow in an LRU hash; each poll
 reads the whole table with one batch lookup (per-key iteration where the
 kernel lacks batch ops), compares each value with the previous one and
 decodes only what changed. Flows that closed (and did not change since) or
-stayed idle for ``idle_timeout`` are deleted from the kernel table and from
-the collector, so memory stays bounded by the table size however many flows
-come and go. Entries the kernel evicted because the table was full are
-counted (inserts - removed - present), never hidden.
+stayed idle for ``idle_timeout`` are deleted from both; short connections
+can be folded per group (``fold_closed``, flows/fold.py). Entries the kernel
+evicted are counted (inserts - removed - present), never hidden.
 """
 
 from __future__ import annotations
@@ -60,6 +59,7 @@ from .records import (
 
 __all__ = [
     "DEFAULT_MAX_ENTRIES",
+    "FOLD_AT",
     "FlowCollector",
     "KernelFilter",
     "Record",
@@ -72,6 +72,8 @@ DEFAULT_MAX_ENTRIES: Final = 262144
 # read every 10 ms by the event thread; each byte is resident twice (the
 # data pages are mapped twice), so the ring is ~16 MB of the agent's RSS
 DEFAULT_EVENTS_SIZE: Final = 8 << 20
+# The agent folds short connections in polls that find this many (churn)
+FOLD_AT: Final = 100
 FLOW_MAP: Final = "flows"
 HEALTH_MAP: Final = "flow_health"  # counters path: TCP health per flow
 
@@ -114,21 +116,23 @@ class FlowCollector:
         events: str = "objects",
         event_buffer_bytes: int = 32 << 20,
         fold_closed: bool = False,
+        fold_at: int = 1,
     ) -> None:
-        """``loader`` (the attached tool) and ``ring`` (the event ring buffer
-        over its map, one callback per record) exist for tests; by default
-        the ring is drained in bulk on a thread of its own (libbpf's callback
-        consumer where bulk reading is not safe). ``events``: see
+        """``loader`` (the attached tool) and ``ring`` (the ring buffer over
+        its map, one callback per record) exist for tests; by default the
+        ring is drained in bulk on a thread of its own. ``events``: see
         ``EVENT_MODES``; ``event_buffer_bytes`` bounds raw events between polls.
         ``fold_closed``: TCP connections that opened and closed between two
         polls become one record per group and poll (``FlowRecord.folded``),
-        not a flow each (what the agent uses: churn then costs per group)."""
+        not a flow each (what the agent uses: churn then costs per group),
+        in polls that find at least ``fold_at`` of them (fewer stay flows of
+        their own, with their client port)."""
         if max_entries < 1:
             raise ValueError("max_entries must be positive")
         if events not in EVENT_MODES:
             raise ValueError(f"events must be one of {', '.join(EVENT_MODES)}")
         self.events, self.event_buffer_bytes = events, event_buffer_bytes
-        self.fold_closed = fold_closed
+        self.fold_closed, self.fold_at = fold_closed, max(1, fold_at)
         if drain not in ("batch", "per-key"):
             raise ValueError("drain must be 'batch' or 'per-key'")
         self.kernel_filter = kernel_filter or KernelFilter()
@@ -157,8 +161,6 @@ class FlowCollector:
         self._last_poll = 0.0
         self._wall_offset = time.time() - time.monotonic()
         self._stats = CollectorStats(map_capacity=max_entries, drain=drain)
-
-    # lifecycle -------------------------------------------------------------
 
     def hooks(self, counters: bool | None = None) -> list[Hook]:
         """The hooks to load: on the counters path lifecycle and accept hooks
@@ -281,8 +283,6 @@ class FlowCollector:
     def rungs(self) -> dict[str, str | None]:
         return self.attached.rungs()
 
-    # events ----------------------------------------------------------------
-
     def _count_drops(self) -> None:
         """After each drain (event thread): the kernel's cumulative drop count,
         so health tells it even while a poll runs long."""
@@ -378,7 +378,16 @@ class FlowCollector:
         for key in [k for k in flows if k not in present]:
             del flows[key]
             self._evicted_seen += 1
-        folded, taken = self._fold_short(short, dt) if short else ([], 0)
+        folded: list[FlowRecord] = []
+        taken = 0
+        if len(short) >= self.fold_at:
+            folded, taken = self._fold_short(short, dt)
+        else:  # a few: kept one by one as any flow (deleted at the next poll)
+            for key, raw in short:
+                meta = decode_key(key)
+                tracked = flows[key] = _Tracked(meta, b"", self._new_record(meta, raw), now)
+                self._update(tracked, raw, dt, now)
+                folded.append(tracked.record)
         changed.extend(folded)
         if self._counters is not None:
             self._read_health()
@@ -393,14 +402,10 @@ class FlowCollector:
     def _fold_short(
         self, short: list[tuple[bytes, bytes]], dt: float
     ) -> tuple[list[FlowRecord], int]:
-        """TCP connections that opened and closed between two polls: folded
-        into one record per group (``fold.fold_closed``), then deleted from
-        the kernel table (and their health) in one batch. Returns the
-        records and how many keys were deleted.
-
-        Their values as read are final (the close credited the last
-        counters); a key the kernel evicted meanwhile is not deleted again,
-        and is counted as evicted."""
+        """Short connections folded per group (``fold.fold_closed``), then
+        deleted from the kernel table and health in one batch: their values
+        as read are final (the close credited the last counters). Returns
+        the records and how many keys were deleted (not the evicted)."""
         obj = self.attached.obj
         keys = [k for k, _ in short]
         taken = obj.map(FLOW_MAP).delete_batch(keys)
@@ -559,8 +564,6 @@ class FlowCollector:
             s.events_unbuffered = self._events.unbuffered
             s.event_drains = self._events.drains
             s.event_drain_seconds_max = self._events.longest_drain
-
-    # snapshot access ---------------------------------------------------------
 
     def snapshot(self) -> list[FlowRecord]:
         """Every flow the collector currently tracks (as of the last poll)."""
