@@ -164,14 +164,21 @@ def _history(db: Path, services: tuple[int, ...]) -> tuple[int, int, int, int]:
     return int(rows), int(groups), int(opened), int(closed)
 
 
-def _one_rate(exe: Path, nginx_port: int, rate: int, seconds: float, procs: int) -> RateResult:
+def _one_rate(
+    exe: Path,
+    nginx_port: int,
+    rate: int,
+    seconds: float,
+    procs: int,
+    serve_args: tuple[str, ...] = (),
+) -> RateResult:
     httpx = _httpx()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     interval = 1.0
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "history.db"
-        agent = start_agent(port, db, 262144)
+        agent = start_agent(port, db, 262144, serve_args)
         try:
             with httpx.Client(base_url=url, timeout=30) as c:
                 time.sleep(2 * interval)  # a poll or two before the load
@@ -233,6 +240,7 @@ def run(
     seconds: float = 20.0,
     procs: int = 8,
     progress: Any = None,
+    serve_args: tuple[str, ...] = (),
 ) -> list[RateResult]:
     exe = _generator()
     nginx_port = free_port()
@@ -243,7 +251,7 @@ def run(
             for rate in rates:
                 if progress is not None:
                     progress(f"{rate or 'max'} connections/s for {seconds:g} s ...")
-                results.append(_one_rate(exe, nginx_port, rate, seconds, procs))
+                results.append(_one_rate(exe, nginx_port, rate, seconds, procs, serve_args))
         finally:
             nginx.send_signal(signal.SIGQUIT)
             try:
