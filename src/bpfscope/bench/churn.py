@@ -140,21 +140,23 @@ def _rss_peak_mb(pid: int) -> float:
 
 
 def _history(db: Path, services: tuple[int, ...]) -> tuple[int, int, int, int]:
-    """(rows in the fullest bucket, distinct (process, peer, service port),
-    the generator's connections opened and closed):
-    a process is a pid (with its command name), as in the history's key;
-    the service port is whichever end is one of ``services`` (the ports
-    listening here), else the lower one."""
+    """Of the churn's own rows (the generator and nginx, on ``services``,
+    the ports listening here): rows in the fullest bucket, distinct
+    (process, peer, service port), a process being a pid as in the
+    history's key; and the generator's connections opened and closed."""
     known = ",".join(str(p) for p in services)
     with sqlite3.connect(db) as con:
+        # the churn's own rows: the agent sees the whole host, and other
+        # work on it (a shared machine) would count here too
+        mine = f"comm IN ('{COMM}', 'nginx') AND (lport IN ({known}) OR rport IN ({known}))"
         rows = con.execute(
             "SELECT coalesce(max(c), 0) FROM"
-            " (SELECT count(*) c FROM flow_buckets GROUP BY bucket_start)"
+            f" (SELECT count(*) c FROM flow_buckets WHERE {mine} GROUP BY bucket_start)"
         ).fetchone()[0]
         groups = con.execute(
             "SELECT count(*) FROM (SELECT DISTINCT pid, comm, raddr,"
-            f" CASE WHEN lport IN ({known}) THEN lport WHEN rport IN ({known}) THEN rport"
-            " ELSE min(lport, rport) END FROM flow_buckets)"
+            f" CASE WHEN lport IN ({known}) THEN lport ELSE rport END"
+            f" FROM flow_buckets WHERE {mine})"
         ).fetchone()[0]
         opened, closed = con.execute(
             "SELECT coalesce(sum(opened), 0), coalesce(sum(closed), 0) FROM flow_buckets"
