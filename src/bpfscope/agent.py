@@ -16,7 +16,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
@@ -85,6 +85,8 @@ class DropSource(Collector[list[Any]], Protocol):
     reasons: Any  # drops.records.ReasonNames
 
     def snapshot(self) -> list[Any]: ...
+
+    def use_flow_owners(self, flows: Iterable[Any]) -> None: ...
 
     @property
     def tool(self) -> _Attached: ...
@@ -275,7 +277,7 @@ class Agent:
         self.state.done(time.monotonic() - t0, now)
         snap = self._poll_syscalls() if self.syscalls is not None and self.sys_state.alive else None
         if self.drops is not None and self.drop_state.alive:
-            self._poll_drops()
+            self._poll_drops(view)
         published = self._read_own()
         changes = PollChanges(
             time=now,
@@ -345,10 +347,13 @@ class Agent:
             return
         self.drop_state.alive = True
 
-    def _poll_drops(self) -> None:
+    def _poll_drops(self, flows: list[FlowRecord]) -> None:
         assert self.drops is not None
         t0 = time.monotonic()
         try:
+            # drops of a flow whose owner the drop program did not know get
+            # the flows collector's owner of the same flow (docs/drops.md)
+            self.drops.use_flow_owners(flows)
             self.drops.poll()
         except Exception as exc:  # the drop collector is dead; flows go on
             log.exception("drop collector failed")

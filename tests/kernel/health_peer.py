@@ -7,7 +7,9 @@ the peer closes (``read``) or on ``quit`` from stdin.
 client ADDR PORT MODE SECONDS: connects, prints ``connected LPORT``, then
 sends for SECONDS: ``bulk`` (64 KiB writes back to back), ``chunks``
 (1000-byte writes with 50 ms pauses), ``sndbuf`` (SO_SNDBUF 4096 before
-connect, bulk writes), ``idle`` (one 1000-byte write, then an abortive close: SO_LINGER 0).
+connect, blocking 64 KiB writes: the kernel counts sndbuf-limited time for
+a writer that sleeps in sendmsg, not for one that polls, see
+docs/flow-health.md), ``idle`` (one 1000-byte write, then an abortive close: SO_LINGER 0).
 Then prints ``sent N`` and waits for a line on stdin before closing.
 """
 
@@ -53,11 +55,17 @@ def client(addr: str, port: int, mode: str, seconds: float) -> None:
     end = time.monotonic() + seconds
     if mode == "idle":
         sent = s.send(b"i" * 1000)
+    elif mode == "sndbuf":  # blocking: each write waits for buffer space in sendmsg
+        s.settimeout(None)
+        block = b"b" * 16384  # 16 ms at the shaped path's rate: ends near the deadline
+        while time.monotonic() < end:
+            s.sendall(block)
+            sent += len(block)
     elif mode == "chunks":
         while time.monotonic() < end:
             sent += s.send(b"c" * 1000)
             time.sleep(0.05)
-    else:  # bulk, sndbuf: as fast as the socket takes it, never blocking past the end
+    else:  # bulk: as fast as the socket takes it, never blocking past the end
         s.setblocking(False)
         block = b"b" * 65536
         while time.monotonic() < end:

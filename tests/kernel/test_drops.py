@@ -31,6 +31,7 @@ pytestmark = pytest.mark.kernel
 
 UDP_PORT = 39111
 TCP_PORT = 39112
+NFT_PORT = 39113  # its own: namespace inodes are reused, kept records are not
 CLIENT_PORT = 41234
 
 
@@ -165,13 +166,13 @@ def test_udp_to_a_closed_port_counts_each_datagram_once(collector: DropCollector
 def test_nftables_drops_count_each_datagram_once(collector: DropCollector) -> None:
     n = 11
     with netns_pair() as pair:
-        nft_drop(pair.b, "input", f"udp dport {UDP_PORT}")
-        send_udp(pair.a, pair.b4, UDP_PORT, n)
-        wait_total(collector, lambda rs: matching(rs, reason="NETFILTER_DROP", dport=UDP_PORT), n)
+        nft_drop(pair.b, "input", f"udp dport {NFT_PORT}")
+        send_udp(pair.a, pair.b4, NFT_PORT, n)
+        wait_total(collector, lambda rs: matching(rs, reason="NETFILTER_DROP", dport=NFT_PORT), n)
         time.sleep(0.3)
         collector.poll()
         got = matching(
-            collector.snapshot(), reason="NETFILTER_DROP", dport=UDP_PORT, netns=pair.inode(pair.b)
+            collector.snapshot(), reason="NETFILTER_DROP", dport=NFT_PORT, netns=pair.inode(pair.b)
         )
         assert sum(r.count for r in got) == n, [r.to_json() for r in got]
         assert {(r.proto, r.src, r.dst, r.sport, r.netns) for r in got} == {
@@ -179,7 +180,7 @@ def test_nftables_drops_count_each_datagram_once(collector: DropCollector) -> No
         }
         # nothing reached the UDP layer: no NO_SOCKET drop for these
         assert not matching(
-            collector.snapshot(), reason="NO_SOCKET", dport=UDP_PORT, netns=pair.inode(pair.b)
+            collector.snapshot(), reason="NO_SOCKET", dport=NFT_PORT, netns=pair.inode(pair.b)
         )
 
 

@@ -21,7 +21,6 @@ from bpfscope.drops.records import (
     AF_INET6,
     F_HEADERS,
     F_LOCAL_SRC,
-    F_OWNER,
     F_REASON,
     F_SOCK,
     MIRRORS,
@@ -61,6 +60,7 @@ def entry(
     flags: int = F_REASON | F_HEADERS,
     reason: int = 3,
     tgid: int = 0,
+    ino: int = 0,
     comm: bytes = b"",
     count: int = 4,
     nbytes: int = 60,
@@ -70,7 +70,7 @@ def entry(
     k.netns = 4026531840
     k.ifindex = 2
     k.reason = reason
-    k.tgid = tgid
+    k.sock_ino = ino
     k.family = family
     k.proto = proto
     k.flags = flags
@@ -80,6 +80,7 @@ def entry(
     ctypes.memmove(k.daddr, ipaddress.ip_address(dst).packed, size)
     v = DropValueC(count=count, bytes=nbytes, first_ns=2_000_000_000, last_ns=3_000_000_000)
     v.comm = comm
+    v.tgid = tgid
     v.ifname = b"eth0"
     return bytes(k), bytes(v)
 
@@ -126,9 +127,10 @@ def test_decode_a_socketless_udp_drop() -> None:
 def test_decode_an_owned_tcp_drop_orients_its_flow() -> None:
     k, v = entry(
         proto=6,
-        flags=F_REASON | F_HEADERS | F_SOCK | F_OWNER,  # received: the packet's source is remote
+        flags=F_REASON | F_HEADERS | F_SOCK,  # received: the packet's source is remote
         reason=12,
         tgid=4242,
+        ino=31337,
         comm=b"curl",
         src="10.9.9.9",
         sport=443,
@@ -137,11 +139,13 @@ def test_decode_an_owned_tcp_drop_orients_its_flow() -> None:
     )
     r = decode(k, v, NAMES)
     assert (r.pid, r.comm, r.reason) == (4242, "curl", "NETFILTER_DROP")
+    assert (r.owner_from, r.sock_ino) == ("kernel", 31337)
+    assert r.to_json()["socket_inode"] == 31337
     assert r.flow() == {"laddr": "10.1.1.1", "lport": 40000, "raddr": "10.9.9.9", "rport": 443}
-    k, v = entry(proto=6, flags=F_REASON | F_SOCK | F_LOCAL_SRC, tgid=77)
+    k, v = entry(proto=6, flags=F_REASON | F_SOCK | F_LOCAL_SRC, comm=b"stale")
     r = decode(k, v, NAMES)
     assert r.flow() == {"laddr": "10.1.2.3", "lport": 5000, "raddr": "10.1.2.4", "rport": 53}
-    assert r.pid == 0  # no F_OWNER: a tgid in the key is not trusted
+    assert (r.pid, r.comm, r.owner_from) == (0, "", None)  # no owner: its comm is not trusted
 
 
 def test_decode_without_reason_or_headers() -> None:
@@ -189,9 +193,7 @@ def test_filters_and_reasons() -> None:
         decode(*entry(), NAMES),
         decode(*entry(reason=12, dport=80, count=9), NAMES),
         decode(
-            *entry(
-                proto=6, flags=F_REASON | F_HEADERS | F_SOCK | F_OWNER, tgid=5, comm=b"nc", count=2
-            ),
+            *entry(proto=6, flags=F_REASON | F_HEADERS | F_SOCK, tgid=5, comm=b"nc", count=2),
             NAMES,
         ),
     ]

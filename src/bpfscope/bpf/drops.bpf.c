@@ -7,11 +7,14 @@
  * still reports SKB_CONSUMED here has it skipped).
  *
  * Attribution: the skb's socket (skb->sk, or the tracepoint's rx_sk on
- * 6.11+) gives the flow's tuple and cgroup; its owner (process) is what the
- * owner hook recorded when the socket connected, in process context. The
- * task running kfree_skb is never used: on receive (softirq) it is whoever
- * was interrupted. Without a socket the drop belongs to the network
- * namespace, interface and the packet's own headers.
+ * 6.11+) gives the flow's tuple and cgroup; its owner (process) is what was
+ * seen in process context: the owner hook records who connects a TCP
+ * socket, and the sweep (iter/task_file, run by the collector when drops
+ * wait for an owner) finds the process holding any other socket (accepted
+ * TCP, UDP, sockets older than the collector) by its inode. The task
+ * running kfree_skb is never used: on receive (softirq) it is whoever was
+ * interrupted. Without a socket the drop belongs to the network namespace,
+ * interface and the packet's own headers.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -48,6 +51,18 @@ struct {
 	__type(value, struct drop_owner);
 } drop_owners SEC(".maps");
 
+/*
+ * Owners by socket inode, for sockets the owner hook did not see. A drop of
+ * such a socket adds its inode with tgid 0 (wanted); the sweep fills in the
+ * process holding it; later drops read it here.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct drop_owner);
+} drop_ino_owners SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, DROP_STAT_MAX);
@@ -61,6 +76,58 @@ static __always_inline void stat_inc(__u32 slot)
 
 	if (v)
 		*v += 1;
+}
+
+#define NEXTHDR_HOP 0
+#define NEXTHDR_ROUTING 43
+#define NEXTHDR_FRAGMENT 44
+#define NEXTHDR_AUTH 51
+#define NEXTHDR_DEST 60
+#define IPV6_MAX_EXT 6
+
+/*
+ * IPv6 extension headers before the transport header (hop-by-hop, routing,
+ * destination options, fragment, AH), at most IPV6_MAX_EXT of them: the
+ * upper protocol, with *off moved to its header; *off = NO_HEADER when the
+ * ports are not in this packet (a fragment other than the first) or a
+ * header could not be read.
+ */
+static __always_inline __u8 ipv6_skip_ext(unsigned char *head, __u8 proto, __u16 *off)
+{
+	__u8 eh[2];
+	__u16 frag;
+	int i;
+
+#pragma clang loop unroll(full)
+	for (i = 0; i < IPV6_MAX_EXT; i++) {
+		if (proto != NEXTHDR_HOP && proto != NEXTHDR_ROUTING && proto != NEXTHDR_DEST &&
+		    proto != NEXTHDR_FRAGMENT && proto != NEXTHDR_AUTH)
+			return proto;
+		if (bpf_probe_read_kernel(eh, sizeof(eh), head + *off)) {
+			*off = NO_HEADER;
+			return proto;
+		}
+		if (proto == NEXTHDR_FRAGMENT) {
+			if (bpf_probe_read_kernel(&frag, sizeof(frag), head + *off + 2)) {
+				*off = NO_HEADER;
+				return proto;
+			}
+			*off += 8;
+			if (bpf_ntohs(frag) & 0xfff8) {
+				*off = NO_HEADER; /* offset > 0: the transport header is elsewhere */
+				return eh[0];
+			}
+		} else if (proto == NEXTHDR_AUTH) {
+			*off += (eh[1] + 2) * 4;
+		} else {
+			*off += (eh[1] + 1) * 8;
+		}
+		proto = eh[0];
+	}
+	if (proto == NEXTHDR_HOP || proto == NEXTHDR_ROUTING || proto == NEXTHDR_DEST ||
+	    proto == NEXTHDR_FRAGMENT || proto == NEXTHDR_AUTH)
+		*off = NO_HEADER; /* more headers than walked: no ports */
+	return proto;
 }
 
 /* The packet's addresses and ports from its headers, where they are set. */
@@ -103,11 +170,13 @@ static __always_inline void parse_headers(struct sk_buff *skb, struct drop_key *
 			return;
 		k->l3proto = ETH_P_IPV6;
 		k->family = AF_INET6;
-		k->proto = ip6.nexthdr; /* extension headers are not walked */
 		__builtin_memcpy(k->saddr, &ip6.saddr, 16);
 		__builtin_memcpy(k->daddr, &ip6.daddr, 16);
 		k->flags |= DROP_F_HEADERS;
 		l4off = nh + sizeof(ip6);
+		k->proto = ipv6_skip_ext(head, ip6.nexthdr, &l4off);
+		if (l4off == NO_HEADER)
+			return; /* not the first fragment, or unreadable: no ports */
 	} else {
 		return;
 	}
@@ -139,13 +208,14 @@ static __always_inline void sock_tuple(struct sock *sk, struct drop_key *k, int 
 	k->family = family;
 }
 
-/* Attribution to an inet socket: its netns, cgroup and recorded owner. */
-static __always_inline const char *from_socket(struct sock *sk, struct drop_key *k)
+/* Attribution to an inet socket: its netns, cgroup, inode and its owner
+ * where one is known. */
+static __always_inline struct drop_owner *from_socket(struct sock *sk, struct drop_key *k)
 {
 	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
 	__u8 state = BPF_CORE_READ(sk, __sk_common.skc_state);
 	__u64 skp = (__u64)sk;
-	struct drop_owner *o;
+	struct drop_owner *o, wanted = {};
 
 	if (family != AF_INET && family != AF_INET6)
 		return NULL;
@@ -161,16 +231,25 @@ static __always_inline const char *from_socket(struct sock *sk, struct drop_key 
 	} else if (k->sport == BPF_CORE_READ(sk, __sk_common.skc_num)) {
 		k->flags |= DROP_F_LOCAL_SRC;
 	}
-	/* request and time-wait socks end at sock_common: no cgroup there */
-	if (state != TCP_NEW_SYN_RECV && state != TCP_TIME_WAIT &&
-	    bpf_core_field_exists(struct sock_cgroup_data, cgroup))
-		k->cgroup_id = BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
-	o = bpf_map_lookup_elem(&drop_owners, &skp);
-	if (!o)
+	/* request and time-wait socks end at sock_common: no cgroup, no inode */
+	if (state == TCP_NEW_SYN_RECV || state == TCP_TIME_WAIT)
 		return NULL;
-	k->tgid = o->tgid;
-	k->flags |= DROP_F_OWNER;
-	return o->comm;
+	if (bpf_core_field_exists(struct sock_cgroup_data, cgroup))
+		k->cgroup_id = BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
+	/* an orphaned socket (closed by its process) has no file, no inode */
+	k->sock_ino = BPF_CORE_READ(sk, sk_socket, file, f_inode, i_ino);
+	o = bpf_map_lookup_elem(&drop_owners, &skp);
+	if (o)
+		return o;
+	if (!k->sock_ino)
+		return NULL;
+	o = bpf_map_lookup_elem(&drop_ino_owners, &k->sock_ino);
+	if (o && o->tgid)
+		return o;
+	if (!o)
+		bpf_map_update_elem(&drop_ino_owners, &k->sock_ino, &wanted, BPF_NOEXIST);
+	stat_inc(DROP_STAT_OWNER_WANTED);
+	return NULL;
 }
 
 static __always_inline int on_drop(struct sk_buff *skb, void *location, __u32 reason,
@@ -180,7 +259,7 @@ static __always_inline int on_drop(struct sk_buff *skb, void *location, __u32 re
 	struct drop_value fresh = {}, *v;
 	struct net_device *dev;
 	struct sock *sk;
-	const char *comm;
+	struct drop_owner *owner;
 	__u64 now;
 	long err;
 
@@ -208,7 +287,7 @@ static __always_inline int on_drop(struct sk_buff *skb, void *location, __u32 re
 		k.ifindex = BPF_CORE_READ(dev, ifindex);
 		k.netns = BPF_CORE_READ(dev, nd_net.net, ns.inum);
 	}
-	comm = sk ? from_socket(sk, &k) : NULL;
+	owner = sk ? from_socket(sk, &k) : NULL;
 	if (!(k.flags & DROP_F_SOCK) && !(k.flags & DROP_F_HEADERS))
 		k.family = 0; /* neither socket nor headers said */
 
@@ -216,8 +295,10 @@ static __always_inline int on_drop(struct sk_buff *skb, void *location, __u32 re
 	v = bpf_map_lookup_elem(&packet_drops, &k);
 	if (!v) {
 		fresh.first_ns = now;
-		if (comm)
-			bpf_probe_read_kernel(fresh.comm, sizeof(fresh.comm), comm);
+		if (owner) {
+			fresh.tgid = owner->tgid;
+			__builtin_memcpy(fresh.comm, owner->comm, sizeof(fresh.comm));
+		}
 		if (dev)
 			BPF_CORE_READ_INTO(&fresh.ifname, dev, name);
 		err = bpf_map_update_elem(&packet_drops, &k, &fresh, BPF_NOEXIST);
@@ -228,6 +309,10 @@ static __always_inline int on_drop(struct sk_buff *skb, void *location, __u32 re
 		v = bpf_map_lookup_elem(&packet_drops, &k);
 		if (!v)
 			return 0;
+	}
+	if (owner && !v->tgid) { /* learnt after this key's first drop */
+		__builtin_memcpy(v->comm, owner->comm, sizeof(v->comm));
+		v->tgid = owner->tgid;
 	}
 	__sync_fetch_and_add(&v->count, 1);
 	__sync_fetch_and_add(&v->bytes, BPF_CORE_READ(skb, len));
@@ -319,6 +404,38 @@ SEC("tracepoint/sock/inet_sock_set_state")
 int owner_tracepoint(struct trace_event_raw_inet_sock_set_state *ctx)
 {
 	return on_state((struct sock *)ctx->skaddr, ctx->newstate);
+}
+
+/*
+ * The sweep (iter/task_file, run by the collector when drops wait for an
+ * owner, rate-limited): every socket file whose inode a drop asked about
+ * gets the process holding it. A socket shared by several processes (fork,
+ * SCM_RIGHTS) goes to the first one visited. Threads of one process share
+ * the file table: the iterator visits it once per process.
+ */
+SEC("iter/task_file")
+int drops_sweep(struct bpf_iter__task_file *ctx)
+{
+	struct task_struct *task = ctx->task;
+	struct file *file = ctx->file;
+	struct drop_owner *o;
+	struct socket *so;
+	__u32 ino;
+
+	if (!task || !file)
+		return 0;
+	so = bpf_sock_from_file(file);
+	if (!so)
+		return 0;
+	ino = BPF_CORE_READ(file, f_inode, i_ino);
+	o = bpf_map_lookup_elem(&drop_ino_owners, &ino);
+	if (!o || o->tgid)
+		return 0;
+	o->cgroup_id = BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
+	BPF_CORE_READ_INTO(&o->comm, task, comm);
+	o->tgid = BPF_CORE_READ(task, tgid);
+	stat_inc(DROP_STAT_SWEPT);
+	return 0;
 }
 
 /* Keeps the structs in the object's BTF for the layout test. */

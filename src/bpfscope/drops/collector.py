@@ -14,6 +14,7 @@ import bisect
 import ctypes
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -21,6 +22,7 @@ from ..features import Mechanism
 from ..flows.attribution import Attribution
 from ..ladder import AttachedObject
 from . import programs
+from .owners import FlowOwners, OwnerSweep, resolve
 from .records import STAT_MAX, STAT_SLOTS, DropRecord, ReasonNames, decode, protocol_label
 
 __all__ = ["IDLE_POLLS", "CollectorStats", "DropCollector", "KernelSymbols"]
@@ -77,6 +79,10 @@ class CollectorStats:
     map_max: int = 0
     rungs: dict[str, str | None] = field(default_factory=dict)
     reasons_known: int = 0  # names read from the kernel's BTF
+    owner_wanted: int = 0  # drops of a socket whose owner the kernel did not know
+    owners_swept: int = 0  # owners the sweep found
+    sweeps: int = 0
+    sweep_seconds: float = 0.0  # the last sweep's duration
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -88,6 +94,10 @@ class CollectorStats:
             "map_fill": round(self.keys / self.map_max, 4) if self.map_max else 0.0,
             "rungs": self.rungs,
             "reasons_known": self.reasons_known,
+            "owner_wanted": self.owner_wanted,
+            "owners_swept": self.owners_swept,
+            "sweeps": self.sweeps,
+            "sweep_seconds": round(self.sweep_seconds, 6),
         }
 
 
@@ -123,6 +133,8 @@ class DropCollector:
         # cumulative drops by (reason, protocol label): the metric's series
         self.totals: dict[tuple[str, str], int] = {}
         self._wall_offset = time.time() - time.monotonic()
+        self._sweep: OwnerSweep | None = None
+        self._flow_owners: FlowOwners | None = None
 
     # lifecycle ---------------------------------------------------------------
 
@@ -135,9 +147,22 @@ class DropCollector:
             self.attached = programs.load(
                 force=self._force, btf_path=self._btf_path, max_entries=self._max_entries
             )
+            if programs.SWEEP_ITER in self.attached.extras.programs:
+                try:
+                    self._sweep = OwnerSweep(self.attached.obj)
+                except Exception:
+                    self.close()
+                    raise
         return self
 
+    def use_flow_owners(self, flows: Iterable[Any]) -> None:
+        """Owners of the flows collector's flows (the agent, before each
+        poll): a drop of the same flow whose owner the kernel did not know
+        gets that flow's."""
+        self._flow_owners = FlowOwners(flows)
+
     def close(self) -> None:
+        self._sweep = None  # its link goes with the object
         if self.attached is not None:
             self.attached.close()
             self.attached = None
@@ -182,6 +207,8 @@ class DropCollector:
                 rec.drop_bytes = kept.drop_bytes + grown_bytes
                 rec.first_seen = kept.first_seen
                 rec.container = kept.container
+                if not rec.pid and kept.pid:  # resolved here before
+                    rec.pid, rec.comm, rec.owner_from = kept.pid, kept.comm, kept.owner_from
             elif self._attribution is not None and rec.cgroup_id:
                 rec.container = self._attribution.cgroup(rec.cgroup_id).short_container
             rec.delta = grown
@@ -195,6 +222,7 @@ class DropCollector:
                 seen.idle += 1
                 if seen.idle >= IDLE_POLLS:
                     idle.append(raw_key)
+        resolve(self._records.values(), self._flow_owners, self._sweep)
         for raw_key in idle:
             drops.delete(raw_key)
             del self._seen[raw_key]
@@ -218,6 +246,10 @@ class DropCollector:
         s.consumed_skipped = values[STAT_SLOTS["consumed_skipped"]]
         s.update_failed = values[STAT_SLOTS["update_failed"]]
         s.keys_created = values[STAT_SLOTS["inserts"]]
+        s.owner_wanted = values[STAT_SLOTS["owner_wanted"]]
+        s.owners_swept = values[STAT_SLOTS["swept"]]
+        if self._sweep is not None:
+            s.sweeps, s.sweep_seconds = self._sweep.runs, self._sweep.seconds
         s.keys = keys
         s.map_max = max_entries
 

@@ -5,18 +5,21 @@ drop reason is read where the kernel's tracepoint has it (5.17+, a CO-RE
 field check in the program). ``owner`` (optional) hooks
 ``sock:inet_sock_set_state`` to record who connects each TCP socket, in
 process context, so that a drop seen later in softirq is attributed to the
-socket's owner and not to whichever task was interrupted.
+socket's owner and not to whichever task was interrupted. The sweep
+(``iter/task_file``, an extra the collector runs itself) finds the process
+holding any other socket a drop asked about, by its inode.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Final
 
 from ..features import Mechanism
-from ..ladder import AttachedObject, Hook, Rung, load_object
+from ..ladder import AttachedObject, Choice, Extras, Hook, Rung, load_object
 
-__all__ = ["CORE", "DESCRIPTION", "NAME", "OBJECT", "hooks", "load"]
+__all__ = ["CORE", "DESCRIPTION", "EXTRAS", "NAME", "OBJECT", "hooks", "load", "sweep_extras"]
 
 OBJECT: Final = "drops"
 NAME: Final = "drops"
@@ -26,6 +29,8 @@ CORE: Final = False
 DROPS_MAP: Final = "packet_drops"
 OWNERS_MAP: Final = "drop_owners"
 STATS_MAP: Final = "drops_stats"
+INO_OWNERS_MAP: Final = "drop_ino_owners"
+SWEEP_ITER: Final = "drops_sweep"
 
 
 def _tracepoint_rungs(hook: str, category: str, tp: str) -> tuple[Rung, ...]:
@@ -45,6 +50,21 @@ def hooks(owners: bool = True) -> list[Hook]:
     return out
 
 
+def sweep_extras(choices: Sequence[Choice]) -> Extras:
+    """The owner sweep (``iter/task_file``, 5.11+ for bpf_sock_from_file):
+    a kernel that refuses it gets the same rungs without it, and drops of
+    sockets the owner hook did not see keep ``pid: null`` (in the agent, the
+    flows collector's owner of the same flow still applies)."""
+    return Extras(
+        programs=frozenset({SWEEP_ITER}),
+        description="owners of dropping sockets from the processes' file tables",
+    )
+
+
+# What doctor --check loads along with the hooks: the collector's own choice.
+EXTRAS: Final = sweep_extras
+
+
 def load(
     *,
     force: Mechanism | None = None,
@@ -53,4 +73,11 @@ def load(
 ) -> AttachedObject:
     """Load and attach; nothing stays attached if this fails."""
     sizes = {DROPS_MAP: max_entries} if max_entries else None
-    return load_object(OBJECT, hooks(), force=force, btf_path=btf_path, max_entries=sizes)
+    return load_object(
+        OBJECT,
+        hooks(),
+        force=force,
+        btf_path=btf_path,
+        max_entries=sizes,
+        extras=sweep_extras,
+    )

@@ -48,11 +48,18 @@ F_REASON: Final = 0x1
 F_SOCK: Final = 0x2
 F_LOCAL_SRC: Final = 0x4
 F_HEADERS: Final = 0x8
-F_OWNER: Final = 0x10
+F_OWNER: Final = 0x10  # no longer set: the owner is in the value (tgid != 0)
 
 # stats slots (drops.h)
-STAT_SLOTS: Final = {"seen": 0, "consumed_skipped": 1, "update_failed": 2, "inserts": 3}
-STAT_MAX: Final = 4
+STAT_SLOTS: Final = {
+    "seen": 0,
+    "consumed_skipped": 1,
+    "update_failed": 2,
+    "inserts": 3,
+    "owner_wanted": 4,
+    "swept": 5,
+}
+STAT_MAX: Final = 6
 
 _PREFIX: Final = "SKB_DROP_REASON_"
 _SUBSYS_SHIFT: Final = 16
@@ -69,7 +76,7 @@ class DropKeyC(ctypes.Structure):
         ("netns", ctypes.c_uint32),
         ("ifindex", ctypes.c_uint32),
         ("reason", ctypes.c_uint32),
-        ("tgid", ctypes.c_uint32),
+        ("sock_ino", ctypes.c_uint32),
         ("saddr", ctypes.c_uint8 * 16),
         ("daddr", ctypes.c_uint8 * 16),
         ("sport", ctypes.c_uint16),
@@ -90,6 +97,8 @@ class DropValueC(ctypes.Structure):
         ("last_ns", ctypes.c_uint64),
         ("comm", ctypes.c_char * COMM_LEN),
         ("ifname", ctypes.c_char * IFNAME_LEN),
+        ("tgid", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
     ]
 
 
@@ -215,7 +224,10 @@ def _addr(family: int, raw: bytes) -> str | None:
 @dataclass
 class DropRecord:
     """Drops of one kind (one kernel key): cumulative ``count``/``bytes``
-    and, per poll, ``delta``. ``pid`` is the socket's owner, 0 when unknown."""
+    and, per poll, ``delta``. ``pid`` is the socket's owner, 0 when unknown;
+    ``owner_from`` says who knew it: ``kernel`` (connect hook or sweep, read
+    in the BPF program), ``sweep`` (found after the first drops), ``flows``
+    (the agent's flows collector owns the same flow)."""
 
     reason: str | None  # None: the kernel gives no reason (before 5.17)
     reason_code: int | None
@@ -240,6 +252,8 @@ class DropRecord:
     first_seen: float = 0.0
     last_seen: float = 0.0
     container: str | None = None
+    sock_ino: int = 0  # the socket's inode (0: none, or orphaned)
+    owner_from: str | None = None
     key: bytes = field(default=b"", repr=False, compare=False)
 
     # What the shared flow filter looks at (flowquery.FlowLike): either end.
@@ -290,6 +304,8 @@ class DropRecord:
             "flow": self.flow(),
             "pid": self.pid or None,
             "comm": self.comm or None,
+            "owner_from": self.owner_from if self.pid else None,
+            "socket_inode": self.sock_ino or None,
             "cgroup_id": self.cgroup_id or None,
             "container": self.container,
             "first_seen": round(self.first_seen, 3),
@@ -314,7 +330,7 @@ def decode(
     parsed = bool(flags & (F_HEADERS | F_SOCK)) and family
     proto = protocol_name(family, k.proto, k.l3proto)
     has_ports = parsed and k.proto in (6, 17)
-    owner = bool(flags & F_OWNER)
+    owner = v.tgid != 0
     return DropRecord(
         reason=reasons.name(k.reason) if flags & F_REASON else None,
         reason_code=k.reason if flags & F_REASON else None,
@@ -330,12 +346,14 @@ def decode(
         dport=k.dport if has_ports else None,
         socket=bool(flags & F_SOCK),
         local_is_src=bool(flags & F_LOCAL_SRC),
-        pid=k.tgid if owner else 0,
+        pid=v.tgid,
         comm=v.comm.decode("utf-8", "replace") if owner else "",
         cgroup_id=k.cgroup_id,
         count=v.count,
         drop_bytes=v.bytes,
         first_seen=v.first_ns / 1e9 + boot_offset,
         last_seen=v.last_ns / 1e9 + boot_offset,
+        sock_ino=k.sock_ino if flags & F_SOCK else 0,
+        owner_from="kernel" if owner else None,
         key=bytes(raw_key),
     )
