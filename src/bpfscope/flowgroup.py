@@ -63,7 +63,8 @@ class FlowGroup:
 
 
 def group_flows(records: Iterable[Any], by: str, peer: PeerNamer | None = None) -> list[FlowGroup]:
-    """One FlowGroup per distinct key; a connection is one flow record."""
+    """One FlowGroup per distinct key; a connection is one flow record (a
+    record of folded short connections counts each of them)."""
     key_of = _key_of(check_group_key(by), peer)
     groups: dict[str, FlowGroup] = {}
     for r in records:
@@ -71,7 +72,7 @@ def group_flows(records: Iterable[Any], by: str, peer: PeerNamer | None = None) 
         g = groups.get(k)
         if g is None:
             g = groups[k] = FlowGroup(by, k)
-        g.connections += 1
+        g.connections += getattr(r, "folded", 0) or 1
         g.tx_bytes += r.tx_bytes
         g.rx_bytes += r.rx_bytes
         g.tx_rate += r.tx_rate

@@ -199,13 +199,15 @@ def serve(
     import uvicorn
 
     from .agent import Agent
-    from .flows.collector import FlowCollector
+    from .flows.collector import FOLD_AT, FlowCollector
     from .ipprofile import IpProfiler
     from .kube import KubeDirectory, KubeUnavailable, LocalContainers
+    from .memory import tune_malloc
     from .metrics import FlowMetrics
     from .server import create_app
     from .store import Store, StoreError, default_path
 
+    tune_malloc()  # before any thread starts: RSS near what the agent holds
     directory = None
     if kube != "off":
         try:
@@ -245,6 +247,10 @@ def serve(
         btf_path=ctx.obj.get("btf"),
         udp=udp,
         events="batches",
+        # churn costs per group, not per connection (a few short
+        # connections per poll stay flows of their own)
+        fold_closed=True,
+        fold_at=FOLD_AT,
     )
     metrics = FlowMetrics(
         labels=metrics_labels,

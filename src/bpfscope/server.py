@@ -36,6 +36,7 @@ from .flowquery import (
     page,
     sort_flows,
 )
+from .liveness import liveness
 from .metrics import DropMetrics, PollTimingMetrics, SyscallMetrics
 from .store import HistoryQuery
 from .syscalls.aggregate import aggregate, aggregate_errnos, grouped_json, top
@@ -472,6 +473,11 @@ def create_app(
     def health() -> JSONResponse:
         data = agent.health()
         return JSONResponse(data, status_code=200 if data["ok"] else 503)
+
+    @app.get("/api/v1/live", summary="Liveness: the process and its poll loop are alive")
+    def live() -> JSONResponse:
+        data = liveness(agent)
+        return JSONResponse(data, status_code=200 if data["alive"] else 503)
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     def metrics() -> Response:

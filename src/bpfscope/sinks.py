@@ -8,6 +8,7 @@ The metrics (:class:`bpfscope.metrics.FlowMetrics`) and the OTLP exporter
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -19,7 +20,15 @@ from .ipprofile import IpProfiler
 from .store import FlowSample, Store
 from .syscalls.records import Snapshot
 
-__all__ = ["EventBuffer", "EventEntry", "HistorySink", "PollChanges", "Published", "flow_sample"]
+__all__ = [
+    "EventBuffer",
+    "EventEntry",
+    "HistorySink",
+    "PollChanges",
+    "Published",
+    "flow_sample",
+    "tally_sample",
+]
 
 
 @dataclass(frozen=True)
@@ -88,6 +97,14 @@ class _Chunk:
             else EVENT_OBJECT_BYTES
         )
 
+    def compact(self) -> None:
+        """Keep only the events not trimmed away, numbered as before."""
+        assert isinstance(self.events, EventBatch)
+        self.events = self.events.tail(self.skip)
+        self.first += self.skip
+        self.count -= self.skip
+        self.skip = 0
+
     def entries(self, start: int, stop: int) -> list[EventEntry]:
         """Entries with index in [start, stop) of this chunk."""
         start = max(start, self.skip)
@@ -141,6 +158,8 @@ class EventBuffer:
             self._bytes -= n * old.per_event
             if old.skip >= old.count:
                 self._chunks.popleft()
+            elif isinstance(old.events, EventBatch) and old.skip * 2 >= old.count:
+                old.compact()  # a poll's batch trimmed to its tail: free the rest
 
     @property
     def nbytes(self) -> int:
@@ -204,10 +223,13 @@ def flow_sample(
     *,
     new: bool = True,
     closed: bool = False,
+    counts: bool = True,
 ) -> FlowSample:
     """The store's view of one interval of one flow, keyed without the
     client's ephemeral port: (process, local address, remote address,
-    service port, direction)."""
+    service port, direction). A record of folded short connections is an
+    aggregate sample: each of them active, and (``counts``: no lifecycle
+    events count them) opened and closed."""
     prof = profiler.profile(rec.raddr) if profiler else None
     direction = service_direction(rec)
     lport, rport = rec.lport, rec.rport or 0
@@ -216,7 +238,9 @@ def flow_sample(
     elif direction == "passive":
         rport = 0
     duration = None
-    if closed and rec.closed is not None and rec.opened is not None:
+    if rec.folded:
+        duration = rec.folded_duration_ms_max if rec.folded_durations else None
+    elif closed and rec.closed is not None and rec.opened is not None:
         duration = max(0, round((rec.closed - rec.opened) * 1000))
     return FlowSample(
         proto=rec.proto,
@@ -241,6 +265,42 @@ def flow_sample(
         closed=closed,
         duration_ms=duration,
         rtt_us=rec.rtt_us,
+        aggregate=bool(rec.folded),
+        folded=rec.folded,
+        opened_n=rec.folded if counts else 0,
+        closed_n=rec.folded if counts else 0,
+        durations=rec.folded_durations if counts else 0,
+        duration_ms_sum=rec.folded_duration_ms_sum if counts else 0,
+    )
+
+
+_COUNTED: Final = ("open", "close")
+
+
+def tally_sample(t: ConnTally, profiler: IpProfiler | _PollProfiles | None) -> FlowSample:
+    """The store's view of one group's TCP opens or closes in one poll,
+    keyed like the flows' samples (the client's port 0)."""
+    prof = profiler.profile(t.raddr) if profiler else None
+    active = t.direction != "passive"
+    closes = t.type == "close"
+    return FlowSample(
+        proto="tcp",
+        family=4 if t.family == "ipv4" else 6,
+        laddr=t.laddr,
+        lport=0 if active else t.port,
+        raddr=t.raddr,
+        rport=t.port if active else 0,
+        pid=t.pid,
+        comm=t.comm,
+        container=t.container or "",
+        remote_class=str(prof.remote_class) if prof else "",
+        remote_name=(prof.name or "") if prof else "",
+        direction=t.direction or "",
+        aggregate=True,
+        opened_n=0 if closes else t.count,
+        closed_n=t.count if closes else 0,
+        durations=t.duration_count if closes else 0,
+        duration_ms_sum=round(t.duration_sum * 1000) if closes else 0,
     )
 
 
@@ -269,7 +329,23 @@ class HistorySink:
         profiler = _PollProfiles(self.profiler) if self.profiler is not None else None
         samples = []
         closed_now: set[tuple[object, ...]] = set()
+        # TCP opens and closes counted from the lifecycle events (exact at
+        # any rate: the kernel's flow table merges connections that reuse a
+        # client port between two polls); the flows then carry bytes only
+        exact = changes.tallies is not None
+        if changes.tallies:
+            samples += [tally_sample(t, profiler) for t in changes.tallies if t.type in _COUNTED]
         for r in changes.flows:
+            if r.folded:  # short connections, each opened and closed now
+                samples.append(flow_sample(r, profiler, counts=not exact))
+                continue
+            if exact and r.proto == "tcp":
+                sample = flow_sample(r, profiler, new=False)
+                if r.closed is not None and r.opened is not None:
+                    duration = max(0, round((r.closed - r.opened) * 1000))
+                    sample = dataclasses.replace(sample, duration_ms=duration)
+                samples.append(sample)
+                continue
             cid = _conn_id(r)
             if cid in self._closed:  # its close was counted in the previous poll
                 closed_now.add(cid)

@@ -101,6 +101,16 @@ class FlowSample:
     closed: bool = False
     duration_ms: int | None = None  # of a connection that closed, if its open was seen
     rtt_us: int | None = None  # smoothed RTT at this poll (TCP)
+    # aggregate: counts given rather than one connection (``conn``):
+    # ``folded`` short connections the collector folded (active in the
+    # interval), ``opened_n``/``closed_n`` connections opened and closed
+    # (with ``durations`` lifetimes summing ``duration_ms_sum``)
+    aggregate: bool = False
+    folded: int = 0
+    opened_n: int = 0
+    closed_n: int = 0
+    durations: int = 0
+    duration_ms_sum: int = 0
 
     def key(self) -> tuple[Any, ...]:
         return (self.proto, self.laddr, self.lport, self.raddr, self.rport, self.pid)
@@ -229,7 +239,7 @@ class Store:
         key = s.key()
         row = self._pending.get(key)
         if row is None:
-            if not (s.new or s.closed or any(getattr(s, c) for c in COUNTERS)):
+            if not (s.new or s.closed or s.aggregate or any(getattr(s, c) for c in COUNTERS)):
                 return
             row = self._pending[key] = {c: getattr(s, c, 0) for c in ROW_COLUMNS}
             row.update(connections=0, opened=0, closed=0, durations=0, duration_ms_sum=0,
@@ -239,6 +249,15 @@ class Store:
             for c in COUNTERS:
                 row[c] += getattr(s, c)
             row["remote_name"] = s.remote_name or row["remote_name"]
+        if s.duration_ms is not None:
+            row["duration_ms_max"] = max(row["duration_ms_max"] or 0, s.duration_ms)
+        if s.aggregate:
+            row["connections"] += s.folded
+            row["opened"] += s.opened_n
+            row["closed"] += s.closed_n
+            row["durations"] += s.durations
+            row["duration_ms_sum"] += s.duration_ms_sum
+            return
         conns: set[int] = row["_conns"]
         conn = s.conn or hash(key)
         if conn not in conns:
@@ -250,7 +269,6 @@ class Store:
             if s.duration_ms is not None:
                 row["durations"] += 1
                 row["duration_ms_sum"] += s.duration_ms
-                row["duration_ms_max"] = max(row["duration_ms_max"] or 0, s.duration_ms)
         if s.rtt_us is not None:
             n = row["rtt_samples"]
             row["rtt_min_us"] = min(row["rtt_min_us"] or s.rtt_us, s.rtt_us)

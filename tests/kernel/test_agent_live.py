@@ -163,6 +163,10 @@ def test_corrupt_history_keeps_live_data_serving(tmp_path: Path) -> None:
         assert "corrupt" in health["store"]["error"]
         assert httpx.get(url + "/api/v1/history").status_code == 503
         assert httpx.get(url + "/api/v1/flows").status_code == 200
+        # a broken history is no reason to restart the agent
+        live = httpx.get(url + "/api/v1/live")
+        assert live.status_code == 200
+        assert live.json()["alive"] is True
     assert db.read_bytes() == b"garbage" * 500
 
 

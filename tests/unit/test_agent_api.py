@@ -287,3 +287,39 @@ def test_lagging_polls_make_health_degraded_and_503() -> None:
         assert r.status_code == 200
         assert r.json()["status"] == "ok"
         assert r.json()["collectors"]["flows"]["longest_gap_seconds"] >= 0.35
+
+
+def test_liveness_stays_200_while_readiness_is_503_for_lagging_polls() -> None:
+    """An overloaded agent is not ready (health 503) but alive: the probe
+    that restarts it must not fire, or the restart makes the overload worse."""
+    source = SlowFlows()
+    a = Agent(flows=source, interval=0.05)
+    with a, serve_in_thread(create_app(a)) as url:
+        deadline = time.monotonic() + 5
+        while source.polls < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.4)  # > 3 intervals late
+        assert httpx.get(url + "/api/v1/health").status_code == 503
+        r = httpx.get(url + "/api/v1/live")
+        assert r.status_code == 200
+        assert r.json()["alive"] is True
+        assert r.json()["last_poll_age_seconds"] >= 0.35
+        # a loop stuck past the stall limit is not alive
+        a.state.last_done -= r.json()["stall_seconds"] + 1
+        r = httpx.get(url + "/api/v1/live")
+        assert r.status_code == 503
+        assert "no poll completed" in r.json()["reasons"][0]
+        source.stall.set()
+
+
+def test_liveness_is_503_when_the_collector_died() -> None:
+    source = FakeFlows([make_flow(1)])
+    source.fail_after = 1
+    a = Agent(flows=source, interval=0.02)
+    with a, serve_in_thread(create_app(a)) as url:
+        deadline = time.monotonic() + 5
+        while a.state.alive and time.monotonic() < deadline:
+            time.sleep(0.02)
+        r = httpx.get(url + "/api/v1/live")
+        assert r.status_code == 503
+        assert "ring buffer vanished" in r.json()["reasons"][0]

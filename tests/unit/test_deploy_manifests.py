@@ -21,6 +21,7 @@ DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"
 HOST_PATHS = ("/sys/kernel/btf", "/sys/fs/cgroup", "/sys/kernel/tracing")
 HEALTH = "/api/v1/health"
+LIVE = "/api/v1/live"
 
 
 def _docs(path: Path) -> list[dict[str, Any]]:
@@ -149,14 +150,28 @@ def test_node_name_comes_from_the_downward_api(container: dict[str, Any]) -> Non
     assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
 
 
-def test_probes_use_the_health_endpoint_on_the_served_port(container: dict[str, Any]) -> None:
+def test_probes_use_liveness_and_health_on_the_served_port(container: dict[str, Any]) -> None:
+    """Readiness on /api/v1/health (503 when degraded: out of the Service);
+    liveness and startup on /api/v1/live, so an overloaded agent is not
+    restarted."""
     [port] = container["ports"]
     listen = container["args"][container["args"].index("--listen") + 1]
     assert listen == f"0.0.0.0:{port['containerPort']}"
-    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+    want = {"livenessProbe": LIVE, "startupProbe": LIVE, "readinessProbe": HEALTH}
+    for probe, path in want.items():
         get = container[probe]["httpGet"]
-        assert get["path"] == HEALTH, probe
+        assert get["path"] == path, probe
         assert get["port"] in (port["name"], port["containerPort"]), probe
+
+
+def test_the_probe_paths_are_routes_of_the_agent() -> None:
+    from agent_helpers import FakeFlows
+    from bpfscope.agent import Agent
+    from bpfscope.server import create_app
+
+    app = create_app(Agent(flows=FakeFlows([])))
+    paths = {getattr(r, "path", None) for r in app.routes}
+    assert {LIVE, HEALTH} <= paths
 
 
 def test_resources_have_requests_and_limits(container: dict[str, Any]) -> None:

@@ -57,6 +57,9 @@ class FakeMap:
         self.deleted.append(bytes(k))
         return self.entries.pop(bytes(k), None) is not None
 
+    def delete_batch(self, keys: list[bytes]) -> int:
+        return sum(self.delete(k) for k in keys)
+
     def take(self, k: Any) -> bytes | None:
         """Lookup-and-delete: the value deleted is the value returned."""
         if self.on_lookup is not None:
@@ -234,3 +237,60 @@ def test_the_table_is_read_per_key_when_asked() -> None:
 
 def test_key_layout_matches_the_kernel_struct() -> None:
     assert ctypes.sizeof(FlowKeyC) == len(key(1)) == 56
+
+
+def test_connections_closed_before_a_poll_saw_them_fold_into_one_record() -> None:
+    """Churn: 50 short connections from ephemeral ports to one service, and
+    one seen open first: the short ones leave the table and become one
+    record (client port 0) with their sums; the other stays a flow."""
+    tool = FakeTool()
+    flows = tool.obj.maps[FLOW_MAP]
+    inserted(tool, 51)
+    flows.entries[key(40000)] = value(1, 1)  # open at the first poll
+    c = collector(tool, fold_closed=True)
+    changed(c)
+    for port in range(50000, 50050):
+        flows.entries[key(port)] = value(100, 10, closed_ns=4_001_000)  # 4 ms each
+    out = flows_of(c.poll())
+    [agg] = [r for r in out if r.folded]
+    assert (agg.lport, agg.rport, agg.direction, agg.state) == (0, 443, "active", "CLOSE")
+    assert (agg.folded, agg.tx_delta, agg.rx_delta, agg.tx_bytes) == (50, 5000, 500, 5000)
+    assert (agg.folded_durations, agg.folded_duration_ms_sum, agg.folded_duration_ms_max) == (
+        50,
+        200,
+        4,
+    )
+    assert set(flows.entries) == {key(40000)}  # every short one left the kernel table
+    assert [r.lport for r in c.snapshot()] == [40000]  # and none is tracked
+    s = c.stats()
+    assert (s.flows_folded, s.flows_removed, s.flows_evicted) == (50, 50, 0)
+    # the next poll: nothing new, nothing reported again
+    assert [r for r in flows_of(c.poll()) if r.folded] == []
+
+
+def test_without_folding_every_connection_is_a_flow() -> None:
+    tool = FakeTool()
+    flows = tool.obj.maps[FLOW_MAP]
+    for port in range(50000, 50005):
+        flows.entries[key(port)] = value(100, 10, closed_ns=4_001_000)
+    c = collector(tool)
+    assert sorted(changed(c)) == list(range(50000, 50005))
+
+
+def test_a_few_short_connections_per_poll_stay_flows_of_their_own() -> None:
+    """Below ``fold_at`` a poll keeps short connections one by one (with
+    their client port); at it, it folds them."""
+    tool = FakeTool()
+    flows = tool.obj.maps[FLOW_MAP]
+    c = collector(tool, fold_closed=True, fold_at=10)
+    for port in range(50000, 50009):
+        flows.entries[key(port)] = value(100, 10, closed_ns=4_001_000)
+    assert sorted(changed(c)) == list(range(50000, 50009))
+    assert c.stats().flows_folded == 0
+    time.sleep(0.001)
+    changed(c)  # reported: deleted now
+    for port in range(51000, 51010):
+        flows.entries[key(port)] = value(100, 10, closed_ns=4_001_000)
+    [agg] = flows_of(c.poll())
+    assert (agg.lport, agg.folded) == (0, 10)
+    assert flows.entries == {}

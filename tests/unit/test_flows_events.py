@@ -157,3 +157,21 @@ def test_event_buffer_bounds_event_count_too() -> None:
     blob = b"".join(event(1, lport=i) for i in range(80))
     buf.consume(changes(EventBatch(blob, 0.0, False)))
     assert [e.seq for e in buf.since(0)] == list(range(31, 81))
+
+
+def test_a_poll_batch_trimmed_to_its_tail_keeps_only_the_tail_in_memory() -> None:
+    """At churn rates one poll's batch is far larger than the buffer keeps:
+    the buffer must not hold the whole batch for the few events it serves."""
+    buf = EventBuffer(max_events=50)
+    blob = b"".join(event(1, lport=i) for i in range(2000))
+    buf.consume(changes(EventBatch(blob, 0.0, False)))
+    [chunk] = buf._chunks
+    assert isinstance(chunk.events, EventBatch)
+    assert chunk.events.nbytes == 50 * EVENT.size  # not 2000 events' worth
+    kept = buf.since(0)
+    assert [e.seq for e in kept] == list(range(1951, 2001))
+    assert [e.event.lport for e in kept] == list(range(1950, 2000))
+    assert [e.seq for e in buf.since(1990, limit=3)] == [1998, 1999, 2000]
+    buf.consume(changes(EventBatch(blob[: 10 * EVENT.size], 0.0, False)))
+    assert [e.seq for e in buf.since(0)][:3] == [1961, 1962, 1963]
+    assert buf.last_seq == 2010

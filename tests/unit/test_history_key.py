@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from bpfscope import historyquery
 from bpfscope.flowquery import FlowFilter
+from bpfscope.flows.events import ConnTally
 from bpfscope.flows.records import FlowRecord
 from bpfscope.sinks import HistorySink, PollChanges, service_direction
 from bpfscope.store import (
@@ -79,6 +80,65 @@ def test_churn_is_one_row_per_side_per_bucket(tmp_path: Path) -> None:
         assert r["tx_bytes"] == 3 * n * (100 if client else 1000)
         assert (r["rtt_min_us"], r["rtt_max_us"], r["rtt_samples"]) == (50, 56, n)
         assert 52 <= r["rtt_avg_us"] <= 54
+
+
+def test_folded_short_connections_count_as_many_connections(tmp_path: Path) -> None:
+    """The collector folds short connections into one record per group
+    (FlowRecord.folded): the history counts each of them, in the same row
+    as the connections it saw one by one."""
+    with Store(tmp_path / "h.db", bucket_seconds=10) as store:
+        sink = HistorySink(store)
+        t = T0 + 1
+        client = conn_pair(0, t, closed=True)[0]
+        client.lport = 0
+        client.folded, client.folded_durations = 500, 400
+        client.folded_duration_ms_sum, client.folded_duration_ms_max = 4000, 30
+        client.tx_delta = 500 * 100
+        poll(sink, t, [client])
+        poll(sink, t + 1, [client])  # the next poll's fold: 500 more, not a repeat
+        poll(sink, t + 2, conn_pair(1, t, closed=False))  # one seen open
+        poll(sink, t + 3, conn_pair(1, t, closed=True))
+        store.flush()
+        [row] = store.query(HistoryQuery(filter=WRK))
+    assert (row["lport"], row["rport"], row["direction"]) == (0, 8080, "active")
+    assert (row["connections"], row["opened"], row["closed"]) == (1001, 1001, 1001)
+    assert (row["durations"], row["duration_ms_sum"], row["duration_ms_max"]) == (801, 8250, 250)
+    assert row["tx_bytes"] == 2 * 500 * 100 + 2 * 100
+
+
+def test_with_event_tallies_opens_and_closes_are_the_events_counts(tmp_path: Path) -> None:
+    """The agent's mode: the lifecycle events count opens and closes exactly
+    (a kernel flow entry can hold two connections that reused a client
+    port between two polls); flows add bytes, folded ones their number."""
+    with Store(tmp_path / "h.db", bucket_seconds=10) as store:
+        sink = HistorySink(store)
+        t = T0 + 1
+        client = conn_pair(0, t, closed=True)[0]
+        client.lport = 0
+        client.folded, client.folded_durations = 9, 9  # 10 connections, 2 shared a port
+        client.folded_duration_ms_sum, client.folded_duration_ms_max = 90, 40
+
+        def tally(kind: str, **kw: float) -> ConnTally:
+            return ConnTally(type=kind, pid=7, comm="wrk", cgroup_id=1, family="ipv4",
+                             raddr="127.0.0.1", laddr="127.0.0.1", port=8080,
+                             direction="active", count=10, **kw)  # type: ignore[arg-type]  # fmt: skip
+
+        tallies = [
+            tally("open"),
+            tally("close", duration_sum=0.1, duration_count=10),
+            tally("retransmit"),
+        ]
+        changes = PollChanges(
+            time=t, flows=[client], events=[], syscalls=None, self_metrics={}, tallies=tallies
+        )
+        sink.consume(changes)
+        store.flush()
+        [row] = store.query(HistoryQuery(filter=WRK))
+    assert (row["lport"], row["rport"], row["direction"]) == (0, 8080, "active")
+    assert (row["opened"], row["closed"], row["durations"]) == (10, 10, 10)
+    assert (row["duration_ms_sum"], row["duration_ms_max"]) == (100, 40)
+    assert row["connections"] == 9  # the flows the kernel table told apart
+    assert row["tx_bytes"] == 100
 
 
 def test_groups_and_series_count_each_connection_once(tmp_path: Path) -> None:

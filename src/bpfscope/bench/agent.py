@@ -47,12 +47,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_agent(port: int, db: Path, max_flows: int) -> subprocess.Popen[bytes]:
+def start_agent(
+    port: int, db: Path, max_flows: int, extra: tuple[str, ...] = ()
+) -> subprocess.Popen[bytes]:
     httpx = _httpx()
     proc = subprocess.Popen(
         [
             sys.executable, "-m", "bpfscope.cli", "serve", "--listen", f"127.0.0.1:{port}",
             "--interval", "1s", "--db", str(db), "--no-dns", "--max-flows", str(max_flows),
+            *extra,
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

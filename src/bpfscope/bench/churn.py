@@ -72,6 +72,8 @@ class RateResult:
     rss_peak_mb: float
     history_rows_max: int  # rows in the fullest history bucket
     history_groups: int  # distinct (process, peer, service port) in the history
+    history_opened: int = 0  # the generator's connections the history counted opened
+    history_closed: int = 0  # ... and closed
 
     @property
     def achieved(self) -> float:
@@ -137,32 +139,48 @@ def _rss_peak_mb(pid: int) -> float:
     return 0.0
 
 
-def _history(db: Path, services: tuple[int, ...]) -> tuple[int, int]:
-    """(rows in the fullest bucket, distinct (process, peer, service port)):
-    the service port is whichever end is one of ``services`` (the ports
-    listening here), else the lower one."""
+def _history(db: Path, services: tuple[int, ...]) -> tuple[int, int, int, int]:
+    """Of the churn's own rows (the generator and nginx, on ``services``,
+    the ports listening here): rows in the fullest bucket, distinct
+    (process, peer, service port), a process being a pid as in the
+    history's key; and the generator's connections opened and closed."""
     known = ",".join(str(p) for p in services)
     with sqlite3.connect(db) as con:
+        # the churn's own rows: the agent sees the whole host, and other
+        # work on it (a shared machine) would count here too
+        mine = f"comm IN ('{COMM}', 'nginx') AND (lport IN ({known}) OR rport IN ({known}))"
         rows = con.execute(
             "SELECT coalesce(max(c), 0) FROM"
-            " (SELECT count(*) c FROM flow_buckets GROUP BY bucket_start)"
+            f" (SELECT count(*) c FROM flow_buckets WHERE {mine} GROUP BY bucket_start)"
         ).fetchone()[0]
         groups = con.execute(
-            "SELECT count(*) FROM (SELECT DISTINCT comm, raddr,"
-            f" CASE WHEN lport IN ({known}) THEN lport WHEN rport IN ({known}) THEN rport"
-            " ELSE min(lport, rport) END FROM flow_buckets)"
+            "SELECT count(*) FROM (SELECT DISTINCT pid, comm, raddr,"
+            f" CASE WHEN lport IN ({known}) THEN lport ELSE rport END"
+            f" FROM flow_buckets WHERE {mine})"
         ).fetchone()[0]
-    return int(rows), int(groups)
+        opened, closed = con.execute(
+            "SELECT coalesce(sum(opened), 0), coalesce(sum(closed), 0) FROM flow_buckets"
+            " WHERE comm = ? AND direction = 'active'",
+            (COMM,),
+        ).fetchone()
+    return int(rows), int(groups), int(opened), int(closed)
 
 
-def _one_rate(exe: Path, nginx_port: int, rate: int, seconds: float, procs: int) -> RateResult:
+def _one_rate(
+    exe: Path,
+    nginx_port: int,
+    rate: int,
+    seconds: float,
+    procs: int,
+    serve_args: tuple[str, ...] = (),
+) -> RateResult:
     httpx = _httpx()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     interval = 1.0
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "history.db"
-        agent = start_agent(port, db, 262144)
+        agent = start_agent(port, db, 262144, serve_args)
         try:
             with httpx.Client(base_url=url, timeout=30) as c:
                 time.sleep(2 * interval)  # a poll or two before the load
@@ -191,7 +209,7 @@ def _one_rate(exe: Path, nginx_port: int, rate: int, seconds: float, procs: int)
         finally:
             agent.send_signal(signal.SIGTERM)
             agent.wait(timeout=60)
-        rows, groups = _history(db, (nginx_port, port))
+        rows, groups, h_opened, h_closed = _history(db, (nginx_port, port))
 
     def delta(name: str, **labels: str) -> int:
         return _counter(after, name, **labels) - _counter(before, name, **labels)
@@ -214,6 +232,8 @@ def _one_rate(exe: Path, nginx_port: int, rate: int, seconds: float, procs: int)
         rss_peak_mb=rss,
         history_rows_max=rows,
         history_groups=groups,
+        history_opened=h_opened,
+        history_closed=h_closed,
     )
 
 
@@ -222,6 +242,7 @@ def run(
     seconds: float = 20.0,
     procs: int = 8,
     progress: Any = None,
+    serve_args: tuple[str, ...] = (),
 ) -> list[RateResult]:
     exe = _generator()
     nginx_port = free_port()
@@ -232,7 +253,7 @@ def run(
             for rate in rates:
                 if progress is not None:
                     progress(f"{rate or 'max'} connections/s for {seconds:g} s ...")
-                results.append(_one_rate(exe, nginx_port, rate, seconds, procs))
+                results.append(_one_rate(exe, nginx_port, rate, seconds, procs, serve_args))
         finally:
             nginx.send_signal(signal.SIGQUIT)
             try:

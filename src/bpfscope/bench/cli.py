@@ -376,6 +376,11 @@ def bench_flows_conns(connections: str, seconds: float, interval: float, as_json
     show_default=True,
     help="--churn: generator processes (each paced at rate/procs; blocking connects).",
 )
+@click.option(
+    "--no-drops",
+    is_flag=True,
+    help="--churn: the agent without its packet-drop collector (serve --no-drops).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable result.")
 @click.pass_context
 def bench_agent(
@@ -388,6 +393,7 @@ def bench_agent(
     rates: str,
     rate_seconds: float,
     procs: int,
+    no_drops: bool,
     as_json: bool,
 ) -> None:
     """Load benchmark of `bpfscope serve`: N real loopback UDP flows, API
@@ -400,7 +406,10 @@ def bench_agent(
 
         wanted = _rates(rates)
         say = None if as_json else (lambda msg: click.echo(msg, err=True))
-        results = churn_bench.run(wanted, seconds=rate_seconds, procs=procs, progress=say)
+        serve_args = ("--no-drops",) if no_drops else ()
+        results = churn_bench.run(
+            wanted, seconds=rate_seconds, procs=procs, progress=say, serve_args=serve_args
+        )
         if as_json:
             click.echo(json.dumps(churn_bench.as_json(results), indent=2))
         else:

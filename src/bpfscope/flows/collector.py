@@ -16,10 +16,9 @@ The kernel keeps cumulative counters per flow in an LRU hash; each poll
 reads the whole table with one batch lookup (per-key iteration where the
 kernel lacks batch ops), compares each value with the previous one and
 decodes only what changed. Flows that closed (and did not change since) or
-stayed idle for ``idle_timeout`` are deleted from the kernel table and from
-the collector, so memory stays bounded by the table size however many flows
-come and go. Entries the kernel evicted because the table was full are
-counted (inserts - removed - present), never hidden.
+stayed idle for ``idle_timeout`` are deleted from both; short connections
+can be folded per group (``fold_closed``, flows/fold.py). Entries the kernel
+evicted are counted (inserts - removed - present), never hidden.
 """
 
 from __future__ import annotations
@@ -39,6 +38,7 @@ from . import health, programs
 from .attribution import Attribution
 from .counters import CountersPass
 from .events import CallbackEvents, ConnTally, EventBatch, EventPump, Ring, tallies_of
+from .fold import PROTO_AT, TCP, VALUE, fold_closed
 from .layout import KernelFilter
 from .records import (
     DIRECTIONS,
@@ -59,6 +59,7 @@ from .records import (
 
 __all__ = [
     "DEFAULT_MAX_ENTRIES",
+    "FOLD_AT",
     "FlowCollector",
     "KernelFilter",
     "Record",
@@ -67,8 +68,12 @@ __all__ = [
 log = logging.getLogger("bpfscope.flows")
 
 DEFAULT_MAX_ENTRIES: Final = 262144
-# Ring bytes: ~1.4 s of events at 20,000 connections/s (80,000 events/s)
-DEFAULT_EVENTS_SIZE: Final = 16 << 20
+# Ring bytes: ~0.7 s of events at 20,000 connections/s (80,000 events/s),
+# read every 10 ms by the event thread; each byte is resident twice (the
+# data pages are mapped twice), so the ring is ~16 MB of the agent's RSS
+DEFAULT_EVENTS_SIZE: Final = 8 << 20
+# The agent folds short connections in polls that find this many (churn)
+FOLD_AT: Final = 100
 FLOW_MAP: Final = "flows"
 HEALTH_MAP: Final = "flow_health"  # counters path: TCP health per flow
 
@@ -78,9 +83,7 @@ HEALTH_MAP: Final = "flow_health"  # counters path: TCP health per flow
 Record = FlowRecord | ConnEvent | EventBatch | ConnTally
 EVENT_MODES: Final = ("objects", "batches")
 
-# struct flow_value, little-endian (BPF is host-endian; x86_64/arm64 here)
-_VALUE: Final = struct.Struct("<9Q3IBB2x16s")
-assert _VALUE.size == 104
+_VALUE: Final = VALUE  # struct flow_value
 
 
 @dataclass
@@ -112,17 +115,24 @@ class FlowCollector:
         ring: Callable[[Any, Callable[[bytes], None]], Ring] | None = None,
         events: str = "objects",
         event_buffer_bytes: int = 32 << 20,
+        fold_closed: bool = False,
+        fold_at: int = 1,
     ) -> None:
-        """``loader`` (the attached tool) and ``ring`` (the event ring buffer
-        over its map, one callback per record) exist for tests; by default
-        the ring is drained in bulk on a thread of its own (libbpf's callback
-        consumer where bulk reading is not safe). ``events``: see
-        ``EVENT_MODES``; ``event_buffer_bytes`` bounds raw events between polls."""
+        """``loader`` (the attached tool) and ``ring`` (the ring buffer over
+        its map, one callback per record) exist for tests; by default the
+        ring is drained in bulk on a thread of its own. ``events``: see
+        ``EVENT_MODES``; ``event_buffer_bytes`` bounds raw events between polls.
+        ``fold_closed``: TCP connections that opened and closed between two
+        polls become one record per group and poll (``FlowRecord.folded``),
+        not a flow each (what the agent uses: churn then costs per group),
+        in polls that find at least ``fold_at`` of them (fewer stay flows of
+        their own, with their client port)."""
         if max_entries < 1:
             raise ValueError("max_entries must be positive")
         if events not in EVENT_MODES:
             raise ValueError(f"events must be one of {', '.join(EVENT_MODES)}")
         self.events, self.event_buffer_bytes = events, event_buffer_bytes
+        self.fold_closed, self.fold_at = fold_closed, max(1, fold_at)
         if drain not in ("batch", "per-key"):
             raise ValueError("drain must be 'batch' or 'per-key'")
         self.kernel_filter = kernel_filter or KernelFilter()
@@ -151,8 +161,6 @@ class FlowCollector:
         self._last_poll = 0.0
         self._wall_offset = time.time() - time.monotonic()
         self._stats = CollectorStats(map_capacity=max_entries, drain=drain)
-
-    # lifecycle -------------------------------------------------------------
 
     def hooks(self, counters: bool | None = None) -> list[Hook]:
         """The hooks to load: on the counters path lifecycle and accept hooks
@@ -275,8 +283,6 @@ class FlowCollector:
     def rungs(self) -> dict[str, str | None]:
         return self.attached.rungs()
 
-    # events ----------------------------------------------------------------
-
     def _count_drops(self) -> None:
         """After each drain (event thread): the kernel's cumulative drop count,
         so health tells it even while a poll runs long."""
@@ -348,6 +354,8 @@ class FlowCollector:
         changed: list[FlowRecord] = []
         present: set[bytes] = set()
         flows = self._flows
+        short: list[tuple[bytes, bytes]] = []  # closed before this poll first saw them
+        fold = self.fold_closed
         for key, raw in items:
             present.add(key)
             tracked = flows.get(key)
@@ -358,6 +366,9 @@ class FlowCollector:
                 rec.tx_rate = rec.rx_rate = 0.0
                 continue
             if tracked is None:
+                if fold and key[PROTO_AT] == TCP and _VALUE.unpack_from(raw)[7]:
+                    short.append((key, raw))
+                    continue
                 meta = decode_key(key)
                 tracked = _Tracked(meta, b"", self._new_record(meta, raw), now)
                 flows[key] = tracked
@@ -367,15 +378,45 @@ class FlowCollector:
         for key in [k for k in flows if k not in present]:
             del flows[key]
             self._evicted_seen += 1
+        folded: list[FlowRecord] = []
+        taken = 0
+        if len(short) >= self.fold_at:
+            folded, taken = self._fold_short(short, dt)
+        else:  # a few: kept one by one as any flow (deleted at the next poll)
+            for key, raw in short:
+                meta = decode_key(key)
+                tracked = flows[key] = _Tracked(meta, b"", self._new_record(meta, raw), now)
+                self._update(tracked, raw, dt, now)
+                folded.append(tracked.record)
+        changed.extend(folded)
         if self._counters is not None:
             self._read_health()
         removed, moved = self._expire(now, dt)
         changed.extend(moved)
         events = self._take_events()
-        self._refresh_stats(len(items) - removed)
+        self._refresh_stats(len(items) - removed - taken)
         out: list[Record] = list(changed)
         out.extend(events)
         return out
+
+    def _fold_short(
+        self, short: list[tuple[bytes, bytes]], dt: float
+    ) -> tuple[list[FlowRecord], int]:
+        """Short connections folded per group (``fold.fold_closed``), then
+        deleted from the kernel table and health in one batch: their values
+        as read are final (the close credited the last counters). Returns
+        the records and how many keys were deleted (not the evicted)."""
+        obj = self.attached.obj
+        keys = [k for k, _ in short]
+        taken = obj.map(FLOW_MAP).delete_batch(keys)
+        if self._counters_mode:
+            obj.map(HEALTH_MAP).delete_batch(keys)
+        records = fold_closed(
+            short, self._new_record, self._wall, counters=self._counters_mode, dt=dt
+        )
+        self._removed += taken
+        self._stats.flows_folded += len(short)
+        return records, taken
 
     def _read_health(self) -> None:
         """Each TCP flow's latest health (its socket's tcp_info, read by the
@@ -523,8 +564,6 @@ class FlowCollector:
             s.events_unbuffered = self._events.unbuffered
             s.event_drains = self._events.drains
             s.event_drain_seconds_max = self._events.longest_drain
-
-    # snapshot access ---------------------------------------------------------
 
     def snapshot(self) -> list[FlowRecord]:
         """Every flow the collector currently tracks (as of the last poll)."""

@@ -63,6 +63,7 @@ class ConnTally:
     port: int
     direction: str | None
     count: int = 0
+    laddr: str = ""
     duration_sum: float = 0.0  # close: seconds summed over ``duration_count``
     duration_count: int = 0
     # close: connections per DURATION_BUCKETS slot (last: above every bound)
@@ -71,18 +72,19 @@ class ConnTally:
     cgroup: str | None = None
 
 
-# group key: (type, tgid, comm, cgroup_id, family, raddr, service port, direction)
-GroupKey = tuple[int, int, bytes, int, int, bytes, int, int]
+# group key: (type, tgid, comm, cgroup_id, family, raddr, service port,
+# direction, laddr)
+GroupKey = tuple[int, int, bytes, int, int, bytes, int, int, bytes]
 
 
-def tally(blob: bytes, into: dict[GroupKey, list[Any]]) -> int:
+def tally(blob: bytes | bytearray, into: dict[GroupKey, list[Any]]) -> int:
     """Count the events in ``blob`` (whole ``struct flow_event`` records) per
     group into ``into``: key -> [count, duration_ns sum, duration count,
     bucket counts]. Returns how many events there were."""
     n = 0
-    t, tg, cm, cg, fam, ra, lp, rp, dr, dur = (
+    t, tg, cm, cg, fam, ra, lp, rp, dr, dur, la = (
         EV.type, EV.tgid, EV.comm, EV.cgroup_id, EV.family,
-        EV.raddr, EV.lport, EV.rport, EV.direction, EV.duration_ns,
+        EV.raddr, EV.lport, EV.rport, EV.direction, EV.duration_ns, EV.laddr,
     )  # fmt: skip
     bounds = _BOUNDS_NS
     for e in EVENT.iter_unpack(blob):
@@ -91,7 +93,7 @@ def tally(blob: bytes, into: dict[GroupKey, list[Any]]) -> int:
         direction = e[dr]
         key = (
             kind, e[tg], e[cm], e[cg], e[fam], e[ra],
-            e[lp] if direction == _PASSIVE else e[rp], direction,
+            e[lp] if direction == _PASSIVE else e[rp], direction, e[la],
         )  # fmt: skip
         slot = into.get(key)
         if slot is None:
@@ -109,7 +111,8 @@ def tally(blob: bytes, into: dict[GroupKey, list[Any]]) -> int:
 
 def tallies_of(groups: dict[GroupKey, list[Any]]) -> list[ConnTally]:
     out = []
-    for (kind, tgid, comm, cgroup_id, family, raddr, port, direction), slot in groups.items():
+    for key, slot in groups.items():
+        kind, tgid, comm, cgroup_id, family, raddr, port, direction, laddr = key
         count, dur_sum, dur_count, buckets = slot
         end = comm.find(b"\0")
         out.append(
@@ -123,6 +126,7 @@ def tallies_of(groups: dict[GroupKey, list[Any]]) -> list[ConnTally]:
                 port=port,
                 direction=DIRECTIONS.get(direction),
                 count=count,
+                laddr=format_addr(family, laddr),
                 duration_sum=dur_sum / 1e9,
                 duration_count=dur_count,
                 buckets=buckets or [0] * (len(DURATION_BUCKETS) + 1),
@@ -136,7 +140,7 @@ class EventBatch:
 
     def __init__(
         self,
-        blob: bytes,
+        blob: bytes | bytearray,
         wall_offset: float,
         counters: bool,
         enrich: Callable[[ConnEvent], ConnEvent] | None = None,
@@ -168,6 +172,12 @@ class EventBatch:
 
     def __iter__(self) -> Iterator[ConnEvent]:
         return iter(self.decode())
+
+    def tail(self, start: int) -> EventBatch:
+        """The events from ``start`` on, in a buffer of their own (the rest
+        of this batch's memory is freed once it is dropped)."""
+        blob = bytes(memoryview(self.blob)[start * EVENT.size :])
+        return EventBatch(blob, self.wall_offset, self.counters, self.enrich)
 
 
 class Ring(Protocol):
@@ -201,7 +211,7 @@ class CallbackEvents:
     def wait(self, timeout: float) -> None:
         self.ring.poll(max(0, int(timeout * 1000)))
 
-    def take(self) -> tuple[bytes, dict[GroupKey, list[Any]]]:
+    def take(self) -> tuple[bytes | bytearray, dict[GroupKey, list[Any]]]:
         self.ring.consume()
         self.drains += 1
         blob = b"".join(self._raw)
@@ -249,8 +259,9 @@ class EventPump:
         self.drains = 0
         self.longest_drain = 0.0
         self._last_hook = 0.0
-        self._pending: list[bytes] = []
-        self._pending_bytes = 0
+        # raw events since the last take, appended in place: taking them
+        # hands this buffer over (no joined copy of a poll's events)
+        self._pending = bytearray()
         self._groups: dict[GroupKey, list[Any]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -285,9 +296,8 @@ class EventPump:
                 self.received += n
                 if self.tallies:
                     tally(blob, self._groups)
-                if self._pending_bytes + len(blob) <= self.max_bytes:
-                    self._pending.append(blob)
-                    self._pending_bytes += len(blob)
+                if len(self._pending) + len(blob) <= self.max_bytes:
+                    self._pending += blob
                 else:
                     self.unbuffered += n
         if self.on_drain is not None and t0 - self._last_hook >= 0.1:
@@ -297,15 +307,14 @@ class EventPump:
         self.longest_drain = max(self.longest_drain, time.monotonic() - t0)
         return n
 
-    def take(self) -> tuple[bytes, dict[GroupKey, list[Any]]]:
+    def take(self) -> tuple[bytes | bytearray, dict[GroupKey, list[Any]]]:
         """What arrived since the last take: raw events and group counts."""
         if self.error is not None:
             raise RuntimeError(f"event drain failed: {self.error}") from self.error
         with self._lock:
-            blob = b"".join(self._pending)
+            blob = self._pending
             groups = self._groups
-            self._pending = []
-            self._pending_bytes = 0
+            self._pending = bytearray()
             self._groups = {}
         return blob, groups
 

@@ -211,6 +211,16 @@ class FlowRecord:
     network_limited_frac: float | None = None
     app_limited_frac: float | None = None
     limited_by: str | None = None
+    # TCP connections folded into this record (0: the record is one flow).
+    # At churn rates a connection that opened and closed between two polls
+    # is not kept as a flow of its own: each poll folds them into one record
+    # per (process, cgroup, addresses, service port, direction), the
+    # client's ephemeral port 0, with their bytes summed (``*_delta``) and
+    # their lifetimes (``folded_durations`` of them, in milliseconds).
+    folded: int = 0
+    folded_durations: int = 0
+    folded_duration_ms_sum: int = 0
+    folded_duration_ms_max: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -361,6 +371,7 @@ class CollectorStats:
     map_capacity: int = 0
     flows_tracked: int = 0  # in the collector's table
     flows_removed: int = 0  # closed/idle flows the collector deleted
+    flows_folded: int = 0  # short TCP connections folded into group records
     flows_inserted: int = 0
     events_received: int = 0
     # read from the ring but not kept for per-connection views (the bound on

@@ -254,6 +254,10 @@ SIGNATURES: Final[dict[str, tuple[Any, list[Any]]]] = {
         _int,
         [_int, _vp, _vp, _vp, _vp, ctypes.POINTER(_u32), ctypes.POINTER(BatchOpts)],
     ),
+    "bpf_map_delete_batch": (
+        _int,
+        [_int, _vp, ctypes.POINTER(_u32), ctypes.POINTER(BatchOpts)],
+    ),
     "bpf_enable_stats": (_int, [_int]),
     "bpf_prog_get_next_id": (_int, [_u32, ctypes.POINTER(_u32)]),
     "bpf_map_get_next_id": (_int, [_u32, ctypes.POINTER(_u32)]),

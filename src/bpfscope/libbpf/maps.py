@@ -228,6 +228,34 @@ class Map:
         check_ret(ret, f"delete from map {self.name}")
         return True
 
+    def delete_batch(self, keys: list[bytes]) -> int:
+        """Delete ``keys`` in as few calls as the kernel allows
+        (BPF_MAP_DELETE_BATCH; per key where it has none). Keys already gone
+        are skipped. Returns how many were deleted."""
+        if not keys:
+            return 0
+        if self.batch_supported is False:
+            return sum(self.delete(k) for k in keys)
+        size = self.key_size
+        buf = ctypes.create_string_buffer(b"".join(keys), size * len(keys))
+        opts = BatchOpts(sz=ctypes.sizeof(BatchOpts))
+        start, deleted = 0, 0
+        while start < len(keys):
+            count = ctypes.c_uint32(len(keys) - start)
+            ret = libbpf().bpf_map_delete_batch(
+                self.fd, ctypes.byref(buf, start * size), ctypes.byref(count), ctypes.byref(opts)
+            )
+            deleted += count.value
+            if ret >= 0:
+                break
+            if -ret in (errno_mod.EINVAL, errno_mod.EOPNOTSUPP, ENOTSUPP) and start == 0:
+                self.batch_supported = False
+                return deleted + sum(self.delete(k) for k in keys[count.value :])
+            if -ret != errno_mod.ENOENT:
+                check_ret(ret, f"delete batch on map {self.name}")
+            start += count.value + 1  # that key was gone already: skip it
+        return deleted
+
     def lookup_and_delete(self, key: Any) -> bytes | None:
         """Read and delete one entry in one step (BPF_MAP_LOOKUP_AND_DELETE_ELEM):
         the value returned is the value deleted; None if the key is absent.
