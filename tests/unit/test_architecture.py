@@ -131,3 +131,13 @@ def test_the_checker_sees_relative_and_lazy_imports() -> None:
     assert "bpfscope.sysnames" in targets  # `from .sysnames import syscall_nr`
     fake = SRC / "flows" / "collector.py"
     assert any(_top(t) == "ladder" for _, t in _imports(fake))
+
+
+def test_test_files_have_unique_basenames() -> None:
+    """pytest imports test modules by basename (rootdir-relative, no
+    packages): two test_x.py in different folders fail the whole collection."""
+    tests = Path(__file__).resolve().parents[1]
+    seen: dict[str, Path] = {}
+    for path in sorted(tests.rglob("test_*.py")):
+        assert path.name not in seen, f"{path} and {seen[path.name]} share a basename"
+        seen[path.name] = path
