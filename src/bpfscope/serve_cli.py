@@ -291,7 +291,7 @@ def serve(
         if exporter is not None:
             stack.callback(exporter.close)  # runs last: flushes after the agent stopped
         stack.enter_context(agent)
-        rungs = ", ".join(f"{k}={v}" for k, v in collector.rungs().items())
+        rungs = ", ".join(f"{k}={v or 'off'}" for k, v in collector.rungs().items())
         if syscalls is not None:
             rungs += f"; syscalls: {syscalls.mechanism}"
         if drops is not None and drops.attached is not None:
