@@ -272,7 +272,7 @@ class FlowMetrics(Collector):
                 if f.retrans_bytes_delta:
                     self._add("tcp_retransmitted_bytes", labels, f.retrans_bytes_delta)
                 # one RTT observation per TCP flow per poll in which it moved data
-                rtt = getattr(f, "rtt_us", None)
+                rtt = f.rtt_us
                 if proto == "tcp" and rtt is not None:
                     cls = str(self._remote_class(f.raddr))
                     self._rtt.setdefault(cls, _Histogram(RTT_BUCKETS)).observe(rtt / 1e6)
