@@ -23,7 +23,8 @@
 #define DROP_STAT_INSERTS 3       /* new keys created */
 #define DROP_STAT_OWNER_WANTED 4 /* drops of a socket with no owner yet */
 #define DROP_STAT_SWEPT 5        /* owners the sweep filled in */
-#define DROP_STAT_MAX 6
+#define DROP_STAT_EMPTY_PURGED 6 /* QUEUE_PURGE of a 0-byte skb (an unread FIN): skipped */
+#define DROP_STAT_MAX 7
 
 /*
  * One kind of drop: where (netns, interface, kernel location), why (reason)

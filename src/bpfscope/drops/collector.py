@@ -73,6 +73,7 @@ class KernelSymbols:
 class CollectorStats:
     seen: int = 0  # drops counted by the kernel program
     consumed_skipped: int = 0
+    empty_purged_skipped: int = 0  # QUEUE_PURGE of an unread FIN's empty skb
     update_failed: int = 0
     keys: int = 0
     keys_created: int = 0
@@ -88,6 +89,7 @@ class CollectorStats:
         return {
             "seen": self.seen,
             "consumed_skipped": self.consumed_skipped,
+            "empty_purged_skipped": self.empty_purged_skipped,
             "update_failed": self.update_failed,
             "keys": self.keys,
             "keys_created": self.keys_created,
@@ -244,6 +246,7 @@ class DropCollector:
         s = self._stats
         s.seen = values[STAT_SLOTS["seen"]]
         s.consumed_skipped = values[STAT_SLOTS["consumed_skipped"]]
+        s.empty_purged_skipped = values[STAT_SLOTS["empty_purged"]]
         s.update_failed = values[STAT_SLOTS["update_failed"]]
         s.keys_created = values[STAT_SLOTS["inserts"]]
         s.owner_wanted = values[STAT_SLOTS["owner_wanted"]]

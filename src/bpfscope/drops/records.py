@@ -58,8 +58,9 @@ STAT_SLOTS: Final = {
     "inserts": 3,
     "owner_wanted": 4,
     "swept": 5,
+    "empty_purged": 6,
 }
-STAT_MAX: Final = 6
+STAT_MAX: Final = 7
 
 _PREFIX: Final = "SKB_DROP_REASON_"
 _SUBSYS_SHIFT: Final = 16
